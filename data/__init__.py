@@ -1,0 +1,1 @@
+"""MMGR data package."""

@@ -1,0 +1,1 @@
+"""MMGR utils package."""

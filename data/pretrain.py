@@ -1,0 +1,153 @@
+"""The pretraining data set in the published layout (SPEC §1).
+
+``DATA/sub_shanghai_img/NAME.png`` (RGB tile), ``DATA/sub_shanghai_emb/NAME.tensor`` (float
+``[n_poi, F]`` category embeddings), ``DATA/sub_shanghai_edge/NAME.tensor`` (long ``[2, n_edge]``)
+and, optionally, ``DATA/sub_shanghai_weight/NAME.tensor`` (float ``[n_edge]``). The tensor name is the
+image name with its extension replaced by ``tensor``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torch_geometric.data import Batch, Data
+
+from utils.checkpoint import load_file
+from utils.errors import UserError
+
+__all__ = ["IMAGE_EXTENSIONS", "PretrainDataset", "PretrainBatch", "collate_pretrain", "open_rgb", "list_images"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Open an image tile as 8-bit RGB (grayscale, palette, RGBA and 16-bit tiles are converted)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16/32-bit single band: rescale to 8 bits instead of clipping.
+                import numpy as np
+
+                a = np.asarray(im, dtype=np.float64)
+                lo, hi = float(a.min()), float(a.max())
+                a = ((a - lo) / (hi - lo) * 255.0) if hi > lo else np.zeros_like(a)
+                im = Image.fromarray(a.astype("uint8"))
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable image ({exc}); replace or remove this tile") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of ``folder``, sorted by name (deterministic order on every file system)."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a directory; check --data_path and the image directory flag")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"{folder} holds no image tiles (.png/.jpg/.tif); check --data_path")
+    return files
+
+
+def _check_tensor(t: object, path: Path, *, dtype_kind: str, rank: int, width: int | None = None) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.dim() != rank:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise UserError(f"{path} should hold a rank-{rank} tensor but holds {shape}; regenerate it with prepare_pois.py")
+    if dtype_kind == "float" and not t.is_floating_point():
+        t = t.float()
+    if width is not None and t.shape[-1] != width:
+        raise UserError(f"{path} has embeddings of width {t.shape[-1]} but other tiles have {width}; use one category embedding table for all tiles")
+    return t
+
+
+@dataclass
+class PretrainBatch:
+    """A collated batch: two image views ``[B, 3, H, W]`` each and the tiles' POI graphs."""
+
+    view1: torch.Tensor
+    view2: torch.Tensor
+    graphs: Batch
+
+    def pin_memory(self) -> "PretrainBatch":
+        return PretrainBatch(self.view1.pin_memory(), self.view2.pin_memory(), self.graphs.pin_memory())
+
+
+def collate_pretrain(samples: list[tuple[torch.Tensor, torch.Tensor, Data]]) -> PretrainBatch:
+    """Stack views and batch the POI graphs (zero-node graphs included)."""
+    v1, v2, graphs = zip(*samples)
+    return PretrainBatch(torch.stack(v1), torch.stack(v2), Batch.from_data_list(list(graphs)))
+
+
+class PretrainDataset(Dataset):
+    """Image tiles with their POI graphs; each item is two independent augmented views + the graph.
+
+    Args:
+        root: data root (``--data_path``).
+        transform: augmentation applied twice, independently, to each tile.
+        img_dir, emb_dir, edge_dir, weight_dir: sub-directory names (published defaults).
+            Edge weights are used when ``weight_dir`` exists.
+
+    Items: ``(view1 [3, H, W], view2 [3, H, W], Data(x=[n_poi, F], edge_index=[2, n_edge],
+    edge_weight=[n_edge] | None))``.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable, img_dir: str = "sub_shanghai_img",
+                 emb_dir: str = "sub_shanghai_emb", edge_dir: str = "sub_shanghai_edge",
+                 weight_dir: str = "sub_shanghai_weight"):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"data directory {self.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
+        self.transform = transform
+        self.images = list_images(self.root / img_dir)
+        self.emb_dir = self.root / emb_dir
+        self.edge_dir = self.root / edge_dir
+        self.weight_dir = self.root / weight_dir if (self.root / weight_dir).is_dir() else None
+        for d in (self.emb_dir, self.edge_dir):
+            if not d.is_dir():
+                raise UserError(f"{d} does not exist; the pretraining layout needs {emb_dir}/ and {edge_dir}/ beside {img_dir}/")
+        missing = [p.name for p in self.images
+                   if not (self.emb_dir / self.tensor_name(p)).is_file() or not (self.edge_dir / self.tensor_name(p)).is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} tiles have no POI tensors in {self.emb_dir} / {self.edge_dir} "
+                            f"(first: {missing[0]}); run prepare_pois.py or remove those tiles")
+        first = _check_tensor(load_file(self.emb_dir / self.tensor_name(self.images[0]), "POI embedding file"),
+                              self.emb_dir / self.tensor_name(self.images[0]), dtype_kind="float", rank=2)
+        self.poi_dim: int = int(first.shape[1])
+
+    @staticmethod
+    def tensor_name(image: Path) -> str:
+        """``NAME.png`` -> ``NAME.tensor`` (the published naming)."""
+        return image.stem + ".tensor"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def graph(self, index: int) -> Data:
+        """The POI graph of tile ``index``, validated."""
+        name = self.tensor_name(self.images[index])
+        emb_path, edge_path = self.emb_dir / name, self.edge_dir / name
+        x = _check_tensor(load_file(emb_path, "POI embedding file"), emb_path, dtype_kind="float", rank=2, width=self.poi_dim)
+        ei = _check_tensor(load_file(edge_path, "POI edge file"), edge_path, dtype_kind="long", rank=2)
+        if ei.shape[0] != 2:
+            raise UserError(f"{edge_path} should hold a [2, n_edge] edge index but has shape {tuple(ei.shape)}; regenerate it with prepare_pois.py")
+        ei = ei.long()
+        if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.shape[0]):
+            raise UserError(f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1}; its tile's embedding file and edge file do not match")
+        if not torch.isfinite(x).all():
+            raise UserError(f"{emb_path} contains NaN or Inf embeddings; regenerate it with prepare_pois.py")
+        data = Data(x=x.float(), edge_index=ei, num_nodes=x.shape[0])
+        if self.weight_dir is not None:
+            w_path = self.weight_dir / name
+            w = _check_tensor(load_file(w_path, "edge weight file"), w_path, dtype_kind="float", rank=1)
+            if w.shape[0] != ei.shape[1]:
+                raise UserError(f"{w_path} has {w.shape[0]} edge weights for {ei.shape[1]} edges; regenerate it with prepare_pois.py")
+            data.edge_weight = w.float()
+        return data
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, Data]:
+        img = open_rgb(self.images[index])
+        return self.transform(img), self.transform(img), self.graph(index)

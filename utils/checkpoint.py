@@ -1,0 +1,122 @@
+"""Checkpoints: bare state dicts in the published layout, and one resumable checkpoint.
+
+Files in ``--model_path`` (SPEC §1, §4):
+
+* ``<prefix>_img_<epoch>.tar`` / ``<prefix>_poi_<epoch>.tar`` — bare ``state_dict()`` of the image
+  and POI encoders, exactly what the published scripts write and read.
+* ``checkpoint_last.pt`` — everything needed to continue (both models, both optimisers, epoch,
+  the run's arguments, RNG states); ``--resume`` reads it.
+* ``args.json`` — the run's arguments, human-readable.
+
+Every file is written to a temporary name in the same directory, flushed, fsynced and renamed, so a
+crash during a save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.errors import UserError
+
+__all__ = ["atomic_save", "atomic_write_text", "load_file", "newest_image_checkpoint", "load_image_state",
+           "RESUME_NAME"]
+
+RESUME_NAME = "checkpoint_last.pt"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def load_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with user-facing errors.
+
+    ``weights_only`` refuses pickles that would construct arbitrary objects, so a malicious file runs
+    nothing; such a file, a truncated one or a non-torch file is reported in one sentence.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; check the {what} path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError...
+        # weights_only refuses any pickled class or function ("GLOBAL"): such a file could run code.
+        unsafe = "GLOBAL" in str(exc) or "Unsupported global" in str(exc)
+        kind = ("contains pickled objects other than tensors, refused because loading them could run code" if unsafe
+                else "is not a readable torch file (truncated, corrupt or another format)")
+        raise UserError(f"{path} {kind}; re-create this {what}") from None
+
+
+_EPOCH = re.compile(r"_img_(\d+)\.tar$")
+
+
+def newest_image_checkpoint(model_path: str | Path) -> Path:
+    """The image checkpoint with the highest epoch in ``model_path`` (``*_img_<epoch>.tar``)."""
+    model_path = Path(model_path)
+    found = [(int(m.group(1)), p) for p in model_path.glob("*_img_*.tar") if (m := _EPOCH.search(p.name))]
+    if not found:
+        raise UserError(f"no image checkpoint (*_img_<epoch>.tar) in {model_path}; pretrain with mmgr.py or pass --ckpt")
+    return max(found, key=lambda t: (t[0], t[1].stat().st_mtime))[1]
+
+
+def load_image_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Image-encoder state dict (published key layout) and saved args from any MMGR checkpoint.
+
+    Accepts a bare ``*_img_*.tar`` (ours or the published script's) or a resumable checkpoint
+    (``checkpoint_last.pt``). ``args`` is empty for a bare state dict; then ``args.json`` beside it is
+    read when present.
+    """
+    obj = load_file(path, "checkpoint")
+    args: dict[str, Any] = {}
+    if isinstance(obj, dict) and "img" in obj and isinstance(obj["img"], dict):
+        state, args = obj["img"], dict(obj.get("args", {}))
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj
+        side = Path(path).parent / "args.json"
+        if side.is_file():
+            try:
+                args = json.loads(side.read_text())
+            except ValueError:
+                args = {}
+    else:
+        raise UserError(f"{path} is not an MMGR image checkpoint; pass a *_img_<epoch>.tar or checkpoint_last.pt file")
+    if not any(k.startswith("encoder.") for k in state):
+        raise UserError(f"{path} holds no image encoder (no 'encoder.*' keys); pass the *_img_<epoch>.tar file, not the *_poi_* one")
+    return state, args

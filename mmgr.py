@@ -26,9 +26,9 @@ from models.image_encoder import RESNETS, ImageEncoder
 from models.loss import nt_xent
 from models.poi_encoder import POI_ENCODERS, build_poi_encoder
 from utils.args import common_parser, resolve_device
-from utils.checkpoint import RESUME_NAME, atomic_save, atomic_write_text, load_file
+from utils.checkpoint import atomic_write_text, load_training_state, resume_checkpoint_path, save_checkpoints
 from utils.errors import UserError, run_main
-from utils.reproducibility import rng_state, seed_everything, set_rng_state, worker_init
+from utils.reproducibility import seed_everything, worker_init
 from utils.schedule import lr_at, set_lr
 
 # --demo: a configuration that pretrains on 2 CPU cores in a few minutes. Flags given on the
@@ -130,23 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     model_path = Path(args.model_path)
     model_path.mkdir(parents=True, exist_ok=True)
     start_epoch = 0
-    resume_path = model_path / RESUME_NAME if args.resume in ("last", "auto") else Path(args.resume) if args.resume else None
-    if resume_path is not None and (resume_path.is_file() or args.resume != "auto"):
-        ckpt = load_file(resume_path, "resumable checkpoint")
-        if not isinstance(ckpt, dict) or not {"img", "poi", "opt_img", "opt_poi", "epoch"} <= ckpt.keys():
-            raise UserError(f"{resume_path} is not a resumable MMGR checkpoint; pass the checkpoint_last.pt written by mmgr.py")
-        saved = ckpt.get("args", {})
-        for key in ("resnet", "projection_dim", "poi_encoder"):
-            if key in saved and saved[key] != getattr(args, key):
-                raise UserError(f"{resume_path} was trained with --{key} {saved[key]} but this run has {getattr(args, key)}; "
-                                "use the same flags to resume")
-        img_model.load_state_dict(ckpt["img"])
-        poi_model.load_state_dict(ckpt["poi"])
-        opt_img.load_state_dict(ckpt["opt_img"])
-        opt_poi.load_state_dict(ckpt["opt_poi"])
-        start_epoch = int(ckpt["epoch"])
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
+    resume_path = resume_checkpoint_path(args.resume, model_path)
+    if resume_path is not None:
+        start_epoch = load_training_state(resume_path, img_model, poi_model, opt_img, opt_poi, args)
         print(f"resumed from {resume_path} after epoch {start_epoch}", flush=True)
     atomic_write_text(json.dumps(vars(args), indent=2) + "\n", model_path / "args.json")
 
@@ -194,13 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"warning: image embeddings look collapsed (per-dimension std {emb_std:.2e}); "
                   "a lower --lr usually helps", file=sys.stderr, flush=True)
 
-        done = epoch + 1
-        if done % args.save_every == 0 or done == args.total_epoch:
-            atomic_save(img_model.state_dict(), model_path / f"{args.ckpt_prefix}_img_{done}.tar")
-            atomic_save(poi_model.state_dict(), model_path / f"{args.ckpt_prefix}_poi_{done}.tar")
-        atomic_save({"img": img_model.state_dict(), "poi": poi_model.state_dict(), "opt_img": opt_img.state_dict(),
-                     "opt_poi": opt_poi.state_dict(), "epoch": done, "args": vars(args), "rng": rng_state(),
-                     "poi_dim": dataset.poi_dim}, model_path / RESUME_NAME)
+        save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args)
     print(f"done: checkpoints in {model_path}", flush=True)
 
 

@@ -26,7 +26,7 @@ import torch
 from utils.errors import UserError
 
 __all__ = ["atomic_save", "atomic_write_text", "load_file", "newest_image_checkpoint", "load_image_state",
-           "RESUME_NAME"]
+           "RESUME_NAME", "save_checkpoints", "resume_checkpoint_path", "load_training_state"]
 
 RESUME_NAME = "checkpoint_last.pt"
 
@@ -120,3 +120,61 @@ def load_image_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if not any(k.startswith("encoder.") for k in state):
         raise UserError(f"{path} holds no image encoder (no 'encoder.*' keys); pass the *_img_<epoch>.tar file, not the *_poi_* one")
     return state, args
+
+
+# Flags that fix the shapes of the models: a resumed run must use the same ones.
+_ARCH_FLAGS = ("resnet", "projection_dim", "poi_encoder")
+
+
+def save_checkpoints(model_path: Path, epoch: int, img_model: torch.nn.Module, poi_model: torch.nn.Module,
+                     opt_img: torch.optim.Optimizer, opt_poi: torch.optim.Optimizer, args: Any) -> None:
+    """After ``epoch`` (1-based) completed: the bare state dicts every ``args.save_every`` epochs and at
+    the end, and the resumable checkpoint every epoch."""
+    if epoch % args.save_every == 0 or epoch == args.total_epoch:
+        atomic_save(img_model.state_dict(), model_path / f"{args.ckpt_prefix}_img_{epoch}.tar")
+        atomic_save(poi_model.state_dict(), model_path / f"{args.ckpt_prefix}_poi_{epoch}.tar")
+    from utils.reproducibility import rng_state
+
+    atomic_save({"img": img_model.state_dict(), "poi": poi_model.state_dict(), "opt_img": opt_img.state_dict(),
+                 "opt_poi": opt_poi.state_dict(), "epoch": epoch, "args": vars(args), "rng": rng_state()},
+                model_path / RESUME_NAME)
+
+
+def resume_checkpoint_path(resume: str | None, model_path: Path) -> Path | None:
+    """``--resume`` value -> the checkpoint to continue from, or None to start fresh.
+
+    ``None``: fresh; ``'last'``: ``model_path/checkpoint_last.pt`` (must exist); ``'auto'``: that file
+    if it exists; anything else: a path.
+    """
+    if resume is None:
+        return None
+    path = model_path / RESUME_NAME if resume in ("last", "auto") else Path(resume)
+    if resume == "auto" and not path.is_file():
+        return None
+    return path
+
+
+def load_training_state(path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Module,
+                        opt_img: torch.optim.Optimizer, opt_poi: torch.optim.Optimizer, args: Any) -> int:
+    """Restore models, optimisers and RNG states from a resumable checkpoint; returns the epochs done."""
+    ckpt = load_file(path, "resumable checkpoint")
+    if not isinstance(ckpt, dict) or not {"img", "poi", "opt_img", "opt_poi", "epoch"} <= ckpt.keys():
+        raise UserError(f"{path} is not a resumable MMGR checkpoint; pass the checkpoint_last.pt written by mmgr.py")
+    saved = ckpt.get("args", {})
+    for key in _ARCH_FLAGS:
+        if key in saved and saved[key] != getattr(args, key):
+            raise UserError(f"{path} was trained with --{key} {saved[key]} but this run has {getattr(args, key)}; "
+                            "use the same flags to resume")
+    try:
+        img_model.load_state_dict(ckpt["img"])
+        poi_model.load_state_dict(ckpt["poi"])
+    except RuntimeError:
+        raise UserError(f"{path} holds models of another shape than these flags and data build; "
+                        "resume with the flags and POI data of the original run") from None
+    opt_img.load_state_dict(ckpt["opt_img"])
+    opt_poi.load_state_dict(ckpt["opt_poi"])
+    if "rng" in ckpt:
+        from utils.reproducibility import set_rng_state
+
+        set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"])

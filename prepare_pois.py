@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--embed_dim", type=int, default=None,
                    help="width of learned vectors (default: 64, the width the published POI encoder takes)")
     g.add_argument("--hierarchy_weight", type=float, default=0.5,
-                   help="h in M <- (1-h) M + h G M: how far each category's co-location counts are pulled "
-                        "to its sibling group's mean (needs --parent_col)")
+                   help="weight of the category-parent link relative to a category's co-location counts in "
+                        "learned embeddings (needs --parent_col)")
     g.add_argument("--max_edge_length", type=float, default=None,
                    help="cut Delaunay edges longer than this, in the tiles' CRS units (default: keep all)")
     g = p.add_argument_group("output")

@@ -8,10 +8,11 @@ counterpart of skip-gram with negative sampling):
 
 1. ``M[a, b]`` = number of Delaunay edges (city-wide network) joining a POI of category ``a`` and one
    of category ``b`` (both directions, so ``M`` is symmetric; same-category edges count on the diagonal).
-2. With a two-level hierarchy, each category's row is pulled towards its sibling group's mean row,
-   ``M <- (1 - h) M + h G M`` with ``G[a, b] = 1 / |siblings(a)|`` when ``a`` and ``b`` share a parent
-   (``h`` = ``--hierarchy_weight``, 0.5 by default). Siblings then share part of their context
-   distribution, so their vectors are closer; rare categories borrow strength from their parent.
+2. With a two-level hierarchy, each parent becomes one more row/column of ``M`` (a context word):
+   category ``a`` co-occurs with its parent ``h * sum_b M[a, b]`` times (``h`` =
+   ``--hierarchy_weight``, 0.5 by default). Siblings share this context and non-siblings never do,
+   so siblings end up closer; rare categories borrow strength from their parent. Only the category
+   rows of the factorisation are kept.
 3. ``PPMI[a, b] = max(0, log(P(a, b) / (P(a) P'(b))))`` from the counts (0 where ``M`` is 0).
 4. Truncated SVD ``PPMI = U S V^T``; vector of ``a`` = row ``a`` of ``U[:, :D] sqrt(S[:D])``, each
    column's sign fixed so its largest-magnitude entry is positive (the SVD alone leaves it arbitrary),
@@ -58,7 +59,7 @@ def learn_embeddings(counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray
         counts: ``[C, C]`` co-occurrence counts.
         dim: output width D.
         parent_codes: ``[C]`` int parent code of each category, or None (no hierarchy).
-        hierarchy_weight: ``h`` in ``M <- (1 - h) M + h G M``.
+        hierarchy_weight: ``h``, the category-parent count relative to the category's edge ends.
 
     Returns:
         ``[C, D]`` float32 vectors, unit length (or zero for categories without edges).
@@ -66,14 +67,20 @@ def learn_embeddings(counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray
     m = np.asarray(counts, dtype=np.float64)
     c = m.shape[0]
     if parent_codes is not None and hierarchy_weight > 0:
-        parent_codes = np.asarray(parent_codes)
-        same = (parent_codes[:, None] == parent_codes[None, :]).astype(np.float64)
-        g = same / same.sum(axis=1, keepdims=True)
-        m = (1 - hierarchy_weight) * m + hierarchy_weight * (g @ m)
+        # Parents become extra context words: category a co-occurs with its parent h * (its edge ends)
+        # times. Siblings share that context, non-siblings never do.
+        parent_codes = np.asarray(parent_codes, dtype=np.int64)
+        n_par = int(parent_codes.max()) + 1
+        ext = np.zeros((c + n_par, c + n_par))
+        ext[:c, :c] = m
+        link = hierarchy_weight * m.sum(axis=1)
+        ext[np.arange(c), c + parent_codes] = link
+        ext[c + parent_codes, np.arange(c)] = link
+        m = ext
     total = m.sum()
-    out = np.zeros((c, dim), dtype=np.float64)
+    out = np.zeros((m.shape[0], dim), dtype=np.float64)
     if total <= 0:
-        return out.astype(np.float32)
+        return out[:c].astype(np.float32)
     row, col = m.sum(axis=1, keepdims=True), m.sum(axis=0, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         pmi = np.log(m * total / (row * col))
@@ -85,7 +92,7 @@ def learn_embeddings(counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray
     vec = vec * np.where(sign == 0, 1.0, sign)
     norm = np.linalg.norm(vec, axis=1, keepdims=True)
     out[:, :k] = np.divide(vec, norm, out=np.zeros_like(vec), where=norm > 0)
-    return out.astype(np.float32)
+    return out[:c].astype(np.float32)
 
 
 def write_table(path: str, categories: list[str], vectors: np.ndarray) -> None:

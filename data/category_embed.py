@@ -14,9 +14,10 @@ counterpart of skip-gram with negative sampling):
    so siblings end up closer; rare categories borrow strength from their parent. Only the category
    rows of the factorisation are kept.
 3. ``PPMI[a, b] = max(0, log(P(a, b) / (P(a) P'(b))))`` from the counts (0 where ``M`` is 0).
-4. Truncated SVD ``PPMI = U S V^T``; vector of ``a`` = row ``a`` of ``U[:, :D] sqrt(S[:D])``, each
-   column's sign fixed so its largest-magnitude entry is positive (the SVD alone leaves it arbitrary),
-   then L2-normalised (only directions matter to a cosine-trained encoder). With fewer than ``D``
+4. Truncated SVD ``PPMI = U S V^T``; vector of ``a`` = row ``a`` of ``(U + V)[:, :D] sqrt(S[:D])``
+   (word + context vectors, Levy, Goldberg & Dagan 2015: categories that neighbour each other are
+   close, not only categories with the same neighbours); each column's sign is fixed so its
+   largest-magnitude entry is positive (the SVD alone leaves it arbitrary); then L2-normalised (only directions matter to a cosine-trained encoder). With fewer than ``D``
    categories, or a rank-deficient PPMI, the remaining columns are zeros; a category with no edge at
    all gets the zero vector.
 
@@ -85,9 +86,12 @@ def learn_embeddings(counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         pmi = np.log(m * total / (row * col))
     ppmi = np.where(m > 0, np.maximum(pmi, 0.0), 0.0)
-    u, s, _ = np.linalg.svd(ppmi)
+    u, s, vt = np.linalg.svd(ppmi)
     k = min(dim, int((s > 1e-10 * max(s[0], 1e-300)).sum()))
-    vec = u[:, :k] * np.sqrt(s[:k])
+    # "w + c": category (row) plus context (column) vectors. The row part alone only makes two
+    # categories close when they have the same neighbours; adding the context part also makes
+    # categories that are each other's neighbours close (first-order co-location).
+    vec = (u[:, :k] + vt[:k].T) * np.sqrt(s[:k])
     sign = np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(k)])
     vec = vec * np.where(sign == 0, 1.0, sign)
     norm = np.linalg.norm(vec, axis=1, keepdims=True)

@@ -17,14 +17,13 @@ from data.prepare import PrepareConfig, prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("POIs")
     g.add_argument("--pois", required=True, help="POI file: .csv, .geojson/.json or .gpkg (required)")
-    g.add_argument("--x_col", default="x", help="CSV column of the x / easting / longitude coordinate")
-    g.add_argument("--y_col", default="y", help="CSV column of the y / northing / latitude coordinate")
+    g.add_argument("--x_col", default="x", help="CSV column of the x / easting / longitude coordinate (default: x)")
+    g.add_argument("--y_col", default="y", help="CSV column of the y / northing / latitude coordinate (default: y)")
     g.add_argument("--category_col", default="category",
-                   help="column of the (second-level) category each POI is embedded by")
+                   help="column of the (second-level) category each POI is embedded by (default: category)")
     g.add_argument("--parent_col", default=None,
                    help="column of the first-level (parent) category; pulls sibling categories together "
                         "in learned embeddings (default: none)")
@@ -40,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tile_crs", default=None,
                    help="CRS of the tile bounds (default: the GeoTIFFs' own CRS; with --tile_index, the POIs')")
     g.add_argument("--image_mode", default="copy", choices=["copy", "hardlink", "symlink"],
-                   help="how PNG/JPEG tiles are put into OUT/sub_shanghai_img")
+                   help="how PNG/JPEG tiles are put into OUT/sub_shanghai_img (default: copy)")
     g.add_argument("--convert_tiff", action="store_true",
                    help="write GeoTIFF tiles as RGB PNG (default: off, GeoTIFFs are placed as they are)")
     g = p.add_argument_group("graph and embeddings")
@@ -51,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width of learned vectors (default: 64, the width the published POI encoder takes)")
     g.add_argument("--hierarchy_weight", type=float, default=0.5,
                    help="weight of the category-parent link relative to a category's co-location counts in "
-                        "learned embeddings (needs --parent_col)")
+                        "learned embeddings (needs --parent_col) (default: 0.5)")
     g.add_argument("--max_edge_length", type=float, default=None,
                    help="cut Delaunay edges longer than this, in the tiles' CRS units (default: keep all)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder (required)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an earlier preparation in --out (default: refuse)")
-    g.add_argument("--workers", type=int, default=1, help="processes writing tiles")
+    g.add_argument("--workers", type=int, default=1, help="processes writing tiles (default: 1)")
     return p
 
 

@@ -20,8 +20,8 @@ import numpy as np
 __all__ = ["delaunay_edges", "edge_weights"]
 
 
-def _chain_edges(xy: np.ndarray, idx: np.ndarray) -> set[tuple[int, int]]:
-    """Edges joining consecutive points of ``idx`` ordered along their main direction.
+def _chain_edges(xy: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Edges joining consecutive points of ``idx`` ordered along their main direction -> ``[K, 2]``.
 
     Used where a triangulation does not exist (2 points, or all points on one line).
     """
@@ -30,7 +30,7 @@ def _chain_edges(xy: np.ndarray, idx: np.ndarray) -> set[tuple[int, int]]:
     # Direction of largest spread: first right-singular vector.
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     order = idx[np.argsort(centred @ vt[0], kind="stable")]
-    return {(int(min(a, b)), int(max(a, b))) for a, b in zip(order[:-1], order[1:])}
+    return np.stack([order[:-1], order[1:]], axis=1)
 
 
 def delaunay_edges(xy: np.ndarray, max_length: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -49,23 +49,25 @@ def delaunay_edges(xy: np.ndarray, max_length: float | None = None) -> tuple[np.
     """
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     n = xy.shape[0]
-    edges: set[tuple[int, int]] = set()
+    # Candidate undirected edges as [K, 2] blocks; deduplicated below with one np.unique on
+    # lo * n + hi (array work instead of a Python set: the 1M-POI benchmark calls this per tile).
+    parts: list[np.ndarray] = []
     if n >= 2:
         _, first, inverse = np.unique(xy, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.reshape(-1)
         reps = np.sort(first)  # one representative (the first occurrence) per location
         rep_of = first[inverse]  # for every point, the representative of its location
-        for i in range(n):
-            if rep_of[i] != i:
-                edges.add((int(rep_of[i]), i))
+        dup = np.flatnonzero(rep_of != np.arange(n))
+        if dup.size:
+            parts.append(np.stack([rep_of[dup], dup], axis=1))
         if reps.size == 2:
-            edges.add((int(reps[0]), int(reps[1])))
+            parts.append(reps.reshape(1, 2))
         elif reps.size >= 3:
             pts = xy[reps]
             spread = pts - pts.mean(axis=0)
             sv = np.linalg.svd(spread, compute_uv=False)
             if sv[1] <= 1e-12 * max(sv[0], 1e-300):
-                edges |= _chain_edges(xy, reps)
+                parts.append(_chain_edges(xy, reps))
             else:
                 from scipy.spatial import Delaunay
                 from scipy.spatial import QhullError
@@ -73,15 +75,15 @@ def delaunay_edges(xy: np.ndarray, max_length: float | None = None) -> tuple[np.
                 try:
                     tri = Delaunay(pts)
                     s = reps[tri.simplices]  # [T, 3] original indices
-                    for a, b in ((0, 1), (1, 2), (0, 2)):
-                        lo = np.minimum(s[:, a], s[:, b])
-                        hi = np.maximum(s[:, a], s[:, b])
-                        edges.update(zip(lo.tolist(), hi.tolist()))
+                    parts.append(np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]], axis=0))
                 except QhullError:  # numerically degenerate: treat as a line
-                    edges |= _chain_edges(xy, reps)
-    if not edges:
+                    parts.append(_chain_edges(xy, reps))
+    if not parts:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0,), dtype=np.float32)
-    und = np.array(sorted(edges), dtype=np.int64)  # [E/2, 2]
+    cand = np.concatenate(parts, axis=0).astype(np.int64)
+    lo, hi = np.minimum(cand[:, 0], cand[:, 1]), np.maximum(cand[:, 0], cand[:, 1])
+    key = np.unique(lo * n + hi)  # sorted by (lo, hi), like sorted() of the pairs
+    und = np.stack([key // n, key % n], axis=1)  # [E/2, 2]
     lengths = np.linalg.norm(xy[und[:, 0]] - xy[und[:, 1]], axis=1)
     if max_length is not None:
         keep = lengths <= max_length

@@ -1,0 +1,251 @@
+"""prepare_pois.py end to end on hand-made fixtures: tile membership, node order, graphs, embeddings,
+the summary, and one-sentence errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.prepare import assign_to_tiles
+from prepare_pois import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tiles (minx, miny, maxx, maxy): A and B abut at x = 1; C sits on top of both; D overlaps A and B;
+# E is far away and gets no POI.
+TILES = {"A": (0, 0, 1, 1), "B": (1, 0, 2, 1), "C": (0, 1, 2, 2), "D": (0.5, 0, 1.5, 0.5), "E": (10, 10, 11, 11)}
+# (x, y, category); expected tiles by hand from minx <= x < maxx, miny <= y < maxy.
+POIS = [
+    (0.0, 0.0, "c0"),  # 0: A (on A's minx/miny corner)
+    (1.0, 0.75, "c1"),  # 1: B only (on A's maxx = B's minx)
+    (2.0, 0.5, "c2"),  # 2: nowhere (on B's maxx, the extent's edge)
+    (0.5, 1.0, "c3"),  # 3: C (on A's maxy = C's miny)
+    (1.5, 1.99, "c4"),  # 4: C
+    (-0.1, 0.5, "c5"),  # 5: nowhere
+    (0.75, 0.25, "c6"),  # 6: A and D
+    (1.25, 0.25, "c7"),  # 7: B and D
+    (0.25, 0.75, "c8"),  # 8: A
+]
+EXPECTED = {"A": [0, 6, 8], "B": [1, 7], "C": [3, 4], "D": [6, 7], "E": []}
+
+
+def write_csv(path, header, rows):
+    with open(path, "w") as f:
+        f.write(",".join(header) + "\n")
+        f.writelines(",".join(str(v) for v in r) + "\n" for r in rows)
+
+
+def make_tiles(folder, tiles, ext=".png"):
+    os.makedirs(folder, exist_ok=True)
+    for name in tiles:
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(os.path.join(folder, name + ext))
+
+
+@pytest.fixture
+def city(tmp_path):
+    """Fixture city with a one-hot category table, so each emb row says which POI it is."""
+    make_tiles(tmp_path / "tiles", TILES)
+    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"],
+              [[n + ".png", *b] for n, b in TILES.items()])
+    write_csv(tmp_path / "pois.csv", ["poi_id", "x", "y", "category"], [[k, *p] for k, p in enumerate(POIS)])
+    write_csv(tmp_path / "table.csv", ["category"] + [f"v{k}" for k in range(9)],
+              [[f"c{c}"] + list(np.eye(9, dtype=int)[c]) for c in range(9)])
+    return tmp_path
+
+
+def run(city, *extra):
+    out = city / "out"
+    args = ["--pois", str(city / "pois.csv"), "--tiles", str(city / "tiles"),
+            "--tile_index", str(city / "index.csv"), "--out", str(out), *extra]
+    return main(args), out
+
+
+def load(out, kind, stem):
+    return torch.load(out / f"sub_shanghai_{kind}" / f"{stem}.tensor")
+
+
+def test_assign_to_tiles_by_hand():
+    xy = np.array([p[:2] for p in POIS], dtype=float)
+    bounds = np.array(list(TILES.values()), dtype=float)
+    poi, tile = assign_to_tiles(xy, bounds)
+    names = list(TILES)
+    got = {n: poi[tile == k].tolist() for k, n in enumerate(names)}
+    assert got == EXPECTED
+
+
+def test_assign_matches_brute_force_on_random_overlapping_tiles():
+    rng = np.random.default_rng(1)
+    lo = rng.uniform(0, 10, size=(300, 2))
+    bounds = np.concatenate([lo, lo + rng.uniform(0.1, 3, size=(300, 2))], axis=1)
+    xy = np.round(rng.uniform(-1, 13, size=(2000, 2)), 1)  # rounding puts many POIs on edges
+    xy[:50] = bounds[:50, :2]  # exactly on tile corners
+    poi, tile = assign_to_tiles(xy, bounds)
+    inside = ((bounds[None, :, 0] <= xy[:, None, 0]) & (xy[:, None, 0] < bounds[None, :, 2])
+              & (bounds[None, :, 1] <= xy[:, None, 1]) & (xy[:, None, 1] < bounds[None, :, 3]))
+    t_ref, p_ref = np.nonzero(inside.T)  # sorted by tile, then POI
+    assert np.array_equal(tile, t_ref) and np.array_equal(poi, p_ref)
+
+
+def test_membership_order_and_zero_poi_tile(city):
+    summary, out = run(city, "--embeddings", str(city / "table.csv"))
+    for name, members in EXPECTED.items():
+        emb = load(out, "emb", name)
+        assert emb.dtype == torch.float32 and emb.shape == (len(members), 9)
+        # one-hot row of category c<k> = POI k: rows follow the file order
+        assert emb.argmax(dim=1).tolist() == members
+    assert load(out, "edge", "E").shape == (2, 0) and load(out, "weight", "E").shape == (0,)
+    assert (out / "sub_shanghai_img" / "E.png").is_file()
+    assert summary["tiles"] == 5 and summary["tiles_without_poi"] == 1
+    assert summary["pois_outside_every_tile"] == 2 and summary["pois_in_several_tiles"] == 2
+    assert json.loads((out / "prepare_summary.json").read_text()) == summary
+
+
+def test_delaunay_edges_of_known_points(tmp_path):
+    # Unit square + centre in one tile, in file order: the 4 sides and 4 spokes.
+    make_tiles(tmp_path / "tiles", ["T"])
+    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [["T", -1, -1, 2, 2]])
+    pts = [(0, 0), (1, 0), (1, 1), (0, 1), (0.5, 0.5)]
+    write_csv(tmp_path / "pois.csv", ["x", "y", "category"], [[x, y, "a"] for x, y in pts])
+    main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"),
+          "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out")])
+    ei = torch.load(tmp_path / "out/sub_shanghai_edge/T.tensor")
+    w = torch.load(tmp_path / "out/sub_shanghai_weight/T.tensor")
+    assert ei.dtype == torch.int64 and w.dtype == torch.float32 and ei.shape == (2, 16)
+    assert {tuple(sorted(e)) for e in ei.T.tolist()} == {
+        (0, 1), (1, 2), (2, 3), (0, 3), (0, 4), (1, 4), (2, 4), (3, 4)}
+    # sides 1, spokes sqrt(.5); median edge length (1 + .707) / 2
+    d = torch.tensor([np.linalg.norm(np.subtract(pts[a], pts[b])) for a, b in ei.T.tolist()])
+    s = float(np.median(d.numpy()))
+    assert torch.allclose(w, (1 / (1 + d / s)).float())
+    # the cut: --max_edge_length 0.8 keeps only the spokes
+    main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--overwrite",
+          "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out"), "--max_edge_length", "0.8"])
+    ei = torch.load(tmp_path / "out/sub_shanghai_edge/T.tensor")
+    assert {tuple(sorted(e)) for e in ei.T.tolist()} == {(0, 4), (1, 4), (2, 4), (3, 4)}
+
+
+def test_unseen_categories_reported(city):
+    lines = (city / "table.csv").read_text().splitlines()
+    (city / "table.csv").write_text("\n".join(l for l in lines if not l.startswith("c6,")) + "\n")
+    summary, out = run(city, "--embeddings", str(city / "table.csv"))
+    assert summary["categories_unseen_in_table"] == {"c6": 1}
+    assert load(out, "emb", "A")[1].abs().sum() == 0  # POI 6 (second in A) gets the zero vector
+    table = (out / "category_embeddings.csv").read_text().splitlines()
+    assert table[0].startswith("category,v0,") and any(l.startswith("c6,") for l in table)
+
+
+def test_learned_table_roundtrip_and_nan_rows(city):
+    with open(city / "pois.csv", "a") as f:
+        f.write("9,nan,0.5,c1\n10,,0.5,c1\n11,0.5,0.5,\n")
+    summary, out = run(city, "--embed_dim", "16")
+    assert summary["pois_skipped_bad_coordinates"] == 2 and summary["pois_skipped_no_category"] == 1
+    assert summary["embedding_source"] == "learned" and load(out, "emb", "A").shape == (3, 16)
+    # the saved table is accepted back as --embeddings and gives the same tensors
+    first = load(out, "emb", "A")
+    os.replace(out / "category_embeddings.csv", city / "learned.csv")
+    summary2, out = run(city, "--embeddings", str(city / "learned.csv"), "--overwrite")
+    assert torch.equal(load(out, "emb", "A"), first) and summary2["categories_unseen_in_table"] == {}
+
+
+def test_learned_embeddings_pull_siblings_together(tmp_path):
+    # Categories scattered at random (no co-location signal) under two parents: only the hierarchy
+    # can make siblings closer than non-siblings.
+    rng = np.random.default_rng(0)
+    make_tiles(tmp_path / "tiles", ["T"])
+    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [["T", 0, 0, 1, 1]])
+    cats = rng.integers(0, 6, size=600)
+    write_csv(tmp_path / "pois.csv", ["x", "y", "category", "parent"],
+              [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats)])
+    main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--parent_col", "parent",
+          "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out")])
+    rows = [l.split(",") for l in (tmp_path / "out/category_embeddings.csv").read_text().splitlines()[1:]]
+    vec = {r[0]: np.array(r[1:], dtype=float) for r in rows}
+    cos = lambda a, b: vec[a] @ vec[b]  # noqa: E731 (unit vectors)
+    sib = [cos(f"c{a}", f"c{b}") for a in range(6) for b in range(a + 1, 6) if a // 3 == b // 3]
+    non = [cos(f"c{a}", f"c{b}") for a in range(6) for b in range(a + 1, 6) if a // 3 != b // 3]
+    assert min(sib) > max(non)
+
+
+def test_geotiff_tiles_without_index(tmp_path):
+    from PIL import TiffImagePlugin, TiffTags
+
+    os.makedirs(tmp_path / "tiles")
+    for k, x0 in enumerate([100.0, 300.0]):  # two 20 x 10 px tiles of 10 m pixels, side by side
+        ifd = TiffImagePlugin.ImageFileDirectory_v2()
+        ifd[33550] = (10.0, 10.0, 0.0)
+        ifd[33922] = (0.0, 0.0, 0.0, x0, 1000.0, 0.0)
+        ifd[34735] = (1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 32651)
+        for tag, typ in ((33550, TiffTags.DOUBLE), (33922, TiffTags.DOUBLE), (34735, TiffTags.SHORT)):
+            ifd.tagtype[tag] = typ
+        Image.new("RGB", (20, 10), (k, 2, 3)).save(tmp_path / f"tiles/g{k}.tif", tiffinfo=ifd)
+    # bounds: g0 [100, 300) x [900, 1000), g1 [300, 500) x [900, 1000)
+    write_csv(tmp_path / "pois.csv", ["x", "y", "category"],
+              [[100, 950, "a"], [299.9, 900, "b"], [300, 999, "a"], [250, 1000, "b"]])
+    summary = main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"),
+                    "--convert_tiff", "--out", str(tmp_path / "out")])
+    assert summary["tile_crs"] == "EPSG:32651" and summary["pois_outside_every_tile"] == 1
+    assert torch.load(tmp_path / "out/sub_shanghai_emb/g0.tensor").shape[0] == 2
+    assert torch.load(tmp_path / "out/sub_shanghai_emb/g1.tensor").shape[0] == 1
+    with Image.open(tmp_path / "out/sub_shanghai_img/g0.png") as im:
+        assert im.mode == "RGB" and im.size == (20, 10)
+
+
+def test_lonlat_pois_reprojected_to_tile_crs(tmp_path):
+    pyproj = pytest.importorskip("pyproj")
+    tr = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    x, y = tr.transform(121.47, 31.23)  # Shanghai
+    make_tiles(tmp_path / "tiles", ["W", "E"])
+    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"],
+              [["W", x - 1000, y - 1000, x, y + 1000], ["E", x, y - 1000, x + 1000, y + 1000]])
+    write_csv(tmp_path / "pois.csv", ["lon", "lat", "category"], [[121.469, 31.23, "a"], [121.471, 31.23, "b"]])
+    summary = main(["--pois", str(tmp_path / "pois.csv"), "--x_col", "lon", "--y_col", "lat", "--crs", "EPSG:4326",
+                    "--tiles", str(tmp_path / "tiles"), "--tile_index", str(tmp_path / "index.csv"),
+                    "--tile_crs", "EPSG:3857", "--out", str(tmp_path / "out")])
+    assert summary["reprojected"] and summary["pois_outside_every_tile"] == 0
+    assert torch.load(tmp_path / "out/sub_shanghai_emb/W.tensor").shape[0] == 1
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "prepare_pois.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("case", ["missing_column", "empty_file", "unknown_crs", "no_georef", "all_nan"])
+def test_bad_input_one_sentence_and_nonzero_exit(city, case):
+    pois, index = city / "pois.csv", ["--tile_index", str(city / "index.csv")]
+    extra = []
+    if case == "missing_column":
+        extra = ["--category_col", "kind"]
+    elif case == "empty_file":
+        pois = city / "empty.csv"
+        pois.write_text("")
+    elif case == "unknown_crs":
+        extra = ["--crs", "EPSG:999999"]
+    elif case == "no_georef":
+        index = []  # plain PNGs with neither index nor world file
+    elif case == "all_nan":
+        pois = city / "nan.csv"
+        write_csv(pois, ["x", "y", "category"], [["nan", 1, "a"], ["", 2, "b"]])
+    r = cli("--pois", str(pois), "--tiles", str(city / "tiles"), *index, "--out", str(city / "out"), *extra)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (city / "out" / "prepare_summary.json").exists()
+
+
+def test_mmgr_trains_on_prepared_folder(city, tmp_path):
+    if not os.path.isfile(os.path.join(ROOT, "mmgr.py")):
+        pytest.skip("mmgr.py is not in the repository root yet")
+    # 4 tiles with POIs + 1 empty: enough for one batch of 4.
+    _, out = run(city)
+    tmp = tmp_path / "train"
+    r = subprocess.run([sys.executable, "mmgr.py", "--data_path", str(out), "--total_epoch", "1",
+                        "--batch_size", "4", "--resnet", "resnet18", "--img_size", "32",
+                        "--model_path", str(tmp / "ckpt"), "--train_record", str(tmp / "rec"),
+                        "--device", "cpu", "--workers", "0"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp / "ckpt" / "wuhan_img_1.tar").is_file()

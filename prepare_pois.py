@@ -10,9 +10,8 @@ See docs/prepare_pois.md for the formats, the edge-weight formula and the embedd
 from __future__ import annotations
 
 import argparse
-import sys
 
-from data.poi_io import InputError
+from utils.errors import run_main
 from data.prepare import PrepareConfig, prepare
 
 
@@ -64,10 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = PrepareConfig(**vars(args))
-    try:
-        summary = prepare(cfg)
-    except InputError as e:
-        sys.exit(f"prepare_pois.py: {e}")  # one sentence, exit status 1, no traceback
+    summary = prepare(cfg)  # InputError is a UserError: run_main prints its sentence and exits 2
     print(f"done: {summary['tiles']} tiles ({summary['tiles_without_poi']} without POI), "
           f"{summary['pois_used']} POIs ({summary['pois_outside_every_tile']} outside every tile, "
           f"{summary['pois_skipped_bad_coordinates']} skipped for bad coordinates) -> {args.out}")
@@ -75,4 +71,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from utils.errors import UserError
+
 __all__ = [
     "InputError",
     "Pois",
@@ -41,8 +43,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 TIFF_EXTS = (".tif", ".tiff")
 
 
-class InputError(Exception):
-    """A problem with the user's input files or flags; the message is one sentence for the user."""
+class InputError(UserError):
+    """A problem with the user's input files or flags; the message is one sentence for the user (exit 2)."""
 
 
 @dataclass

@@ -238,8 +238,6 @@ def test_bad_input_one_sentence_and_nonzero_exit(city, case):
 
 
 def test_mmgr_trains_on_prepared_folder(city, tmp_path):
-    if not os.path.isfile(os.path.join(ROOT, "mmgr.py")):
-        pytest.skip("mmgr.py is not in the repository root yet")
     # 4 tiles with POIs + 1 empty: enough for one batch of 4.
     _, out = run(city)
     tmp = tmp_path / "train"

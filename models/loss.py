@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nt_xent"]
+__all__ = ["nt_xent", "nt_xent_gathered"]
 
 
 def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -36,4 +36,43 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     logits = logits.masked_fill(self_mask, float("-inf"))
     # Row i's positive sits B rows away: i + B for the first half, i - B for the second.
     targets = torch.arange(2 * b, device=z.device).roll(b)
+    return F.cross_entropy(logits, targets)
+
+
+def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent with the negatives of every process (DDP), equal to :func:`nt_xent` on the global batch.
+
+    Each of ``W`` ranks holds ``B`` local pairs. The rows of all ranks are gathered (gradient-correct,
+    see :func:`utils.distributed.gather_rows`) into the global ``[W*B, D]`` batches ``A`` and ``B``;
+    this rank then computes the cross-entropy of its own ``2B`` rows against all ``2WB`` rows. The
+    mean of the returned values over ranks — which is what DDP's gradient averaging optimises — is
+    exactly ``nt_xent(A, B)``: the same ``2WB`` rows, the same positives, the same negatives.
+    Memory is ``[2B, 2WB]`` per rank. In a single process this is :func:`nt_xent`.
+
+    Args:
+        z_a: ``[B, D]`` this rank's embeddings (e.g. image view 1).
+        z_b: ``[B, D]`` their partners.
+        temperature: softmax temperature (published default 0.5).
+
+    Returns:
+        Scalar tensor: this rank's mean over its ``2B`` rows.
+    """
+    from utils.distributed import gather_rows, rank, world_size
+
+    if world_size() == 1:
+        return nt_xent(z_a, z_b, temperature)
+    if z_a.shape != z_b.shape or z_a.dim() != 2:
+        raise ValueError(f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+    b, r = z_a.shape[0], rank()
+    q_a, q_b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)  # [B, D] each
+    k_a, k_b = gather_rows(q_a), gather_rows(q_b)  # [N, D] each, N = W * B, rank order
+    n = k_a.shape[0]
+    q = torch.cat([q_a, q_b], dim=0)  # [2B, D]: this rank's rows of the global [2N] batch
+    k = torch.cat([k_a, k_b], dim=0)  # [2N, D]
+    logits = (q @ k.t()) / temperature  # [2B, 2N]
+    # Global index of local row j: r*B + j in the first half, N + r*B + j in the second.
+    local = torch.arange(b, device=q.device) + r * b
+    own = torch.cat([local, local + n])  # [2B]
+    logits[torch.arange(2 * b, device=q.device), own] = float("-inf")  # never its own negative
+    targets = torch.cat([local + n, local])  # partner: A row i <-> B row i
     return F.cross_entropy(logits, targets)

@@ -1,0 +1,128 @@
+"""Distributed training in one small module (STYLE 6): process group, rank helpers, gathered rows.
+
+``torchrun --nproc_per_node N mmgr.py ...`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR`` and ``MASTER_PORT`` in every process; :func:`init_from_env` reads them and creates
+the default process group (nccl for CUDA devices, gloo for CPU). Without those variables nothing
+is initialised and every helper here behaves as the single process it is, so the default path —
+one process, no process group — is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_from_env", "cleanup", "is_main", "world_size", "rank", "gather_rows", "all_reduce_mean"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device: torch.device | None = None) -> tuple[DistInfo, torch.device | None]:
+    """Create the default process group when launched by torchrun; otherwise do nothing.
+
+    Args:
+        device: the device the user asked for (``--device``), or None for "pick one". Under torchrun a
+            CUDA device becomes ``cuda:LOCAL_RANK`` so each process drives its own GPU.
+
+    Returns:
+        ``(info, device)``; ``device`` is the (possibly rank-specific) device to use.
+    """
+    n = int(os.environ.get("WORLD_SIZE", "1"))
+    if n <= 1 or "RANK" not in os.environ:
+        return DistInfo(), device
+    info = DistInfo(int(os.environ["RANK"]), n, int(os.environ.get("LOCAL_RANK", "0")))
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        # device_id binds NCCL to this process's GPU up front (no lazy guess of the device).
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return info, device
+
+
+def cleanup() -> None:
+    """Destroy the default process group if one exists (safe to call always)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True on rank 0 and in a single process: the one that prints, records and saves."""
+    return rank() == 0
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the gradient over ranks, then takes this rank's slice.
+
+    Every rank's loss depends on every rank's rows (they are its negatives), so the gradient of the
+    total loss w.r.t. this rank's rows is the sum over ranks of what each rank's loss put on them.
+    The gather layer of the published code returned only the local loss's share — a known bug.
+    An all-reduce (supported by every backend, unlike reduce-scatter on gloo) does the summing.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` ``[B, D]`` of every rank in rank order -> ``[world * B, D]``, gradient-correct.
+
+    Every rank must pass the same ``B`` (DistributedSampler with ``drop_last`` guarantees it). In a
+    single process this returns ``x`` itself.
+    """
+    if world_size() == 1:
+        return x
+    return _GatherRows.apply(x)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a (detached) tensor over ranks, for logging; identity in a single process."""
+    if world_size() == 1:
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / world_size()

@@ -1,0 +1,218 @@
+"""Packed pretraining data: a few memory-mapped shards instead of three files per tile.
+
+    python -m data.pack --data_path DATA --out DATA_packed [--shard_size 65536] [--workers 4]
+    python mmgr.py --data_path DATA_packed ...          # recognised by its mmgr_pack.json
+
+A million-tile data set in the published layout is three million small files: every epoch opens
+each of them, which is slow on network and parallel file systems. The packed form holds the same
+data in ``ceil(n / shard_size)`` shards of plain ``.npy`` arrays, read through ``numpy`` memory maps
+(the OS page cache does the rest), so an item costs two slices and no file open.
+
+Layout of ``--out`` (every array little-endian ``.npy``; shard ``k`` has ``n_k`` tiles):
+
+* ``mmgr_pack.json`` — format tag, tile count, tile shape ``[3, H, W]``, POI width, whether edge
+  weights exist, and the shards' tile counts. Written last: its presence marks a complete pack.
+* ``names.txt`` — the tiles' image file names in dataset order (the folder dataset's sorted order).
+* ``shard_K.images.npy`` uint8 ``[n_k, 3, H, W]`` — decoded RGB tiles (tiles must share one size).
+* ``shard_K.node_ptr.npy`` int64 ``[n_k + 1]`` and ``shard_K.x.npy`` float32 ``[N_k, F]`` — CSR rows:
+  the POIs of tile ``t`` are ``x[node_ptr[t]:node_ptr[t + 1]]``.
+* ``shard_K.edge_ptr.npy`` int64 ``[n_k + 1]`` and ``shard_K.edges.npy`` int64 ``[2, E_k]`` — the
+  tile's edges (node indices local to the tile) are ``edges[:, edge_ptr[t]:edge_ptr[t + 1]]``.
+* ``shard_K.weights.npy`` float32 ``[E_k]`` — edge weights, when the source had them.
+
+Packing validates every tile's files as the folder dataset does, so training from a pack never
+meets a malformed item. Items read back are equal, element for element, to the folder dataset's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Data
+
+from utils.errors import UserError, run_main
+
+__all__ = ["PACK_META", "is_packed", "pack", "PackedPretrainDataset", "main"]
+
+PACK_META = "mmgr_pack.json"
+FORMAT = "mmgr-packed-1"
+
+
+def is_packed(root: str | Path) -> bool:
+    """True if ``root`` holds a complete pack (its ``mmgr_pack.json``)."""
+    return (Path(root) / PACK_META).is_file()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def pack(data_path: str | Path, out: str | Path, shard_size: int = 65536, workers: int = 0,
+         img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb", edge_dir: str = "sub_shanghai_edge",
+         weight_dir: str = "sub_shanghai_weight", progress: bool = True) -> dict:
+    """Pack the published folder layout under ``data_path`` into shards in ``out``; returns the metadata."""
+    from tqdm import tqdm
+
+    from data.raw import RawPretrainDataset
+
+    if shard_size < 1:
+        raise UserError(f"--shard_size must be at least 1, got {shard_size}")
+    src = RawPretrainDataset(data_path, img_dir, emb_dir, edge_dir, weight_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_packed(out):
+        (out / PACK_META).unlink()  # re-packing: the old pack is incomplete until the new metadata lands
+    n = len(src)
+    has_weights = src.weight_dir is not None
+    # Workers decode in parallel; batch_size=None keeps items whole and in order.
+    loader = DataLoader(src, batch_size=None, shuffle=False, num_workers=workers)
+    it = iter(tqdm(loader, total=n, desc="packing", disable=not progress or None, mininterval=1.0))
+    shards, shape = [], None
+    for k, start in enumerate(range(0, n, shard_size)):
+        m = min(shard_size, n - start)
+        name = f"shard_{k:05d}"
+        images = None
+        xs, eis, ws = [], [], []
+        node_ptr, edge_ptr = np.zeros(m + 1, np.int64), np.zeros(m + 1, np.int64)
+        for t in range(m):
+            img, g = next(it)
+            if shape is None:
+                shape = tuple(img.shape)
+            if tuple(img.shape) != shape:
+                raise UserError(f"{src.images[start + t]} is {tuple(img.shape)[1:]} px but the first tile is {shape[1:]}; "
+                                "a pack holds tiles of one size: resize the tiles or train from the folder layout")
+            if images is None:
+                tmp_images = out / f".{name}.images.npy.tmp"
+                images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(m, *shape))
+            images[t] = img.numpy()
+            xs.append(g.x.numpy().astype(np.float32))
+            eis.append(g.edge_index.numpy().astype(np.int64))
+            if has_weights:
+                ws.append(g.edge_weight.numpy().astype(np.float32))
+            node_ptr[t + 1] = node_ptr[t] + g.x.shape[0]
+            edge_ptr[t + 1] = edge_ptr[t] + g.edge_index.shape[1]
+        images.flush()
+        del images
+        os.replace(out / f".{name}.images.npy.tmp", out / f"{name}.images.npy")
+        _save_npy(out / f"{name}.x.npy", np.concatenate(xs, axis=0).reshape(-1, src.poi_dim))
+        _save_npy(out / f"{name}.node_ptr.npy", node_ptr)
+        _save_npy(out / f"{name}.edges.npy", np.concatenate(eis, axis=1).reshape(2, -1))
+        _save_npy(out / f"{name}.edge_ptr.npy", edge_ptr)
+        if has_weights:
+            _save_npy(out / f"{name}.weights.npy", np.concatenate(ws))
+        shards.append({"name": name, "n": m})
+    (out / "names.txt").write_text("".join(p.name + "\n" for p in src.images))
+    meta = {"format": FORMAT, "n_tiles": n, "tile_shape": list(shape), "poi_dim": src.poi_dim,
+            "has_weights": has_weights, "shards": shards, "source": str(Path(data_path).resolve())}
+    tmp = out / f".{PACK_META}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, out / PACK_META)
+    return meta
+
+
+class PackedPretrainDataset(Dataset):
+    """A pack written by :func:`pack`, item for item equal to the folder dataset it came from.
+
+    Args:
+        root: the pack directory (holds ``mmgr_pack.json``).
+        transform: None -> items ``(uint8 [3, H, W], graph)`` like :class:`data.raw.RawPretrainDataset`;
+            a PIL transform -> ``(view1, view2, graph)`` like :class:`data.pretrain.PretrainDataset`.
+
+    The memory maps are opened lazily in each process (DataLoader workers included) and never pickled.
+    """
+
+    def __init__(self, root: str | Path, transform: Callable | None = None):
+        self.root = Path(root)
+        meta_path = self.root / PACK_META
+        if not meta_path.is_file():
+            raise UserError(f"{meta_path} does not exist; create the pack with `python -m data.pack --data_path DATA --out {self.root}`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            raise UserError(f"{meta_path} is not valid JSON; re-create the pack with python -m data.pack") from None
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{meta_path} is not an {FORMAT} pack; re-create it with python -m data.pack")
+        self.meta = meta
+        self.transform = transform
+        self.poi_dim: int = int(meta["poi_dim"])
+        self.names = (self.root / "names.txt").read_text().splitlines()
+        counts = [s["n"] for s in meta["shards"]]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # [n_shards + 1]
+        if len(self.names) != meta["n_tiles"] or self._starts[-1] != meta["n_tiles"]:
+            raise UserError(f"{self.root} is an incomplete pack (names.txt or shards disagree with {PACK_META}); re-create it")
+        self._open: dict[int, dict[str, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = {}  # each worker maps the files itself (pickling a memmap would copy it)
+        return state
+
+    def __len__(self) -> int:
+        return int(self.meta["n_tiles"])
+
+    def _shard(self, k: int) -> dict[str, np.ndarray]:
+        if k not in self._open:
+            name = self.meta["shards"][k]["name"]
+            keys = ["images", "x", "node_ptr", "edges", "edge_ptr"] + (["weights"] if self.meta["has_weights"] else [])
+            try:
+                self._open[k] = {key: np.load(self.root / f"{name}.{key}.npy", mmap_mode="r") for key in keys}
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{self.root} has a missing or unreadable shard file of {name} ({exc}); re-create the pack") from None
+        return self._open[k]
+
+    def graph(self, index: int) -> Data:
+        """The POI graph of tile ``index``: ``Data(x [n_poi, F], edge_index [2, n_edge][, edge_weight])``."""
+        k = int(np.searchsorted(self._starts, index, side="right")) - 1
+        s, t = self._shard(k), index - int(self._starts[k])
+        a, b = int(s["node_ptr"][t]), int(s["node_ptr"][t + 1])
+        e0, e1 = int(s["edge_ptr"][t]), int(s["edge_ptr"][t + 1])
+        data = Data(x=torch.from_numpy(np.array(s["x"][a:b])), edge_index=torch.from_numpy(np.array(s["edges"][:, e0:e1])),
+                    num_nodes=b - a)
+        if "weights" in s:
+            data.edge_weight = torch.from_numpy(np.array(s["weights"][e0:e1]))
+        return data
+
+    def image(self, index: int) -> torch.Tensor:
+        """Tile ``index`` as ``uint8 [3, H, W]``."""
+        k = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return torch.from_numpy(np.array(self._shard(k)["images"][index - int(self._starts[k])]))
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        img, g = self.image(index), self.graph(index)
+        if self.transform is None:
+            return img, g
+        pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+        return self.transform(pil), self.transform(pil), g
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Pack the MMGR pretraining folder layout into memory-mapped shards.")
+    p.add_argument("--data_path", required=True, help="data root in the published layout (sub_shanghai_img/, ..._emb/, ..._edge/)")
+    p.add_argument("--out", required=True, help="output directory of the pack (pass it as mmgr.py --data_path)")
+    p.add_argument("--shard_size", type=int, default=65536, help="tiles per shard (default 65536: ~13 GB of 256 px tiles)")
+    p.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0: in the main process)")
+    p.add_argument("--img_dir", default="sub_shanghai_img", help="tile directory under --data_path (default published)")
+    p.add_argument("--emb_dir", default="sub_shanghai_emb", help="POI embedding directory (default published)")
+    p.add_argument("--edge_dir", default="sub_shanghai_edge", help="POI edge directory (default published)")
+    p.add_argument("--weight_dir", default="sub_shanghai_weight", help="optional edge-weight directory (default 'sub_shanghai_weight')")
+    args = p.parse_args(argv)
+    meta = pack(args.data_path, args.out, args.shard_size, args.workers, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir)
+    print(f"packed {meta['n_tiles']} tiles of {meta['tile_shape'][1]}x{meta['tile_shape'][2]} px into "
+          f"{len(meta['shards'])} shard(s) in {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

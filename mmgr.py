@@ -2,6 +2,7 @@
 
     python mmgr.py --data_path DATA --model_path ckpt            # published defaults
     python mmgr.py --demo                                        # built-in synthetic city, CPU-sized
+    torchrun --nproc_per_node 4 mmgr.py --precision bf16 --augment gpu ...   # DDP (docs/speed.md)
 
 Each step: two augmented views of every tile -> image encoder -> z1, z2; the tile's POI graph ->
 POI encoder -> zp; loss = (1 - λ) * NTXent(z1, zp) + λ * NTXent(z1, z2); two Adam optimisers step.
@@ -12,24 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from data.gpu_augment import GPUAugment
+from data.pack import PackedPretrainDataset, is_packed
 from data.pretrain import PretrainBatch, PretrainDataset, collate_pretrain
+from data.raw import RawBatch, RawPretrainDataset, collate_raw
 from data.transforms import pretrain_transform
 from models.image_encoder import RESNETS, ImageEncoder
-from models.loss import nt_xent
+from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS, build_poi_encoder
 from utils.args import common_parser, resolve_device
 from utils.checkpoint import atomic_write_text, load_training_state, resume_checkpoint_path, save_checkpoints
 from utils.errors import UserError, run_main
 from utils.reproducibility import seed_everything, worker_init
+from utils.distributed import DistInfo, all_reduce_mean, cleanup, init_from_env
 from utils.schedule import lr_at, set_lr
+from utils.speed import add_speed_flags, autocast, convert_before_optim, make_scaler, prepare_models
 
 # --demo: a configuration that pretrains on 2 CPU cores in a few minutes. Flags given on the
 # command line still win over these.
@@ -51,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poi_encoder", default="set2set", choices=POI_ENCODERS,
                    help="set2set = released encoder (default); gcn = GCN layers over the POI graph (paper's description)")
     p.add_argument("--world_size", type=int, default=1,
-                   help="published flag; the number of processes is taken from torchrun's environment (default 1)")
+                   help="published flag, ignored: the number of processes is taken from torchrun's environment "
+                        "(torchrun --nproc_per_node N mmgr.py ...); default 1")
     p.add_argument("--train_record", default="mmgr_pretrain.txt",
                    help="per-step record file name under ./train-records/ (default 'mmgr_pretrain.txt')")
     p.add_argument("--ckpt_prefix", default="wuhan", help="checkpoint names <prefix>_img_<epoch>.tar (default 'wuhan', published)")
@@ -65,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emb_dir", default="sub_shanghai_emb", help="POI embedding directory (default published)")
     p.add_argument("--edge_dir", default="sub_shanghai_edge", help="POI edge directory (default published)")
     p.add_argument("--weight_dir", default="sub_shanghai_weight", help="optional edge-weight directory, used when present (default 'sub_shanghai_weight')")
+    add_speed_flags(p)
     return p
 
 
@@ -78,23 +87,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def training_step(batch: PretrainBatch, img_model: torch.nn.Module, poi_model: torch.nn.Module,
-                  args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The MMGR objective on one batch -> ``(loss, loss_inter, loss_intra, z_img1 [B, P])``."""
-    v1 = batch.view1.to(device, non_blocking=True)
-    v2 = batch.view2.to(device, non_blocking=True)
+def training_step(batch: PretrainBatch | RawBatch, img_model: torch.nn.Module, poi_model: torch.nn.Module,
+                  args: argparse.Namespace, device: torch.device,
+                  augment: GPUAugment | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MMGR objective on one batch -> ``(loss, loss_inter, loss_intra, z_img1 [B, P])``.
+
+    A :class:`RawBatch` (``--augment gpu``) holds decoded uint8 tiles: both views are drawn here, on
+    ``device``, by ``augment``. Under torchrun the losses use every process's negatives.
+    """
+    memory = torch.channels_last if args.channels_last else torch.contiguous_format
+    if isinstance(batch, RawBatch):
+        images = batch.images.to(device, non_blocking=True)  # uint8 [B, 3, H, W]
+        v1 = augment(images, channels_last=args.channels_last)
+        v2 = augment(images, channels_last=args.channels_last)
+    else:
+        v1 = batch.view1.to(device, non_blocking=True).contiguous(memory_format=memory)
+        v2 = batch.view2.to(device, non_blocking=True).contiguous(memory_format=memory)
     g = batch.graphs.to(device, non_blocking=True)
-    z1, z2 = img_model(v1), img_model(v2)  # [B, P] each
-    zp = poi_model(g.x, g.edge_index, g.batch, g.num_graphs, getattr(g, "edge_weight", None))  # [B, P]
-    # Both terms use view 1's image embedding, as published.
-    loss_inter = nt_xent(z1, zp, args.temperature)
-    loss_intra = nt_xent(z1, z2, args.temperature)
+    with autocast(device, args.precision):
+        z1, z2 = img_model(v1), img_model(v2)  # [B, P] each
+        zp = poi_model(g.x, g.edge_index, g.batch, g.num_graphs, getattr(g, "edge_weight", None))  # [B, P]
+    # Both terms use view 1's image embedding, as published. In fp32 (the loss casts), with the
+    # negatives of all processes under torchrun (plain nt_xent in a single process).
+    loss_inter = nt_xent_gathered(z1, zp, args.temperature)
+    loss_intra = nt_xent_gathered(z1, z2, args.temperature)
     loss = (1 - args.img_lmd) * loss_inter + args.img_lmd * loss_intra
     return loss, loss_inter, loss_intra, z1
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    info, device = init_from_env(resolve_device(args.device))
+    try:
+        train(args, info, device)
+    finally:
+        cleanup()
+
+
+def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> None:
+    """Pretrain with ``args``; ``info`` says which process of a torchrun job this is."""
     if args.demo:
         from data.synthetic import ensure_city
 
@@ -106,23 +137,43 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--batch_size must be at least 2: NT-Xent needs negatives")
     if not 0.0 <= args.img_lmd <= 1.0:
         raise UserError(f"--img_lmd must lie in [0, 1], got {args.img_lmd}")
-    device = resolve_device(args.device)
     seed_everything(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
-    dataset = PretrainDataset(args.data_path, pretrain_transform(args.img_size), args.img_dir, args.emb_dir,
-                              args.edge_dir, args.weight_dir)
-    if len(dataset) < args.batch_size:
-        raise UserError(f"{args.data_path} has {len(dataset)} tiles, fewer than one batch of {args.batch_size}; "
+    gpu_aug = args.augment == "gpu"
+    if is_packed(args.data_path):  # a pack written by `python -m data.pack`
+        dataset = PackedPretrainDataset(args.data_path, None if gpu_aug else pretrain_transform(args.img_size))
+    elif gpu_aug:
+        dataset = RawPretrainDataset(args.data_path, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir)
+    else:
+        dataset = PretrainDataset(args.data_path, pretrain_transform(args.img_size), args.img_dir, args.emb_dir,
+                                  args.edge_dir, args.weight_dir)
+    # --batch_size is per process (as MoCo/DINO): the global batch, and the NT-Xent negatives, grow with N.
+    global_batch = args.batch_size * info.world_size
+    if len(dataset) < global_batch:
+        raise UserError(f"{args.data_path} has {len(dataset)} tiles, fewer than one batch of {global_batch}; "
                         "lower --batch_size (incomplete batches are dropped, as published)")
     order = torch.Generator()
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
-                        collate_fn=collate_pretrain, pin_memory=device.type == "cuda", generator=order,
-                        worker_init_fn=worker_init)
+    sampler = (DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=args.seed, drop_last=True)
+               if info.enabled else None)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                        num_workers=args.workers, collate_fn=collate_raw if gpu_aug else collate_pretrain,
+                        pin_memory=device.type == "cuda", generator=order, worker_init_fn=worker_init,
+                        # Persistent workers keep their RNG across epochs, which would tie PIL augmentation to
+                        # the start epoch and break bit-identical resume; decode-only workers draw nothing.
+                        persistent_workers=gpu_aug and args.workers > 0)
+    augment = GPUAugment(args.img_size) if gpu_aug else None
+    if info.is_main and (info.enabled or args.precision != "fp32" or gpu_aug or args.compile):
+        print(f"{info.world_size} process(es) x batch {args.batch_size} = global batch {global_batch}; precision "
+              f"{args.precision}, augmentation on {'the device' if gpu_aug else 'CPU workers'}, channels_last "
+              f"{args.channels_last}, compile {args.compile}", flush=True)
 
     try:
         img_model = ImageEncoder(args.resnet, args.projection_dim, args.backbone_weights).to(device)
     except ValueError as exc:
         raise UserError(f"{exc}; pass weights of the --resnet depth you chose") from None
+    img_model = convert_before_optim(img_model, args, info, device)
     poi_model = build_poi_encoder(args.poi_encoder, dataset.poi_dim, args.projection_dim).to(device)
     opt_img = torch.optim.Adam(img_model.parameters(), lr=args.lr)
     opt_poi = torch.optim.Adam(poi_model.parameters(), lr=args.lr)
@@ -133,36 +184,49 @@ def main(argv: list[str] | None = None) -> None:
     resume_path = resume_checkpoint_path(args.resume, model_path)
     if resume_path is not None:
         start_epoch = load_training_state(resume_path, img_model, poi_model, opt_img, opt_poi, args)
-        print(f"resumed from {resume_path} after epoch {start_epoch}", flush=True)
-    atomic_write_text(json.dumps(vars(args), indent=2) + "\n", model_path / "args.json")
+        if info.is_main:
+            print(f"resumed from {resume_path} after epoch {start_epoch}", flush=True)
+    if info.is_main:
+        atomic_write_text(json.dumps(vars(args), indent=2) + "\n", model_path / "args.json")
+    img_train, poi_train = prepare_models(img_model, poi_model, args, info, device)  # + DDP / compile
+    scaler = make_scaler(device, args.precision)
 
-    record = Path("train-records") / args.train_record
-    record.parent.mkdir(parents=True, exist_ok=True)
+    # Only rank 0 prints, records and saves; the others write their records nowhere.
+    record = Path("train-records") / args.train_record if info.is_main else Path(os.devnull)
+    if info.is_main:
+        record.parent.mkdir(parents=True, exist_ok=True)
     n_steps = len(loader)
     for epoch in range(start_epoch, args.total_epoch):
         lr = lr_at(epoch, args.lr, args.total_epoch, args.schedule, args.cos)
         set_lr((opt_img, opt_poi), lr)
         # Data order and augmentation depend only on (seed, epoch): a resumed run sees the same samples.
-        seed_everything(args.seed * 1_000_003 + epoch)
+        # Under torchrun each process gets its own augmentation stream (offset by rank; 0 alone).
+        seed_everything(args.seed * 1_000_003 + epoch + 7_919 * info.rank)
         order.manual_seed(args.seed * 1_000_003 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new shuffle of the shards each epoch, the same on every rank
         img_model.train()
         poi_model.train()
         sums = torch.zeros(3, dtype=torch.float64)
         t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None, mininterval=1.0)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None if info.is_main else True, mininterval=1.0)
         with record.open("a") as rec:
             for step, batch in enumerate(bar, start=1):
-                loss, loss_inter, loss_intra, z1 = training_step(batch, img_model, poi_model, args, device)
-                if not torch.isfinite(loss):
-                    raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
+                loss, loss_inter, loss_intra, z1 = training_step(batch, img_train, poi_train, args, device, augment)
+                # Records hold the loss of the global batch (the mean over processes); every process
+                # sees the same value, so all stop together on a non-finite one.
+                losses = all_reduce_mean(torch.stack([loss, loss_inter, loss_intra]).detach().double()).cpu()
+                if not torch.isfinite(losses[0]):
+                    raise UserError(f"the loss became {losses[0].item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
                                     f"is kept in {model_path}; lower --lr and resume")
                 opt_img.zero_grad(set_to_none=True)
                 opt_poi.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_img.step()
-                opt_poi.step()
-                inter, intra = loss_inter.item(), loss_intra.item()
-                sums += torch.tensor([loss.item(), inter, intra], dtype=torch.float64)
+                scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
+                scaler.step(opt_img)
+                scaler.step(opt_poi)
+                scaler.update()
+                sums += losses
+                inter, intra = losses[1].item(), losses[2].item()
                 rec.write(f"Step [{step}/{n_steps}]\t Loss1: {inter}\t Loss2: {intra}\n")
                 bar.set_postfix(inter=f"{inter:.4f}", intra=f"{intra:.4f}", refresh=False)
             rec.flush()
@@ -171,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         emb_std = torch.nn.functional.normalize(z1.detach().float(), dim=1).std(dim=0).mean().item()
         seconds = time.time() - t0
         entry = {"epoch": epoch + 1, "lr": lr, "loss": mean[0], "loss_inter": mean[1], "loss_intra": mean[2],
-                 "emb_std": emb_std, "seconds": round(seconds, 3), "samples_per_s": round(n_steps * args.batch_size / seconds, 2)}
+                 "emb_std": emb_std, "seconds": round(seconds, 3), "samples_per_s": round(n_steps * global_batch / seconds, 2)}
+        if not info.is_main:
+            continue  # rank 0 alone logs and saves
         with (model_path / "train_log.jsonl").open("a") as log:
             log.write(json.dumps(entry) + "\n")
         print(f"epoch {epoch + 1}/{args.total_epoch}  lr {lr:.2e}  loss {mean[0]:.4f}  inter {mean[1]:.4f}  "
@@ -181,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                   "a lower --lr usually helps", file=sys.stderr, flush=True)
 
         save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args)
-    print(f"done: checkpoints in {model_path}", flush=True)
+    if info.is_main:
+        print(f"done: checkpoints in {model_path}", flush=True)
 
 
 if __name__ == "__main__":

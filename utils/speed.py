@@ -1,0 +1,89 @@
+"""Speed options of the training scripts: precision, memory layout, compilation, DDP wrapping.
+
+None of them changes the method; fp32, one process, the CPU (PIL) augmentation and no compilation
+are the faithful reference. ``channels_last`` is on by default because it is faster for ResNets on
+both CPU and GPU and changes results only by float rounding (convolutions sum in another order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from utils.args import str2bool
+from utils.distributed import DistInfo
+from utils.errors import UserError
+
+__all__ = ["PRECISIONS", "add_speed_flags", "autocast", "make_scaler", "convert_before_optim", "prepare_models"]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_speed_flags(p: argparse.ArgumentParser) -> None:
+    """``--precision --channels_last --compile --augment --sync_bn`` (see docs/speed.md)."""
+    g = p.add_argument_group("speed (none of these changes the method; defaults are the faithful reference)")
+    g.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
+                   help="autocast precision of the encoders: fp32 (default, published), bf16, or fp16 (with a GradScaler); "
+                        "the losses are always computed in fp32")
+    g.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=True,
+                   help="channels-last memory layout for the image encoder (default on: faster, same results up to float rounding; "
+                        "'--channels_last false' turns it off)")
+    g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
+                   help="torch.compile the image encoder (default off; the first steps are slow while it compiles)")
+    g.add_argument("--augment", default="cpu", choices=("cpu", "gpu"),
+                   help="cpu (default, published): PIL augmentation in the DataLoader workers; gpu: workers only decode "
+                        "to uint8 and both views are augmented as a batch on --device, with per-image random parameters")
+    g.add_argument("--sync_bn", type=str2bool, nargs="?", const=True, default=False,
+                   help="under torchrun, synchronise BatchNorm statistics across processes (default off: per-process "
+                        "statistics, as a single-GPU run of the published script; CUDA only)")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for fp16 (bf16 has fp32's exponent range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def prepare_models(img_model: torch.nn.Module, poi_model: torch.nn.Module, args: Any, info: DistInfo,
+                   device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The modules to call in the training step, built around the models that are saved.
+
+    ``img_model``/``poi_model`` stay the plain modules (their state dicts keep the published keys);
+    the returned ones add DDP (under torchrun) and torch.compile. Call :func:`convert_before_optim`
+    first for layout and SyncBatchNorm.
+    """
+    img_train, poi_train = img_model, poi_model
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        img_train = DistributedDataParallel(img_model, device_ids=ids)
+        poi_train = DistributedDataParallel(poi_model, device_ids=ids)
+    if args.compile:
+        # Only the image encoder: the POI graphs change size every batch (dynamic shapes, little gain).
+        img_train = torch.compile(img_train)
+    return img_train, poi_train
+
+
+def convert_before_optim(img_model: torch.nn.Module, args: Any, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """SyncBatchNorm (under torchrun, ``--sync_bn``) and the memory layout, before the optimisers exist.
+
+    Both keep parameter names, so checkpoints are unchanged.
+    """
+    if args.sync_bn:
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation); drop it for CPU runs")
+        if info.enabled:
+            img_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(img_model)
+    if args.channels_last:
+        img_model = img_model.to(memory_format=torch.channels_last)
+    return img_model
+

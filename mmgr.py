@@ -106,7 +106,8 @@ def training_step(batch: PretrainBatch | RawBatch, img_model: torch.nn.Module, p
     g = batch.graphs.to(device, non_blocking=True)
     with autocast(device, args.precision):
         z1, z2 = img_model(v1), img_model(v2)  # [B, P] each
-        zp = poi_model(g.x, g.edge_index, g.batch, g.num_graphs, getattr(g, "edge_weight", None))  # [B, P]
+    # The POI encoder is tiny next to the ResNet and its LSTM has no CPU bf16 kernel: always fp32.
+    zp = poi_model(g.x, g.edge_index, g.batch, g.num_graphs, getattr(g, "edge_weight", None))  # [B, P]
     # Both terms use view 1's image embedding, as published. In fp32 (the loss casts), with the
     # negatives of all processes under torchrun (plain nt_xent in a single process).
     loss_inter = nt_xent_gathered(z1, zp, args.temperature)

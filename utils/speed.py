@@ -27,8 +27,8 @@ def add_speed_flags(p: argparse.ArgumentParser) -> None:
     """``--precision --channels_last --compile --augment --sync_bn`` (see docs/speed.md)."""
     g = p.add_argument_group("speed (none of these changes the method; defaults are the faithful reference)")
     g.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                   help="autocast precision of the encoders: fp32 (default, published), bf16, or fp16 (with a GradScaler); "
-                        "the losses are always computed in fp32")
+                   help="autocast precision of the image encoder: fp32 (default, published), bf16, or fp16 (with a GradScaler); "
+                        "the POI encoder and the losses always run in fp32")
     g.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=True,
                    help="channels-last memory layout for the image encoder (default on: faster, same results up to float rounding; "
                         "'--channels_last false' turns it off)")

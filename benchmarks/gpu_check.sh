@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# One-shot GPU check of the speed work (issue 5), for a lent H100/H200. Run from the repository root:
+#
+#     bash benchmarks/gpu_check.sh                  # about 4-6 minutes on an H100
+#     GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh # the same steps, tiny, on CPU (to test this script)
+#
+# Needs torch, torchvision, torch_geometric, numpy, scipy, pillow, tqdm; no data, no downloads
+# (synthetic in-memory tiles). Writes everything to $OUT/gpu_results.txt if $OUT is set, else
+# ./gpu_results.txt, and prints it at the end. A failing step is recorded and the next one runs.
+set -u
+cd "$(dirname "$0")/.."
+RES="${OUT:-.}/gpu_results.txt"
+mkdir -p "$(dirname "$RES")"
+: > "$RES"
+JSON="$(mktemp)"
+WORK="$(mktemp -d)"
+START=$(date +%s)
+log() { echo "$*" | tee -a "$RES"; }
+elapsed() { echo $(( $(date +%s) - START )); }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore
+
+log "== MMGR gpu_check $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if ! python - >>"$RES" 2>&1 <<'PY'
+import importlib, sys
+missing = []
+for m in ("torch", "torchvision", "torch_geometric", "numpy", "scipy", "PIL", "tqdm"):
+    try:
+        mod = importlib.import_module(m)
+        print(f"{m} {getattr(mod, '__version__', '?')}")
+    except Exception as exc:
+        missing.append(f"{m} ({exc.__class__.__name__}: {exc})")
+if missing:
+    print("MISSING: " + ", ".join(missing) + " -- install them (pip install torch_geometric ...) and rerun")
+    sys.exit(1)
+import torch
+print(f"python {sys.version.split()[0]}; cuda available {torch.cuda.is_available()}; "
+      f"cuda {torch.version.cuda}; cudnn {torch.backends.cudnn.version()}; cpus {__import__('os').cpu_count()}")
+if torch.cuda.is_available():
+    print(f"gpu {torch.cuda.get_device_name(0)}")
+PY
+then cat "$RES"; echo "gpu_check: missing packages, stopped (see above)"; exit 1; fi
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$RES" 2>&1
+
+if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
+  DEV=cpu; NET="--resnet resnet18 --img_size 32 --tile_size 40"; B=8; B_SMALL=4; W=0; WP=0
+  IT="--warmup 1 --iters 2"; IT_PUB="--warmup 1 --iters 1"; IT_C="--warmup 1 --iters 1"; SMOKE_SIZE=32
+else
+  python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { log "no CUDA device visible: stopped"; cat "$RES"; exit 1; }
+  DEV=cuda; NET="--resnet resnet50 --img_size 224 --tile_size 256"; B=256; B_SMALL=64; W=8; WP=14
+  IT="--warmup 5 --iters 15"; IT_PUB="--warmup 2 --iters 4"; IT_C="--warmup 3 --iters 10"; SMOKE_SIZE=64
+fi
+TP="python benchmarks/train_throughput.py --device $DEV $NET --json_out $JSON"
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  log ""; log "-- [$name] (t=$(elapsed)s, limit ${limit}s): $*"
+  timeout --kill-after=10 "$limit" "$@" >>"$RES" 2>&1
+  local rc=$?
+  [ $rc -eq 0 ] && log "-- [$name] ok" || log "-- [$name] FAILED rc=$rc"
+}
+
+# 1. Correctness on the device: batched augmentation and loss equal their CPU results; mmgr.py end to end.
+step "device correctness" 120 python - "$DEV" <<'PY'
+import sys, torch
+from data.gpu_augment import GPUAugment
+from models.loss import nt_xent
+dev = torch.device(sys.argv[1])
+g = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (32, 3, 64, 80), dtype=torch.uint8, generator=g)
+aug = GPUAugment(48)
+p = aug.sample(32, 64, 80, generator=g)
+cpu, dv = aug.apply(images, p), aug.apply(images.to(dev), p).cpu()
+print(f"augment device vs cpu: max abs diff {(cpu - dv).abs().max().item():.2e}")
+assert torch.allclose(cpu, dv, atol=1e-3)
+za, zb = torch.randn(300, 128, generator=g), torch.randn(300, 128, generator=g)
+a, b = nt_xent(za, zb).item(), nt_xent(za.to(dev), zb.to(dev)).item()
+print(f"nt_xent cpu {a:.6f} device {b:.6f}")
+assert abs(a - b) < 1e-4
+PY
+step "mmgr.py on the device (bf16, --augment gpu)" 150 bash -c "
+python -c 'from benchmarks.data_path import write_layout; write_layout(\"$WORK/city\", 64, $SMOKE_SIZE)' &&
+cd $WORK && python $PWD/mmgr.py --data_path city --model_path ck --device $DEV --resnet resnet18 --img_size $SMOKE_SIZE \
+  --batch_size 16 --total_epoch 2 --lr 1e-3 --workers 2 --augment gpu --precision bf16 --train_record r.txt &&
+ls ck && tail -n 2 ck/train_log.jsonl"
+
+# 2. Our fast path: bf16 + channels_last + batched device augmentation.
+step "ours bf16 channels_last augment=gpu batch $B" 170 $TP --batch_size $B --precision bf16 --augment gpu --workers $W $IT
+# 3. The published pipeline's choices on the same card: fp32, PIL per sample, broadcast loss, NCHW.
+step "published-style fp32 batch $B" 170 $TP --batch_size $B --published_style --workers $WP $IT_PUB
+# 4. fp16 with a GradScaler (smoke: finite loss, throughput).
+step "ours fp16 GradScaler batch $B_SMALL" 90 $TP --batch_size $B_SMALL --precision fp16 --augment gpu --workers $W --warmup 2 --iters 3
+# 5. torch.compile, only if time is left (compilation of ResNet-50 takes a minute or two).
+if [ "$(elapsed)" -lt 170 ]; then
+  step "ours bf16 + torch.compile batch $B" 160 $TP --batch_size $B --precision bf16 --augment gpu --workers $W --compile $IT_C
+else
+  log ""; log "-- [torch.compile] skipped: $(elapsed)s used already"
+fi
+
+log ""; log "== summary"
+python - "$JSON" >>"$RES" 2>&1 <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in rows:
+    print(f"{r['mode']:>15} {r['precision']:>5} aug={r['augment']:<28} compile={r['compile']!s:<5} batch {r['batch_size']:>4}: "
+          f"{r['samples_per_s']:>8.1f} samples/s (median of {r['iters']}; mean {r['mean_samples_per_s']:.1f}), "
+          f"peak {r['peak_mem_mb']:.0f} MB, loss {r.get('last_loss')}")
+ours = [r for r in rows if r["mode"] == "ours" and r["precision"] == "bf16" and not r["compile"]]
+pub = [r for r in rows if r["mode"] == "published_style"]
+if ours and pub:
+    print(f"ratio ours bf16 / published fp32: {ours[0]['samples_per_s'] / pub[0]['samples_per_s']:.2f}x")
+if ours:
+    print(f"target >= 2500 samples/s (two views each): {'met' if ours[0]['samples_per_s'] >= 2500 else 'NOT met'} "
+          f"({ours[0]['samples_per_s']:.0f})")
+PY
+log "total $(elapsed)s"
+rm -rf "$JSON" "$WORK"
+echo; echo "===== $RES ====="; cat "$RES"

@@ -325,7 +325,7 @@ def _draw_tile(
     S, L, B = p.size, LOTS, LOTS // BLOCK
     row, col = int(plan["row"][i]), int(plan["col"][i])
     minx, miny = col * TILE_M, (plan["rows"] - 1 - row) * TILE_M
-    lu, u, wealth = int(plan["land_use"][i]), float(plan["u"][i]), float(plan["wealth"][i])
+    lu, wealth = int(plan["land_use"][i]), float(plan["wealth"][i])
     rural = bool(plan["rural"][i])
 
     # Block function types drawn from the tile's land-use mix (Dirichlet around its profile).
@@ -539,10 +539,14 @@ def generate_city(
     try:
         summary = _write_city(tmp, n_tiles, tile_size, seed, embed_dim, val_fraction)
         # The marker is written last inside the temp folder; the rename publishes everything at once.
-        (tmp / MARKER).write_text(json.dumps(_params(n_tiles, tile_size, seed, embed_dim, val_fraction), sort_keys=True) + "\n")
+        params = _params(n_tiles, tile_size, seed, embed_dim, val_fraction)
+        (tmp / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
+        # Move the old city aside (not delete) first, so the window without a city is two renames.
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, old)
         os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -139,6 +139,8 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     if not 0.0 <= args.img_lmd <= 1.0:
         raise UserError(f"--img_lmd must lie in [0, 1], got {args.img_lmd}")
     seed_everything(args.seed)
+    if args.channels_last is None:  # default: on where it is faster (CUDA), off on CPU
+        args.channels_last = device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 

@@ -102,6 +102,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
+    if args.channels_last is None:
+        args.channels_last = device.type == "cuda"
     torch.manual_seed(0)
     published = args.published_style
     # mmgr.py turns cuDNN autotuning on; the published script leaves PyTorch's defaults.
@@ -193,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile_size", type=int, default=256, help="synthetic tile side in px (default 256)")
     p.add_argument("--batch_size", type=int, default=16, help="tiles per step (default 16)")
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="autocast precision (default fp32)")
-    p.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=True, help="channels-last layout (default on)")
+    p.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=None,
+                   help="channels-last layout (default: on for CUDA, off on CPU, as mmgr.py)")
     p.add_argument("--augment", default="cpu", choices=("cpu", "gpu"), help="where views are made (default cpu = PIL in workers)")
     p.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the image encoder (default off)")
     p.add_argument("--published_style", action="store_true", help="the published pipeline: PIL per sample, broadcast loss, fp32, NCHW")

@@ -1,8 +1,9 @@
 """Speed options of the training scripts: precision, memory layout, compilation, DDP wrapping.
 
 None of them changes the method; fp32, one process, the CPU (PIL) augmentation and no compilation
-are the faithful reference. ``channels_last`` is on by default because it is faster for ResNets on
-both CPU and GPU and changes results only by float rounding (convolutions sum in another order).
+are the faithful reference. ``channels_last`` is on by default on CUDA, where it is faster, and off on
+the CPU, where it measured no faster (benchmarks/RESULTS.md); it changes results only by float
+rounding (convolutions sum in another order).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def add_speed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="autocast precision of the image encoder: fp32 (default, published), bf16, or fp16 (with a GradScaler); "
                         "the POI encoder and the losses always run in fp32")
-    g.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=True,
-                   help="channels-last memory layout for the image encoder (default on: faster, same results up to float rounding; "
-                        "'--channels_last false' turns it off)")
+    g.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=None,
+                   help="channels-last memory layout for the image encoder (default: on for CUDA, where it is faster with "
+                        "tensor cores; off on CPU, where it measured no faster; same results up to float rounding)")
     g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
                    help="torch.compile the image encoder (default off; the first steps are slow while it compiles)")
     g.add_argument("--augment", default="cpu", choices=("cpu", "gpu"),
@@ -83,6 +84,8 @@ def convert_before_optim(img_model: torch.nn.Module, args: Any, info: DistInfo, 
             raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation); drop it for CPU runs")
         if info.enabled:
             img_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(img_model)
+    if args.channels_last is None:  # the default: where it is faster
+        args.channels_last = device.type == "cuda"
     if args.channels_last:
         img_model = img_model.to(memory_format=torch.channels_last)
     return img_model

@@ -72,14 +72,14 @@ def load_graph(emb_path: Path, edge_path: Path, w_path: Path | None, poi_dim: in
     edge shape or range, number of weights). Tiles with zero POIs are valid.
     """
     x = check_tensor(load_file(emb_path, "POI embedding file"), emb_path, dtype_kind="float", rank=2, width=poi_dim)
+    if not torch.isfinite(x).all():
+        raise UserError(f"{emb_path} contains NaN or Inf embeddings; regenerate it with prepare_pois.py")
     ei = check_tensor(load_file(edge_path, "POI edge file"), edge_path, dtype_kind="long", rank=2)
     if ei.shape[0] != 2:
         raise UserError(f"{edge_path} should hold a [2, n_edge] edge index but has shape {tuple(ei.shape)}; regenerate it with prepare_pois.py")
     ei = ei.long()
     if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.shape[0]):
-        raise UserError(f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1}; its tile's embedding file and edge file do not match")
-    if not torch.isfinite(x).all():
-        raise UserError(f"{emb_path} contains NaN or Inf embeddings; regenerate it with prepare_pois.py")
+        raise UserError(f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1} (its tile's embedding and edge files do not match); regenerate both with prepare_pois.py")
     data = Data(x=x.float(), edge_index=ei, num_nodes=x.shape[0])
     if w_path is not None:
         w = check_tensor(load_file(w_path, "edge weight file"), w_path, dtype_kind="float", rank=1)

@@ -142,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
                         "lower --batch_size (incomplete batches are dropped, as published)")
     # Order and augmentation depend only on (seed, epoch, position): resumable mid-epoch, any --workers.
     sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed)
+    worker_seeds = torch.Generator()  # the loader draws its worker base seed from this, not the global stream
     loader = DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=args.workers,
-                        collate_fn=collate_pretrain, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
+                        collate_fn=collate_pretrain, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                        generator=worker_seeds)
 
     try:
         img_model = ImageEncoder(args.resnet, args.projection_dim, args.backbone_weights).to(device)
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             lr = lr_at(epoch, args.lr, args.total_epoch, args.schedule, args.cos)
             set_lr((opt_img, opt_poi), lr)
             seed_everything(epoch_seed(args.seed, epoch))
+            worker_seeds.manual_seed(epoch_seed(args.seed, epoch))
             first = start.step if epoch == start.epoch else 0
             sums = start.progress["loss_sums"].clone() if first else torch.zeros(3, dtype=torch.float64)
             if first and start.rng is not None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 def run_cmd(data: Path, model: Path, a: argparse.Namespace) -> list[str]:
     return [sys.executable, str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(model),
-            "--batch_size", "4", "--resnet", "resnet18", "--img_size", str(a.img_size), "--device", "cpu",
+            "--batch_size", "4", "--resnet", "resnet18", "--img_size", str(a.img_size), "--device", a.device,
             "--workers", str(a.workers), "--projection_dim", "16", "--lr", "1e-3", "--total_epoch", str(a.epochs),
             "--save_every", "5", "--keep_last", "2", "--save_every_steps", str(a.save_every_steps), "--deterministic",
             "--train_record", "rec.txt", "--resume", "auto"]
@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--n_tiles", type=int, default=8, help="tiles of the synthetic city (default 8: 2 steps per epoch)")
     p.add_argument("--img_size", type=int, default=24, help="crop size (default 24)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--device", default="cpu", help="device of the runs (default cpu; cuda needs --deterministic's kernels)")
     p.add_argument("--save_every_steps", type=int, default=1, help="mid-epoch resumable checkpoints (default every step)")
     p.add_argument("--max_delay", type=float, default=4.0, help="longest delay after the first step before a kill, s (default 4)")
     p.add_argument("--startup_kills", type=float, default=0.2,
@@ -112,7 +113,7 @@ def main() -> None:
     log_epochs = len((soak / "model" / "train_log.jsonl").read_text().splitlines())
     steps = a.epochs * (a.n_tiles // 4)
     print(f"config: {a.epochs} epochs x {a.n_tiles // 4} steps (batch 4, {a.n_tiles} tiles, {a.img_size} px, resnet18, "
-          f"--workers {a.workers}, --save_every_steps {a.save_every_steps}, --deterministic), kill delays U(0, {a.max_delay}) s after the first step ({a.startup_kills:.0%} U(0, 20) s from the start), seed {a.seed}")
+          f"--device {a.device}, --workers {a.workers}, --save_every_steps {a.save_every_steps}, --deterministic), kill delays U(0, {a.max_delay}) s after the first step ({a.startup_kills:.0%} U(0, 20) s from the start), seed {a.seed}")
     print(f"reference run: {ref_seconds:.1f}s; soak: {runs} runs, {kills} SIGKILLs survived, {soak_seconds:.1f}s")
     print(f"checkpoint on disk at each kill (epochs done.steps into the next): {' '.join(landed_at)}")
     print(f"final weights bit-identical: {same}; per-step record identical: {rec_same} ({n_lines}/{steps} lines); "

@@ -72,8 +72,9 @@ class RawPretrainDataset(PretrainDataset):
     """
 
     def __init__(self, root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb",
-                 edge_dir: str = "sub_shanghai_edge", weight_dir: str = "sub_shanghai_weight"):
-        super().__init__(root, lambda im: im, img_dir, emb_dir, edge_dir, weight_dir)
+                 edge_dir: str = "sub_shanghai_edge", weight_dir: str = "sub_shanghai_weight", **kwargs):
+        # kwargs: PretrainDataset's pre-scan results (images=, poi_dim=), passed through.
+        super().__init__(root, lambda im: im, img_dir, emb_dir, edge_dir, weight_dir, **kwargs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Data]:  # type: ignore[override]
         return decode_rgb(self.images[index]), self.graph(index)

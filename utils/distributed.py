@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_from_env", "cleanup", "is_main", "world_size", "rank", "gather_rows", "all_reduce_mean"]
+__all__ = ["DistInfo", "init_from_env", "cleanup", "is_main", "world_size", "rank", "barrier", "gather_rows", "all_reduce_mean",
+           "RankSlice", "NullRecord"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,12 @@ def cleanup() -> None:
     """Destroy the default process group if one exists (safe to call always)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def world_size() -> int:
@@ -126,3 +133,43 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / world_size()
+
+
+class RankSlice:
+    """This rank's share of a batch sampler that yields *global* batches: items ``[r*B, (r+1)*B)``.
+
+    Wrapping the resumable :class:`data.resumable.EpochBatchSampler` (global batch ``W*B``, its
+    per-epoch shuffle seeded by ``(seed, epoch)``) makes a distributed sampler: every process sees
+    the same permutation and takes a disjoint slice of each step, every step has ``W*B`` distinct
+    samples, incomplete global batches are dropped, and a mid-epoch resume skips the same steps on
+    every rank. ``set_epoch`` and ``steps_per_epoch`` are those of the wrapped sampler.
+    """
+
+    def __init__(self, batch_sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = batch_sampler, rank, world
+
+    def __iter__(self):
+        for batch in self.sampler:
+            b = len(batch) // self.world
+            yield batch[self.rank * b:(self.rank + 1) * b]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class NullRecord:
+    """Stands in for :class:`utils.records.RecordFile` on ranks other than 0: writes nothing."""
+
+    path = "/dev/null"
+
+    def write_line(self, line: str) -> None:
+        pass
+
+    def sync(self) -> int:
+        return 0
+
+    def rewind(self, size: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

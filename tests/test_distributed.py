@@ -142,3 +142,15 @@ def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
     assert len(log) == 1 and log[0]["loss"] > 0
     state = torch.load(tmp_path / "ck" / "wuhan_img_1.tar", weights_only=True)
     assert next(iter(state)) == "encoder.conv1.weight"  # no DDP "module." prefix
+
+
+def test_rank_slices_partition_each_global_batch():
+    from data.resumable import EpochBatchSampler
+
+    sampler = EpochBatchSampler(23, 6, seed=4)  # global batch 6 = 3 ranks x 2; 3 steps, 5 tiles dropped
+    sampler.set_epoch(1, 1)  # resumed at step 1: every rank skips the same steps
+    full = list(sampler)
+    parts = [list(du.RankSlice(sampler, r, 3)) for r in range(3)]
+    assert all(len(p) == len(full) == 2 for p in parts) and len(du.RankSlice(sampler, 0, 3)) == 2
+    for step, batch in enumerate(full):
+        assert sum((p[step] for p in parts), []) == batch  # disjoint slices, in rank order

@@ -93,7 +93,8 @@ def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir:
     """Ridge and kNN probes of one target directory: fit on the training list, score on the validation list.
 
     ``features`` ``[N, D]`` has one row per name in ``names`` (the export order). Targets with one
-    value are scored as regression (MAE/RMSE/R², original units; ``log_target`` fits ``log1p``),
+    value are scored as regression (MAE/RMSE/R², original units; ``log_target`` fits ``log1p``; ridge
+    predictions are clipped to the training targets' range),
     targets with several as distributions (L1/KL/cos; ridge outputs are clipped at 0 and renormalised).
     Returns ``{"ridge": metrics, "knn": metrics}``.
     """
@@ -113,6 +114,9 @@ def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir:
     if y_tr.shape[1] == 1:
         fwd, inv = (np.log1p, np.expm1) if log_target else (lambda v: v, lambda v: v)
         ridge, alpha = ridge_fit_predict(x_tr, fwd(y_tr), x_va)
+        # A linear probe extrapolates freely; keep it inside the training targets' range (in fitting
+        # units) so one outlying tile cannot dominate R² after expm1.
+        ridge = np.clip(ridge, fwd(y_tr).min(), fwd(y_tr).max())
         out["ridge"] = {**regression_metrics(y_va[:, 0], inv(ridge)[:, 0]), "alpha": alpha}
         out["knn"] = regression_metrics(y_va[:, 0], inv(knn_predict(x_tr, fwd(y_tr), x_va, k))[:, 0])
     else:

@@ -217,7 +217,6 @@ def plot(results: dict, targets: list[str], variants: list[str], path: Path) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()

@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="rows to run (default all)")
     p.add_argument("--targets", nargs="+", default=["pop1km", "gdp1km", "func"],
                    help="target directories (default pop1km gdp1km func; scalar = regression, several values = distribution)")
-    p.add_argument("--log_target", type=int, default=1,
-                   help="ridge/kNN fit log1p of scalar targets, metrics in original units (default 1: population and GDP are "
-                        "heavy-tailed; 0 fits raw values)")
+    p.add_argument("--log_target", type=int, default=0,
+                   help="1: ridge/kNN fit log1p of scalar targets (metrics still in original units, where expm1 of a "
+                        "log-space fit predicts the geometric mean, biased low); default 0: fit raw values, as res_pop.py does")
     p.add_argument("--knn", type=int, default=10, help="kNN neighbours (default 10)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of pretraining and embedding (default 2)")
     p.add_argument("--device", default="cpu", help="device of pretraining and embedding (default cpu)")

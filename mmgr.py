@@ -21,14 +21,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.pretrain import PretrainBatch, PretrainDataset, collate_pretrain
+from data.resumable import EpochBatchSampler, SeededSamples, epoch_seed
+from data.scan import apply_bad_samples_policy, scan_pretrain
 from data.transforms import pretrain_transform
 from models.image_encoder import RESNETS, ImageEncoder
 from models.loss import nt_xent
 from models.poi_encoder import POI_ENCODERS, build_poi_encoder
 from utils.args import common_parser, resolve_device
-from utils.checkpoint import atomic_write_text, load_training_state, resume_checkpoint_path, save_checkpoints
+from utils.checkpoint import (ResumePoint, atomic_write_text, load_resume, resume_checkpoint_path, save_checkpoints,
+                              save_resumable)
 from utils.errors import UserError, run_main
-from utils.reproducibility import seed_everything, worker_init
+from utils.records import RecordFile
+from utils.reproducibility import enable_determinism, seed_everything, set_rng_state, worker_init
+from utils.signals import StopOnSignal
 from utils.schedule import lr_at, set_lr
 
 # --demo: a configuration that pretrains on 2 CPU cores in a few minutes. Flags given on the
@@ -59,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, nargs="?", const="last",
                    help="continue a run: a checkpoint path, 'last' (the flag alone: MODEL_PATH/checkpoint_last.pt, must exist) "
                         "or 'auto' (resume if it exists, else start fresh); default: start fresh")
+    p.add_argument("--save_every_steps", type=int, default=0,
+                   help="also write the resumable checkpoint every N steps within an epoch (default 0: only after each epoch)")
+    p.add_argument("--keep_last", type=int, default=0,
+                   help="keep only the K newest epochs of bare state dicts (default 0: keep all, as published)")
+    p.add_argument("--bad_samples", default="error", choices=("error", "skip"),
+                   help="bad or missing tile files found by the pre-scan: error = stop and list them all (default); "
+                        "skip = train on the other tiles")
+    p.add_argument("--check_data", action="store_true", help="only scan the data, list every bad file and exit (2 if any)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels and no cuDNN autotuning, for bit-identical reruns on GPU (default off; "
+                        "CPU runs are deterministic already)")
     p.add_argument("--backbone_weights", default=None,
                    help="local torchvision ResNet state dict to start the image backbone from (default: random init, published)")
     p.add_argument("--img_dir", default="sub_shanghai_img", help="tile directory under --data_path (default published)")
@@ -95,6 +111,8 @@ def training_step(batch: PretrainBatch, img_model: torch.nn.Module, poi_model: t
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.deterministic:
+        enable_determinism()
     if args.demo:
         from data.synthetic import ensure_city
 
@@ -106,18 +124,28 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("--batch_size must be at least 2: NT-Xent needs negatives")
     if not 0.0 <= args.img_lmd <= 1.0:
         raise UserError(f"--img_lmd must lie in [0, 1], got {args.img_lmd}")
+    if args.save_every < 1 or args.save_every_steps < 0 or args.keep_last < 0:
+        raise UserError("--save_every must be at least 1, --save_every_steps and --keep_last at least 0")
+
+    # Every bad file is found before training starts (data/scan.py); --check_data stops here.
+    report = scan_pretrain(args.data_path, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir, args.workers)
+    tiles = apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
+    if args.check_data:
+        return
     device = resolve_device(args.device)
     seed_everything(args.seed)
 
     dataset = PretrainDataset(args.data_path, pretrain_transform(args.img_size), args.img_dir, args.emb_dir,
-                              args.edge_dir, args.weight_dir)
+                              args.edge_dir, args.weight_dir, images=tiles, poi_dim=report.poi_dim)
     if len(dataset) < args.batch_size:
-        raise UserError(f"{args.data_path} has {len(dataset)} tiles, fewer than one batch of {args.batch_size}; "
+        raise UserError(f"{args.data_path} has {len(dataset)} usable tiles, fewer than one batch of {args.batch_size}; "
                         "lower --batch_size (incomplete batches are dropped, as published)")
-    order = torch.Generator()
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
-                        collate_fn=collate_pretrain, pin_memory=device.type == "cuda", generator=order,
-                        worker_init_fn=worker_init)
+    # Order and augmentation depend only on (seed, epoch, position): resumable mid-epoch, any --workers.
+    sampler = EpochBatchSampler(len(dataset), args.batch_size, args.seed)
+    worker_seeds = torch.Generator()  # the loader draws its worker base seed from this, not the global stream
+    loader = DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=args.workers,
+                        collate_fn=collate_pretrain, pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                        generator=worker_seeds)
 
     try:
         img_model = ImageEncoder(args.resnet, args.projection_dim, args.backbone_weights).to(device)
@@ -129,29 +157,45 @@ def main(argv: list[str] | None = None) -> None:
 
     model_path = Path(args.model_path)
     model_path.mkdir(parents=True, exist_ok=True)
-    start_epoch = 0
+    record = RecordFile(Path("train-records") / args.train_record)
+    log = RecordFile(model_path / "train_log.jsonl")
+    start = ResumePoint()
     resume_path = resume_checkpoint_path(args.resume, model_path)
     if resume_path is not None:
-        start_epoch = load_training_state(resume_path, img_model, poi_model, opt_img, opt_poi, args)
-        print(f"resumed from {resume_path} after epoch {start_epoch}", flush=True)
+        start = load_resume(resume_path, img_model, poi_model, opt_img, opt_poi, args, n_tiles=len(dataset))
+        # Lines written after that checkpoint describe steps that are now trained again: cut them.
+        sizes = start.progress.get("record_sizes", {})
+        for rec in (record, log):
+            if str(rec.path) in sizes:
+                rec.rewind(int(sizes[str(rec.path)]))
+        print(f"resumed from {resume_path} at epoch {start.epoch + 1}, step {start.step}", flush=True)
     atomic_write_text(json.dumps(vars(args), indent=2) + "\n", model_path / "args.json")
 
-    record = Path("train-records") / args.train_record
-    record.parent.mkdir(parents=True, exist_ok=True)
-    n_steps = len(loader)
-    for epoch in range(start_epoch, args.total_epoch):
-        lr = lr_at(epoch, args.lr, args.total_epoch, args.schedule, args.cos)
-        set_lr((opt_img, opt_poi), lr)
-        # Data order and augmentation depend only on (seed, epoch): a resumed run sees the same samples.
-        seed_everything(args.seed * 1_000_003 + epoch)
-        order.manual_seed(args.seed * 1_000_003 + epoch)
-        img_model.train()
-        poi_model.train()
-        sums = torch.zeros(3, dtype=torch.float64)
-        t0 = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None, mininterval=1.0)
-        with record.open("a") as rec:
-            for step, batch in enumerate(bar, start=1):
+    n_steps = sampler.steps_per_epoch
+    global_step = int(start.progress.get("global_step", start.epoch * n_steps + start.step))
+    sums = torch.zeros(3, dtype=torch.float64)
+
+    def progress() -> dict:
+        return {"global_step": global_step, "loss_sums": sums.clone(), "n_tiles": len(dataset),
+                "record_sizes": {str(r.path): r.sync() for r in (record, log)}}
+
+    with StopOnSignal() as stop:
+        for epoch in range(start.epoch, args.total_epoch):
+            lr = lr_at(epoch, args.lr, args.total_epoch, args.schedule, args.cos)
+            set_lr((opt_img, opt_poi), lr)
+            seed_everything(epoch_seed(args.seed, epoch))
+            worker_seeds.manual_seed(epoch_seed(args.seed, epoch))
+            first = start.step if epoch == start.epoch else 0
+            sums = start.progress["loss_sums"].clone() if first else torch.zeros(3, dtype=torch.float64)
+            if first and start.rng is not None:
+                set_rng_state(start.rng)  # mid-epoch: continue the main process's streams where they were
+            sampler.set_epoch(epoch, first)
+            img_model.train()
+            poi_model.train()
+            t0 = time.time()
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None, mininterval=1.0,
+                       initial=first, total=n_steps)
+            for step, batch in enumerate(bar, start=first + 1):
                 loss, loss_inter, loss_intra, z1 = training_step(batch, img_model, poi_model, args, device)
                 if not torch.isfinite(loss):
                     raise UserError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
@@ -161,27 +205,49 @@ def main(argv: list[str] | None = None) -> None:
                 loss.backward()
                 opt_img.step()
                 opt_poi.step()
+                global_step += 1
                 inter, intra = loss_inter.item(), loss_intra.item()
                 sums += torch.tensor([loss.item(), inter, intra], dtype=torch.float64)
-                rec.write(f"Step [{step}/{n_steps}]\t Loss1: {inter}\t Loss2: {intra}\n")
+                record.write_line(f"Step [{step}/{n_steps}]\t Loss1: {inter}\t Loss2: {intra}")
                 bar.set_postfix(inter=f"{inter:.4f}", intra=f"{intra:.4f}", refresh=False)
-            rec.flush()
-        mean = (sums / n_steps).tolist()
-        # Collapse check: per-dimension std of normalised image embeddings (~1/sqrt(P) when spread).
-        emb_std = torch.nn.functional.normalize(z1.detach().float(), dim=1).std(dim=0).mean().item()
-        seconds = time.time() - t0
-        entry = {"epoch": epoch + 1, "lr": lr, "loss": mean[0], "loss_inter": mean[1], "loss_intra": mean[2],
-                 "emb_std": emb_std, "seconds": round(seconds, 3), "samples_per_s": round(n_steps * args.batch_size / seconds, 2)}
-        with (model_path / "train_log.jsonl").open("a") as log:
-            log.write(json.dumps(entry) + "\n")
-        print(f"epoch {epoch + 1}/{args.total_epoch}  lr {lr:.2e}  loss {mean[0]:.4f}  inter {mean[1]:.4f}  "
-              f"intra {mean[2]:.4f}  emb_std {emb_std:.4f}  {seconds:.1f}s", flush=True)
-        if emb_std < 0.1 / math.sqrt(args.projection_dim):
-            print(f"warning: image embeddings look collapsed (per-dimension std {emb_std:.2e}); "
-                  "a lower --lr usually helps", file=sys.stderr, flush=True)
-
-        save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args)
+                periodic = args.save_every_steps > 0 and global_step % args.save_every_steps == 0
+                if step < n_steps and (periodic or stop.requested):
+                    path = save_resumable(model_path, img_model, poi_model, opt_img, opt_poi, args, epoch=epoch,
+                                          step=step, progress=progress())
+                    if stop.requested:
+                        stop.exit(f"at epoch {epoch + 1}, step {step} of {n_steps}", str(path))
+            bar.close()
+            mean = (sums / n_steps).tolist()
+            # Collapse figures: per-dimension std of normalised image embeddings (~1/sqrt(P) when spread)
+            # and the loss of all-equal similarities, ln(2B - 1), at which a collapsed run gets stuck.
+            emb_std = torch.nn.functional.normalize(z1.detach().float(), dim=1).std(dim=0).mean().item()
+            uniform = math.log(2 * args.batch_size - 1)
+            seconds = time.time() - t0
+            entry = {"epoch": epoch + 1, "lr": lr, "loss": mean[0], "loss_inter": mean[1], "loss_intra": mean[2],
+                     "emb_std": emb_std, "loss_uniform": uniform, "seconds": round(seconds, 3),
+                     "samples_per_s": round((n_steps - first) * args.batch_size / seconds, 2)}
+            log.write_line(json.dumps(entry))
+            print(f"epoch {epoch + 1}/{args.total_epoch}  lr {lr:.2e}  loss {mean[0]:.4f}  inter {mean[1]:.4f}  "
+                  f"intra {mean[2]:.4f}  emb_std {emb_std:.4f}  {seconds:.1f}s", flush=True)
+            warn_collapse(epoch + 1, emb_std, mean[1], mean[2], uniform, args.projection_dim)
+            save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args, progress=progress())
+            if stop.requested:
+                stop.exit(f"after epoch {epoch + 1}", str(model_path / "checkpoint_last.pt"))
+    record.close()
+    log.close()
     print(f"done: checkpoints in {model_path}", flush=True)
+
+
+def warn_collapse(epoch: int, emb_std: float, loss_inter: float, loss_intra: float, uniform: float, dim: int) -> None:
+    """Warn, with the figures, when the representation looks collapsed (the published lr 1e-2 with
+    Adam can do that to small runs): embeddings of near-zero spread, or both losses stuck within 1 %
+    of ln(2B - 1), the value when every similarity is equal."""
+    spread = 1.0 / math.sqrt(dim)
+    stuck = abs(loss_inter - uniform) < 0.01 * uniform and abs(loss_intra - uniform) < 0.01 * uniform
+    if emb_std < 0.1 * spread or stuck:
+        print(f"warning: epoch {epoch}: the representation looks collapsed (per-dimension std of normalised image "
+              f"embeddings {emb_std:.2e}, {spread:.2e} when spread; loss inter {loss_inter:.4f} / intra {loss_intra:.4f} "
+              f"vs ln(2B-1) = {uniform:.4f}); a lower --lr usually helps", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from torch_geometric.data import Batch, Data
 from utils.checkpoint import load_file
 from utils.errors import UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "PretrainDataset", "PretrainBatch", "collate_pretrain", "open_rgb", "list_images"]
+__all__ = ["IMAGE_EXTENSIONS", "PretrainDataset", "PretrainBatch", "collate_pretrain", "open_rgb", "list_images",
+           "load_graph", "check_tensor"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -53,7 +54,7 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _check_tensor(t: object, path: Path, *, dtype_kind: str, rank: int, width: int | None = None) -> torch.Tensor:
+def check_tensor(t: object, path: Path, *, dtype_kind: str, rank: int, width: int | None = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.dim() != rank:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         raise UserError(f"{path} should hold a rank-{rank} tensor but holds {shape}; regenerate it with prepare_pois.py")
@@ -62,6 +63,30 @@ def _check_tensor(t: object, path: Path, *, dtype_kind: str, rank: int, width: i
     if width is not None and t.shape[-1] != width:
         raise UserError(f"{path} has embeddings of width {t.shape[-1]} but other tiles have {width}; use one category embedding table for all tiles")
     return t
+
+
+def load_graph(emb_path: Path, edge_path: Path, w_path: Path | None, poi_dim: int | None) -> Data:
+    """Load and validate one tile's POI graph -> ``Data(x=[n_poi, F], edge_index=[2, n_edge], edge_weight=[n_edge])``.
+
+    Raises :class:`UserError` naming the file and what is wrong (rank, width ``poi_dim``, NaN/Inf,
+    edge shape or range, number of weights). Tiles with zero POIs are valid.
+    """
+    x = check_tensor(load_file(emb_path, "POI embedding file"), emb_path, dtype_kind="float", rank=2, width=poi_dim)
+    if not torch.isfinite(x).all():
+        raise UserError(f"{emb_path} contains NaN or Inf embeddings; regenerate it with prepare_pois.py")
+    ei = check_tensor(load_file(edge_path, "POI edge file"), edge_path, dtype_kind="long", rank=2)
+    if ei.shape[0] != 2:
+        raise UserError(f"{edge_path} should hold a [2, n_edge] edge index but has shape {tuple(ei.shape)}; regenerate it with prepare_pois.py")
+    ei = ei.long()
+    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.shape[0]):
+        raise UserError(f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1} (its tile's embedding and edge files do not match); regenerate both with prepare_pois.py")
+    data = Data(x=x.float(), edge_index=ei, num_nodes=x.shape[0])
+    if w_path is not None:
+        w = check_tensor(load_file(w_path, "edge weight file"), w_path, dtype_kind="float", rank=1)
+        if w.shape[0] != ei.shape[1]:
+            raise UserError(f"{w_path} has {w.shape[0]} edge weights for {ei.shape[1]} edges; regenerate it with prepare_pois.py")
+        data.edge_weight = w.float()
+    return data
 
 
 @dataclass
@@ -90,6 +115,8 @@ class PretrainDataset(Dataset):
         transform: augmentation applied twice, independently, to each tile.
         img_dir, emb_dir, edge_dir, weight_dir: sub-directory names (published defaults).
             Edge weights are used when ``weight_dir`` exists.
+        images, poi_dim: the tiles to use and their embedding width, when a pre-scan
+            (:mod:`data.scan`) already checked them; default: every tile of ``img_dir``.
 
     Items: ``(view1 [3, H, W], view2 [3, H, W], Data(x=[n_poi, F], edge_index=[2, n_edge],
     edge_weight=[n_edge] | None))``.
@@ -97,26 +124,30 @@ class PretrainDataset(Dataset):
 
     def __init__(self, root: str | Path, transform: Callable, img_dir: str = "sub_shanghai_img",
                  emb_dir: str = "sub_shanghai_emb", edge_dir: str = "sub_shanghai_edge",
-                 weight_dir: str = "sub_shanghai_weight"):
+                 weight_dir: str = "sub_shanghai_weight", images: list[Path] | None = None,
+                 poi_dim: int | None = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"data directory {self.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
         self.transform = transform
-        self.images = list_images(self.root / img_dir)
+        self.images = list(images) if images is not None else list_images(self.root / img_dir)
         self.emb_dir = self.root / emb_dir
         self.edge_dir = self.root / edge_dir
         self.weight_dir = self.root / weight_dir if (self.root / weight_dir).is_dir() else None
         for d in (self.emb_dir, self.edge_dir):
             if not d.is_dir():
                 raise UserError(f"{d} does not exist; the pretraining layout needs {emb_dir}/ and {edge_dir}/ beside {img_dir}/")
+        if images is not None and poi_dim is not None:
+            self.poi_dim: int = poi_dim
+            return
         missing = [p.name for p in self.images
                    if not (self.emb_dir / self.tensor_name(p)).is_file() or not (self.edge_dir / self.tensor_name(p)).is_file()]
         if missing:
             raise UserError(f"{len(missing)} tiles have no POI tensors in {self.emb_dir} / {self.edge_dir} "
                             f"(first: {missing[0]}); run prepare_pois.py or remove those tiles")
-        first = _check_tensor(load_file(self.emb_dir / self.tensor_name(self.images[0]), "POI embedding file"),
+        first = check_tensor(load_file(self.emb_dir / self.tensor_name(self.images[0]), "POI embedding file"),
                               self.emb_dir / self.tensor_name(self.images[0]), dtype_kind="float", rank=2)
-        self.poi_dim: int = int(first.shape[1])
+        self.poi_dim = int(first.shape[1])
 
     @staticmethod
     def tensor_name(image: Path) -> str:
@@ -129,24 +160,8 @@ class PretrainDataset(Dataset):
     def graph(self, index: int) -> Data:
         """The POI graph of tile ``index``, validated."""
         name = self.tensor_name(self.images[index])
-        emb_path, edge_path = self.emb_dir / name, self.edge_dir / name
-        x = _check_tensor(load_file(emb_path, "POI embedding file"), emb_path, dtype_kind="float", rank=2, width=self.poi_dim)
-        ei = _check_tensor(load_file(edge_path, "POI edge file"), edge_path, dtype_kind="long", rank=2)
-        if ei.shape[0] != 2:
-            raise UserError(f"{edge_path} should hold a [2, n_edge] edge index but has shape {tuple(ei.shape)}; regenerate it with prepare_pois.py")
-        ei = ei.long()
-        if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.shape[0]):
-            raise UserError(f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1}; its tile's embedding file and edge file do not match")
-        if not torch.isfinite(x).all():
-            raise UserError(f"{emb_path} contains NaN or Inf embeddings; regenerate it with prepare_pois.py")
-        data = Data(x=x.float(), edge_index=ei, num_nodes=x.shape[0])
-        if self.weight_dir is not None:
-            w_path = self.weight_dir / name
-            w = _check_tensor(load_file(w_path, "edge weight file"), w_path, dtype_kind="float", rank=1)
-            if w.shape[0] != ei.shape[1]:
-                raise UserError(f"{w_path} has {w.shape[0]} edge weights for {ei.shape[1]} edges; regenerate it with prepare_pois.py")
-            data.edge_weight = w.float()
-        return data
+        return load_graph(self.emb_dir / name, self.edge_dir / name,
+                          self.weight_dir / name if self.weight_dir is not None else None, self.poi_dim)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, Data]:
         img = open_rgb(self.images[index])

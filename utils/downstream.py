@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from data.transforms import downstream_train_transform, eval_transform
 from models.heads import load_image_encoder, with_task_head
 from models.image_encoder import ImageEncoder
 from utils.args import common_parser, resolve_device, str2bool
-from utils.checkpoint import atomic_write_text, newest_image_checkpoint
+from utils.checkpoint import atomic_write_bytes, atomic_write_text, newest_image_checkpoint
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 from utils.reproducibility import seed_everything, worker_init
@@ -307,14 +305,6 @@ def summarize(results: list[SeedResult], task: Task) -> dict[str, dict[str, tupl
     return out
 
 
-def _atomic_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_predictions(path: Path, names: list[str], y_true: np.ndarray, results: list[SeedResult], task: Task) -> None:
     """CSV, one row per (seed, tile): ``name,seed,true_<col>...,pred_<col>...`` (original units)."""
     header = ["name", "seed"] + [f"true_{c}" for c in task.columns] + [f"pred_{c}" for c in task.columns]
@@ -353,7 +343,7 @@ def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], titl
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    _atomic_bytes(buf.getvalue(), path)
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 def run_downstream(args: argparse.Namespace, task: Task) -> dict:

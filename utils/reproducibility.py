@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "rng_state", "set_rng_state", "worker_init"]
+__all__ = ["seed_everything", "rng_state", "set_rng_state", "worker_init", "enable_determinism"]
 
 
 def seed_everything(seed: int) -> None:
@@ -44,7 +45,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker init: torch seeds each worker; derive NumPy's and Python's from it."""
+    """DataLoader worker init: torch seeds each worker; derive NumPy's and Python's from it. Stop
+    signals are left to the main process (see utils.signals)."""
+    from utils.signals import ignore_stop_signals
+
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    ignore_stop_signals()
+
+
+def enable_determinism() -> None:
+    """``--deterministic``: deterministic kernels where torch has them, no cuDNN autotuning.
+
+    On CPU the kernels MMGR uses are already deterministic for a fixed thread count; this matters on
+    GPU. ``warn_only``: an op without a deterministic kernel warns instead of stopping a long run.
+    Must run before CUDA is first used (cuBLAS reads its workspace setting then).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

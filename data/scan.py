@@ -1,0 +1,192 @@
+"""Fast pre-scan of the pretraining layout: every bad file found before training starts.
+
+A broken tile found at step 40 000 of a multi-day run is a lost day; the scan finds all of them in
+one pass, so the user sees the full list at once (``--check_data`` runs only the scan).
+
+Per tile it checks what training will need, at header level for images (PIL ``verify``: format,
+chunk structure and checksums, without decoding pixels) and fully for the small POI tensors (the
+same validation the data set applies: rank, width, NaN/Inf, edge shape and range, weight count).
+Tiles are split into chunks checked by a process pool (unpickling tensors is CPU-bound Python,
+which threads would serialise on the GIL).
+
+Not bad: tiles with zero POIs, grayscale/RGBA/palette/16-bit tiles (converted to RGB when loaded).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from data.pretrain import check_tensor, list_images, load_graph
+from utils.checkpoint import load_file
+from utils.errors import UserError
+
+__all__ = ["BadFile", "ScanReport", "scan_pretrain"]
+
+_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file that training cannot use and why, in one sentence."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ScanReport:
+    """Outcome of :func:`scan_pretrain`."""
+
+    good: list[Path]  # image tiles whose files are all usable, sorted by name
+    bad_tiles: list[Path]  # image tiles left out (their own or their POI files are bad or missing)
+    bad: list[BadFile]  # every problem found, including POI files without an image
+    poi_dim: int | None
+    zero_poi: int = 0
+    seconds: float = 0.0
+    n_files: int = 0  # files read
+    extra: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [f"bad: {b.reason}" for b in self.bad]
+
+    def summary(self) -> str:
+        rate = self.n_files / self.seconds if self.seconds > 0 else float("inf")
+        return (f"scan: {len(self.good)} good tiles, {len(self.bad_tiles)} bad tiles, {len(self.bad)} problems, "
+                f"{self.zero_poi} tiles with zero POIs (fine); {self.n_files} files in {self.seconds:.2f}s ({rate:.0f} files/s)")
+
+
+def _check_image(path: Path) -> str | None:
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structure and checksums, no pixel decoding
+        return None
+    except Exception as exc:  # UnidentifiedImageError, SyntaxError (bad chunk), OSError (truncated), ...
+        what = "is not an image" if "cannot identify" in str(exc) else f"is a damaged image ({exc})"
+        return f"{path} {what}; replace or remove this tile"
+
+
+def _check_tiles(job: tuple[list[tuple[Path, Path, Path, Path | None]], int | None]) -> list[tuple[int, list[str], int]]:
+    """For each tile: (index in the chunk, problems, number of POIs)."""
+    tiles, poi_dim = job
+    out = []
+    for i, (img, emb, edge, w) in enumerate(tiles):
+        problems = []
+        if (msg := _check_image(img)) is not None:
+            problems.append(msg)
+        n_poi = -1
+        try:
+            n_poi = int(load_graph(emb, edge, w, poi_dim).num_nodes)
+        except UserError as exc:
+            problems.append(str(exc))
+        out.append((i, problems, n_poi))
+    return out
+
+
+def _first_width(paths: list[Path]) -> int | None:
+    """Embedding width of the first readable rank-2 embedding file (the reference for the others)."""
+    for p in paths:
+        try:
+            return int(check_tensor(load_file(p, "POI embedding file"), p, dtype_kind="float", rank=2).shape[1])
+        except UserError:
+            continue
+    return None
+
+
+def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb",
+                  edge_dir: str = "sub_shanghai_edge", weight_dir: str = "sub_shanghai_weight",
+                  workers: int = 4) -> ScanReport:
+    """Check every tile of the pretraining layout under ``root``; see the module docstring.
+
+    Missing or empty directories are not per-file problems: they raise :class:`UserError` at once.
+    ``workers`` processes check chunks of tiles in parallel (0: in this process).
+    """
+    t0 = time.perf_counter()
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data directory {root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
+    images = list_images(root / img_dir)
+    emb_d, edge_d, w_d = root / emb_dir, root / edge_dir, root / weight_dir
+    for d, name in ((emb_d, emb_dir), (edge_d, edge_dir)):
+        if not d.is_dir():
+            raise UserError(f"{d} does not exist; the pretraining layout needs {emb_dir}/ and {edge_dir}/ beside {img_dir}/")
+    weights = w_d.is_dir()
+    dirs = [emb_d, edge_d] + ([w_d] if weights else [])
+    present = {d: {p.name for p in d.iterdir() if p.suffix == ".tensor" and not p.name.startswith(".")} for d in dirs}
+
+    bad: list[BadFile] = []
+    candidates: list[tuple[Path, Path, Path, Path | None]] = []
+    bad_tiles: set[Path] = set()
+    for img in images:
+        name = img.stem + ".tensor"
+        lacking = [d for d in dirs if name not in present[d]]
+        if lacking:
+            bad.append(BadFile(img, f"{img} has no POI file {name} in {', '.join(str(d) for d in lacking)}; "
+                                    "run prepare_pois.py or remove this tile"))
+            bad_tiles.add(img)
+        else:
+            candidates.append((img, emb_d / name, edge_d / name, w_d / name if weights else None))
+    stems = {p.stem for p in images}
+    for d in dirs:
+        for name in sorted(present[d]):
+            if name[: -len(".tensor")] not in stems:
+                bad.append(BadFile(d / name, f"{d / name} has no image tile {name[:-7]}.* in {root / img_dir}; "
+                                             "add the tile or remove this file"))
+
+    poi_dim = _first_width([c[1] for c in candidates])
+    chunks = [candidates[i:i + _CHUNK] for i in range(0, len(candidates), _CHUNK)]
+    jobs = [(c, poi_dim) for c in chunks]
+    if workers > 0 and len(chunks) > 1:
+        # fork: the children inherit the imported modules (no re-import of torch per worker).
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx) as pool:
+            results = list(pool.map(_check_tiles, jobs))
+    else:
+        results = [_check_tiles(j) for j in jobs]
+    zero = 0
+    for chunk, res in zip(chunks, results):
+        for i, problems, n_poi in res:
+            img = chunk[i][0]
+            if problems:
+                bad.extend(BadFile(img, msg) for msg in problems)
+                bad_tiles.add(img)
+            elif n_poi == 0:
+                zero += 1
+    good = [c[0] for c in candidates if c[0] not in bad_tiles]
+    n_files = len(candidates) * len(dirs) + len(images)
+    return ScanReport(good, sorted(bad_tiles), bad, poi_dim, zero, time.perf_counter() - t0, n_files)
+
+
+def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool = False) -> list[Path]:
+    """``--bad_samples`` / ``--check_data`` on a scan: the tiles to train on, or a :class:`UserError`.
+
+    ``error``: any problem stops the run with the full list (on stderr) and one sentence naming the
+    first; ``skip``: train on the good tiles and report the counts. ``check_only`` prints the list and
+    the summary on stdout and raises when anything is bad (exit 2), so scripts can test it.
+    """
+    import sys
+
+    out = sys.stdout if check_only else sys.stderr
+    for line in report.lines():
+        print(line, file=out)
+    if check_only:
+        print(report.summary(), flush=True)
+    if not report.bad:
+        return report.good
+    if check_only:
+        raise UserError(f"{len(report.bad)} problems in {len(report.bad_tiles)} tiles (listed above); "
+                        "fix or remove those files, or train with --bad_samples skip")
+    if policy == "skip":
+        print(f"--bad_samples skip: training on {len(report.good)} tiles, leaving out {len(report.bad_tiles)} "
+              f"({len(report.bad)} problems listed above)", file=sys.stderr, flush=True)
+        return report.good
+    first = report.bad[0].reason
+    if len(report.bad) == 1:
+        raise UserError(first)
+    raise UserError(f"{len(report.bad)} problems in the data (all listed above; python mmgr.py --check_data lists them again), "
+                    f"the first: {first.rstrip('.')}; or pass --bad_samples skip to train on the other tiles")

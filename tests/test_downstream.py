@@ -75,7 +75,7 @@ def test_cached_features_equal_full_forward(setup):
     data, ckpt = setup
     out = res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--lr", "1e-3", "--plot", "none"])
     pred_fast = out["results"][0].pred
-    # Rebuild the trained head by training again with --finetune off but evaluating through the full model:
+    # The fast path's identity on a fresh head: full forward == head(cached backbone features).
     from data.downstream import TileTargetDataset
     from data.transforms import eval_transform
     from models.heads import load_image_encoder, with_task_head

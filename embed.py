@@ -1,0 +1,152 @@
+"""Export region embeddings of every tile from a pretrained MMGR checkpoint, and probe them.
+
+    python embed.py --ckpt ckpt/wuhan_img_120.tar --data_path DATA --out emb
+    python embed.py --ckpt ckpt/checkpoint_last.pt --data_path DATA --out emb --projected --poi
+    python embed.py --ckpt ... --data_path DATA --out emb --probe pop1km gdp1km func
+    python embed.py --demo --probe pop1km gdp1km func      # after `python mmgr.py --demo`
+
+Writes to ``--out``: ``names.txt`` (one tile file name per line, the row order), ``backbone.npy``
+``[N, d]``, with ``--projected`` ``projection.npy`` ``[N, P]``, with ``--poi`` ``poi.npy`` ``[N, P]``,
+``embeddings.csv`` (``name`` then one column per dimension: ``b0..``, ``proj0..``, ``poi0..``) for GIS
+joins, ``embeddings.parquet`` when pyarrow is installed, and ``meta.json``. With ``--probe``, ridge
+and kNN probes fit on the training list and score on the validation list; results print and go to
+``probe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from utils.args import resolve_device, str2bool
+from utils.checkpoint import atomic_write_text, newest_image_checkpoint
+from utils.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, resolve_img_dir, tile_files, write_meta
+from utils.errors import UserError, run_main
+from utils.probes import probe_target
+
+PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export MMGR region embeddings (one row per tile) and probe them.")
+    p.add_argument("--ckpt", default=None,
+                   help="image checkpoint (*_img_<epoch>.tar or checkpoint_last.pt); default: the newest *_img_*.tar in --model_path")
+    p.add_argument("--model_path", default="./checkpoints", help="where to look when --ckpt is not given (default './checkpoints')")
+    p.add_argument("--data_path", default="./DATA", help="data root in either published layout (default './DATA')")
+    p.add_argument("--img_dir", default=None,
+                   help="tile directory under --data_path (default: 'img' if present, else 'sub_shanghai_img')")
+    p.add_argument("--lists", nargs="*", default=None,
+                   help="export only the tiles named in these list files under --data_path (default: every tile of --img_dir)")
+    p.add_argument("--out", default="embeddings", help="output directory (default './embeddings')")
+    p.add_argument("--projected", type=str2bool, nargs="?", const=True, default=False,
+                   help="also export the image projection head's output (default off)")
+    p.add_argument("--poi", type=str2bool, nargs="?", const=True, default=False,
+                   help="also export the POI-encoder embedding of each tile's POI graph (default off)")
+    p.add_argument("--poi_ckpt", default=None,
+                   help="POI checkpoint (default: <prefix>_poi_<epoch>.tar beside --ckpt, or --ckpt itself if it is checkpoint_last.pt)")
+    p.add_argument("--csv", type=str2bool, nargs="?", const=True, default=True, help="write embeddings.csv (default on)")
+    p.add_argument("--batch_size", type=int, default=64, help="tiles per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available, else cpu)")
+    p.add_argument("--probe", nargs="*", default=None,
+                   help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km gdp1km func "
+                        "(default: no probe)")
+    p.add_argument("--probe_features", default="backbone", choices=tuple(PREFIX),
+                   help="which exported embedding the probes read (default backbone)")
+    p.add_argument("--train_list", default="train-wuhan.txt", help="probe training list (default 'train-wuhan.txt', published)")
+    p.add_argument("--val_list", default="val-wuhan.txt", help="probe validation list (default 'val-wuhan.txt', published)")
+    p.add_argument("--knn", type=int, default=10, help="neighbours of the kNN probe (default 10)")
+    p.add_argument("--log_target", type=str2bool, nargs="?", const=True, default=False,
+                   help="probes fit log1p of scalar targets, metrics in original units (default off)")
+    p.add_argument("--demo", action="store_true", help="use the demo city and checkpoints of `python mmgr.py --demo`")
+    p.add_argument("--demo_dir", default="mmgr_demo", help="where --demo keeps its files (default 'mmgr_demo')")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo:
+        demo = Path(args.demo_dir)
+        parser.set_defaults(data_path=str(demo / "city"), model_path=str(demo / "checkpoints"), out=str(demo / "embeddings"))
+        args = parser.parse_args(argv)
+    return args
+
+
+def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> None:
+    """``name,b0,...,proj0,...,poi0,...`` one row per tile."""
+    header = ["name"] + [f"{PREFIX[k]}{j}" for k, a in arrays.items() for j in range(a.shape[1])]
+    joined = np.concatenate(list(arrays.values()), axis=1)
+    lines = [",".join(header)] + [name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined)]
+    atomic_write_text("\n".join(lines) + "\n", path)
+
+
+def write_parquet(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> bool:
+    """Parquet copy of the CSV when pyarrow is installed (optional dependency); returns whether written."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    cols = {"name": pa.array(names)}
+    for k, a in arrays.items():
+        for j in range(a.shape[1]):
+            cols[f"{PREFIX[k]}{j}"] = pa.array(a[:, j])
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.table(cols), tmp)
+    tmp.replace(path)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    root = Path(args.data_path)
+    if not root.is_dir():
+        hint = "run `python mmgr.py --demo` first" if args.demo else "pass --data_path"
+        raise UserError(f"data directory {root} does not exist; {hint}")
+    ckpt = Path(args.ckpt) if args.ckpt else newest_image_checkpoint(args.model_path)
+    device = resolve_device(args.device)
+    img_dir = resolve_img_dir(root, args.img_dir)
+    files = tile_files(root, img_dir, args.lists)
+    names = [p.name for p in files]
+    arrays, resnet = image_embeddings(ckpt, files, device, args.batch_size, args.workers, args.projected)
+    poi_ckpt = None
+    if args.poi:
+        poi_ckpt = Path(args.poi_ckpt) if args.poi_ckpt else poi_checkpoint_for(ckpt)
+        arrays["poi"] = poi_embeddings(poi_ckpt, root, img_dir, files, device, args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text("".join(n + "\n" for n in names), out / "names.txt")
+    for k, a in arrays.items():
+        np.save(out / f"{k}.npy", a.astype(np.float32))
+    written = [f"{k}.npy {tuple(a.shape)}" for k, a in arrays.items()]
+    if args.csv:
+        write_csv(out / "embeddings.csv", names, arrays)
+        written.append("embeddings.csv")
+    if write_parquet(out / "embeddings.parquet", names, arrays):
+        written.append("embeddings.parquet")
+    write_meta(out / "meta.json", {"ckpt": str(ckpt), "poi_ckpt": str(poi_ckpt) if poi_ckpt else None, "resnet": resnet,
+                                   "data_path": str(root), "img_dir": img_dir, "n_tiles": len(names),
+                                   "dims": {k: int(a.shape[1]) for k, a in arrays.items()}})
+    print(f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}", flush=True)
+
+    probes: dict = {}
+    if args.probe:
+        if args.probe_features not in arrays:
+            raise UserError(f"--probe_features {args.probe_features} was not exported; add --{'projected' if args.probe_features == 'projection' else 'poi'}")
+        feats = arrays[args.probe_features]
+        for target in args.probe:
+            probes[target] = probe_target(feats, names, root, target, args.train_list, args.val_list, k=args.knn,
+                                          log_target=args.log_target)
+            for method, m in probes[target].items():
+                text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
+                print(f"probe {target:>8} {method:>5} ({args.probe_features}): {text}", flush=True)
+        atomic_write_text(json.dumps(probes, indent=2) + "\n", out / "probe.json")
+    return {"names": names, "arrays": arrays, "probes": probes}
+
+
+if __name__ == "__main__":
+    run_main(main)

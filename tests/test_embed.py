@@ -1,0 +1,86 @@
+"""embed.py: both layouts, POI checkpoints (bare and resumable), file formats, probes, errors."""
+
+import csv
+import json
+
+import numpy as np
+import torch
+
+import embed
+from models.image_encoder import ImageEncoder
+from models.poi_encoder import build_poi_encoder
+from tests.conftest import ROOT, run_script
+from utils.embeddings import load_poi_encoder, poi_checkpoint_for
+
+ARGS = ["--workers", "0", "--device", "cpu", "--batch_size", "5"]
+
+
+def checkpoints(tmp_path, kind="gcn"):
+    torch.manual_seed(0)
+    img, poi = ImageEncoder("resnet18", 16), build_poi_encoder(kind, 8, 16)
+    d = tmp_path / "ck"
+    d.mkdir(exist_ok=True)
+    torch.save(img.state_dict(), d / "wuhan_img_3.tar")
+    torch.save(poi.state_dict(), d / "wuhan_poi_3.tar")
+    torch.save({"img": img.state_dict(), "poi": poi.state_dict(), "opt_img": {}, "opt_poi": {}, "epoch": 3, "args": {}},
+               d / "checkpoint_last.pt")
+    return d, img.eval(), poi.eval()
+
+
+def test_export_matches_models_and_formats(tmp_path, tiny_data):
+    d, img, poi = checkpoints(tmp_path)
+    out = embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "e"),
+                      "--projected", "--poi", *ARGS])
+    names = (tmp_path / "e" / "names.txt").read_text().split()
+    assert names == [f"t{i:03d}.png" for i in range(12)]  # downstream layout img/ found first
+    b = np.load(tmp_path / "e" / "backbone.npy")
+    assert b.shape == (12, 512) and np.load(tmp_path / "e" / "projection.npy").shape == (12, 16)
+    # Batched export (batch 5, last batch partial) equals one tile at a time through the model.
+    from data.pretrain import open_rgb
+    from data.transforms import eval_transform
+    x = eval_transform()(open_rgb(tiny_data / "img" / "t007.png"))[None]
+    with torch.no_grad():
+        np.testing.assert_allclose(b[7], img.features(x)[0].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.load(tmp_path / "e" / "projection.npy")[7], img(x)[0].numpy(), rtol=1e-4, atol=1e-5)
+    # POI embedding of a zero-POI tile (t000) and a normal one, against the encoder run on that graph alone.
+    from data.pretrain import PretrainDataset
+    ds = PretrainDataset(tiny_data, eval_transform())
+    p = np.load(tmp_path / "e" / "poi.npy")
+    for i in (0, 3):
+        g = ds.graph(i)
+        with torch.no_grad():
+            ref = poi(g.x, g.edge_index, torch.zeros(g.num_nodes, dtype=torch.long), 1, g.edge_weight)[0]
+        np.testing.assert_allclose(p[i], ref.numpy(), rtol=1e-4, atol=1e-5)
+    rows = list(csv.reader(open(tmp_path / "e" / "embeddings.csv")))
+    assert len(rows) == 13 and rows[0][:2] == ["name", "b0"] and rows[0][-1] == "poi15" and len(rows[0]) == 1 + 512 + 32
+    assert rows[8][0] == "t007.png" and float(rows[8][1]) == np.float32(float(f"{b[7, 0]:.6g}"))
+    meta = json.loads((tmp_path / "e" / "meta.json").read_text())
+    assert meta["dims"] == {"backbone": 512, "projection": 16, "poi": 16} and meta["img_dir"] == "img"
+    assert set(out["arrays"]) == {"backbone", "projection", "poi"}
+
+
+def test_resumable_checkpoint_and_pretraining_layout(tmp_path, tiny_data):
+    d, _, _ = checkpoints(tmp_path, kind="set2set")
+    embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "a"), "--poi", *ARGS])
+    embed.main(["--ckpt", str(d / "checkpoint_last.pt"), "--data_path", str(tiny_data), "--img_dir", "sub_shanghai_img",
+                "--out", str(tmp_path / "b"), "--poi", "--lists", "val-wuhan.txt", *ARGS])
+    a, b = np.load(tmp_path / "a" / "poi.npy"), np.load(tmp_path / "b" / "poi.npy")
+    assert b.shape == (4, 16) and np.allclose(a[8:], b, atol=1e-6)  # the val list is t008..t011
+    assert poi_checkpoint_for(d / "wuhan_img_3.tar") == d / "wuhan_poi_3.tar"
+    assert type(load_poi_encoder(d / "checkpoint_last.pt")).__name__ == "Set2SetPOIEncoder"
+
+
+def test_probe_cli_and_errors(tmp_path, tiny_data):
+    d, _, _ = checkpoints(tmp_path)
+    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data),
+                    "--out", str(tmp_path / "e"), "--probe", "pop1km", "--knn", "3", *ARGS], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "probe   pop1km ridge (backbone): MAE" in r.stdout and "knn" in r.stdout
+    probe = json.loads((tmp_path / "e" / "probe.json").read_text())
+    assert {"MAE", "RMSE", "R2"} <= set(probe["pop1km"]["knn"])
+    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data),
+                    "--out", str(tmp_path / "x"), *ARGS], cwd=tmp_path)
+    assert r.returncode == 2 and "wuhan_poi_3.tar" in r.stderr and "Traceback" not in r.stderr
+    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data),
+                    "--out", str(tmp_path / "x"), "--poi", "--poi_ckpt", str(d / "wuhan_img_3.tar"), *ARGS], cwd=tmp_path)
+    assert r.returncode == 2 and "no MMGR POI encoder" in r.stderr

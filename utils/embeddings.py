@@ -1,0 +1,153 @@
+"""Region embeddings of every tile from a pretrained MMGR checkpoint (used by embed.py and the benchmarks).
+
+Three embeddings per tile, all without augmentation (the tile at full size, ImageNet-normalised):
+
+* ``backbone`` ``[N, d]`` — the image encoder's pooled ResNet features (d = 512 or 2048), what the
+  downstream heads read;
+* ``projection`` ``[N, P]`` — the image projection head's output (the contrastive space);
+* ``poi`` ``[N, P]`` — the POI encoder's output for the tile's POI graph (same contrastive space).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Batch
+from tqdm import tqdm
+
+from data.pretrain import PretrainDataset, list_images, open_rgb
+from data.transforms import eval_transform
+from models.heads import load_image_encoder
+from models.poi_encoder import GCNPOIEncoder, Set2SetPOIEncoder
+from utils.checkpoint import RESUME_NAME, load_file
+from utils.errors import UserError
+
+__all__ = ["poi_checkpoint_for", "load_poi_encoder", "TileImages", "image_embeddings", "poi_embeddings", "resolve_img_dir"]
+
+
+def resolve_img_dir(root: Path, img_dir: str | None) -> str:
+    """``--img_dir`` or, when not given, the downstream layout's ``img`` if present, else the
+    pretraining layout's ``sub_shanghai_img``."""
+    if img_dir:
+        return img_dir
+    for cand in ("img", "sub_shanghai_img"):
+        if (Path(root) / cand).is_dir():
+            return cand
+    raise UserError(f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or --img_dir")
+
+
+def poi_checkpoint_for(img_ckpt: Path) -> Path:
+    """The POI checkpoint written with an image checkpoint: ``<prefix>_poi_<epoch>.tar`` beside
+    ``<prefix>_img_<epoch>.tar``, or the resumable checkpoint itself (it holds both)."""
+    img_ckpt = Path(img_ckpt)
+    if img_ckpt.name == RESUME_NAME or img_ckpt.suffix == ".pt":
+        return img_ckpt
+    name, n = re.subn(r"_img_(\d+)\.tar$", r"_poi_\1.tar", img_ckpt.name)
+    if not n:
+        raise UserError(f"cannot tell which POI checkpoint belongs to {img_ckpt}; pass --poi_ckpt")
+    return img_ckpt.with_name(name)
+
+
+def load_poi_encoder(path: Path) -> Set2SetPOIEncoder:
+    """Rebuild a POI encoder (released Set2Set or GCN variant) from its state dict's keys and shapes."""
+    obj = load_file(path, "POI checkpoint")
+    state = obj["poi"] if isinstance(obj, dict) and isinstance(obj.get("poi"), dict) else obj
+    if not isinstance(state, dict) or "set2set.lstm.weight_ih_l0" not in state or "projector.1.weight" not in state:
+        raise UserError(f"{path} holds no MMGR POI encoder (no set2set.*/projector.* keys); pass the *_poi_<epoch>.tar file")
+    hidden = int(state["set2set.lstm.weight_ih_l0"].shape[1]) // 2  # LSTM input is the 2F-wide q_star
+    proj = int(state["projector.1.weight"].shape[0])
+    n_convs = len({k.split(".")[1] for k in state if k.startswith("convs.")})
+    if n_convs:
+        in_dim = int(state["convs.0.lin.weight"].shape[1])
+        model: Set2SetPOIEncoder = GCNPOIEncoder(in_dim, proj, hidden_dim=hidden, num_layers=n_convs)
+    else:
+        model = Set2SetPOIEncoder(hidden, proj)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{path} does not match an MMGR POI encoder ({str(exc).splitlines()[0]}); re-create it with mmgr.py") from None
+    return model
+
+
+class TileImages(Dataset):
+    """Tiles of one directory at full size, normalised: items ``(image [3, H, W], index)``."""
+
+    def __init__(self, files: list[Path]):
+        self.files = files
+        self.transform = eval_transform()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(open_rgb(self.files[i])), i
+
+
+def tile_files(root: Path, img_dir: str, list_files: list[str] | None = None) -> list[Path]:
+    """Image files to export: every tile of ``img_dir`` (sorted), or those named in the list files."""
+    folder = Path(root) / img_dir
+    files = list_images(folder)
+    if list_files:
+        from data.downstream import read_list
+
+        wanted: list[str] = []
+        for lf in list_files:
+            wanted += read_list(Path(root) / lf)
+        by_name = {p.name: p for p in files}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise UserError(f"{len(missing)} listed tiles are missing from {folder} (first: {missing[0]}); fix the list or --img_dir")
+        files = [by_name[n] for n in dict.fromkeys(wanted)]
+    return files
+
+
+@torch.no_grad()
+def image_embeddings(ckpt: Path, files: list[Path], device: torch.device, batch_size: int = 64, workers: int = 0,
+                     projected: bool = False, progress: bool = True) -> tuple[dict[str, np.ndarray], str]:
+    """Backbone (and optionally projection) embeddings of ``files`` -> ``({"backbone": [N, d], "projection": [N, P]}, resnet)``."""
+    model = load_image_encoder(ckpt).to(device).eval()
+    loader = DataLoader(TileImages(files), batch_size=batch_size, shuffle=False, num_workers=workers)
+    feats, projs = [], []
+    for x, _ in tqdm(loader, desc="image embeddings", disable=not progress or None, mininterval=1.0):
+        try:
+            f = model.features(x.to(device))
+        except RuntimeError as exc:
+            raise UserError(f"the tiles in {files[0].parent} could not be encoded ({str(exc).splitlines()[0]}); "
+                            "tiles of one export must share one size") from None
+        feats.append(f.float().cpu())
+        if projected:
+            projs.append(model.encoder.fc(f).float().cpu())
+    out = {"backbone": torch.cat(feats).numpy()}
+    if projected:
+        out["projection"] = torch.cat(projs).numpy()
+    return out, model.resnet
+
+
+@torch.no_grad()
+def poi_embeddings(poi_ckpt: Path, root: Path, img_dir: str, files: list[Path], device: torch.device,
+                   batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """POI-encoder embeddings ``[N, P]`` of the tiles' POI graphs (``sub_shanghai_emb``/``_edge``/``_weight``
+    looked up by tile name, in whichever layout the images are)."""
+    model = load_poi_encoder(poi_ckpt).to(device).eval()
+    ds = PretrainDataset(root, eval_transform(), img_dir=img_dir)
+    index = {p.name: i for i, p in enumerate(ds.images)}
+    if ds.poi_dim != model.in_dim:
+        raise UserError(f"{poi_ckpt} expects {model.in_dim}-d POI embeddings but {ds.emb_dir} holds {ds.poi_dim}-d ones; "
+                        "use the POI data the encoder was trained on")
+    out = []
+    for start in tqdm(range(0, len(files), batch_size), desc="POI embeddings", disable=not progress or None, mininterval=1.0):
+        graphs = Batch.from_data_list([ds.graph(index[p.name]) for p in files[start:start + batch_size]]).to(device)
+        out.append(model(graphs.x, graphs.edge_index, graphs.batch, graphs.num_graphs,
+                         getattr(graphs, "edge_weight", None)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    from utils.checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps(meta, indent=2) + "\n", path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.args import resolve_device, str2bool
+from utils.args import parse_with_demo, resolve_device, str2bool
 from utils.checkpoint import atomic_write_text, newest_image_checkpoint
 from utils.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, resolve_img_dir, tile_files, write_meta
 from utils.errors import UserError, run_main
@@ -67,13 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.demo:
-        demo = Path(args.demo_dir)
-        parser.set_defaults(data_path=str(demo / "city"), model_path=str(demo / "checkpoints"), out=str(demo / "embeddings"))
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_demo(build_parser(), argv, {"out": "{demo}/embeddings"})
 
 
 def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> None:

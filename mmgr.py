@@ -31,7 +31,7 @@ from data.transforms import pretrain_transform
 from models.image_encoder import RESNETS, ImageEncoder
 from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS, build_poi_encoder
-from utils.args import common_parser, resolve_device
+from utils.args import common_parser, parse_with_demo, resolve_device
 from utils.checkpoint import (ResumePoint, atomic_write_text, load_resume, resume_checkpoint_path, save_checkpoints,
                               save_resumable)
 from utils.errors import UserError, run_main
@@ -93,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.demo:
-        demo = Path(args.demo_dir)
-        parser.set_defaults(**DEMO_DEFAULTS, data_path=str(demo / "city"), model_path=str(demo / "checkpoints"))
-        args = parser.parse_args(argv)
-    return args
+    return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
 
 
 def training_step(batch: PretrainBatch | RawBatch, img_model: torch.nn.Module, poi_model: torch.nn.Module,

@@ -17,7 +17,8 @@ import argparse
 from pathlib import Path
 
 from data.downstream import read_list, read_target
-from utils.downstream import distribution_task, downstream_parser, parse_downstream_args, run_downstream
+from utils.args import parse_with_demo
+from utils.downstream import distribution_task, downstream_parser, run_downstream
 from utils.errors import UserError, run_main
 
 DEMO_DEFAULTS = {"img_size": 64, "total_epoch": 12, "schedule": [8, 10], "workers": 2, "eval_from": 1,
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_downstream_args(build_parser(), argv, DEMO_DEFAULTS)
+    return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 
-from utils.args import str2bool
-from utils.downstream import downstream_parser, parse_downstream_args, regression_task, run_downstream
+from utils.args import parse_with_demo, str2bool
+from utils.downstream import downstream_parser, regression_task, run_downstream
 from utils.errors import run_main
 
-DEMO_DEFAULTS = {"img_size": 64, "total_epoch": 12, "schedule": [8, 10], "workers": 2, "eval_from": 1,
+DEMO_DEFAULTS = {"img_size": 64, "total_epoch": 12, "schedule": [8, 10], "workers": 2, "eval_from": 1, "batch_size": 16,
                  "train_record": "demo_res_pop.txt"}
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_downstream_args(build_parser(), argv, DEMO_DEFAULTS)
+    return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> dict:

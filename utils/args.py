@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-__all__ = ["str2bool", "common_parser", "resolve_device"]
+__all__ = ["str2bool", "common_parser", "parse_with_demo", "resolve_device"]
 
 
 def str2bool(value: str | bool) -> bool:
@@ -51,6 +52,22 @@ def common_parser(*, data_path: str, model_path: str, batch_size: int, lr: float
     g.add_argument("--demo_dir", default="mmgr_demo",
                    help="where --demo keeps its synthetic city and checkpoints (default 'mmgr_demo' in the cwd)")
     return p
+
+
+def parse_with_demo(parser: argparse.ArgumentParser, argv: list[str] | None, demo_defaults: dict) -> argparse.Namespace:
+    """Parse ``argv``; with ``--demo``, parse again over CPU-sized defaults and the demo paths.
+
+    Flags given explicitly still win, since only defaults change. The demo paths are
+    ``<demo_dir>/city`` (data) and ``<demo_dir>/checkpoints`` (models); ``demo_defaults`` may add or
+    override any default, also as a function of the demo directory via the ``{demo}`` placeholder.
+    """
+    args = parser.parse_args(argv)
+    if args.demo:
+        demo = Path(args.demo_dir)
+        extra = {k: v.format(demo=demo) if isinstance(v, str) else v for k, v in demo_defaults.items()}
+        parser.set_defaults(**{"data_path": str(demo / "city"), "model_path": str(demo / "checkpoints"), **extra})
+        args = parser.parse_args(argv)
+    return args
 
 
 def resolve_device(name: str | None) -> torch.device:

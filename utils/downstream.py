@@ -42,8 +42,7 @@ from utils.metrics import distribution_metrics, regression_metrics
 from utils.reproducibility import seed_everything, worker_init
 from utils.schedule import lr_at
 
-__all__ = ["Task", "regression_task", "distribution_task", "downstream_parser", "parse_downstream_args",
-           "select_fraction", "run_downstream", "SeedResult"]
+__all__ = ["Task", "regression_task", "distribution_task", "downstream_parser", "select_fraction", "run_downstream", "SeedResult"]
 
 
 @dataclass(frozen=True)
@@ -162,16 +161,6 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
                    help="predicted-vs-true scatter PNG, regression only (default: train-records/<record name>_scatter.png; "
                         "'none' skips it)")
     return p
-
-
-def parse_downstream_args(parser: argparse.ArgumentParser, argv: list[str] | None, demo_defaults: dict) -> argparse.Namespace:
-    """Parse; ``--demo`` swaps in CPU-sized defaults and the demo paths (explicit flags still win)."""
-    args = parser.parse_args(argv)
-    if args.demo:
-        demo = Path(args.demo_dir)
-        parser.set_defaults(**demo_defaults, data_path=str(demo / "city"), model_path=str(demo / "checkpoints"))
-        args = parser.parse_args(argv)
-    return args
 
 
 def select_fraction(names: list[str], fraction: float, seed: int) -> list[str]:

@@ -44,7 +44,7 @@ from utils.speed import add_speed_flags, autocast, convert_before_optim, make_sc
 
 # --demo: a configuration that pretrains on 2 CPU cores in a few minutes. Flags given on the
 # command line still win over these.
-DEMO_CITY = {"n_tiles": 400, "tile_size": 128, "seed": 0}
+DEMO_CITY = {"tile_size": 128, "seed": 0}  # n_tiles: --demo_tiles (default 400)
 DEMO_DEFAULTS = {"resnet": "resnet18", "img_size": 64, "batch_size": 32, "total_epoch": 8, "lr": 1e-3,
                  "schedule": [6], "workers": 2, "train_record": "demo_pretrain.txt", "save_every": 4}
 
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU runs are deterministic already)")
     p.add_argument("--backbone_weights", default=None,
                    help="local torchvision ResNet state dict to start the image backbone from (default: random init, published)")
+    p.add_argument("--demo_tiles", type=int, default=400,
+                   help="with --demo: tiles of the synthetic city (default 400, generated once into DEMO_DIR/city)")
     p.add_argument("--img_dir", default="sub_shanghai_img", help="tile directory under --data_path (default published)")
     p.add_argument("--emb_dir", default="sub_shanghai_emb", help="POI embedding directory (default published)")
     p.add_argument("--edge_dir", default="sub_shanghai_edge", help="POI edge directory (default published)")
@@ -141,11 +143,11 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     if args.demo:
         from data.synthetic import ensure_city
 
-        print(f"demo: synthetic city of {DEMO_CITY['n_tiles']} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
+        print(f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
               f"{args.resnet}, {args.img_size} px crops, batch {args.batch_size}, {args.total_epoch} epochs, lr {args.lr:g} "
               f"(not the published configuration: sized for a CPU)", flush=True)
         if info.is_main:  # one writer; the other processes wait for the city
-            ensure_city(args.data_path, **DEMO_CITY)
+            ensure_city(args.data_path, n_tiles=args.demo_tiles, **DEMO_CITY)
         barrier()
     if args.batch_size < 2:
         raise UserError("--batch_size must be at least 2: NT-Xent needs negatives")

@@ -1,4 +1,4 @@
-"""Speed of the data pre-scan (data/scan.py) on the synthetic city, serial and with a process pool.
+"""Speed of the data pre-scan (data/scan.py) on the synthetic city, serial and with a thread pool.
 
     python benchmarks/scan_speed.py --n_tiles 2000 --tile_size 64 --workers 0 2
 

@@ -212,6 +212,12 @@ def _prepare_out(cfg: PrepareConfig) -> dict[str, str]:
     return dirs
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def prepare(cfg: PrepareConfig, log=print) -> dict:
     """Run the whole preparation; returns the summary (also written to ``OUT/prepare_summary.json``)."""
     t_start = time.time()
@@ -306,7 +312,9 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
         # fork: workers inherit _STATE (millions of POIs) without pickling it.
         ctx = mp.get_context("fork")
         chunks = [ids[k:k + 256] for k in range(0, n_tiles, 256)]
-        with ctx.Pool(cfg.workers) as pool:
+        # One torch thread per child: a forked child that enters torch's OpenMP pool inherited from a
+        # parent that had started it can deadlock (what DataLoader workers avoid the same way).
+        with ctx.Pool(cfg.workers, initializer=_one_torch_thread) as pool:
             results = pool.map(_write_tiles, chunks)
     else:
         results = [_write_tiles(ids)]

@@ -6,17 +6,18 @@ one pass, so the user sees the full list at once (``--check_data`` runs only the
 Per tile it checks what training will need, at header level for images (PIL ``verify``: format,
 chunk structure and checksums, without decoding pixels) and fully for the small POI tensors (the
 same validation the data set applies: rank, width, NaN/Inf, edge shape and range, weight count).
-Tiles are split into chunks checked by a process pool (unpickling tensors is CPU-bound Python,
-which threads would serialise on the GIL).
+Tiles are split into chunks checked by a thread pool. Not a forked process pool: a child forked
+from a parent whose torch threads are running can deadlock inside ``torch.load`` (seen here after
+the demo city was generated in the same process), and spawning fresh interpreters re-imports torch
+per worker. File reads, zip parsing and PIL's checks release the GIL in part.
 
 Not bad: tiles with zero POIs, grayscale/RGBA/palette/16-bit tiles (converted to RGB when loaded).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
     """Check every tile of the pretraining layout under ``root``; see the module docstring.
 
     Missing or empty directories are not per-file problems: they raise :class:`UserError` at once.
-    ``workers`` processes check chunks of tiles in parallel (0: in this process).
+    ``workers`` threads check chunks of tiles in parallel (0: serially).
     """
     t0 = time.perf_counter()
     root = Path(root)
@@ -142,9 +143,7 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
     chunks = [candidates[i:i + _CHUNK] for i in range(0, len(candidates), _CHUNK)]
     jobs = [(c, poi_dim) for c in chunks]
     if workers > 0 and len(chunks) > 1:
-        # fork: the children inherit the imported modules (no re-import of torch per worker).
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=ctx) as pool:
+        with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
             results = list(pool.map(_check_tiles, jobs))
     else:
         results = [_check_tiles(j) for j in jobs]

@@ -80,3 +80,19 @@ def test_user_errors_are_one_sentence(tmp_path, tiny_data):
     r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(tiny_data), "--ckpt", str(tiny_data / "pop1km" / "t001.txt"),
                     "--device", "cpu", "--workers", "0", "--batch_size", "4"], cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "t001.txt" in r.stderr
+
+
+def test_demo_path_generates_pretrains_and_evaluates(tmp_path):
+    # The quick start, shrunk: a 40-tile demo city, one epoch, DataLoader and scan workers on (the
+    # scan once deadlocked in forked children after the city was generated in the same process).
+    demo = ["--demo", "--demo_dir", str(tmp_path / "demo")]
+    r = run_script([str(ROOT / "mmgr.py"), *demo, "--demo_tiles", "40", "--total_epoch", "1", "--batch_size", "8",
+                    "--img_size", "32", "--workers", "2", "--device", "cpu"], cwd=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("demo: synthetic city of 40 tiles") and "not the published configuration" in r.stdout
+    assert (tmp_path / "demo" / "city" / ".complete").is_file()
+    assert (tmp_path / "demo" / "checkpoints" / "wuhan_img_1.tar").is_file()
+    r = run_script([str(ROOT / "res_pop.py"), *demo, "--total_epoch", "1", "--batch_size", "8", "--img_size", "32",
+                    "--workers", "0", "--device", "cpu"], cwd=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "wuhan_img_1.tar (resnet18)" in r.stdout and re.search(r"last epoch 1: MAE [0-9.]+  RMSE [0-9.]+  R2 -?[0-9.]+", r.stdout)

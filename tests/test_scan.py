@@ -59,7 +59,7 @@ def test_each_bad_input_found_and_named(tmp_path, case, workers):
     assert len(kept) == 12 - len(report.bad_tiles) and not set(kept) & set(report.bad_tiles)
 
 
-def test_all_bad_files_listed_at_once_with_process_pool(tmp_path, capsys):
+def test_all_bad_files_listed_at_once_with_thread_pool(tmp_path, capsys):
     root = make_layout(tmp_path / "d", n_tiles=150, size=8, zero_poi=(0, 5, 140))
     for case in ("image without POI files", "truncated PNG", "embedding width", "edge out of range", "weights length"):
         BREAKAGES[case][0](root)

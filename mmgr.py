@@ -213,10 +213,12 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     # Only rank 0 prints, records and saves.
     record = RecordFile(Path("train-records") / args.train_record) if info.is_main else NullRecord()
     log = RecordFile(model_path / "train_log.jsonl") if info.is_main else NullRecord()
+    scaler = make_scaler(device, args.precision)  # fp16 only; restored on resume with the rest
     start = ResumePoint()
     resume_path = resume_checkpoint_path(args.resume, model_path)
     if resume_path is not None:
-        start = load_resume(resume_path, img_model, poi_model, opt_img, opt_poi, args, n_tiles=len(dataset))
+        start = load_resume(resume_path, img_model, poi_model, opt_img, opt_poi, args, n_tiles=len(dataset),
+                            scaler=scaler if scaler.is_enabled() else None)
         # Lines written after that checkpoint describe steps that are now trained again: cut them.
         sizes = start.progress.get("record_sizes", {})
         for rec in (record, log):
@@ -227,7 +229,7 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     if info.is_main:
         atomic_write_text(json.dumps(vars(args), indent=2) + "\n", model_path / "args.json")
     img_train, poi_train = prepare_models(img_model, poi_model, args, info, device)  # + DDP / compile
-    scaler = make_scaler(device, args.precision)
+    amp_state = scaler if scaler.is_enabled() else None
 
     n_steps = sampler.steps_per_epoch
     global_step = int(start.progress.get("global_step", start.epoch * n_steps + start.step))
@@ -278,7 +280,7 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
                     path = model_path / "checkpoint_last.pt"
                     if info.is_main:
                         path = save_resumable(model_path, img_model, poi_model, opt_img, opt_poi, args, epoch=epoch,
-                                              step=step, progress=progress())
+                                              step=step, progress=progress(), scaler=amp_state)
                     if stop.requested:
                         stop.exit(f"at epoch {epoch + 1}, step {step} of {n_steps}", str(path))
             bar.close()
@@ -296,7 +298,8 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
                 print(f"epoch {epoch + 1}/{args.total_epoch}  lr {lr:.2e}  loss {mean[0]:.4f}  inter {mean[1]:.4f}  "
                       f"intra {mean[2]:.4f}  emb_std {emb_std:.4f}  {seconds:.1f}s", flush=True)
                 warn_collapse(epoch + 1, emb_std, mean[1], mean[2], uniform, args.projection_dim)
-                save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args, progress=progress())
+                save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args, progress=progress(),
+                                 scaler=amp_state)
             if stop.requested:
                 stop.exit(f"after epoch {epoch + 1}", str(model_path / "checkpoint_last.pt"))
     record.close()

@@ -32,6 +32,11 @@ def test_speed_modes_train(tmp_path: Path, tiny_data, extra):
     assert log["loss"] > 0 and log["samples_per_s"] > 0
     state = torch.load(tmp_path / "ck" / "wuhan_img_1.tar", weights_only=True)
     assert all(torch.isfinite(v.float()).all() for v in state.values())
+    resumable = torch.load(tmp_path / "ck" / "checkpoint_last.pt", weights_only=True)
+    # fp16's loss scale travels with the resumable checkpoint; the other modes have none to keep.
+    assert ("scaler" in resumable) == ("fp16" in extra)
+    if "fp16" in extra:
+        assert resumable["scaler"]["scale"] > 0
 
 
 def test_sync_bn_on_cpu_is_a_user_error(tmp_path: Path, tiny_data):

@@ -19,6 +19,7 @@ from utils.downstream import downstream_parser, regression_task, run_downstream
 from utils.errors import run_main
 
 DEMO_DEFAULTS = {"img_size": 64, "total_epoch": 12, "schedule": [8, 10], "workers": 2, "eval_from": 1, "batch_size": 16,
+                 "head_bias_init": "mean",
                  "train_record": "demo_res_pop.txt"}
 
 

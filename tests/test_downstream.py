@@ -146,3 +146,18 @@ def test_res_func_types_mismatch_and_label_fraction_too_small(setup, tmp_path):
     r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--label_fraction", "0.2"],
                    cwd=tmp_path)
     assert r.returncode == 2 and "fewer than one batch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_head_bias_init_mean_starts_at_the_mean_target():
+    import torch
+
+    from utils.downstream import distribution_task, init_head_bias, regression_task
+
+    last = torch.nn.Linear(8, 1)
+    init_head_bias(last, regression_task(), torch.tensor([[2.0], [4.0], [9.0]]))
+    assert torch.allclose(last.bias, torch.tensor([5.0]))
+    last = torch.nn.Linear(8, 3)
+    y = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.3, 0.6]])
+    init_head_bias(last, distribution_task(("a", "b", "c")), y)
+    # softmax of the bias alone is the mean distribution
+    assert torch.allclose(torch.softmax(last.bias, 0), y.mean(0), atol=1e-5)

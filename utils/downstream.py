@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,10 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
                         "(default 1.0: all labels, published)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="repeat the run with each seed and report mean ± std (default: one run with --seed)")
+    p.add_argument("--head_bias_init", default="default", choices=("default", "mean"),
+                   help="default: PyTorch's init of the head (published); mean: start the head's output bias at the "
+                        "mean training target (log-mean proportions for functions), so that a ReLU-output head cannot "
+                        "start dead, i.e. below zero for every tile")
     p.add_argument("--pred_csv", default=None,
                    help="per-tile validation predictions of the last epoch, every seed (default: "
                         "train-records/<record name>_pred.csv)")
@@ -195,6 +200,7 @@ class SeedResult:
     seed: int
     history: list[dict] = field(default_factory=list)
     pred: np.ndarray | None = None  # [N_val, K]
+    dead_warned: bool = False  # the dead-head warning is printed once per run
 
     def best(self, task: Task) -> dict:
         def score(h: dict) -> float:
@@ -205,6 +211,14 @@ class SeedResult:
 
 def _metric_text(m: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("epoch", "seed"))
+
+
+@torch.no_grad()
+def init_head_bias(last: torch.nn.Linear, task: Task, y_train: torch.Tensor) -> None:
+    """``--head_bias_init mean``: the head's last bias becomes the mean training target (``y_train``
+    ``[N, K]`` in training units; its log for distributions); the weights keep their initialisation."""
+    mean = y_train.float().mean(dim=0)
+    last.bias.copy_(torch.log(mean.clamp_min(1e-6)) if task.name == "distribution" else mean)
 
 
 def train_one_seed(args: argparse.Namespace, task: Task, seed: int, ckpt: Path, train_names: list[str],
@@ -225,6 +239,8 @@ def train_one_seed(args: argparse.Namespace, task: Task, seed: int, ckpt: Path, 
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
 
     model = with_task_head(load_image_encoder(ckpt), out_dim=len(task.columns), freeze_backbone=not args.finetune).to(device)
+    if args.head_bias_init == "mean":
+        init_head_bias(model.encoder.fc[-1], task, task.to_train(train_set.targets))
     head = list(model.encoder.fc.parameters())
     groups = [{"params": head, "base_lr": args.lr}]
     if args.finetune:
@@ -264,6 +280,11 @@ def train_one_seed(args: argparse.Namespace, task: Task, seed: int, ckpt: Path, 
             else:
                 pred = predict_loader(model, val_loader, task, device)
             result.pred = task.to_original(pred)
+            if task.name == "regression" and not result.pred.any() and not result.dead_warned:
+                result.dead_warned = True
+                print(f"warning: epoch {epoch + 1}: every prediction is 0: the head's output is below zero for every "
+                      "tile, so its ReLU passes no gradient (a dead head); try --head_bias_init mean, a lower --lr "
+                      "or another --seed", file=sys.stderr, flush=True)
             if epoch + 1 >= args.eval_from:
                 m = task.metrics(y_val, result.pred)
                 result.history.append({"epoch": epoch + 1, **m})

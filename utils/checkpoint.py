@@ -31,7 +31,7 @@ from utils.errors import UserError
 
 __all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "assert_finite", "prune_bare", "save_resumable",
            "ResumePoint", "load_resume", "RESUME_FORMAT", "load_file", "newest_image_checkpoint", "load_image_state",
-           "RESUME_NAME", "save_checkpoints", "resume_checkpoint_path", "load_training_state"]
+           "RESUME_NAME", "save_checkpoints", "resume_checkpoint_path"]
 
 RESUME_NAME = "checkpoint_last.pt"
 # Stored in every resumable checkpoint so that a file of another kind is recognised as such.
@@ -267,8 +267,3 @@ def load_resume(path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Modu
         set_rng_state(rng)
     return ResumePoint(int(ckpt["epoch"]), step, progress, rng)
 
-
-def load_training_state(path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Module,
-                        opt_img: torch.optim.Optimizer, opt_poi: torch.optim.Optimizer, args: Any) -> int:
-    """Restore a resumable checkpoint (see :func:`load_resume`); returns the epochs done."""
-    return load_resume(path, img_model, poi_model, opt_img, opt_poi, args).epoch

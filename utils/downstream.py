@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from data.downstream import TileTargetDataset, read_list
+from data.resumable import epoch_seed
 from data.transforms import downstream_train_transform, eval_transform
 from models.heads import load_image_encoder, with_task_head
 from models.image_encoder import ImageEncoder
@@ -257,8 +258,8 @@ def train_one_seed(args: argparse.Namespace, task: Task, seed: int, ckpt: Path, 
         factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        seed_everything(seed * 1_000_003 + epoch)
-        order.manual_seed(seed * 1_000_003 + epoch)
+        seed_everything(epoch_seed(seed, epoch))
+        order.manual_seed(epoch_seed(seed, epoch))
         # Frozen backbone: eval mode, BatchNorm keeps its pretrained statistics (published protocol).
         model.train(args.finetune)
         t0, total, n = time.time(), 0.0, 0

@@ -27,16 +27,47 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     """
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ValueError(f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
-    b = z_a.shape[0]
     # Normalise in fp32: cosine similarities of bf16/fp16 embeddings lose too much precision.
     z = F.normalize(torch.cat([z_a, z_b], dim=0).float(), dim=1)  # [2B, D]
-    logits = (z @ z.t()) / temperature  # [2B, 2B]
-    # A row is never its own negative: remove the diagonal from the softmax.
-    self_mask = torch.eye(2 * b, dtype=torch.bool, device=z.device)
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    # Row i's positive sits B rows away: i + B for the first half, i - B for the second.
-    targets = torch.arange(2 * b, device=z.device).roll(b)
-    return F.cross_entropy(logits, targets)
+    return _NTXentNormalised.apply(z, float(temperature))
+
+
+class _NTXentNormalised(torch.autograd.Function):
+    """NT-Xent of ``2B`` unit rows ``z`` whose partner is ``B`` rows away, with a hand-written backward.
+
+    Autograd through ``cross_entropy(z @ z.T / t)`` costs three ``[2B, 2B] x [2B, D]`` matmuls and
+    several full ``[2B, 2B]`` passes (mask, scale, copies). Since the logits are ``z z^T / t``, the
+    gradient is ``(G + G^T) z / t`` with ``G = softmax(logits) - onehot(partner)``: one matmul forward,
+    two backward, and the softmax kept from the forward pass. Same value and gradient as the autograd
+    form to float rounding (tests/test_loss.py).
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, temperature: float) -> torch.Tensor:  # z: [2B, D]
+        n = z.shape[0]
+        with torch.autocast(z.device.type, enabled=False):  # fp32 even inside an autocast region
+            logits = z @ z.t()  # [2B, 2B]
+        logits.mul_(1.0 / temperature)
+        logits.fill_diagonal_(float("-inf"))  # a row is never its own negative
+        log_p = torch.log_softmax(logits, dim=1)  # [2B, 2B]
+        del logits
+        rows = torch.arange(n, device=z.device)
+        partner = rows.roll(n // 2)  # row i's positive: i + B in the first half, i - B in the second
+        ctx.save_for_backward(z, log_p, rows, partner)
+        ctx.temperature = temperature
+        return -log_p[rows, partner].mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
+        z, log_p, rows, partner = ctx.saved_tensors
+        g = log_p.exp()  # softmax, [2B, 2B]; exp(-inf) = 0 on the diagonal
+        g[rows, partner] -= 1.0
+        scale = grad_out / (z.shape[0] * ctx.temperature)
+        with torch.autocast(z.device.type, enabled=False):
+            # z enters z z^T twice: (G + G^T) z, as two matmuls (BLAS reads G^T in place, which is
+            # faster than materialising G + G^T).
+            return torch.addmm(g @ z, g.t(), z).mul_(scale), None
 
 
 def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:

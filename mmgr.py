@@ -35,9 +35,10 @@ from utils.args import common_parser, parse_with_demo, resolve_device
 from utils.checkpoint import (ResumePoint, atomic_write_text, load_resume, resume_checkpoint_path, save_checkpoints,
                               save_resumable)
 from utils.errors import UserError, run_main
-from utils.distributed import DistInfo, NullRecord, RankSlice, all_reduce_mean, barrier, cleanup, init_from_env
+from utils.distributed import (DistInfo, NullRecord, RankSlice, all_reduce_mean, barrier, cleanup, gather_objects, init_from_env,
+                               max_over_ranks)
 from utils.records import RecordFile
-from utils.reproducibility import enable_determinism, seed_everything, set_rng_state, worker_init
+from utils.reproducibility import enable_determinism, rng_state, seed_everything, set_rng_state, worker_init
 from utils.signals import StopOnSignal
 from utils.schedule import lr_at, set_lr
 from utils.speed import add_speed_flags, autocast, convert_before_optim, make_scaler, prepare_models
@@ -143,10 +144,10 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     if args.demo:
         from data.synthetic import ensure_city
 
-        print(f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
-              f"{args.resnet}, {args.img_size} px crops, batch {args.batch_size}, {args.total_epoch} epochs, lr {args.lr:g} "
-              f"(not the published configuration: sized for a CPU)", flush=True)
-        if info.is_main:  # one writer; the other processes wait for the city
+        if info.is_main:  # one writer (and one banner); the other processes wait for the city
+            print(f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
+                  f"{args.resnet}, {args.img_size} px crops, batch {args.batch_size}, {args.total_epoch} epochs, lr {args.lr:g} "
+                  f"(not the published configuration: sized for a CPU)", flush=True)
             ensure_city(args.data_path, n_tiles=args.demo_tiles, **DEMO_CITY)
         barrier()
     if args.batch_size < 2:
@@ -237,7 +238,7 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
 
     def progress() -> dict:
         return {"global_step": global_step, "loss_sums": sums.clone(), "n_tiles": len(dataset),
-                "record_sizes": {str(r.path): r.sync() for r in (record, log)}}
+                "world_size": info.world_size, "record_sizes": {str(r.path): r.sync() for r in (record, log)}}
 
     with StopOnSignal() as stop:
         for epoch in range(start.epoch, args.total_epoch):
@@ -259,8 +260,13 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
             for step, batch in enumerate(bar, start=first + 1):
                 loss, loss_inter, loss_intra, z1 = training_step(batch, img_train, poi_train, args, device, augment)
                 # Records hold the loss of the global batch (the mean over processes); every process
-                # sees the same value, so all stop together on a non-finite one.
-                losses = all_reduce_mean(torch.stack([loss, loss_inter, loss_intra]).detach().double()).cpu()
+                # sees the same value, so all stop together on a non-finite one. The same reduction
+                # carries the stop requests: a signal that reached any process stops all of them at the
+                # same step (otherwise the others would wait for it in the next collective forever).
+                local = torch.stack([loss.detach(), loss_inter.detach(), loss_intra.detach(),
+                                     loss.new_tensor(float(stop.requested))]).double()
+                stats = all_reduce_mean(local).cpu()
+                losses = stats[:3]
                 if not torch.isfinite(losses[0]):
                     raise UserError(f"the loss became {losses[0].item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
                                     f"is kept in {model_path}; lower --lr and resume")
@@ -276,13 +282,17 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
                 record.write_line(f"Step [{step}/{n_steps}]\t Loss1: {inter}\t Loss2: {intra}")
                 bar.set_postfix(inter=f"{inter:.4f}", intra=f"{intra:.4f}", refresh=False)
                 periodic = args.save_every_steps > 0 and global_step % args.save_every_steps == 0
-                if step < n_steps and (periodic or stop.requested):
+                stop_now = bool(stats[3] > 0) if info.enabled else stop.requested
+                if step < n_steps and (periodic or stop_now):
                     path = model_path / "checkpoint_last.pt"
+                    # Each process's own random state (--augment gpu draws from it), for a mid-epoch resume.
+                    rng_ranks = gather_objects(rng_state()) if info.enabled else None
                     if info.is_main:
                         path = save_resumable(model_path, img_model, poi_model, opt_img, opt_poi, args, epoch=epoch,
-                                              step=step, progress=progress(), scaler=amp_state)
-                    if stop.requested:
-                        stop.exit(f"at epoch {epoch + 1}, step {step} of {n_steps}", str(path))
+                                              step=step, progress=progress(), scaler=amp_state, rng_ranks=rng_ranks)
+                    if stop_now:
+                        signum = max_over_ranks(stop.signum or 0, device)  # also waits for rank 0's save
+                        stop.exit(f"at epoch {epoch + 1}, step {step} of {n_steps}", str(path), signum, quiet=not info.is_main)
             bar.close()
             mean = (sums / n_steps).tolist()
             # Collapse figures: per-dimension std of normalised image embeddings (~1/sqrt(P) when spread)
@@ -300,8 +310,11 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
                 warn_collapse(epoch + 1, emb_std, mean[1], mean[2], uniform, args.projection_dim)
                 save_checkpoints(model_path, epoch + 1, img_model, poi_model, opt_img, opt_poi, args, progress=progress(),
                                  scaler=amp_state)
-            if stop.requested:
-                stop.exit(f"after epoch {epoch + 1}", str(model_path / "checkpoint_last.pt"))
+            # One more collective per epoch: a signal that arrived after the last step's reduction. It
+            # also keeps every process here until rank 0 has saved.
+            signum = max_over_ranks(stop.signum or 0, device) if info.enabled else (stop.signum or 0)
+            if signum:
+                stop.exit(f"after epoch {epoch + 1}", str(model_path / "checkpoint_last.pt"), signum, quiet=not info.is_main)
     record.close()
     log.close()
     if info.is_main:

@@ -154,3 +154,93 @@ def test_rank_slices_partition_each_global_batch():
     assert all(len(p) == len(full) == 2 for p in parts) and len(du.RankSlice(sampler, 0, 3)) == 2
     for step, batch in enumerate(full):
         assert sum((p[step] for p in parts), []) == batch  # disjoint slices, in rank order
+
+
+def _children(pid: int) -> dict[int, int]:
+    """torchrun's worker processes: {RANK: pid} of the direct children of ``pid`` (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            ppid = int(next(l for l in status.splitlines() if l.startswith("PPid:")).split()[1])
+            if ppid != pid:
+                continue
+            env = dict(kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, StopIteration, ValueError):
+            continue
+        if "RANK" in env:
+            found[int(env["RANK"])] = int(entry.name)
+    return found
+
+
+def test_torchrun_stop_signal_on_one_rank_then_resume_is_bit_identical(tmp_path: Path):
+    # SIGTERM reaches rank 1 only (rank 0 held by SIGSTOP meanwhile): both processes must stop at the
+    # same step (no hang in the next collective), rank 0 must save, and a resumed job must end
+    # bit-identical to an uninterrupted one, which needs each rank's own random state restored
+    # (--augment gpu draws its crops and colours from it).
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, make_layout
+
+    data = make_layout(tmp_path / "data", n_tiles=24)  # 2 processes x batch 2: 6 steps per epoch
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+
+    def job(run: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(tmp_path / run / "ck"),
+                "--train_record", "rec.txt", "--batch_size", "2", "--resnet", "resnet18", "--img_size", "24",
+                "--device", "cpu", "--workers", "0", "--projection_dim", "8", "--total_epoch", "2", "--lr", "1e-3",
+                "--augment", "gpu", "--deterministic", *extra]
+
+    def run(name: str, *extra: str) -> subprocess.CompletedProcess:
+        (tmp_path / name).mkdir(exist_ok=True)
+        return subprocess.run(job(name, *extra), cwd=tmp_path / name, env=env, capture_output=True, text=True, timeout=300)
+
+    ref = run("ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    (tmp_path / "cut").mkdir()
+    record = tmp_path / "cut" / "train-records" / "rec.txt"
+    proc = subprocess.Popen(job("cut"), cwd=tmp_path / "cut", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (record.is_file() and record.read_text().count("\n") >= 1):
+            assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()
+            time.sleep(0.02)
+        ranks = _children(proc.pid)
+        assert sorted(ranks) == [0, 1], ranks
+        os.kill(ranks[0], signal.SIGSTOP)
+        os.kill(ranks[1], signal.SIGTERM)
+        time.sleep(0.5)
+        os.kill(ranks[0], signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)  # a hang (rank 0 waiting for rank 1) fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out
+    assert err.count("stopped by SIGTERM at epoch 1, step") == 1, err[-3000:]  # rank 0 alone reports it
+    ckpt_path = tmp_path / "cut" / "ck" / "checkpoint_last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["epoch"] == 0 and 1 <= ckpt["step"] < 6 and ckpt["progress"]["world_size"] == 2
+    assert len(ckpt["rng_ranks"]) == 2
+    assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])  # each rank's own
+    shutil.copy(ckpt_path, tmp_path / "mid.pt")
+
+    resumed = run("cut", "--resume", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for kind in ("img", "poi"):
+        a = torch.load(tmp_path / "ref" / "ck" / f"wuhan_{kind}_2.tar", weights_only=True)
+        b = torch.load(tmp_path / "cut" / "ck" / f"wuhan_{kind}_2.tar", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{kind} weights differ from the uninterrupted run"
+    assert record.read_text() == (tmp_path / "ref" / "train-records" / "rec.txt").read_text()
+
+    # A mid-epoch checkpoint of 2 processes cannot continue in 1 (its steps were global batches of 4).
+    single = subprocess.run([sys.executable, str(ROOT / "mmgr.py"), *job("one")[7:], "--resume", str(tmp_path / "mid.pt")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 2 and "saved mid-epoch by 2 process(es) but this run has 1" in single.stderr, single.stderr

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from utils.distributed import rank, world_size
 from utils.errors import UserError
 
 __all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "assert_finite", "prune_bare", "save_resumable",
@@ -162,11 +163,14 @@ def prune_bare(model_path: Path, prefix: str, keep_last: int) -> list[Path]:
 
 def save_resumable(model_path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Module,
                    opt_img: torch.optim.Optimizer, opt_poi: torch.optim.Optimizer, args: Any, *, epoch: int,
-                   step: int = 0, progress: dict[str, Any] | None = None, scaler: Any = None) -> Path:
+                   step: int = 0, progress: dict[str, Any] | None = None, scaler: Any = None,
+                   rng_ranks: list[dict[str, Any]] | None = None) -> Path:
     """Write ``checkpoint_last.pt``: ``epoch`` epochs done plus ``step`` steps of the next one.
 
     ``progress`` carries the loop's own state (global step, partial loss sums [3] float64, record
-    sizes, number of tiles); everything is tensors and plain types, so it loads with weights_only.
+    sizes, number of tiles, number of processes); everything is tensors and plain types, so it loads
+    with weights_only. ``rng_ranks``: under torchrun, every process's RNG states in rank order (the
+    writer's own go to ``rng`` as always), so that each process of a resumed run continues its own.
     """
     from utils.reproducibility import rng_state
 
@@ -177,6 +181,8 @@ def save_resumable(model_path: Path, img_model: torch.nn.Module, poi_model: torc
              "args": vars(args), "rng": rng_state(), "progress": dict(progress or {})}
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
+    if rng_ranks is not None:
+        state["rng_ranks"] = list(rng_ranks)
     path = model_path / RESUME_NAME
     atomic_save(state, path)
     return path
@@ -258,9 +264,16 @@ def load_resume(path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Modu
         if n_tiles is not None and progress.get("n_tiles") not in (None, n_tiles):
             raise UserError(f"{path} was saved mid-epoch on {progress['n_tiles']} tiles but the data now has {n_tiles}; "
                             "resume on the same data (or from an end-of-epoch checkpoint)")
+        if progress.get("world_size") not in (None, world_size()):  # None: written before the count was kept
+            raise UserError(f"{path} was saved mid-epoch by {progress['world_size']} process(es) but this run has "
+                            f"{world_size()}; the global batch, and so the steps already trained, would differ: resume "
+                            "with the same number of processes (or from an end-of-epoch checkpoint)")
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt.get("rng")
+    ranks = ckpt.get("rng_ranks")
+    if ranks is not None and len(ranks) == world_size():
+        rng = ranks[rank()]  # this process's own streams (mid-epoch checkpoints of a torchrun job)
     if rng is not None:
         from utils.reproducibility import set_rng_state
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_from_env", "cleanup", "is_main", "world_size", "rank", "barrier", "gather_rows", "all_reduce_mean",
-           "RankSlice", "NullRecord"]
+           "max_over_ranks", "gather_objects", "RankSlice", "NullRecord"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,27 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / world_size()
+
+
+def max_over_ranks(value: int, device: torch.device | None = None) -> int:
+    """The largest of every rank's ``value`` (e.g. a signal number, 0 for none); ``value`` itself in a single process.
+
+    ``device`` is where the collective runs (this rank's GPU under NCCL; the CPU for gloo).
+    """
+    if world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def gather_objects(obj: object) -> list:
+    """Every rank's ``obj`` (picklable; e.g. its RNG states), in rank order, on every rank; ``[obj]`` alone."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 class RankSlice:

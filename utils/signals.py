@@ -54,11 +54,17 @@ class StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         self._restore()
 
-    def exit(self, where: str, checkpoint: str) -> None:
-        """Print how to continue and exit with 128 + signal number (the shell's convention)."""
-        print(f"stopped by {self.name} {where}; resumable checkpoint {checkpoint} saved; "
-              "continue with the same command plus --resume", file=sys.stderr, flush=True)
-        sys.exit(128 + int(self.signum or 0))
+    def exit(self, where: str, checkpoint: str, signum: int | None = None, quiet: bool = False) -> None:
+        """Print how to continue (unless ``quiet``) and exit with 128 + signal number (the shell's convention).
+
+        ``signum`` overrides the signal this process received: under torchrun every process stops on the
+        signal that reached any of them (utils.distributed.max_over_ranks), and exits with its code.
+        """
+        signum = int(signum if signum is not None else (self.signum or 0))
+        if not quiet:
+            print(f"stopped by {signal.Signals(signum).name} {where}; resumable checkpoint {checkpoint} saved; "
+                  "continue with the same command plus --resume", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
 
 
 def ignore_stop_signals() -> None:

@@ -192,8 +192,9 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     loader = DataLoader(SeededSamples(dataset), batch_sampler=RankSlice(sampler, info.rank, info.world_size) if info.enabled else sampler,
                         num_workers=args.workers, collate_fn=collate_raw if gpu_aug else collate_pretrain,
                         pin_memory=device.type == "cuda", worker_init_fn=worker_init, generator=worker_seeds,
-                        # decode-only workers draw no random numbers: keep them between epochs
-                        persistent_workers=gpu_aug and args.workers > 0)
+                        # every sample is drawn under its own seed from the sampler (SeededSamples), so the
+                        # workers' own random state never matters: keep them between epochs
+                        persistent_workers=args.workers > 0)
     augment = GPUAugment(args.img_size) if gpu_aug else None
     if info.is_main and (info.enabled or args.precision != "fp32" or gpu_aug or args.compile):
         print(f"{info.world_size} process(es) x batch {args.batch_size} = global batch {global_batch}; precision "

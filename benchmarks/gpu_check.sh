@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# One-shot GPU check of the speed work (issue 5), for a lent H100/H200. Run from the repository root:
+# One-shot GPU check of the speed work (issue 5), for a lent H100/H200 (with several GPUs visible it
+# also checks DDP over NCCL: gradients against one process, throughput scaling, mmgr.py under torchrun).
+# Run from the repository root:
 #
 #     bash benchmarks/gpu_check.sh                  # at most ~6 minutes (GPU_CHECK_BUDGET_S=345 s of steps)
-#     GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh # the same steps, tiny, on CPU (to test this script)
+#     GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh # the same steps, tiny, on CPU (to test this script;
+#                                                   # two gloo processes stand in for several GPUs)
+#     GPU_CHECK_BUDGET_S=700 bash benchmarks/gpu_check.sh  # several GPUs: the DDP steps need ~5 more minutes
 #
 # Needs torch, torchvision, torch_geometric, numpy, scipy, pillow, tqdm; no data, no downloads
 # (synthetic in-memory tiles). Writes everything to $OUT/gpu_results.txt if $OUT is set, else
@@ -44,11 +48,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
   DEV=cpu; NET="--resnet resnet18 --img_size 32 --tile_size 40"; B=8; B_SMALL=4; W=0; WP=0
   IT="--warmup 1 --iters 2"; IT_PUB="--warmup 1 --iters 1"; IT_C="--warmup 1 --iters 1"; SMOKE_SIZE=32
+  NGPU=2  # two gloo CPU processes stand in for several GPUs
 else
   python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { log "no CUDA device visible: stopped"; cat "$RES"; exit 1; }
   DEV=cuda; NET="--resnet resnet50 --img_size 224 --tile_size 256"; B=256; B_SMALL=64; W=8; WP=14
   IT="--warmup 5 --iters 15"; IT_PUB="--warmup 2 --iters 4"; IT_C="--warmup 3 --iters 10"; SMOKE_SIZE=64
+  NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 fi
+CPUS=$(python -c "import os; print(len(os.sched_getaffinity(0)))")
+TR="python -m torch.distributed.run --standalone --nproc_per_node $NGPU"
 TP="python benchmarks/train_throughput.py --device $DEV $NET --json_out $JSON"
 
 BUDGET=${GPU_CHECK_BUDGET_S:-345}  # the whole script stays under 6 minutes: later steps get what is left
@@ -91,6 +99,21 @@ ls ck && tail -n 2 ck/train_log.jsonl"
 step "ours bf16 channels_last augment=gpu batch $B" 120 $TP --batch_size $B --precision bf16 --augment gpu --workers $W $IT
 # 3. The published pipeline's choices on the same card: fp32, PIL per sample, broadcast loss, NCHW.
 step "published-style fp32 batch $B" 120 $TP --batch_size $B --published_style --workers $WP $IT_PUB
+# 3b. Several GPUs (only where more than one is visible): torchrun/DDP over NCCL.
+if [ "$NGPU" -gt 1 ]; then
+  # decode workers per process: the CPUs shared out (one left for the process itself), at most $W
+  WN=$(( CPUS / NGPU - 1 )); [ "$WN" -lt 1 ] && WN=1; [ "$WN" -gt "$W" ] && WN=$W
+  step "DDP correctness, $NGPU processes" 90 $TR benchmarks/ddp_check.py --device $DEV
+  step "DDP ours bf16 augment=gpu, $NGPU processes x batch $B" 150 $TR benchmarks/train_throughput.py --device $DEV $NET \
+    --json_out $JSON --batch_size $B --precision bf16 --augment gpu --workers $WN $IT
+  step "mmgr.py under torchrun, $NGPU processes" 120 bash -c "
+cd $WORK && $TR $PWD/mmgr.py --data_path city --model_path ck_ddp --device $DEV --resnet resnet18 --img_size $SMOKE_SIZE \
+  --batch_size 4 --total_epoch 2 --lr 1e-3 --workers 1 --augment gpu --precision bf16 --train_record r_ddp.txt &&
+ls ck_ddp && tail -n 2 ck_ddp/train_log.jsonl"
+else
+  log ""; log "-- [several GPUs] skipped: $NGPU GPU visible (DDP over NCCL needs at least 2)"
+fi
+
 # 4. fp16 with a GradScaler (smoke: finite loss, throughput).
 step "ours fp16 GradScaler batch $B_SMALL" 60 $TP --batch_size $B_SMALL --precision fp16 --augment gpu --workers $W --warmup 2 --iters 3
 # 5. torch.compile, only if time is left (compilation of ResNet-50 takes a minute or two).
@@ -105,10 +128,16 @@ python - "$JSON" >>"$RES" 2>&1 <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 for r in rows:
-    print(f"{r['mode']:>15} {r['precision']:>5} aug={r['augment']:<28} compile={r['compile']!s:<5} batch {r['batch_size']:>4}: "
+    print(f"{r['mode']:>15} {r['precision']:>5} aug={r['augment']:<28} compile={r['compile']!s:<5} "
+          f"procs {r.get('world_size', 1)} batch {r['batch_size']:>4}: "
           f"{r['samples_per_s']:>8.1f} samples/s (median of {r['iters']}; mean {r['mean_samples_per_s']:.1f}), "
           f"peak {r['peak_mem_mb']:.0f} MB, loss {r.get('last_loss')}")
-ours = [r for r in rows if r["mode"] == "ours" and r["precision"] == "bf16" and not r["compile"]]
+ours = [r for r in rows if r["mode"] == "ours" and r["precision"] == "bf16" and not r["compile"] and r.get("world_size", 1) == 1]
+multi = [r for r in rows if r.get("world_size", 1) > 1]
+if ours and multi:
+    n = multi[0]["world_size"]
+    print(f"scaling: {n} processes {multi[0]['samples_per_s']:.0f} samples/s = {multi[0]['samples_per_s'] / ours[0]['samples_per_s']:.2f}x "
+          f"one process ({multi[0]['samples_per_s'] / ours[0]['samples_per_s'] / n:.0%} efficiency)")
 pub = [r for r in rows if r["mode"] == "published_style"]
 if ours and pub:
     print(f"ratio ours bf16 / published fp32: {ours[0]['samples_per_s'] / pub[0]['samples_per_s']:.2f}x")

@@ -3,6 +3,12 @@
     python benchmarks/train_throughput.py --device cpu --resnet resnet50 --img_size 224 --batch_size 16
     python benchmarks/train_throughput.py ... --published_style        # the published pipeline's choices
     python benchmarks/train_throughput.py --device cuda --batch_size 256 --precision bf16 --augment gpu --workers 8
+    torchrun --nproc_per_node 8 benchmarks/train_throughput.py --device cuda --batch_size 256 --precision bf16 --augment gpu
+
+Under torchrun (several GPUs, NCCL; or CPU processes, gloo) the step is ``mmgr.py``'s distributed one:
+DDP-wrapped encoders and NT-Xent over the negatives gathered from every process; ``--batch_size`` is
+per process, as in ``mmgr.py``, each process draws its own tiles, and rank 0 alone reports: its median
+step time (the processes wait for each other in every step's collectives) and the global samples/s.
 
 One step = fetch a batch from the DataLoader (waiting for workers if they are behind) + forward of
 two views and the POI graphs + both losses + backward + both Adam steps + reading the loss (as
@@ -49,7 +55,8 @@ from data.transforms import pretrain_transform  # noqa: E402
 from models.image_encoder import RESNETS, ImageEncoder  # noqa: E402
 from models.poi_encoder import build_poi_encoder  # noqa: E402
 from utils.args import str2bool  # noqa: E402
-from utils.speed import PRECISIONS, make_scaler  # noqa: E402
+from utils.distributed import DistInfo, cleanup, init_from_env  # noqa: E402
+from utils.speed import PRECISIONS, make_scaler, prepare_models  # noqa: E402
 
 
 class SyntheticTiles(Dataset):
@@ -100,18 +107,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
+    info = info or DistInfo()
     device = torch.device(args.device)
     if args.channels_last is None:
         args.channels_last = device.type == "cuda"
-    torch.manual_seed(0)
+    torch.manual_seed(info.rank)
     published = args.published_style
+    if published and info.enabled:
+        raise SystemExit("--published_style runs in one process (the published multi-GPU code never worked, SPEC §1)")
     # mmgr.py turns cuDNN autotuning on; the published script leaves PyTorch's defaults.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not published
     gpu_aug = args.augment == "gpu" and not published
     transform = None if gpu_aug else pretrain_transform(args.img_size)
     steps = args.warmup + args.iters
-    ds = SyntheticTiles(max(2 * args.batch_size, 64), args.tile_size, transform=transform)
+    ds = SyntheticTiles(max(2 * args.batch_size, 64), args.tile_size, seed=info.rank, transform=transform)
     loader = DataLoader(ds, batch_size=args.batch_size, sampler=RandomSampler(ds, replacement=True, num_samples=steps * args.batch_size),
                         drop_last=True, num_workers=args.workers, collate_fn=collate_raw if gpu_aug else collate_pretrain,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
@@ -122,7 +132,8 @@ def run(args: argparse.Namespace) -> dict:
            "mode": "published_style" if published else "ours",
            "precision": "fp32" if published else args.precision, "channels_last": False if published else args.channels_last,
            "augment": "cpu (PIL, per sample)" if not gpu_aug else "gpu (batched, on device)",
-           "loss": "broadcast [2B,2B,D]" if published else "matmul", "compile": bool(args.compile and not published)}
+           "loss": "broadcast [2B,2B,D]" if published else "matmul", "compile": bool(args.compile and not published),
+           "world_size": info.world_size}
     if device.type == "cuda":
         cfg["gpu"] = torch.cuda.get_device_name(device)
 
@@ -148,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
             img_model = img_model.to(memory_format=torch.channels_last)
         opt_img = torch.optim.Adam(img_model.parameters(), lr=1e-4)
         opt_poi = torch.optim.Adam(poi_model.parameters(), lr=1e-4)
-        img_train = torch.compile(img_model) if cfg["compile"] else img_model
+        # DDP under torchrun (else the plain modules), then torch.compile: as mmgr.py builds them.
+        img_train, poi_train = prepare_models(img_model, poi_model, argparse.Namespace(compile=cfg["compile"]), info, device)
         scaler = make_scaler(device, cfg["precision"])
         step_args = argparse.Namespace(temperature=0.5, img_lmd=0.5, channels_last=args.channels_last, precision=args.precision)
         img_model.train()
@@ -163,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
             if published:
                 loss, _, _ = published_step(batch, img_model, poi_model, device)
             else:
-                loss, _, _, _ = mmgr.training_step(batch, img_train, poi_model, step_args, device, augment)
+                loss, _, _, _ = mmgr.training_step(batch, img_train, poi_train, step_args, device, augment)
             opt_img.zero_grad(set_to_none=True)
             opt_poi.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -179,8 +191,9 @@ def run(args: argparse.Namespace) -> dict:
         cfg["what"] = "full training step"
         cfg["last_loss"] = round(value, 4)
     med = statistics.median(times)
-    cfg.update({"iters": len(times), "median_step_s": round(med, 4), "samples_per_s": round(args.batch_size / med, 2),
-                "mean_samples_per_s": round(args.batch_size * len(times) / sum(times), 2),
+    global_batch = args.batch_size * info.world_size
+    cfg.update({"iters": len(times), "median_step_s": round(med, 4), "samples_per_s": round(global_batch / med, 2),
+                "mean_samples_per_s": round(global_batch * len(times) / sum(times), 2),
                 "peak_mem_mb": round(peak_memory_mb(device), 1)})
     if args.data_only:
         cfg["samples_per_s_per_worker_core"] = round(cfg["samples_per_s"] / max(1, args.workers), 2)
@@ -210,7 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    res = run(args)
+    info, device = init_from_env(torch.device(args.device))  # torchrun: process group, this rank's GPU
+    args.device = str(device)
+    try:
+        res = run(args, info)
+    finally:
+        cleanup()
+    if not info.is_main:
+        return
+    if info.enabled:
+        res["samples_per_s_per_process"] = round(res["samples_per_s"] / info.world_size, 2)
+        res["global_batch"] = args.batch_size * info.world_size
     line = json.dumps(res)
     print(line, flush=True)
     if args.json_out:

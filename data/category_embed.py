@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from data.poi_io import InputError
+from data.poi_io import InputError, csv_header
 
 __all__ = ["cooccurrence", "learn_embeddings", "read_table", "write_table"]
 
@@ -120,10 +120,8 @@ def read_table(path: str) -> tuple[list[str], np.ndarray]:
         raise InputError(f"embedding table {path} does not exist; check --embeddings.")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"embedding table {path} is empty; give a CSV with columns category,v0,v1,...")
-        if header[0].strip() != "category" or len(header) < 2:
+        header = csv_header(reader, f"embedding table {path} is empty; give a CSV with columns category,v0,v1,...")
+        if header[0] != "category" or len(header) < 2:
             raise InputError(f"embedding table {path} must start with a 'category' column followed by the "
                              f"vector columns; its header is {','.join(header[:5])}.")
         cats, rows = [], []

@@ -111,13 +111,18 @@ def _require_columns(path: str, have: list[str], want: list[str]) -> None:
         )
 
 
+def csv_header(reader, empty: str) -> list[str]:
+    """The stripped header row of a ``csv.reader``; ``empty`` is the sentence raised when there is none."""
+    header = next(reader, None)
+    if header is None:
+        raise InputError(empty)
+    return [h.strip() for h in header]
+
+
 def _read_csv(path: str, x_col: str, y_col: str, cat_col: str, parent_col: str | None):
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.")
-        header = [h.strip() for h in header]
+        header = csv_header(reader, f"{path} is empty; give a CSV with a header row and one POI per row.")
         want = [x_col, y_col, cat_col] + ([parent_col] if parent_col else [])
         _require_columns(path, header, want)
         ix, iy, ic = header.index(x_col), header.index(y_col), header.index(cat_col)
@@ -309,10 +314,7 @@ def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
         raise InputError(f"tile index {path} does not exist; check --tile_index.")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.")
-        header = [h.strip() for h in header]
+        header = csv_header(reader, f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.")
         want = ["name", "minx", "miny", "maxx", "maxy"]
         missing = [c for c in want if c not in header]
         if missing:

@@ -20,8 +20,10 @@ costs one ``os.stat`` per file instead of ~1 ms per POI tensor. Bad tiles are ne
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +99,7 @@ def _check_tiles(job: tuple[list[tuple[Path, Path, Path, Path | None]], int | No
     return out
 
 
-def _first_width(paths: list[Path]) -> int | None:
+def _first_width(paths: Iterable[Path]) -> int | None:
     """Embedding width of the first readable rank-2 embedding file (the reference for the others)."""
     for p in paths:
         try:
@@ -136,10 +138,12 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
             raise UserError(f"{d} does not exist; the pretraining layout needs {emb_dir}/ and {edge_dir}/ beside {img_dir}/")
     weights = w_d.is_dir()
     dirs = [emb_d, edge_d] + ([w_d] if weights else [])
-    present = {d: {p.name for p in d.iterdir() if p.suffix == ".tensor" and not p.name.startswith(".")} for d in dirs}
+    # Names as strings, paths built only for the tiles that are read: with a warm cache, pathlib's
+    # overhead would otherwise cost more than the os.stat calls.
+    present = {d: {n for n in os.listdir(d) if n.endswith(".tensor") and not n.startswith(".")} for d in dirs}
 
     bad: list[BadFile] = []
-    candidates: list[tuple[Path, Path, Path, Path | None]] = []
+    candidates: list[tuple[Path, str]] = []  # (image, name of its POI files), every POI file present
     bad_tiles: set[Path] = set()
     for img in images:
         name = img.stem + ".tensor"
@@ -149,7 +153,7 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
                                     "run prepare_pois.py or remove this tile"))
             bad_tiles.add(img)
         else:
-            candidates.append((img, emb_d / name, edge_d / name, w_d / name if weights else None))
+            candidates.append((img, name))
     stems = {p.stem for p in images}
     for d in dirs:
         for name in sorted(present[d]):
@@ -157,39 +161,48 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
                 bad.append(BadFile(d / name, f"{d / name} has no image tile {name[:-7]}.* in {root / img_dir}; "
                                              "add the tile or remove this file"))
 
-    poi_dim = _first_width([c[1] for c in candidates])
+    def files(i: int) -> tuple[Path, Path, Path, Path | None]:
+        img, name = candidates[i]
+        return img, emb_d / name, edge_d / name, w_d / name if weights else None
+
+    poi_dim = _first_width(emb_d / name for _, name in candidates)
     # A tile's verdict depends on its files and on these: with any of them changed, no entry holds.
     key = {"root": str(root.resolve()), "img_dir": img_dir, "emb_dir": emb_dir, "edge_dir": edge_dir,
            "weight_dir": weight_dir, "weights": weights, "poi_dim": poi_dim}
     known = None if cache is None or rescan else load_cache(cache, key)
     # Stat before reading: a file changed after its stat gets a new signature, so it is checked next time.
-    sigs = [signature([str(p) for p in c if p is not None]) for c in candidates] if cache is not None else []
+    # Serially: in threads it was slower on this machine's local disk (the GIL; measured, 2 cores).
+    folders = [os.fspath(d) for d in dirs]
+    sigs = [signature([os.fspath(img)] + [os.path.join(f, name) for f in folders]) for img, name in candidates] \
+        if cache is not None else []
     zero_flag = [0] * len(candidates)
     todo: list[int] = []
-    for i, c in enumerate(candidates):
-        hit = known.get(c[0].name) if known is not None and sigs[i] is not None else None
+    for i, (img, _) in enumerate(candidates):
+        hit = known.get(img.name) if known is not None and sigs[i] is not None else None
         if hit is not None and hit[0] == sigs[i][0]:
             zero_flag[i] = int(bool(hit[1]))
         else:
             todo.append(i)
 
     chunks = [todo[i:i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    jobs = [([candidates[k] for k in c], poi_dim) for c in chunks]
+    jobs = [([files(k) for k in c], poi_dim) for c in chunks]
     if workers > 0 and len(chunks) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
             results = list(pool.map(_check_tiles, jobs))
     else:
         results = [_check_tiles(j) for j in jobs]
     # Tiles are checked in listing order, cached ones contribute no problem: the same list as uncached.
+    failed: set[int] = set()
     for chunk, res in zip(chunks, results):
         for i, problems, n_poi in res:
             img = candidates[chunk[i]][0]
             if problems:
                 bad.extend(BadFile(img, msg) for msg in problems)
                 bad_tiles.add(img)
+                failed.add(chunk[i])
             elif n_poi == 0:
                 zero_flag[chunk[i]] = 1
-    good_idx = [i for i, c in enumerate(candidates) if c[0] not in bad_tiles]
+    good_idx = [i for i in range(len(candidates)) if i not in failed]
     zero = sum(zero_flag[i] for i in good_idx)
 
     if cache is not None and not cache_read_only:

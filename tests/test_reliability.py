@@ -93,7 +93,7 @@ def test_malicious_tensor_and_checkpoint_are_refused_and_run_nothing(work):
     assert not target.exists()
 
     data = make_layout(work / "d2", n_tiles=8, size=16)
-    (work / "m").mkdir()
+    (work / "m").mkdir(exist_ok=True)  # the scan above made it, for its cache
     torch.save({"img": Payload(target), "epoch": 1}, work / "m" / "checkpoint_last.pt")
     msg = error_of(data, work / "m", "--resume")
     assert "checkpoint_last.pt contains pickled objects other than tensors" in msg and not target.exists()

@@ -166,12 +166,11 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     packed = is_packed(args.data_path)  # a pack written by `python -m data.pack`, validated when packed
     if not packed:
         # Every bad file is found before training starts (data/scan.py); --check_data stops here. Good
-        # tiles are remembered in the run's folder, so a relaunch (--resume) does not read them again.
-        cache = Path(args.model_path) / CACHE_NAME
-        if info.is_main:
-            cache.parent.mkdir(parents=True, exist_ok=True)
+        # tiles are remembered in the run's folder (created by the write if needed; a folder that
+        # cannot be written only costs a warning), so a relaunch (--resume) does not read them again.
         report = scan_pretrain(args.data_path, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir, args.workers,
-                               cache=cache, rescan=args.rescan, cache_read_only=not info.is_main)
+                               cache=Path(args.model_path) / CACHE_NAME, rescan=args.rescan,
+                               cache_read_only=not info.is_main)
         tiles = apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
     if args.check_data:
         return

@@ -78,7 +78,8 @@ def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None
 
 
 def save_cache(path: str | Path, key: dict[str, Any], entries: dict[str, Entry]) -> None:
-    """Write ``entries`` for ``key`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    """Write ``entries`` for ``key`` to ``path`` atomically (a reader sees the old file or the new one),
+    creating its folder if needed."""
     obj = {"format": CACHE_FORMAT, "key": key, "names": list(entries),
            "sig": [e[0] for e in entries.values()], "zero": [e[1] for e in entries.values()]}
     atomic_write_text(json.dumps(obj, separators=(",", ":")), path)

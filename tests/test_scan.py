@@ -244,6 +244,12 @@ def test_rescan_and_read_only(aged, tmp_path, counted):
     assert scan_pretrain(aged, workers=0, cache=cache).cached == 11  # rewritten by the rescan, still usable
 
 
+def test_cache_that_cannot_be_written_is_only_a_warning(aged, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    report = scan_pretrain(aged, workers=0, cache=tmp_path / "a_file" / "scan_cache.json")
+    assert len(report.good) == 11 and "warning: could not write the scan cache" in capsys.readouterr().err
+
+
 def test_check_data_twice_uses_the_cache_in_model_path(aged, tmp_path, capsys):
     model = tmp_path / "run"
     args = ["--data_path", str(aged), "--model_path", str(model), "--check_data", "--workers", "0"]

@@ -27,6 +27,7 @@ from data.pretrain import PretrainBatch, PretrainDataset, collate_pretrain
 from data.raw import RawBatch, RawPretrainDataset, collate_raw
 from data.resumable import EpochBatchSampler, SeededSamples, epoch_seed
 from data.scan import apply_bad_samples_policy, scan_pretrain
+from data.scan_cache import CACHE_NAME
 from data.transforms import pretrain_transform
 from models.image_encoder import RESNETS, ImageEncoder
 from models.loss import nt_xent_gathered
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bad or missing tile files found by the pre-scan: error = stop and list them all (default); "
                         "skip = train on the other tiles")
     p.add_argument("--check_data", action="store_true", help="only scan the data, list every bad file and exit (2 if any)")
+    p.add_argument("--rescan", action="store_true",
+                   help="ignore the pre-scan cache (MODEL_PATH/scan_cache.json) and check every file again, for files "
+                        "edited in a way that kept their size and modification time (default off: tiles found good "
+                        "before, with unchanged files, are not read again)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels and no cuDNN autotuning, for bit-identical reruns on GPU (default off; "
                         "CPU runs are deterministic already)")
@@ -160,8 +165,12 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     gpu_aug = args.augment == "gpu"
     packed = is_packed(args.data_path)  # a pack written by `python -m data.pack`, validated when packed
     if not packed:
-        # Every bad file is found before training starts (data/scan.py); --check_data stops here.
-        report = scan_pretrain(args.data_path, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir, args.workers)
+        # Every bad file is found before training starts (data/scan.py); --check_data stops here. Good
+        # tiles are remembered in the run's folder (created by the write if needed; a folder that
+        # cannot be written only costs a warning), so a relaunch (--resume) does not read them again.
+        report = scan_pretrain(args.data_path, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir, args.workers,
+                               cache=Path(args.model_path) / CACHE_NAME, rescan=args.rescan,
+                               cache_read_only=not info.is_main)
         tiles = apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
     if args.check_data:
         return

@@ -59,14 +59,16 @@ def test_check_data_lists_every_bad_file_and_exits_2(tmp_path):
     clean = make_layout(tmp_path / "c", n_tiles=4, size=16)
     r = run_script([str(ROOT / "mmgr.py"), "--data_path", str(clean), "--check_data", "--workers", "0"], cwd=tmp_path)
     assert r.returncode == 0 and "scan: 4 good tiles, 0 bad tiles" in r.stdout
-    assert not (tmp_path / "checkpoints").exists()  # the scan only: nothing written
+    # The scan only: nothing written but its cache, in the (default) run folder.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["scan_cache.json"]
 
 
 def test_bad_samples_error_then_skip(work, capsys):
     data = make_layout(work / "d", n_tiles=10, size=16)
     (data / "sub_shanghai_img" / "t004.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     msg = error_of(data, work / "m")
-    assert "t004.png is not an image" in msg and not (work / "m").exists()
+    assert "t004.png is not an image" in msg
+    assert sorted(p.name for p in (work / "m").iterdir()) == ["scan_cache.json"]  # no checkpoint, no args.json
     train(data, work / "m", "--bad_samples", "skip")
     err = capsys.readouterr().err
     assert "training on 9 tiles, leaving out 1" in err
@@ -91,7 +93,7 @@ def test_malicious_tensor_and_checkpoint_are_refused_and_run_nothing(work):
     assert not target.exists()
 
     data = make_layout(work / "d2", n_tiles=8, size=16)
-    (work / "m").mkdir()
+    (work / "m").mkdir(exist_ok=True)  # the scan above made it, for its cache
     torch.save({"img": Payload(target), "epoch": 1}, work / "m" / "checkpoint_last.pt")
     msg = error_of(data, work / "m", "--resume")
     assert "checkpoint_last.pt contains pickled objects other than tensors" in msg and not target.exists()

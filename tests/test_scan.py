@@ -1,12 +1,20 @@
-"""data/scan.py: the pre-scan finds every bad file, one sentence each; converted modes and zero-POI tiles are fine."""
+"""data/scan.py: the pre-scan finds every bad file, one sentence each; converted modes and zero-POI tiles are fine;
+the scan cache (data/scan_cache.py) skips unchanged good tiles and gives the same report."""
+
+import json
+import os
+import shutil
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import mmgr
+from data import scan
 from data.scan import apply_bad_samples_policy, scan_pretrain
-from tests.conftest import make_layout
+from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import UserError
 
 
@@ -98,3 +106,164 @@ def test_missing_and_empty_directories(tmp_path):
     (root / "sub_shanghai_edge").rmdir()
     with pytest.raises(UserError, match="sub_shanghai_edge does not exist"):
         scan_pretrain(root, workers=0)
+
+
+# --- the scan cache (data/scan_cache.py) ---------------------------------------------------------
+
+
+def _age(root, seconds=3600):
+    """Date every file back: files modified within the last seconds are never cached (racy mtime)."""
+    t = time.time() - seconds
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (t, t))
+
+
+def _outcome(report):
+    return report.good, report.bad_tiles, [(b.path, b.reason) for b in report.bad], report.poi_dim, report.zero_poi
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count the tiles whose files the scan reads (image check and POI graph load)."""
+    calls = {"image": 0, "graph": 0}
+
+    def count(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(scan, "_check_image", count("image", scan._check_image))
+    monkeypatch.setattr(scan, "load_graph", count("graph", scan.load_graph))
+    return calls
+
+
+@pytest.fixture
+def aged(tmp_path):
+    """12 tiles (two with zero POIs), one bad (NaN embeddings), all files an hour old."""
+    root = make_layout(tmp_path / "d", n_tiles=12, size=8)
+    _fill(root / "sub_shanghai_emb" / "t007.tensor", float("nan"))
+    _age(root)
+    return root
+
+
+def test_second_scan_takes_good_tiles_from_cache_and_reads_none(aged, tmp_path, counted):
+    cache = tmp_path / "m" / "scan_cache.json"
+    uncached = scan_pretrain(aged, workers=0)
+    first = scan_pretrain(aged, workers=0, cache=cache)
+    assert (first.checked, first.cached) == (12, 0) and cache.is_file()
+    counted.update(image=0, graph=0)
+    second = scan_pretrain(aged, workers=2, cache=cache)
+    assert (second.checked, second.cached) == (1, 11)  # the bad tile is never cached: checked again
+    assert counted == {"image": 1, "graph": 1}
+    assert _outcome(second) == _outcome(first) == _outcome(uncached)
+    assert second.zero_poi == 2 and len(second.bad) == 1 and "t007.tensor contains NaN" in second.bad[0].reason
+    assert "1 tiles checked (4 files read), 11 unchanged tiles from the scan cache" in second.summary()
+    # Nothing changed: the file is not rewritten.
+    mtime = cache.stat().st_mtime_ns
+    scan_pretrain(aged, workers=0, cache=cache)
+    assert cache.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("change", ["other size", "same size, mtime + 1 ns", "same size, rewritten now"])
+def test_poi_file_changed_after_the_scan_is_checked_again(aged, tmp_path, change):
+    cache = tmp_path / "scan_cache.json"
+    scan_pretrain(aged, workers=0, cache=cache)
+    emb = aged / "sub_shanghai_emb" / "t003.tensor"
+    before = emb.stat()
+    if change == "other size":
+        torch.save(torch.zeros(3, 5), emb)
+    else:
+        _fill(emb, float("inf"))  # same shape and dtype: same byte size
+        assert emb.stat().st_size == before.st_size
+        if change == "same size, mtime + 1 ns":
+            os.utime(emb, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    report = scan_pretrain(aged, workers=0, cache=cache)
+    assert (report.checked, report.cached) == (2, 10)
+    assert [b.path.name for b in report.bad] == ["t003.png", "t007.png"]
+    assert _outcome(report) == _outcome(scan_pretrain(aged, workers=0))
+
+
+def test_recently_modified_tiles_are_not_cached(tmp_path):
+    root = make_layout(tmp_path / "d", n_tiles=4, size=8)  # written just now
+    cache = tmp_path / "scan_cache.json"
+    scan_pretrain(root, workers=0, cache=cache)
+    assert scan_pretrain(root, workers=0, cache=cache).cached == 0  # could still change within their mtime tick
+    _age(root)
+    assert scan_pretrain(root, workers=0, cache=cache).cached == 0  # new mtimes: checked, now cached
+    assert scan_pretrain(root, workers=0, cache=cache).cached == 4
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "json list", "other format", "lists of other lengths"])
+def test_unreadable_or_foreign_cache_is_ignored_and_replaced(aged, tmp_path, damage):
+    cache = tmp_path / "scan_cache.json"
+    first = scan_pretrain(aged, workers=0, cache=cache)
+    text = cache.read_text()
+    obj = json.loads(text)
+    broken = {"garbage": b"\x80\x00 not json", "truncated": text[: len(text) // 2].encode(), "empty": b"",
+              "json list": b"[1, 2]", "other format": json.dumps({**obj, "format": "something-else"}).encode(),
+              "lists of other lengths": json.dumps({**obj, "sig": obj["sig"][:3]}).encode()}[damage]
+    cache.write_bytes(broken)
+    report = scan_pretrain(aged, workers=0, cache=cache)
+    assert (report.checked, report.cached) == (12, 0) and _outcome(report) == _outcome(first)
+    assert json.loads(cache.read_text()) == obj  # replaced by a good one
+    assert scan_pretrain(aged, workers=0, cache=cache).cached == 11
+
+
+def test_cache_of_another_layout_or_poi_width_is_ignored(aged, tmp_path):
+    cache = tmp_path / "scan_cache.json"
+    scan_pretrain(aged, workers=0, cache=cache)
+    # Another data root with the very same files (copy2 keeps sizes and mtimes): not this cache's data.
+    copy = tmp_path / "copy"
+    shutil.copytree(aged, copy)
+    saved = cache.read_bytes()
+    assert scan_pretrain(copy, workers=0, cache=cache).cached == 0
+    # The same root without its weight directory.
+    cache.write_bytes(saved)
+    shutil.rmtree(copy / "sub_shanghai_weight")
+    shutil.copytree(aged / "sub_shanghai_weight", copy / "weights_elsewhere")
+    assert scan_pretrain(aged, workers=0, cache=cache, weight_dir="weights_elsewhere").cached == 0
+    # Another POI width (the reference every embedding is checked against): signatures alone would match.
+    obj = json.loads(saved)
+    obj["key"]["poi_dim"] = 16
+    cache.write_text(json.dumps(obj))
+    assert scan_pretrain(aged, workers=0, cache=cache).cached == 0
+    cache.write_bytes(saved)
+    assert scan_pretrain(aged, workers=0, cache=cache).cached == 11  # the untouched cache still holds
+
+
+def test_rescan_and_read_only(aged, tmp_path, counted):
+    cache = tmp_path / "scan_cache.json"
+    scan_pretrain(aged, workers=0, cache=cache, cache_read_only=True)
+    assert not cache.exists()  # the processes other than the main one never write it
+    scan_pretrain(aged, workers=0, cache=cache)
+    counted.update(image=0, graph=0)
+    report = scan_pretrain(aged, workers=0, cache=cache, rescan=True)
+    assert (report.checked, report.cached) == (12, 0) and counted == {"image": 12, "graph": 12}
+    assert scan_pretrain(aged, workers=0, cache=cache).cached == 11  # rewritten by the rescan, still usable
+
+
+def test_cache_that_cannot_be_written_is_only_a_warning(aged, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    report = scan_pretrain(aged, workers=0, cache=tmp_path / "a_file" / "scan_cache.json")
+    assert len(report.good) == 11 and "warning: could not write the scan cache" in capsys.readouterr().err
+
+
+def test_check_data_twice_uses_the_cache_in_model_path(aged, tmp_path, capsys):
+    model = tmp_path / "run"
+    args = ["--data_path", str(aged), "--model_path", str(model), "--check_data", "--workers", "0"]
+    # First launch in-process (quicker), the relaunch as a user would: a fresh process reads the cache.
+    with pytest.raises(UserError, match="1 problems in 1 tiles"):
+        mmgr.main(args)
+    first = capsys.readouterr().out
+    assert "12 tiles checked (48 files read), 0 unchanged tiles from the scan cache" in first
+    assert sorted(p.name for p in model.iterdir()) == ["scan_cache.json"]  # no other file in the run's folder
+    second = run_script([str(ROOT / "mmgr.py"), *args], cwd=tmp_path)
+    assert second.returncode == 2 and "1 tiles checked (4 files read), 11 unchanged tiles from the scan cache" in second.stdout
+    assert [l for l in second.stdout.splitlines() if l.startswith("bad: ")] == \
+           [l for l in first.splitlines() if l.startswith("bad: ")]
+    # --rescan reads every tile again.
+    with pytest.raises(UserError, match="1 problems in 1 tiles"):
+        mmgr.main(args + ["--rescan"])
+    assert "12 tiles checked (48 files read), 0 unchanged tiles from the scan cache" in capsys.readouterr().out

@@ -1,0 +1,85 @@
+"""The pre-scan's cache: tiles found good, so that a relaunch on unchanged files only ``stat``\\ s them.
+
+Checking a tile costs about 1 ms per POI tensor (``torch.load``), so scanning a million tiles takes
+hours, and :func:`data.scan.scan_pretrain` runs at every launch, ``--resume`` included. The cache
+remembers, per good tile, a signature of its files and whether it has POIs; a tile whose files
+still have that signature is taken as good without being read.
+
+* Signature: a 64-bit BLAKE2b digest of ``(size, st_mtime_ns)`` of each of the tile's files (image,
+  embedding, edge, weight when the weight directory exists). Storing the digest instead of the 8
+  numbers keeps a million tiles at about 40 MB of JSON.
+* Only good tiles are stored: bad ones are checked at every launch, so the user always sees the full
+  list of problems.
+* The whole cache holds for one ``key`` (absolute data root, directory names, whether weights exist,
+  the POI width); with another key it is ignored wholesale.
+* A tile modified less than :data:`RACY_SECONDS` before the scan began is not stored: a file can be
+  rewritten within the same mtime tick (1-2 s on some file systems) and keep its size, and such a
+  change would go unseen. It is checked again next time instead (as git does for "racily clean"
+  index entries).
+* File format: one JSON object, ``{"format", "key", "names", "sig", "zero"}`` with parallel lists
+  (image file name, signature, 1 when the tile has zero POIs). A file that cannot be read, is
+  truncated, or is of another format or key is ignored (the scan then checks every tile) and
+  replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+from utils.checkpoint import atomic_write_text
+
+__all__ = ["CACHE_NAME", "CACHE_FORMAT", "RACY_SECONDS", "Entry", "signature", "load_cache", "save_cache"]
+
+CACHE_NAME = "scan_cache.json"
+CACHE_FORMAT = "mmgr-scan-cache-1"
+RACY_SECONDS = 2.0
+
+Entry = tuple[int, int]  # (signature, 1 if the tile has zero POIs else 0)
+
+
+def signature(paths: list[str]) -> tuple[int, int] | None:
+    """``(digest of (size, mtime_ns) of every file, newest mtime_ns)``, or None if one cannot be stat'ed.
+
+    A file that vanished since the directory listing makes the tile uncacheable; the check that
+    follows reports it.
+    """
+    values: list[int] = []
+    newest = 0
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        values += (st.st_size, st.st_mtime_ns)
+        newest = max(newest, st.st_mtime_ns)
+    digest = hashlib.blake2b(struct.pack(f"<{len(values)}q", *values), digest_size=8).digest()
+    return int.from_bytes(digest, "little"), newest
+
+
+def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None:
+    """``{image file name: (signature, zero)}`` from ``path``, or None when it is absent, unreadable,
+    truncated, of another format or written for another ``key`` (it is then simply not used)."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+        if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
+            return None
+        names, sig, zero = obj["names"], obj["sig"], obj["zero"]
+        if not (isinstance(names, list) and isinstance(sig, list) and isinstance(zero, list)
+                and len(names) == len(sig) == len(zero)):
+            return None
+        return dict(zip(names, zip(sig, zero)))
+    except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON / not UTF-8, odd content
+        return None
+
+
+def save_cache(path: str | Path, key: dict[str, Any], entries: dict[str, Entry]) -> None:
+    """Write ``entries`` for ``key`` to ``path`` atomically (a reader sees the old file or the new one),
+    creating its folder if needed."""
+    obj = {"format": CACHE_FORMAT, "key": key, "names": list(entries),
+           "sig": [e[0] for e in entries.values()], "zero": [e[1] for e in entries.values()]}
+    atomic_write_text(json.dumps(obj, separators=(",", ":")), path)

@@ -30,3 +30,28 @@ def test_str2bool(text, value):
 def test_str2bool_rejects_garbage():
     with pytest.raises(argparse.ArgumentTypeError):
         str2bool("maybe")
+
+
+@pytest.mark.parametrize("cpus,local,expected", [(2, None, 1), (16, None, 8), (16, "1", 8), (16, "4", 3), (96, "8", 8),
+                                                 (1, None, 0), (8, "8", 0)])
+def test_default_workers_share_the_cpus_among_local_processes(monkeypatch, cpus, local, expected):
+    import os
+
+    from utils.args import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if local is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert default_workers() == expected
+
+
+def test_workers_flag_default_is_resolved_and_explicit_values_win(monkeypatch):
+    import mmgr
+    from utils import args as args_mod
+
+    monkeypatch.setattr(args_mod, "default_workers", lambda: 5)
+    assert mmgr.parse_args([]).workers == 5
+    assert mmgr.parse_args(["--workers", "0"]).workers == 0
+    assert mmgr.parse_args(["--demo"]).workers == 2  # the demo's own default

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["str2bool", "common_parser", "parse_with_demo", "resolve_device"]
+__all__ = ["str2bool", "common_parser", "parse_with_demo", "resolve_device", "default_workers"]
 
 
 def str2bool(value: str | bool) -> bool:
@@ -45,7 +46,10 @@ def common_parser(*, data_path: str, model_path: str, batch_size: int, lr: float
                    help="cosine lr schedule instead of steps (default off, as published; a real boolean)")
     g.add_argument("--img_size", type=int, default=img_size, help=f"training crop size in pixels (default {img_size}, published)")
     g.add_argument("--device", default=None, help="'cpu', 'cuda', 'cuda:1', ... (default: cuda if available, else cpu)")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (default 4; 0 loads in the main process)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: the CPUs this process may use, shared among the processes "
+                        f"torchrun starts on this node, minus one for the process itself, at most 8: {default_workers()} here; "
+                        "0 loads in the main process)")
     g.add_argument("--seed", type=int, default=0, help="random seed for initialisation, augmentation and data order (default 0)")
     g.add_argument("--demo", action="store_true",
                    help="run on the built-in synthetic city with a CPU-sized configuration (flags given explicitly still win)")
@@ -67,7 +71,21 @@ def parse_with_demo(parser: argparse.ArgumentParser, argv: list[str] | None, dem
         extra = {k: v.format(demo=demo) if isinstance(v, str) else v for k, v in demo_defaults.items()}
         parser.set_defaults(**{"data_path": str(demo / "city"), "model_path": str(demo / "checkpoints"), **extra})
         args = parser.parse_args(argv)
+    if getattr(args, "workers", 0) is None:
+        args.workers = default_workers()
     return args
+
+
+def default_workers() -> int:
+    """The ``--workers`` default: CPUs this process may use, shared among this node's processes
+    (torchrun's ``LOCAL_WORLD_SIZE``), minus one for the process itself, at most 8 (decoding rarely
+    needs more, and each worker holds a copy of the file lists)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # respects taskset / a cgroup's CPU set, unlike os.cpu_count()
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, cpus // local - 1))
 
 
 def resolve_device(name: str | None) -> torch.device:

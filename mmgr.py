@@ -322,7 +322,7 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
                                  scaler=amp_state)
             # One more collective per epoch: a signal that arrived after the last step's reduction. It
             # also keeps every process here until rank 0 has saved.
-            signum = max_over_ranks(stop.signum or 0, device) if info.enabled else (stop.signum or 0)
+            signum = max_over_ranks(stop.signum or 0, device)  # this process's own one when alone
             if signum:
                 stop.exit(f"after epoch {epoch + 1}", str(model_path / "checkpoint_last.pt"), signum, quiet=not info.is_main)
     record.close()

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from utils.args import parse_with_demo, resolve_device, str2bool
-from utils.checkpoint import atomic_write_text, newest_image_checkpoint
-from utils.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, resolve_img_dir, tile_files, write_meta
+from engine.checkpoints import newest_image_checkpoint
+from utils.fileio import atomic_write_text
+from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, resolve_img_dir, tile_files, write_meta
 from utils.errors import UserError, run_main
-from utils.probes import probe_target
+from engine.probes import probe_target
 
 PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
 

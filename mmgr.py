@@ -28,13 +28,14 @@ from data.raw import RawBatch, RawPretrainDataset, collate_raw
 from data.resumable import EpochBatchSampler, SeededSamples, epoch_seed
 from data.scan import apply_bad_samples_policy, scan_pretrain
 from data.scan_cache import CACHE_NAME
+from data.synthetic import ensure_city
 from data.transforms import pretrain_transform
 from models.image_encoder import RESNETS, ImageEncoder
 from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS, build_poi_encoder
 from utils.args import common_parser, parse_with_demo, resolve_device
-from utils.checkpoint import (ResumePoint, atomic_write_text, load_resume, resume_checkpoint_path, save_checkpoints,
-                              save_resumable)
+from engine.checkpoints import ResumePoint, load_resume, resume_checkpoint_path, save_checkpoints, save_resumable
+from utils.fileio import atomic_write_text
 from utils.errors import UserError, run_main
 from utils.distributed import (DistInfo, NullRecord, RankSlice, all_reduce_mean, barrier, cleanup, gather_objects, init_from_env,
                                max_over_ranks)
@@ -147,8 +148,6 @@ def train(args: argparse.Namespace, info: DistInfo, device: torch.device) -> Non
     if args.deterministic:
         enable_determinism()
     if args.demo:
-        from data.synthetic import ensure_city
-
         if info.is_main:  # one writer (and one banner); the other processes wait for the city
             print(f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
                   f"{args.resnet}, {args.img_size} px crops, batch {args.batch_size}, {args.total_epoch} epochs, lr {args.lr:g} "

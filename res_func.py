@@ -8,7 +8,7 @@ Ground truth: ``DATA/func/NAME.txt`` holds the tile's K function-type proportion
 line (optional: without it the columns are type_0..type_{K-1}). The encoder's ``fc`` becomes
 ``Linear(d, d/2) -> ReLU -> Linear(d/2, K)``; prediction = softmax(output); loss = KL(true || predicted).
 Reported on the validation list: L1, KL divergence and cosine similarity (means over tiles). The
-protocol and every other flag are those of res_pop.py (utils/downstream.py).
+protocol and every other flag are those of res_pop.py (engine/downstream.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data.downstream import read_list, read_target
 from utils.args import parse_with_demo
-from utils.downstream import distribution_task, downstream_parser, run_downstream
+from engine.downstream import distribution_task, downstream_parser, run_downstream
 from utils.errors import UserError, run_main
 
 DEMO_DEFAULTS = {"img_size": 64, "total_epoch": 12, "schedule": [8, 10], "workers": 2, "eval_from": 1,

@@ -43,11 +43,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data.pretrain import list_images  # noqa: E402
+from data.synthetic import ensure_city  # noqa: E402
 from models.image_encoder import ImageEncoder  # noqa: E402
-from utils.checkpoint import atomic_save, atomic_write_text, load_file  # noqa: E402
-from utils.embeddings import image_embeddings, poi_embeddings  # noqa: E402
+from utils.fileio import atomic_save, atomic_write_text, load_file  # noqa: E402
+from engine.embeddings import image_embeddings, poi_embeddings  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.probes import probe_target  # noqa: E402
+from engine.probes import probe_target  # noqa: E402
 
 # variant -> extra mmgr.py flags (None: no pretraining of its own)
 PRETRAINED = {
@@ -221,8 +222,6 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     if args.data_path is None:
-        from data.synthetic import ensure_city
-
         data = ensure_city(out / "city", args.n_tiles, args.tile_size, args.city_seed)
         where = f"synthetic city ({args.n_tiles} tiles of {args.tile_size} px, seed {args.city_seed})"
     else:

@@ -18,6 +18,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.published_reference import broadcast_nt_xent  # noqa: E402
+from models.loss import nt_xent  # noqa: E402
 
 
 def _measure(loss_name: str, b: int, d: int, repeats: int, device: str) -> dict:
@@ -25,10 +29,6 @@ def _measure(loss_name: str, b: int, d: int, repeats: int, device: str) -> dict:
     import statistics
 
     import torch
-
-    sys.path.insert(0, ROOT)
-    from benchmarks.published_reference import broadcast_nt_xent
-    from models.loss import nt_xent
 
     fn = {"ours": nt_xent, "broadcast": broadcast_nt_xent}[loss_name]
     dev = torch.device(device)

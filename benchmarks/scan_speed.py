@@ -22,6 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from data.scan import scan_pretrain  # noqa: E402
+from data.scan_cache import RACY_SECONDS, load_cache, save_cache  # noqa: E402
+from data.synthetic import ensure_city  # noqa: E402
+
 
 def best_of(repeat: int, scan) -> object:
     """The fastest of ``repeat`` scans (the machine is shared: the minimum is the least disturbed)."""
@@ -42,9 +46,6 @@ def main() -> None:
                    help="tiles of the synthetic cache whose size and write/read time are measured (default 1000000; 0: skip)")
     p.add_argument("--out", default="scan_bench_city", help="where the city is generated (default ./scan_bench_city)")
     a = p.parse_args()
-
-    from data.scan import scan_pretrain
-    from data.scan_cache import RACY_SECONDS, load_cache, save_cache
 
     t0 = time.time()
     root = ensure_old_city(a, RACY_SECONDS)
@@ -87,8 +88,6 @@ def main() -> None:
 
 def ensure_old_city(a: argparse.Namespace, racy_seconds: float) -> Path:
     """The city, with its newest file older than the cache's racy window (else its last tiles are never cached)."""
-    from data.synthetic import ensure_city
-
     root = ensure_city(a.out, n_tiles=a.n_tiles, tile_size=a.tile_size, seed=0)
     newest = max(e.stat().st_mtime for d in os.scandir(root) if d.is_dir() for e in os.scandir(d.path))
     time.sleep(max(0.0, newest + racy_seconds + 0.1 - time.time()))

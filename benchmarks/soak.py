@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from data.synthetic import ensure_city  # noqa: E402
+
 
 def run_cmd(data: Path, model: Path, a: argparse.Namespace) -> list[str]:
     return [sys.executable, str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(model),
@@ -50,8 +52,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the kill delays (default 0)")
     p.add_argument("--out", default="soak_run", help="work directory (default ./soak_run)")
     a = p.parse_args()
-
-    from data.synthetic import ensure_city
 
     out = Path(a.out).resolve()
     data = ensure_city(out / "city", n_tiles=a.n_tiles, tile_size=32, seed=0)

@@ -47,6 +47,7 @@ from torch_geometric.data import Data
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.published_reference import broadcast_nt_xent  # noqa: E402
+import mmgr  # noqa: E402
 from data.graph import delaunay_edges  # noqa: E402
 from data.gpu_augment import GPUAugment  # noqa: E402
 from data.pretrain import collate_pretrain  # noqa: E402
@@ -151,8 +152,6 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
                 times.append(time.perf_counter() - t0)
         cfg["what"] = "data path only"
     else:
-        import mmgr
-
         img_model = ImageEncoder(args.resnet, 128).to(device)
         poi_model = build_poi_encoder("set2set", 64, 128).to(device)
         if not published and args.channels_last:

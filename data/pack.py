@@ -37,7 +37,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Data
+from tqdm import tqdm
 
+from data.raw import RawPretrainDataset
 from utils.errors import UserError, run_main
 
 __all__ = ["PACK_META", "is_packed", "pack", "PackedPretrainDataset", "main"]
@@ -62,10 +64,6 @@ def pack(data_path: str | Path, out: str | Path, shard_size: int = 65536, worker
          img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb", edge_dir: str = "sub_shanghai_edge",
          weight_dir: str = "sub_shanghai_weight", progress: bool = True) -> dict:
     """Pack the published folder layout under ``data_path`` into shards in ``out``; returns the metadata."""
-    from tqdm import tqdm
-
-    from data.raw import RawPretrainDataset
-
     if shard_size < 1:
         raise UserError(f"--shard_size must be at least 1, got {shard_size}")
     src = RawPretrainDataset(data_path, img_dir, emb_dir, edge_dir, weight_dir)

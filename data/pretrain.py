@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
-from utils.checkpoint import load_file
+from utils.fileio import load_file
 from utils.errors import UserError
 
 __all__ = ["IMAGE_EXTENSIONS", "PretrainDataset", "PretrainBatch", "collate_pretrain", "open_rgb", "list_images",

@@ -32,7 +32,7 @@ from PIL import Image
 
 from data.pretrain import check_tensor, list_images, load_graph
 from data.scan_cache import RACY_SECONDS, Entry, load_cache, save_cache, signature
-from utils.checkpoint import load_file
+from utils.fileio import load_file
 from utils.errors import UserError
 
 __all__ = ["BadFile", "ScanReport", "scan_pretrain"]

@@ -31,7 +31,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from utils.checkpoint import atomic_write_text
+from utils.fileio import atomic_write_text
 
 __all__ = ["CACHE_NAME", "CACHE_FORMAT", "RACY_SECONDS", "Entry", "signature", "load_cache", "save_cache"]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from utils.checkpoint import load_file
+from utils.fileio import load_file
 
 __all__ = ["RESNETS", "ImageEncoder", "infer_resnet", "projection_head"]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.distributed import gather_rows, rank, world_size
+
 __all__ = ["nt_xent", "nt_xent_gathered"]
 
 
@@ -88,8 +90,6 @@ def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 
     Returns:
         Scalar tensor: this rank's mean over its ``2B`` rows.
     """
-    from utils.distributed import gather_rows, rank, world_size
-
     if world_size() == 1:
         return nt_xent(z_a, z_b, temperature)
     if z_a.shape != z_b.shape or z_a.dim() != 2:

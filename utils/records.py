@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from utils.checkpoint import atomic_write_bytes
+from utils.fileio import atomic_write_bytes
 
 __all__ = ["RecordFile"]
 

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.signals import ignore_stop_signals
+
 __all__ = ["seed_everything", "rng_state", "set_rng_state", "worker_init", "enable_determinism"]
 
 
@@ -47,8 +49,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def worker_init(worker_id: int) -> None:
     """DataLoader worker init: torch seeds each worker; derive NumPy's and Python's from it. Stop
     signals are left to the main process (see utils.signals)."""
-    from utils.signals import ignore_stop_signals
-
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

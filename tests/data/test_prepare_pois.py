@@ -14,7 +14,7 @@ from PIL import Image
 from data.prepare import assign_to_tiles
 from prepare_pois import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Tiles (minx, miny, maxx, maxy): A and B abut at x = 1; C sits on top of both; D overlaps A and B;
 # E is far away and gets no POI.

@@ -11,7 +11,8 @@ import torch
 
 import mmgr
 from tests.conftest import ROOT, make_layout, run_script
-from utils.checkpoint import load_file, prune_bare
+from engine.checkpoints import prune_bare
+from utils.fileio import load_file
 from utils.errors import UserError
 from utils.signals import StopOnSignal
 
@@ -129,7 +130,7 @@ def test_divergence_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(w
 
 
 def test_no_checkpoint_from_non_finite_weights(tmp_path):
-    from utils.checkpoint import save_resumable
+    from engine.checkpoints import save_resumable
 
     m = torch.nn.Linear(2, 2)
     with torch.no_grad():

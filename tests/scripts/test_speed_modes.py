@@ -10,7 +10,7 @@ import torch
 
 from data.pack import pack
 from tests.conftest import ROOT, run_script
-from tests.test_end_to_end import PRETRAIN
+from tests.scripts.test_end_to_end import PRETRAIN
 
 
 @pytest.mark.parametrize("extra", [

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from data.downstream import read_list, read_target
+from engine.downstream import select_fraction
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
@@ -98,8 +99,6 @@ def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir:
     targets with several as distributions (L1/KL/cos; ridge outputs are clipped at 0 and renormalised).
     Returns ``{"ridge": metrics, "knn": metrics}``.
     """
-    from utils.downstream import select_fraction
-
     index = {Path(n).stem: i for i, n in enumerate(names)}
     root = Path(root)
     tr = select_fraction(read_list(root / train_list), label_fraction, seed)

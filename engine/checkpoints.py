@@ -17,84 +17,24 @@ that hold NaN or Inf (:func:`assert_finite`), so the last one on disk is always 
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils.distributed import rank, world_size
 from utils.errors import UserError
+from utils.fileio import atomic_save, load_file
+from utils.reproducibility import rng_state, set_rng_state
 
-__all__ = ["atomic_save", "atomic_write_text", "atomic_write_bytes", "assert_finite", "prune_bare", "save_resumable",
-           "ResumePoint", "load_resume", "RESUME_FORMAT", "load_file", "newest_image_checkpoint", "load_image_state",
-           "RESUME_NAME", "save_checkpoints", "resume_checkpoint_path"]
+__all__ = ["assert_finite", "prune_bare", "save_resumable", "ResumePoint", "load_resume", "RESUME_FORMAT",
+           "newest_image_checkpoint", "RESUME_NAME", "save_checkpoints", "resume_checkpoint_path"]
 
 RESUME_NAME = "checkpoint_last.pt"
 # Stored in every resumable checkpoint so that a file of another kind is recognised as such.
 RESUME_FORMAT = "mmgr-resumable-1"
-
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and a rename."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    _atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write_bytes(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def load_file(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, with user-facing errors.
-
-    ``weights_only`` refuses pickles that would construct arbitrary objects, so a malicious file runs
-    nothing; such a file, a truncated one or a non-torch file is reported in one sentence.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; check the {what} path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError...
-        # weights_only refuses any pickled class or function ("GLOBAL"): such a file could run code.
-        unsafe = "GLOBAL" in str(exc) or "Unsupported global" in str(exc)
-        kind = ("contains pickled objects other than tensors, refused because loading them could run code" if unsafe
-                else "is not a readable torch file (truncated, corrupt or another format)")
-        raise UserError(f"{path} {kind}; re-create this {what}") from None
 
 
 _EPOCH = re.compile(r"_img_(\d+)\.tar$")
@@ -107,32 +47,6 @@ def newest_image_checkpoint(model_path: str | Path) -> Path:
     if not found:
         raise UserError(f"no image checkpoint (*_img_<epoch>.tar) in {model_path}; pretrain with mmgr.py or pass --ckpt")
     return max(found, key=lambda t: (t[0], t[1].stat().st_mtime))[1]
-
-
-def load_image_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Image-encoder state dict (published key layout) and saved args from any MMGR checkpoint.
-
-    Accepts a bare ``*_img_*.tar`` (ours or the published script's) or a resumable checkpoint
-    (``checkpoint_last.pt``). ``args`` is empty for a bare state dict; then ``args.json`` beside it is
-    read when present.
-    """
-    obj = load_file(path, "checkpoint")
-    args: dict[str, Any] = {}
-    if isinstance(obj, dict) and "img" in obj and isinstance(obj["img"], dict):
-        state, args = obj["img"], dict(obj.get("args", {}))
-    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state = obj
-        side = Path(path).parent / "args.json"
-        if side.is_file():
-            try:
-                args = json.loads(side.read_text())
-            except ValueError:
-                args = {}
-    else:
-        raise UserError(f"{path} is not an MMGR image checkpoint; pass a *_img_<epoch>.tar or checkpoint_last.pt file")
-    if not any(k.startswith("encoder.") for k in state):
-        raise UserError(f"{path} holds no image encoder (no 'encoder.*' keys); pass the *_img_<epoch>.tar file, not the *_poi_* one")
-    return state, args
 
 
 # Flags that fix the shapes of the models: a resumed run must use the same ones.
@@ -172,8 +86,6 @@ def save_resumable(model_path: Path, img_model: torch.nn.Module, poi_model: torc
     with weights_only. ``rng_ranks``: under torchrun, every process's RNG states in rank order (the
     writer's own go to ``rng`` as always), so that each process of a resumed run continues its own.
     """
-    from utils.reproducibility import rng_state
-
     where = f"at epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
     assert_finite(model_path, where, img_model, poi_model)
     state = {"format": RESUME_FORMAT, "img": img_model.state_dict(), "poi": poi_model.state_dict(),
@@ -225,10 +137,6 @@ class ResumePoint:
     rng: dict[str, Any] | None = None
 
 
-# Flags that fix the shapes of the models: a resumed run must use the same ones.
-_ARCH_FLAGS = ("resnet", "projection_dim", "poi_encoder")
-
-
 def load_resume(path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Module,
                 opt_img: torch.optim.Optimizer, opt_poi: torch.optim.Optimizer, args: Any, *,
                 n_tiles: int | None = None, scaler: Any = None) -> ResumePoint:
@@ -275,8 +183,6 @@ def load_resume(path: Path, img_model: torch.nn.Module, poi_model: torch.nn.Modu
     if ranks is not None and len(ranks) == world_size():
         rng = ranks[rank()]  # this process's own streams (mid-epoch checkpoints of a torchrun job)
     if rng is not None:
-        from utils.reproducibility import set_rng_state
-
         set_rng_state(rng)
     return ResumePoint(int(ckpt["epoch"]), step, progress, rng)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from utils.metrics import distribution_metrics
-from utils.probes import knn_predict, ridge_fit_predict
+from engine.probes import knn_predict, ridge_fit_predict
 
 
 def _standardise(a, b):

@@ -9,7 +9,7 @@ import torch
 from models.image_encoder import ImageEncoder
 from tests.conftest import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRETRAIN = ["--batch_size", "4", "--resnet", "resnet18", "--img_size", "32", "--device", "cpu", "--workers", "0",
             "--projection_dim", "16", "--lr", "1e-3"]
 

@@ -10,7 +10,8 @@ import embed
 from models.image_encoder import ImageEncoder
 from models.poi_encoder import build_poi_encoder
 from tests.conftest import ROOT, run_script
-from utils.embeddings import load_poi_encoder, poi_checkpoint_for
+from engine.embeddings import poi_checkpoint_for
+from models.loading import load_poi_encoder
 
 ARGS = ["--workers", "0", "--device", "cpu", "--batch_size", "5"]
 

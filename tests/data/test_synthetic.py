@@ -17,7 +17,7 @@ from data.graph import delaunay_edges
 from data.synthetic import CATEGORIES, FUNC_TYPES, category_embeddings, ensure_city, generate_city
 
 N, S, SEED = 24, 48, 3
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,15 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch
 from tqdm import tqdm
 
+from data.downstream import read_list
 from data.pretrain import PretrainDataset, list_images, open_rgb
 from data.transforms import eval_transform
-from models.heads import load_image_encoder
-from models.poi_encoder import GCNPOIEncoder, Set2SetPOIEncoder
-from utils.checkpoint import RESUME_NAME, load_file
+from engine.checkpoints import RESUME_NAME
+from models.loading import load_image_encoder, load_poi_encoder
 from utils.errors import UserError
+from utils.fileio import atomic_write_text
 
-__all__ = ["poi_checkpoint_for", "load_poi_encoder", "TileImages", "image_embeddings", "poi_embeddings", "resolve_img_dir"]
+__all__ = ["poi_checkpoint_for", "TileImages", "image_embeddings", "poi_embeddings", "resolve_img_dir"]
 
 
 def resolve_img_dir(root: Path, img_dir: str | None) -> str:
@@ -53,27 +54,6 @@ def poi_checkpoint_for(img_ckpt: Path) -> Path:
     return img_ckpt.with_name(name)
 
 
-def load_poi_encoder(path: Path) -> Set2SetPOIEncoder:
-    """Rebuild a POI encoder (released Set2Set or GCN variant) from its state dict's keys and shapes."""
-    obj = load_file(path, "POI checkpoint")
-    state = obj["poi"] if isinstance(obj, dict) and isinstance(obj.get("poi"), dict) else obj
-    if not isinstance(state, dict) or "set2set.lstm.weight_ih_l0" not in state or "projector.1.weight" not in state:
-        raise UserError(f"{path} holds no MMGR POI encoder (no set2set.*/projector.* keys); pass the *_poi_<epoch>.tar file")
-    hidden = int(state["set2set.lstm.weight_ih_l0"].shape[1]) // 2  # LSTM input is the 2F-wide q_star
-    proj = int(state["projector.1.weight"].shape[0])
-    n_convs = len({k.split(".")[1] for k in state if k.startswith("convs.")})
-    if n_convs:
-        in_dim = int(state["convs.0.lin.weight"].shape[1])
-        model: Set2SetPOIEncoder = GCNPOIEncoder(in_dim, proj, hidden_dim=hidden, num_layers=n_convs)
-    else:
-        model = Set2SetPOIEncoder(hidden, proj)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{path} does not match an MMGR POI encoder ({str(exc).splitlines()[0]}); re-create it with mmgr.py") from None
-    return model
-
-
 class TileImages(Dataset):
     """Tiles of one directory at full size, normalised: items ``(image [3, H, W], index)``."""
 
@@ -93,8 +73,6 @@ def tile_files(root: Path, img_dir: str, list_files: list[str] | None = None) ->
     folder = Path(root) / img_dir
     files = list_images(folder)
     if list_files:
-        from data.downstream import read_list
-
         wanted: list[str] = []
         for lf in list_files:
             wanted += read_list(Path(root) / lf)
@@ -148,6 +126,4 @@ def poi_embeddings(poi_ckpt: Path, root: Path, img_dir: str, files: list[Path], 
 
 
 def write_meta(path: Path, meta: dict) -> None:
-    from utils.checkpoint import atomic_write_text
-
     atomic_write_text(json.dumps(meta, indent=2) + "\n", path)

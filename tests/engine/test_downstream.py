@@ -1,4 +1,4 @@
-"""res_pop.py / res_func.py and their shared loop (utils/downstream.py) on a tiny layout."""
+"""res_pop.py / res_func.py and their shared loop (engine/downstream.py) on a tiny layout."""
 
 import csv
 import json
@@ -12,7 +12,7 @@ import res_func
 import res_pop
 from models.image_encoder import ImageEncoder
 from tests.conftest import ROOT, make_layout, run_script
-from utils.downstream import select_fraction
+from engine.downstream import select_fraction
 
 FAST = ["--batch_size", "4", "--img_size", "24", "--device", "cpu", "--workers", "0", "--total_epoch", "2", "--eval_from", "1"]
 TYPES = ("residential", "commercial", "water")
@@ -78,8 +78,9 @@ def test_cached_features_equal_full_forward(setup):
     # The fast path's identity on a fresh head: full forward == head(cached backbone features).
     from data.downstream import TileTargetDataset
     from data.transforms import eval_transform
-    from models.heads import load_image_encoder, with_task_head
-    from utils.downstream import backbone_features
+    from models.heads import with_task_head
+    from models.loading import load_image_encoder
+    from engine.downstream import backbone_features
     from torch.utils.data import DataLoader
     model = with_task_head(load_image_encoder(ckpt), 1).eval()
     val = DataLoader(TileTargetDataset(data, "val-wuhan.txt", eval_transform()), batch_size=4)
@@ -151,7 +152,7 @@ def test_res_func_types_mismatch_and_label_fraction_too_small(setup, tmp_path):
 def test_head_bias_init_mean_starts_at_the_mean_target():
     import torch
 
-    from utils.downstream import distribution_task, init_head_bias, regression_task
+    from engine.downstream import distribution_task, init_head_bias, regression_task
 
     last = torch.nn.Linear(8, 1)
     init_head_bias(last, regression_task(), torch.tensor([[2.0], [4.0], [9.0]]))

@@ -35,10 +35,12 @@ from torch.utils.data import DataLoader
 from data.downstream import TileTargetDataset, read_list
 from data.resumable import epoch_seed
 from data.transforms import downstream_train_transform, eval_transform
-from models.heads import load_image_encoder, with_task_head
+from models.heads import with_task_head
 from models.image_encoder import ImageEncoder
+from models.loading import load_image_encoder
+from engine.checkpoints import newest_image_checkpoint
 from utils.args import common_parser, resolve_device, str2bool
-from utils.checkpoint import atomic_write_bytes, atomic_write_text, newest_image_checkpoint
+from utils.fileio import atomic_write_bytes, atomic_write_text
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 from utils.reproducibility import seed_everything, worker_init

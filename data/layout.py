@@ -1,0 +1,91 @@
+"""Folder layouts of the data, each one value (docs/data_layout.md).
+
+Pretraining, one sample per image tile (the published names are the defaults)::
+
+    ROOT/sub_shanghai_img/NAME.png        RGB tile
+    ROOT/sub_shanghai_emb/NAME.tensor     float [n_poi, F]: the category embedding of each POI
+    ROOT/sub_shanghai_edge/NAME.tensor    long [2, n_edge]: the tile's POI graph
+    ROOT/sub_shanghai_weight/NAME.tensor  optional float [n_edge]: edge weights, used when the folder exists
+
+Downstream::
+
+    ROOT/img/NAME.png, ROOT/<target>/NAME.txt, ROOT/train-wuhan.txt, ROOT/val-wuhan.txt
+
+The tensor and target names are the image name with its extension replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PUBLISHED_PRETRAIN_DIRS", "PretrainLayout", "add_layout_flags", "tensor_name"]
+
+# Sub-folder names of the published pretraining layout (the authors' sample is a part of Shanghai).
+PUBLISHED_PRETRAIN_DIRS = {"img_dir": "sub_shanghai_img", "emb_dir": "sub_shanghai_emb",
+                           "edge_dir": "sub_shanghai_edge", "weight_dir": "sub_shanghai_weight"}
+
+
+def tensor_name(image: str | Path) -> str:
+    """``NAME.png`` -> ``NAME.tensor`` (the published naming of a tile's POI files)."""
+    return Path(image).stem + ".tensor"
+
+
+@dataclass(frozen=True)
+class PretrainLayout:
+    """Where the pretraining files of one data root are: the root and its four sub-folder names."""
+
+    root: Path
+    img_dir: str = PUBLISHED_PRETRAIN_DIRS["img_dir"]
+    emb_dir: str = PUBLISHED_PRETRAIN_DIRS["emb_dir"]
+    edge_dir: str = PUBLISHED_PRETRAIN_DIRS["edge_dir"]
+    weight_dir: str = PUBLISHED_PRETRAIN_DIRS["weight_dir"]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PretrainLayout:
+        """The layout named by ``--data_path --img_dir --emb_dir --edge_dir --weight_dir``."""
+        return cls(Path(args.data_path), args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir)
+
+    @property
+    def img(self) -> Path:
+        return self.root / self.img_dir
+
+    @property
+    def emb(self) -> Path:
+        return self.root / self.emb_dir
+
+    @property
+    def edge(self) -> Path:
+        return self.root / self.edge_dir
+
+    @property
+    def weight(self) -> Path:
+        return self.root / self.weight_dir
+
+    @property
+    def has_weights(self) -> bool:
+        """Edge weights are optional: used when their folder exists."""
+        return self.weight.is_dir()
+
+    def poi_files(self, image: str | Path) -> tuple[Path, Path, Path | None]:
+        """``(embedding, edge, weight or None)`` files of the tile whose image is ``image``."""
+        name = tensor_name(image)
+        return self.emb / name, self.edge / name, self.weight / name if self.has_weights else None
+
+    def make_dirs(self, weights: bool = True) -> None:
+        """Create the sub-folders (for writers of this layout)."""
+        for d in (self.img, self.emb, self.edge, *((self.weight,) if weights else ())):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def add_layout_flags(p: argparse.ArgumentParser) -> None:
+    """``--img_dir --emb_dir --edge_dir --weight_dir`` with the published names as defaults."""
+    p.add_argument("--img_dir", default=PUBLISHED_PRETRAIN_DIRS["img_dir"], help="tile directory under --data_path (default published)")
+    p.add_argument("--emb_dir", default=PUBLISHED_PRETRAIN_DIRS["emb_dir"], help="POI embedding directory (default published)")
+    p.add_argument("--edge_dir", default=PUBLISHED_PRETRAIN_DIRS["edge_dir"], help="POI edge directory (default published)")
+    p.add_argument("--weight_dir", default=PUBLISHED_PRETRAIN_DIRS["weight_dir"],
+                   help="optional edge-weight directory, used when present (default 'sub_shanghai_weight')")

@@ -57,7 +57,7 @@ from models.image_encoder import RESNETS, ImageEncoder  # noqa: E402
 from models.poi_encoder import build_poi_encoder  # noqa: E402
 from utils.args import str2bool  # noqa: E402
 from utils.distributed import DistInfo, cleanup, init_from_env  # noqa: E402
-from utils.speed import PRECISIONS, make_scaler, prepare_models  # noqa: E402
+from utils.speed import PRECISIONS, default_channels_last, make_scaler, prepare_models  # noqa: E402
 
 
 class SyntheticTiles(Dataset):
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     info = info or DistInfo()
     device = torch.device(args.device)
     if args.channels_last is None:
-        args.channels_last = device.type == "cuda"
+        args.channels_last = default_channels_last(device)
     torch.manual_seed(info.rank)
     published = args.published_style
     if published and info.enabled:

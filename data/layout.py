@@ -46,6 +46,11 @@ class PretrainLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     @classmethod
+    def of(cls, where: PretrainLayout | str | Path) -> PretrainLayout:
+        """``where`` itself if it is a layout, else the published layout under the root ``where``."""
+        return where if isinstance(where, PretrainLayout) else cls(Path(where))
+
+    @classmethod
     def from_args(cls, args: argparse.Namespace) -> PretrainLayout:
         """The layout named by ``--data_path --img_dir --emb_dir --edge_dir --weight_dir``."""
         return cls(Path(args.data_path), args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir)

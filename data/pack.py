@@ -27,10 +27,10 @@ meets a malformed item. Items read back are equal, element for element, to the f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Data
 from tqdm import tqdm
 
+from data.layout import PretrainLayout, add_layout_flags
 from data.raw import RawPretrainDataset
 from utils.errors import UserError, run_main
+from utils.fileio import atomic_path, atomic_save_npy, atomic_write_text
 
 __all__ = ["PACK_META", "is_packed", "pack", "PackedPretrainDataset", "main"]
 
@@ -53,70 +55,63 @@ def is_packed(root: str | Path) -> bool:
     return (Path(root) / PACK_META).is_file()
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def pack(data_path: str | Path, out: str | Path, shard_size: int = 65536, workers: int = 0,
-         img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb", edge_dir: str = "sub_shanghai_edge",
-         weight_dir: str = "sub_shanghai_weight", progress: bool = True) -> dict:
-    """Pack the published folder layout under ``data_path`` into shards in ``out``; returns the metadata."""
+def pack(layout: PretrainLayout | str | Path, out: str | Path, shard_size: int = 65536, workers: int = 0,
+         progress: bool = True) -> dict:
+    """Pack a pretraining layout (or the published one under a root) into shards in ``out``; returns the metadata."""
     if shard_size < 1:
         raise UserError(f"--shard_size must be at least 1, got {shard_size}")
-    src = RawPretrainDataset(data_path, img_dir, emb_dir, edge_dir, weight_dir)
+    layout = PretrainLayout.of(layout)
+    src = RawPretrainDataset(layout)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if is_packed(out):
         (out / PACK_META).unlink()  # re-packing: the old pack is incomplete until the new metadata lands
     n = len(src)
-    has_weights = src.weight_dir is not None
     # Workers decode in parallel; batch_size=None keeps items whole and in order.
     loader = DataLoader(src, batch_size=None, shuffle=False, num_workers=workers)
-    it = iter(tqdm(loader, total=n, desc="packing", disable=not progress or None, mininterval=1.0))
-    shards, shape = [], None
+    items = iter(tqdm(loader, total=n, desc="packing", disable=not progress or None, mininterval=1.0))
+    first_img, first_graph = next(items)
+    shape = tuple(first_img.shape)
+    items = itertools.chain([(first_img, first_graph)], items)
+    shards = []
     for k, start in enumerate(range(0, n, shard_size)):
         m = min(shard_size, n - start)
-        name = f"shard_{k:05d}"
-        images = None
-        xs, eis, ws = [], [], []
-        node_ptr, edge_ptr = np.zeros(m + 1, np.int64), np.zeros(m + 1, np.int64)
+        shards.append({"name": _write_shard(out, f"shard_{k:05d}", items, src, start, m, shape), "n": m})
+    atomic_write_text("".join(p.name + "\n" for p in src.images), out / "names.txt", durable=False)
+    meta = {"format": FORMAT, "n_tiles": n, "tile_shape": list(shape), "poi_dim": src.poi_dim,
+            "has_weights": src.weight_dir is not None, "shards": shards, "source": str(layout.root.resolve())}
+    atomic_write_text(json.dumps(meta, indent=2) + "\n", out / PACK_META)  # last: marks the pack complete
+    return meta
+
+
+def _write_shard(out: Path, name: str, items: Iterator[tuple[torch.Tensor, Data]], src: RawPretrainDataset,
+                 start: int, m: int, shape: tuple[int, ...]) -> str:
+    """Write the next ``m`` items of ``items`` (tiles ``start..start+m`` of ``src``) as shard ``name``."""
+    xs, eis, ws = [], [], []
+    node_ptr, edge_ptr = np.zeros(m + 1, np.int64), np.zeros(m + 1, np.int64)
+    with atomic_path(out / f"{name}.images.npy", durable=False) as tmp:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(m, *shape))
         for t in range(m):
-            img, g = next(it)
-            if shape is None:
-                shape = tuple(img.shape)
+            img, g = next(items)
             if tuple(img.shape) != shape:
                 raise UserError(f"{src.images[start + t]} is {tuple(img.shape)[1:]} px but the first tile is {shape[1:]}; "
                                 "a pack holds tiles of one size: resize the tiles or train from the folder layout")
-            if images is None:
-                tmp_images = out / f".{name}.images.npy.tmp"
-                images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(m, *shape))
             images[t] = img.numpy()
             xs.append(g.x.numpy().astype(np.float32))
             eis.append(g.edge_index.numpy().astype(np.int64))
-            if has_weights:
+            if src.weight_dir is not None:
                 ws.append(g.edge_weight.numpy().astype(np.float32))
             node_ptr[t + 1] = node_ptr[t] + g.x.shape[0]
             edge_ptr[t + 1] = edge_ptr[t] + g.edge_index.shape[1]
         images.flush()
         del images
-        os.replace(out / f".{name}.images.npy.tmp", out / f"{name}.images.npy")
-        _save_npy(out / f"{name}.x.npy", np.concatenate(xs, axis=0).reshape(-1, src.poi_dim))
-        _save_npy(out / f"{name}.node_ptr.npy", node_ptr)
-        _save_npy(out / f"{name}.edges.npy", np.concatenate(eis, axis=1).reshape(2, -1))
-        _save_npy(out / f"{name}.edge_ptr.npy", edge_ptr)
-        if has_weights:
-            _save_npy(out / f"{name}.weights.npy", np.concatenate(ws))
-        shards.append({"name": name, "n": m})
-    (out / "names.txt").write_text("".join(p.name + "\n" for p in src.images))
-    meta = {"format": FORMAT, "n_tiles": n, "tile_shape": list(shape), "poi_dim": src.poi_dim,
-            "has_weights": has_weights, "shards": shards, "source": str(Path(data_path).resolve())}
-    tmp = out / f".{PACK_META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out / PACK_META)
-    return meta
+    atomic_save_npy(np.concatenate(xs, axis=0).reshape(-1, src.poi_dim), out / f"{name}.x.npy")
+    atomic_save_npy(node_ptr, out / f"{name}.node_ptr.npy")
+    atomic_save_npy(np.concatenate(eis, axis=1).reshape(2, -1), out / f"{name}.edges.npy")
+    atomic_save_npy(edge_ptr, out / f"{name}.edge_ptr.npy")
+    if src.weight_dir is not None:
+        atomic_save_npy(np.concatenate(ws), out / f"{name}.weights.npy")
+    return name
 
 
 class PackedPretrainDataset(Dataset):
@@ -202,12 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output directory of the pack (pass it as mmgr.py --data_path)")
     p.add_argument("--shard_size", type=int, default=65536, help="tiles per shard (default 65536: ~13 GB of 256 px tiles)")
     p.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0: in the main process)")
-    p.add_argument("--img_dir", default="sub_shanghai_img", help="tile directory under --data_path (default published)")
-    p.add_argument("--emb_dir", default="sub_shanghai_emb", help="POI embedding directory (default published)")
-    p.add_argument("--edge_dir", default="sub_shanghai_edge", help="POI edge directory (default published)")
-    p.add_argument("--weight_dir", default="sub_shanghai_weight", help="optional edge-weight directory (default 'sub_shanghai_weight')")
+    add_layout_flags(p)
     args = p.parse_args(argv)
-    meta = pack(args.data_path, args.out, args.shard_size, args.workers, args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir)
+    meta = pack(PretrainLayout.from_args(args), args.out, args.shard_size, args.workers)
     print(f"packed {meta['n_tiles']} tiles of {meta['tile_shape'][1]}x{meta['tile_shape'][2]} px into "
           f"{len(meta['shards'])} shard(s) in {args.out}", flush=True)
 

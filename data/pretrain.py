@@ -1,10 +1,5 @@
-"""The pretraining data set in the published layout (SPEC §1).
-
-``DATA/sub_shanghai_img/NAME.png`` (RGB tile), ``DATA/sub_shanghai_emb/NAME.tensor`` (float
-``[n_poi, F]`` category embeddings), ``DATA/sub_shanghai_edge/NAME.tensor`` (long ``[2, n_edge]``)
-and, optionally, ``DATA/sub_shanghai_weight/NAME.tensor`` (float ``[n_edge]``). The tensor name is the
-image name with its extension replaced by ``tensor``.
-"""
+"""The pretraining data set: image tiles and their POI graphs, in a :class:`data.layout.PretrainLayout`
+(the published folder layout by default; docs/data_layout.md)."""
 
 from __future__ import annotations
 
@@ -13,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
 
-from utils.fileio import load_file
+from data.layout import PretrainLayout, tensor_name
 from utils.errors import UserError
+from utils.fileio import load_file
 
 __all__ = ["IMAGE_EXTENSIONS", "PretrainDataset", "PretrainBatch", "collate_pretrain", "open_rgb", "list_images",
            "load_graph", "check_tensor"]
@@ -34,8 +31,6 @@ def open_rgb(path: Path) -> Image.Image:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16/32-bit single band: rescale to 8 bits instead of clipping.
-                import numpy as np
-
                 a = np.asarray(im, dtype=np.float64)
                 lo, hi = float(a.min()), float(a.max())
                 a = ((a - lo) / (hi - lo) * 255.0) if hi > lo else np.zeros_like(a)
@@ -114,55 +109,47 @@ class PretrainDataset(Dataset):
     """Image tiles with their POI graphs; each item is two independent augmented views + the graph.
 
     Args:
-        root: data root (``--data_path``).
+        layout: where the files are (:class:`data.layout.PretrainLayout`, or a data root with the
+            published sub-folder names). Edge weights are used when the weight folder exists.
         transform: augmentation applied twice, independently, to each tile.
-        img_dir, emb_dir, edge_dir, weight_dir: sub-directory names (published defaults).
-            Edge weights are used when ``weight_dir`` exists.
         images, poi_dim: the tiles to use and their embedding width, when a pre-scan
-            (:mod:`data.scan`) already checked them; default: every tile of ``img_dir``.
+            (:mod:`data.scan`) already checked them; default: every tile of the image folder.
 
     Items: ``(view1 [3, H, W], view2 [3, H, W], Data(x=[n_poi, F], edge_index=[2, n_edge],
     edge_weight=[n_edge] | None))``.
     """
 
-    def __init__(self, root: str | Path, transform: Callable, img_dir: str = "sub_shanghai_img",
-                 emb_dir: str = "sub_shanghai_emb", edge_dir: str = "sub_shanghai_edge",
-                 weight_dir: str = "sub_shanghai_weight", images: list[Path] | None = None,
+    def __init__(self, layout: PretrainLayout | str | Path, transform: Callable, images: list[Path] | None = None,
                  poi_dim: int | None = None):
-        self.root = Path(root)
+        self.layout = layout = PretrainLayout.of(layout)
+        self.root = layout.root
         if not self.root.is_dir():
             raise UserError(f"data directory {self.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
         self.transform = transform
-        self.images = list(images) if images is not None else list_images(self.root / img_dir)
-        self.emb_dir = self.root / emb_dir
-        self.edge_dir = self.root / edge_dir
-        self.weight_dir = self.root / weight_dir if (self.root / weight_dir).is_dir() else None
+        self.images = list(images) if images is not None else list_images(layout.img)
+        self.emb_dir, self.edge_dir = layout.emb, layout.edge
+        self.weight_dir = layout.weight if layout.has_weights else None  # looked up once, not per item
         for d in (self.emb_dir, self.edge_dir):
             if not d.is_dir():
-                raise UserError(f"{d} does not exist; the pretraining layout needs {emb_dir}/ and {edge_dir}/ beside {img_dir}/")
+                raise UserError(f"{d} does not exist; the pretraining layout needs {layout.emb_dir}/ and {layout.edge_dir}/ "
+                                f"beside {layout.img_dir}/")
         if images is not None and poi_dim is not None:
             self.poi_dim: int = poi_dim
             return
         missing = [p.name for p in self.images
-                   if not (self.emb_dir / self.tensor_name(p)).is_file() or not (self.edge_dir / self.tensor_name(p)).is_file()]
+                   if not (self.emb_dir / tensor_name(p)).is_file() or not (self.edge_dir / tensor_name(p)).is_file()]
         if missing:
             raise UserError(f"{len(missing)} tiles have no POI tensors in {self.emb_dir} / {self.edge_dir} "
                             f"(first: {missing[0]}); run prepare_pois.py or remove those tiles")
-        first = check_tensor(load_file(self.emb_dir / self.tensor_name(self.images[0]), "POI embedding file"),
-                              self.emb_dir / self.tensor_name(self.images[0]), dtype_kind="float", rank=2)
-        self.poi_dim = int(first.shape[1])
-
-    @staticmethod
-    def tensor_name(image: Path) -> str:
-        """``NAME.png`` -> ``NAME.tensor`` (the published naming)."""
-        return image.stem + ".tensor"
+        first = self.emb_dir / tensor_name(self.images[0])
+        self.poi_dim = int(check_tensor(load_file(first, "POI embedding file"), first, dtype_kind="float", rank=2).shape[1])
 
     def __len__(self) -> int:
         return len(self.images)
 
     def graph(self, index: int) -> Data:
         """The POI graph of tile ``index``, validated."""
-        name = self.tensor_name(self.images[index])
+        name = tensor_name(self.images[index])
         return load_graph(self.emb_dir / name, self.edge_dir / name,
                           self.weight_dir / name if self.weight_dir is not None else None, self.poi_dim)
 

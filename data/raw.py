@@ -17,6 +17,7 @@ import torch
 from torch_geometric.data import Batch, Data
 from torchvision.io import ImageReadMode, decode_image
 
+from data.layout import PretrainLayout
 from data.pretrain import PretrainDataset, open_rgb
 from utils.errors import UserError
 
@@ -66,15 +67,13 @@ def collate_raw(samples: list[tuple[torch.Tensor, Data]]) -> RawBatch:
 
 
 class RawPretrainDataset(PretrainDataset):
-    """The published folder layout (see :class:`data.pretrain.PretrainDataset`), items decoded only.
+    """A pretraining layout (see :class:`data.pretrain.PretrainDataset`), items decoded only.
 
     Items: ``(uint8 [3, H, W] tile, Data(x, edge_index[, edge_weight]))``.
     """
 
-    def __init__(self, root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb",
-                 edge_dir: str = "sub_shanghai_edge", weight_dir: str = "sub_shanghai_weight", **kwargs):
-        # kwargs: PretrainDataset's pre-scan results (images=, poi_dim=), passed through.
-        super().__init__(root, lambda im: im, img_dir, emb_dir, edge_dir, weight_dir, **kwargs)
+    def __init__(self, layout: PretrainLayout | str | Path, images: list[Path] | None = None, poi_dim: int | None = None):
+        super().__init__(layout, lambda im: im, images=images, poi_dim=poi_dim)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Data]:  # type: ignore[override]
         return decode_rgb(self.images[index]), self.graph(index)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from data.layout import PretrainLayout, tensor_name
 from data.pretrain import check_tensor, list_images, load_graph
 from data.scan_cache import RACY_SECONDS, Entry, load_cache, save_cache, signature
 from utils.fileio import load_file
@@ -109,11 +110,67 @@ def _first_width(paths: Iterable[Path]) -> int | None:
     return None
 
 
-def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: str = "sub_shanghai_emb",
-                  edge_dir: str = "sub_shanghai_edge", weight_dir: str = "sub_shanghai_weight",
-                  workers: int = 4, cache: str | Path | None = None, rescan: bool = False,
-                  cache_read_only: bool = False) -> ScanReport:
-    """Check every tile of the pretraining layout under ``root``; see the module docstring.
+@dataclass
+class _Listing:
+    """The layout's folders listed: tiles whose POI files all exist (``candidates``) and what is missing."""
+
+    dirs: list[Path]  # the POI folders: embeddings, edges and, when present, weights
+    candidates: list[tuple[Path, str]]  # (image, name of its POI files)
+    bad: list[BadFile]
+    bad_tiles: set[Path]
+
+    def files(self, i: int) -> tuple[Path, Path, Path, Path | None]:
+        img, name = self.candidates[i]
+        return img, self.dirs[0] / name, self.dirs[1] / name, self.dirs[2] / name if len(self.dirs) > 2 else None
+
+
+def _list_layout(layout: PretrainLayout) -> _Listing:
+    """List the folders once; a missing folder raises, a missing or orphan file becomes a problem."""
+    if not layout.root.is_dir():
+        raise UserError(f"data directory {layout.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
+    images = list_images(layout.img)
+    for d in (layout.emb, layout.edge):
+        if not d.is_dir():
+            raise UserError(f"{d} does not exist; the pretraining layout needs {layout.emb_dir}/ and {layout.edge_dir}/ "
+                            f"beside {layout.img_dir}/")
+    dirs = [layout.emb, layout.edge] + ([layout.weight] if layout.has_weights else [])
+    # Names as strings, paths built only for the tiles that are read: with a warm cache, pathlib's
+    # overhead would otherwise cost more than the os.stat calls.
+    present = {d: {n for n in os.listdir(d) if n.endswith(".tensor") and not n.startswith(".")} for d in dirs}
+    listing = _Listing(dirs, [], [], set())
+    for img in images:
+        name = tensor_name(img)
+        lacking = [d for d in dirs if name not in present[d]]
+        if lacking:
+            listing.bad.append(BadFile(img, f"{img} has no POI file {name} in {', '.join(str(d) for d in lacking)}; "
+                                            "run prepare_pois.py or remove this tile"))
+            listing.bad_tiles.add(img)
+        else:
+            listing.candidates.append((img, name))
+    stems = {p.stem for p in images}
+    for d in dirs:
+        for name in sorted(present[d]):
+            if name[: -len(".tensor")] not in stems:
+                listing.bad.append(BadFile(d / name, f"{d / name} has no image tile {name[:-7]}.* in {layout.img}; "
+                                                     "add the tile or remove this file"))
+    return listing
+
+
+def _check_all(listing: _Listing, todo: list[int], poi_dim: int | None, workers: int) -> dict[int, tuple[list[str], int]]:
+    """Check the tiles ``todo`` (indices of candidates) in chunks: ``{index: (problems, n_poi)}``."""
+    chunks = [todo[i:i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+    jobs = [([listing.files(k) for k in c], poi_dim) for c in chunks]
+    if workers > 0 and len(chunks) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+            results = list(pool.map(_check_tiles, jobs))
+    else:
+        results = [_check_tiles(j) for j in jobs]
+    return {chunk[i]: (problems, n_poi) for chunk, res in zip(chunks, results) for i, problems, n_poi in res}
+
+
+def scan_pretrain(layout: PretrainLayout | str | Path, workers: int = 4, cache: str | Path | None = None,
+                  rescan: bool = False, cache_read_only: bool = False) -> ScanReport:
+    """Check every tile of a pretraining layout (or of the published layout under a root); see the module docstring.
 
     Missing or empty directories are not per-file problems: they raise :class:`UserError` at once.
     ``workers`` threads check chunks of tiles in parallel (0: serially).
@@ -128,51 +185,17 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
     t0 = time.perf_counter()
     # Files modified after this instant minus the mtime tick are not cached (see data/scan_cache.py).
     racy_ns = time.time_ns() - int(RACY_SECONDS * 1e9)
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"data directory {root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
-    images = list_images(root / img_dir)
-    emb_d, edge_d, w_d = root / emb_dir, root / edge_dir, root / weight_dir
-    for d, name in ((emb_d, emb_dir), (edge_d, edge_dir)):
-        if not d.is_dir():
-            raise UserError(f"{d} does not exist; the pretraining layout needs {emb_dir}/ and {edge_dir}/ beside {img_dir}/")
-    weights = w_d.is_dir()
-    dirs = [emb_d, edge_d] + ([w_d] if weights else [])
-    # Names as strings, paths built only for the tiles that are read: with a warm cache, pathlib's
-    # overhead would otherwise cost more than the os.stat calls.
-    present = {d: {n for n in os.listdir(d) if n.endswith(".tensor") and not n.startswith(".")} for d in dirs}
-
-    bad: list[BadFile] = []
-    candidates: list[tuple[Path, str]] = []  # (image, name of its POI files), every POI file present
-    bad_tiles: set[Path] = set()
-    for img in images:
-        name = img.stem + ".tensor"
-        lacking = [d for d in dirs if name not in present[d]]
-        if lacking:
-            bad.append(BadFile(img, f"{img} has no POI file {name} in {', '.join(str(d) for d in lacking)}; "
-                                    "run prepare_pois.py or remove this tile"))
-            bad_tiles.add(img)
-        else:
-            candidates.append((img, name))
-    stems = {p.stem for p in images}
-    for d in dirs:
-        for name in sorted(present[d]):
-            if name[: -len(".tensor")] not in stems:
-                bad.append(BadFile(d / name, f"{d / name} has no image tile {name[:-7]}.* in {root / img_dir}; "
-                                             "add the tile or remove this file"))
-
-    def files(i: int) -> tuple[Path, Path, Path, Path | None]:
-        img, name = candidates[i]
-        return img, emb_d / name, edge_d / name, w_d / name if weights else None
-
-    poi_dim = _first_width(emb_d / name for _, name in candidates)
+    layout = PretrainLayout.of(layout)
+    listing = _list_layout(layout)
+    candidates = listing.candidates
+    poi_dim = _first_width(listing.dirs[0] / name for _, name in candidates)
     # A tile's verdict depends on its files and on these: with any of them changed, no entry holds.
-    key = {"root": str(root.resolve()), "img_dir": img_dir, "emb_dir": emb_dir, "edge_dir": edge_dir,
-           "weight_dir": weight_dir, "weights": weights, "poi_dim": poi_dim}
+    key = {"root": str(layout.root.resolve()), "img_dir": layout.img_dir, "emb_dir": layout.emb_dir,
+           "edge_dir": layout.edge_dir, "weight_dir": layout.weight_dir, "weights": len(listing.dirs) > 2, "poi_dim": poi_dim}
     known = None if cache is None or rescan else load_cache(cache, key)
     # Stat before reading: a file changed after its stat gets a new signature, so it is checked next time.
     # Serially: in threads it was slower on this machine's local disk (the GIL; measured, 2 cores).
-    folders = [os.fspath(d) for d in dirs]
+    folders = [os.fspath(d) for d in listing.dirs]
     sigs = [signature([os.fspath(img)] + [os.path.join(f, name) for f in folders]) for img, name in candidates] \
         if cache is not None else []
     zero_flag = [0] * len(candidates)
@@ -183,44 +206,34 @@ def scan_pretrain(root: str | Path, img_dir: str = "sub_shanghai_img", emb_dir: 
             zero_flag[i] = int(bool(hit[1]))
         else:
             todo.append(i)
-
-    chunks = [todo[i:i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    jobs = [([files(k) for k in c], poi_dim) for c in chunks]
-    if workers > 0 and len(chunks) > 1:
-        with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-            results = list(pool.map(_check_tiles, jobs))
-    else:
-        results = [_check_tiles(j) for j in jobs]
     # Tiles are checked in listing order, cached ones contribute no problem: the same list as uncached.
-    failed: set[int] = set()
-    for chunk, res in zip(chunks, results):
-        for i, problems, n_poi in res:
-            img = candidates[chunk[i]][0]
-            if problems:
-                bad.extend(BadFile(img, msg) for msg in problems)
-                bad_tiles.add(img)
-                failed.add(chunk[i])
-            elif n_poi == 0:
-                zero_flag[chunk[i]] = 1
-    good_idx = [i for i in range(len(candidates)) if i not in failed]
-    zero = sum(zero_flag[i] for i in good_idx)
-
+    checked = _check_all(listing, todo, poi_dim, workers)
+    for i in todo:
+        problems, n_poi = checked[i]
+        img = candidates[i][0]
+        if problems:
+            listing.bad.extend(BadFile(img, msg) for msg in problems)
+            listing.bad_tiles.add(img)
+        elif n_poi == 0:
+            zero_flag[i] = 1
+    good_idx = [i for i in range(len(candidates)) if not checked.get(i, ((), 0))[0]]
     if cache is not None and not cache_read_only:
-        entries: dict[str, Entry] = {}
-        for i in good_idx:
-            sig = sigs[i]
-            if sig is not None and sig[1] < racy_ns:
-                entries[candidates[i][0].name] = (sig[0], zero_flag[i])
-        if entries != known:  # unchanged data: no rewrite (tens of MB for a million tiles)
-            try:
-                save_cache(cache, key, entries)
-            except OSError as exc:  # the cache only saves time: never stop a run for it
-                print(f"warning: could not write the scan cache {cache} ({exc}); the next launch checks every tile again",
-                      file=sys.stderr, flush=True)
-    good = [candidates[i][0] for i in good_idx]
-    n_files = len(todo) * (1 + len(dirs))
-    return ScanReport(good, sorted(bad_tiles), bad, poi_dim, zero, time.perf_counter() - t0, n_files,
+        entries = {candidates[i][0].name: (sigs[i][0], zero_flag[i]) for i in good_idx
+                   if sigs[i] is not None and sigs[i][1] < racy_ns}
+        _write_cache(cache, key, entries, known)
+    return ScanReport([candidates[i][0] for i in good_idx], sorted(listing.bad_tiles), listing.bad, poi_dim,
+                      sum(zero_flag[i] for i in good_idx), time.perf_counter() - t0, len(todo) * (1 + len(listing.dirs)),
                       checked=len(todo), cached=len(candidates) - len(todo))
+
+
+def _write_cache(cache: str | Path, key: dict, entries: dict[str, Entry], known: dict[str, Entry] | None) -> None:
+    if entries == known:  # unchanged data: no rewrite (tens of MB for a million tiles)
+        return
+    try:
+        save_cache(cache, key, entries)
+    except OSError as exc:  # the cache only saves time: never stop a run for it
+        print(f"warning: could not write the scan cache {cache} ({exc}); the next launch checks every tile again",
+              file=sys.stderr, flush=True)
 
 
 def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool = False) -> list[Path]:

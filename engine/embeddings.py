@@ -21,6 +21,7 @@ from torch_geometric.data import Batch
 from tqdm import tqdm
 
 from data.downstream import read_list
+from data.layout import PretrainLayout
 from data.pretrain import PretrainDataset, list_images, open_rgb
 from data.transforms import eval_transform
 from engine.checkpoints import RESUME_NAME
@@ -112,7 +113,7 @@ def poi_embeddings(poi_ckpt: Path, root: Path, img_dir: str, files: list[Path], 
     """POI-encoder embeddings ``[N, P]`` of the tiles' POI graphs (``sub_shanghai_emb``/``_edge``/``_weight``
     looked up by tile name, in whichever layout the images are)."""
     model = load_poi_encoder(poi_ckpt).to(device).eval()
-    ds = PretrainDataset(root, eval_transform(), img_dir=img_dir)
+    ds = PretrainDataset(PretrainLayout(Path(root), img_dir=img_dir), eval_transform())
     index = {p.name: i for i, p in enumerate(ds.images)}
     if ds.poi_dim != model.in_dim:
         raise UserError(f"{poi_ckpt} expects {model.in_dim}-d POI embeddings but {ds.emb_dir} holds {ds.poi_dim}-d ones; "

@@ -19,7 +19,7 @@ from utils.args import str2bool
 from utils.distributed import DistInfo
 from utils.errors import UserError
 
-__all__ = ["PRECISIONS", "add_speed_flags", "autocast", "make_scaler", "convert_before_optim", "prepare_models"]
+__all__ = ["PRECISIONS", "add_speed_flags", "default_channels_last", "autocast", "make_scaler", "convert_before_optim", "prepare_models"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +41,11 @@ def add_speed_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sync_bn", type=str2bool, nargs="?", const=True, default=False,
                    help="under torchrun, synchronise BatchNorm statistics across processes (default off: per-process "
                         "statistics, as a single-GPU run of the published script; CUDA only)")
+
+
+def default_channels_last(device: torch.device) -> bool:
+    """The ``--channels_last`` default: on where it measured faster (CUDA), off on the CPU."""
+    return device.type == "cuda"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -84,8 +89,6 @@ def convert_before_optim(img_model: torch.nn.Module, args: Any, info: DistInfo, 
             raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation); drop it for CPU runs")
         if info.enabled:
             img_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(img_model)
-    if args.channels_last is None:  # the default: where it is faster
-        args.channels_last = device.type == "cuda"
     if args.channels_last:
         img_model = img_model.to(memory_format=torch.channels_last)
     return img_model

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from data.downstream import TileTargetDataset
+from data.layout import tensor_name
 from data.pretrain import PretrainDataset, collate_pretrain, open_rgb
 from data.transforms import eval_transform, pretrain_transform
 from tests.conftest import make_layout
@@ -27,7 +28,7 @@ def test_pretrain_items_and_collate(tiny_data):
 def test_published_naming_and_order(tiny_data):
     ds = PretrainDataset(tiny_data, pretrain_transform(24))
     assert [p.name for p in ds.images] == sorted(p.name for p in ds.images)
-    assert ds.tensor_name(ds.images[3]) == "t003.tensor"
+    assert tensor_name(ds.images[3]) == "t003.tensor"
     expected = torch.load(tiny_data / "sub_shanghai_emb" / "t003.tensor", weights_only=True)
     assert torch.equal(ds.graph(3).x, expected)
 

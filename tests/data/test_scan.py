@@ -13,6 +13,7 @@ from PIL import Image
 
 import mmgr
 from data import scan
+from data.layout import PretrainLayout
 from data.scan import apply_bad_samples_policy, scan_pretrain
 from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import UserError
@@ -223,7 +224,7 @@ def test_cache_of_another_layout_or_poi_width_is_ignored(aged, tmp_path):
     cache.write_bytes(saved)
     shutil.rmtree(copy / "sub_shanghai_weight")
     shutil.copytree(aged / "sub_shanghai_weight", copy / "weights_elsewhere")
-    assert scan_pretrain(aged, workers=0, cache=cache, weight_dir="weights_elsewhere").cached == 0
+    assert scan_pretrain(PretrainLayout(aged, weight_dir="weights_elsewhere"), workers=0, cache=cache).cached == 0
     # Another POI width (the reference every embedding is checked against): signatures alone would match.
     obj = json.loads(saved)
     obj["key"]["poi_dim"] = 16

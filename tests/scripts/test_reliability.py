@@ -11,7 +11,8 @@ import torch
 
 import mmgr
 from tests.conftest import ROOT, make_layout, run_script
-from engine.checkpoints import prune_bare
+from engine import pretrain
+from engine.checkpoints import assert_finite, prune_bare
 from utils.fileio import load_file
 from utils.errors import UserError
 from utils.signals import StopOnSignal
@@ -130,15 +131,11 @@ def test_divergence_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(w
 
 
 def test_no_checkpoint_from_non_finite_weights(tmp_path):
-    from engine.checkpoints import save_resumable
-
     m = torch.nn.Linear(2, 2)
     with torch.no_grad():
         m.weight[0, 0] = float("nan")
-    opt = torch.optim.Adam(m.parameters())
     with pytest.raises(UserError, match=r"weights became non-finite \(weight\) at epoch 3, step 5"):
-        save_resumable(tmp_path, m, m, opt, opt, object(), epoch=2, step=5)
-    assert list(tmp_path.iterdir()) == []
+        assert_finite(tmp_path, "at epoch 3, step 5", m)
 
 
 def test_keep_last_prunes_old_bare_checkpoints(work):
@@ -154,10 +151,10 @@ def test_keep_last_prunes_old_bare_checkpoints(work):
 
 
 def test_collapse_warning_with_figures(capsys):
-    mmgr.warn_collapse(4, 1e-4, 2.0, 2.0, 2.0794, 16)
+    pretrain.warn_collapse(4, 1e-4, 2.0, 2.0, 2.0794, 16)
     err = capsys.readouterr().err
     assert "epoch 4" in err and "1.00e-04" in err and "ln(2B-1) = 2.0794" in err
-    mmgr.warn_collapse(4, 0.2, 1.2, 0.9, 2.0794, 16)  # spread embeddings, loss well below ln(2B-1)
+    pretrain.warn_collapse(4, 0.2, 1.2, 0.9, 2.0794, 16)  # spread embeddings, loss well below ln(2B-1)
     assert capsys.readouterr().err == ""
 
 

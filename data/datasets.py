@@ -1,0 +1,46 @@
+"""One place that picks the pretraining data set for a layout and an augmentation mode.
+
+Three sources give equal items: the folder layout decoded with PIL (the published path), the folder
+layout decoded to uint8 only (augmentation on the device, ``--augment gpu``), and a pack written by
+``python -m data.pack`` (recognised by its ``mmgr_pack.json``), in either mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from data.layout import PretrainLayout
+from data.pack import PackedPretrainDataset, is_packed
+from data.pretrain import PretrainDataset, collate_pretrain
+from data.raw import RawPretrainDataset, collate_raw
+from data.transforms import pretrain_transform
+
+__all__ = ["AUGMENT_MODES", "build_pretrain_dataset", "collate_for"]
+
+# cpu: two PIL-augmented views per item (published); gpu: decoded uint8 tiles, views drawn on the device.
+AUGMENT_MODES = ("cpu", "gpu")
+
+
+def build_pretrain_dataset(layout: PretrainLayout, augment: str, img_size: int, tiles: list[Path] | None = None,
+                           poi_dim: int | None = None) -> Dataset:
+    """The data set of ``layout`` for ``--augment`` mode ``augment``.
+
+    ``tiles``/``poi_dim``: the pre-scan's good tiles and POI width (folder layouts only; a pack was
+    validated when it was written). Items: ``(view1, view2, graph)`` for ``cpu``, ``(uint8 [3, H, W],
+    graph)`` for ``gpu``.
+    """
+    if augment not in AUGMENT_MODES:
+        raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
+    if is_packed(layout.root):
+        return PackedPretrainDataset(layout.root, None if augment == "gpu" else pretrain_transform(img_size))
+    if augment == "gpu":
+        return RawPretrainDataset(layout, images=tiles, poi_dim=poi_dim)
+    return PretrainDataset(layout, pretrain_transform(img_size), images=tiles, poi_dim=poi_dim)
+
+
+def collate_for(augment: str) -> Callable:
+    """The collate function of :func:`build_pretrain_dataset`'s items in mode ``augment``."""
+    return collate_raw if augment == "gpu" else collate_pretrain

@@ -1,0 +1,91 @@
+"""The pretraining engine in-process: one epoch, the state dict round trip, refused non-finite saves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmgr
+from engine.pretrain import Pretrainer, prepare_data
+from tests.conftest import make_layout
+from utils.distributed import DistInfo
+from utils.errors import UserError
+from utils.signals import StopOnSignal
+
+TINY = ["--resnet", "resnet18", "--img_size", "16", "--batch_size", "4", "--projection_dim", "8", "--workers", "0",
+        "--lr", "1e-3", "--total_epoch", "2", "--device", "cpu", "--channels_last", "false", "--train_record", "rec.txt"]
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # the published record goes to ./train-records/
+    make_layout(tmp_path / "d", n_tiles=8, size=16)
+    return tmp_path
+
+
+def trainer(work: Path, run: str, *extra: str) -> Pretrainer:
+    args = mmgr.parse_args(["--data_path", str(work / "d"), "--model_path", str(work / run), *TINY, *extra])
+    info = DistInfo()
+    return Pretrainer(args, prepare_data(args, info), info, torch.device("cpu"), mmgr.training_step)
+
+
+def weights(t: Pretrainer) -> dict[str, torch.Tensor]:
+    return {**{f"img.{k}": v for k, v in t.img_model.state_dict().items()},
+            **{f"poi.{k}": v for k, v in t.poi_model.state_dict().items()}}
+
+
+def test_train_one_epoch_in_process(work):
+    t = trainer(work, "m")
+    before = {k: v.clone() for k, v in weights(t).items()}
+    entry = t.train_one_epoch()
+    assert t.epoch == 0 and t.step == t.steps_per_epoch == 2 and t.global_step == 2
+    assert entry["epoch"] == 1 and all(torch.isfinite(torch.tensor(entry[k])) for k in ("loss", "loss_inter", "loss_intra"))
+    assert entry["loss"] == pytest.approx(0.5 * entry["loss_inter"] + 0.5 * entry["loss_intra"])
+    lines = (work / "train-records" / "rec.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["Step [1/2]", "Step [2/2]"]
+    assert any(not torch.equal(before[k], v) for k, v in weights(t).items())  # both optimisers stepped
+    t.end_of_epoch(entry, StopOnSignal())
+    assert t.epoch == 1 and t.step == 0
+    log = [json.loads(x) for x in (work / "m" / "train_log.jsonl").read_text().splitlines()]
+    assert log == [entry]
+    assert (work / "m" / "checkpoint_last.pt").is_file()
+
+
+def test_state_dict_round_trip_continues_bit_identically(work):
+    straight = trainer(work, "a")
+    straight.fit()
+    first = trainer(work, "b")
+    first.end_of_epoch(first.train_one_epoch(), StopOnSignal())
+    state = first.state_dict()
+    assert state["format"] == "mmgr-resumable-1" and state["epoch"] == 1 and state["step"] == 0
+    assert set(state["img"]) == set(straight.img_model.state_dict())  # the published key layout
+    resumed = trainer(work, "c")
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.step, resumed.global_step) == (1, 0, 2)
+    resumed.fit()
+    a, c = weights(straight), weights(resumed)
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_refuses_other_architecture_and_mid_epoch_batch(work):
+    t = trainer(work, "m")
+    t.train_one_epoch()
+    t.step = 1  # as if saved mid-epoch
+    state = t.state_dict()
+    with pytest.raises(UserError, match="--resnet resnet18 but this run has resnet34"):
+        trainer(work, "x", "--resnet", "resnet34").load_state_dict(state, source="ck")
+    with pytest.raises(UserError, match="mid-epoch with --batch_size 4 but this run has 2"):
+        trainer(work, "y", "--batch_size", "2").load_state_dict(state, source="ck")
+
+
+def test_non_finite_weights_are_never_saved(work):
+    t = trainer(work, "m")
+    with torch.no_grad():
+        next(t.poi_model.parameters()).view(-1)[0] = float("nan")
+    t.epoch, t.step = 2, 5
+    with pytest.raises(UserError, match=r"non-finite .* at epoch 3, step 5; no checkpoint was written"):
+        t.save()
+    assert not (work / "m" / "checkpoint_last.pt").exists()

@@ -1,4 +1,4 @@
-"""The published pipeline's costly choices, re-written from SPEC §1 for benchmarking only.
+"""The published pipeline's costly choices, re-written from docs/method.md §1 and §4 for benchmarking only.
 
 * :func:`broadcast_nt_xent` — the published loss formulation: cosine similarity of every pair through
   a ``[2B, 2B, D]`` broadcast, positives picked from two off-diagonals, negatives by a boolean mask

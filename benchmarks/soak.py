@@ -52,7 +52,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the kill delays (default 0)")
     p.add_argument("--out", default="soak_run", help="work directory (default ./soak_run)")
     a = p.parse_args()
+    sys.exit(run_soak(a))
 
+
+def run_soak(a: argparse.Namespace) -> int:
+    """The reference run, then the killed-and-resumed runs; prints the figures, returns the exit status."""
     out = Path(a.out).resolve()
     data = ensure_city(out / "city", n_tiles=a.n_tiles, tile_size=32, seed=0)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -65,15 +69,34 @@ def main() -> None:
     t0 = time.time()
     r = subprocess.run(run_cmd(data, ref / "model", a), cwd=ref, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"reference run failed:\n{r.stderr}")
+        print(f"reference run failed:\n{r.stderr}", file=sys.stderr)
+        return 1
     ref_seconds = time.time() - t0
 
+    t0 = time.time()
+    runs, kills, landed_at = kill_and_resume(data, soak / "model", soak, env, a)
+    soak_seconds = time.time() - t0
+    same, rec_same = same_run(ref, soak, a.epochs)
+    n_lines = len((soak / "train-records" / "rec.txt").read_text().splitlines())
+    log_epochs = len((soak / "model" / "train_log.jsonl").read_text().splitlines())
+    steps = a.epochs * (a.n_tiles // 4)
+    print(f"config: {a.epochs} epochs x {a.n_tiles // 4} steps (batch 4, {a.n_tiles} tiles, {a.img_size} px, resnet18, "
+          f"--device {a.device}, --workers {a.workers}, --save_every_steps {a.save_every_steps}, --deterministic), kill "
+          f"delays U(0, {a.max_delay}) s after the first step ({a.startup_kills:.0%} U(0, 20) s from the start), seed {a.seed}")
+    print(f"reference run: {ref_seconds:.1f}s; soak: {runs} runs, {kills} SIGKILLs survived, {soak_seconds:.1f}s")
+    print(f"checkpoint on disk at each kill (epochs done.steps into the next): {' '.join(landed_at)}")
+    print(f"final weights bit-identical: {same}; per-step record identical: {rec_same} ({n_lines}/{steps} lines); "
+          f"train_log epochs: {log_epochs}/{a.epochs}")
+    return 0 if same and rec_same and log_epochs == a.epochs else 1
+
+
+def kill_and_resume(data: Path, model: Path, soak: Path, env: dict, a: argparse.Namespace) -> tuple[int, int, list[str]]:
+    """Start the run with --resume auto and SIGKILL it ``a.kills`` times, then let it finish; (runs, kills, where)."""
     rng = random.Random(a.seed)
     kills, runs, landed_at = 0, 0, []
-    t0 = time.time()
     while True:
         runs += 1
-        proc = subprocess.Popen(run_cmd(data, soak / "model", a), cwd=soak, env=env,
+        proc = subprocess.Popen(run_cmd(data, model, a), cwd=soak, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kills < a.kills:
             record = soak / "train-records" / "rec.txt"
@@ -91,7 +114,7 @@ def main() -> None:
         _, err = proc.communicate()
         if proc.returncode == -signal.SIGKILL:
             kills += 1
-            ck = soak / "model" / "checkpoint_last.pt"
+            ck = model / "checkpoint_last.pt"
             if ck.is_file():
                 c = torch.load(ck, weights_only=True)
                 landed_at.append(f"{c['epoch']}.{c['step']}")
@@ -100,25 +123,18 @@ def main() -> None:
             continue
         if proc.returncode != 0:
             sys.exit(f"run {runs} failed (exit {proc.returncode}):\n{err}")
-        break
-    soak_seconds = time.time() - t0
+        return runs, kills, landed_at
 
+
+def same_run(ref: Path, soak: Path, epochs: int) -> tuple[bool, bool]:
+    """(final weights bit-identical, per-step records byte-identical) of the reference and the soak."""
     same = True
     for kind in ("img", "poi"):
-        x = torch.load(ref / "model" / f"wuhan_{kind}_{a.epochs}.tar", weights_only=True)
-        y = torch.load(soak / "model" / f"wuhan_{kind}_{a.epochs}.tar", weights_only=True)
+        x = torch.load(ref / "model" / f"wuhan_{kind}_{epochs}.tar", weights_only=True)
+        y = torch.load(soak / "model" / f"wuhan_{kind}_{epochs}.tar", weights_only=True)
         same &= x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     rec_same = (ref / "train-records" / "rec.txt").read_bytes() == (soak / "train-records" / "rec.txt").read_bytes()
-    n_lines = len((soak / "train-records" / "rec.txt").read_text().splitlines())
-    log_epochs = len((soak / "model" / "train_log.jsonl").read_text().splitlines())
-    steps = a.epochs * (a.n_tiles // 4)
-    print(f"config: {a.epochs} epochs x {a.n_tiles // 4} steps (batch 4, {a.n_tiles} tiles, {a.img_size} px, resnet18, "
-          f"--device {a.device}, --workers {a.workers}, --save_every_steps {a.save_every_steps}, --deterministic), kill delays U(0, {a.max_delay}) s after the first step ({a.startup_kills:.0%} U(0, 20) s from the start), seed {a.seed}")
-    print(f"reference run: {ref_seconds:.1f}s; soak: {runs} runs, {kills} SIGKILLs survived, {soak_seconds:.1f}s")
-    print(f"checkpoint on disk at each kill (epochs done.steps into the next): {' '.join(landed_at)}")
-    print(f"final weights bit-identical: {same}; per-step record identical: {rec_same} ({n_lines}/{steps} lines); "
-          f"train_log epochs: {log_epochs}/{a.epochs}")
-    sys.exit(0 if same and rec_same and log_epochs == a.epochs else 1)
+    return same, rec_same
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ with random POI graphs, so no disk is read and the two modes get identical input
   views are made on ``--device``) or ``--augment cpu`` (PIL in the workers), the matmul NT-Xent,
   ``--channels_last``, ``--precision``, ``--compile``;
 * ``--published_style``: per-sample PIL augmentation in the workers, the ``[2B, 2B, D]`` broadcast
-  loss, fp32, default memory layout (SPEC §1), regardless of the other speed flags.
+  loss, fp32, default memory layout (docs/method.md §1), regardless of the other speed flags.
 
 ``--data_only`` times the input pipeline alone (DataLoader + augmentation, no model).
 """
@@ -92,7 +92,7 @@ class SyntheticTiles(Dataset):
 
 
 def published_step(batch, img_model, poi_model, device):
-    """The published objective: fp32, contiguous layout, broadcast loss (SPEC §1)."""
+    """The published objective: fp32, contiguous layout, broadcast loss (docs/method.md §1)."""
     v1 = batch.view1.to(device, non_blocking=True)
     v2 = batch.view2.to(device, non_blocking=True)
     g = batch.graphs.to(device, non_blocking=True)
@@ -108,6 +108,66 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+def time_data_path(loader: DataLoader, augment: GPUAugment | None, sync, steps: int, warmup: int, gpu_aug: bool,
+                   device: torch.device) -> list[float]:
+    """Seconds per batch of the input path alone (loading, and the device augmentation when on)."""
+    times: list[float] = []
+    it = iter(loader)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        batch = next(it)
+        if gpu_aug:
+            images = batch.images.to(device, non_blocking=True)
+            augment(images), augment(images)
+            sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_training(loader: DataLoader, augment: GPUAugment | None, sync, steps: int, args: argparse.Namespace, cfg: dict,
+                  info: DistInfo, device: torch.device) -> tuple[list[float], float]:
+    """Seconds per full training step (ours through mmgr.training_step, or the published style) and the last loss."""
+    published = args.published_style
+    img_model = ImageEncoder(args.resnet, 128).to(device)
+    poi_model = build_poi_encoder("set2set", 64, 128).to(device)
+    if not published and args.channels_last:
+        img_model = img_model.to(memory_format=torch.channels_last)
+    opt_img = torch.optim.Adam(img_model.parameters(), lr=1e-4)
+    opt_poi = torch.optim.Adam(poi_model.parameters(), lr=1e-4)
+    # DDP under torchrun (else the plain modules), then torch.compile: as mmgr.py builds them.
+    img_train, poi_train = prepare_models(img_model, poi_model, argparse.Namespace(compile=cfg["compile"]), info, device)
+    scaler = make_scaler(device, cfg["precision"])
+    step_args = argparse.Namespace(temperature=0.5, img_lmd=0.5, channels_last=args.channels_last, precision=args.precision)
+    img_model.train()
+    poi_model.train()
+    times: list[float] = []
+    it = iter(loader)
+    for i in range(steps):
+        if i == args.warmup and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync()
+        t0 = time.perf_counter()
+        batch = next(it)
+        if published:
+            loss, _, _ = published_step(batch, img_model, poi_model, device)
+        else:
+            loss, _, _, _ = mmgr.training_step(batch, img_train, poi_train, step_args, device, augment)
+        opt_img.zero_grad(set_to_none=True)
+        opt_poi.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt_img)
+        scaler.step(opt_poi)
+        scaler.update()
+        value = loss.item()  # mmgr.py reads the loss every step (records), which synchronises
+        sync()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        if not np.isfinite(value):
+            raise RuntimeError(f"non-finite loss {value} at step {i}")
+    return times, value
+
+
 def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     info = info or DistInfo()
     device = torch.device(args.device)
@@ -116,7 +176,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     torch.manual_seed(info.rank)
     published = args.published_style
     if published and info.enabled:
-        raise SystemExit("--published_style runs in one process (the published multi-GPU code never worked, SPEC §1)")
+        raise SystemExit("--published_style runs in one process (the published multi-GPU code never worked, docs/method.md §4)")
     # mmgr.py turns cuDNN autotuning on; the published script leaves PyTorch's defaults.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not published
     gpu_aug = args.augment == "gpu" and not published
@@ -138,55 +198,11 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     if device.type == "cuda":
         cfg["gpu"] = torch.cuda.get_device_name(device)
 
-    times: list[float] = []
     if args.data_only:
-        it = iter(loader)
-        for i in range(steps):
-            t0 = time.perf_counter()
-            batch = next(it)
-            if gpu_aug:
-                images = batch.images.to(device, non_blocking=True)
-                augment(images), augment(images)
-                sync()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+        times = time_data_path(loader, augment, sync, steps, args.warmup, gpu_aug, device)
         cfg["what"] = "data path only"
     else:
-        img_model = ImageEncoder(args.resnet, 128).to(device)
-        poi_model = build_poi_encoder("set2set", 64, 128).to(device)
-        if not published and args.channels_last:
-            img_model = img_model.to(memory_format=torch.channels_last)
-        opt_img = torch.optim.Adam(img_model.parameters(), lr=1e-4)
-        opt_poi = torch.optim.Adam(poi_model.parameters(), lr=1e-4)
-        # DDP under torchrun (else the plain modules), then torch.compile: as mmgr.py builds them.
-        img_train, poi_train = prepare_models(img_model, poi_model, argparse.Namespace(compile=cfg["compile"]), info, device)
-        scaler = make_scaler(device, cfg["precision"])
-        step_args = argparse.Namespace(temperature=0.5, img_lmd=0.5, channels_last=args.channels_last, precision=args.precision)
-        img_model.train()
-        poi_model.train()
-        it = iter(loader)
-        for i in range(steps):
-            if i == args.warmup and device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            sync()
-            t0 = time.perf_counter()
-            batch = next(it)
-            if published:
-                loss, _, _ = published_step(batch, img_model, poi_model, device)
-            else:
-                loss, _, _, _ = mmgr.training_step(batch, img_train, poi_train, step_args, device, augment)
-            opt_img.zero_grad(set_to_none=True)
-            opt_poi.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt_img)
-            scaler.step(opt_poi)
-            scaler.update()
-            value = loss.item()  # mmgr.py reads the loss every step (records), which synchronises
-            sync()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-            if not np.isfinite(value):
-                raise RuntimeError(f"non-finite loss {value} at step {i}")
+        times, value = time_training(loader, augment, sync, steps, args, cfg, info, device)
         cfg["what"] = "full training step"
         cfg["last_loss"] = round(value, 4)
     med = statistics.median(times)

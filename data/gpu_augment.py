@@ -1,6 +1,6 @@
 """The pretraining augmentation, batched on the training device with independent draws per image.
 
-Same recipe and order as :func:`data.transforms.pretrain_transform` (SPEC §1):
+Same recipe and order as :func:`data.transforms.pretrain_transform` (docs/method.md §1):
 ``RandomResizedCrop(S, scale=(0.2, 1))`` -> with p 0.8 ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` (its four
 operations in a random order per image) -> ``RandomGrayscale(0.2)`` -> ``RandomHorizontalFlip(0.5)``
 -> ImageNet normalisation. The CPU workers only decode tiles to ``uint8 [3, H, W]``; this module

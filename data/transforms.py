@@ -1,4 +1,4 @@
-"""Image transforms of the published scripts (SPEC §1, §2)."""
+"""Image transforms of the published scripts (docs/method.md §1, §2)."""
 
 from __future__ import annotations
 

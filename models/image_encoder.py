@@ -1,7 +1,7 @@
 """The MMGR image encoder: a torchvision ResNet whose ``fc`` is the SimCLR projection MLP.
 
 State-dict keys keep the published layout: the ResNet lives in ``self.encoder``, so keys read
-``encoder.conv1.weight``, ..., ``encoder.fc.0.weight``, ``encoder.fc.2.bias`` (SPEC §1).
+``encoder.conv1.weight``, ..., ``encoder.fc.0.weight``, ``encoder.fc.2.bias`` (docs/method.md §1).
 """
 
 from __future__ import annotations

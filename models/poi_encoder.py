@@ -1,6 +1,6 @@
 """POI encoders: a tile's POIs (nodes with category embeddings, Delaunay edges) -> one vector.
 
-Two variants (SPEC §1):
+Two variants (docs/method.md §1):
 
 * :class:`Set2SetPOIEncoder` — the released one: a Set2Set readout over the POI nodes (the edges
   are ignored), then ``Linear(2F, 256) -> ReLU -> Linear(256, projection_dim)``. Keys

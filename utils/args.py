@@ -1,4 +1,4 @@
-"""Flags shared by the MMGR scripts, defined once (STYLE 2), and a real boolean flag type."""
+"""Flags shared by the MMGR scripts, defined once (docs/architecture.md), and a real boolean flag type."""
 
 from __future__ import annotations
 

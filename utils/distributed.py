@@ -1,4 +1,4 @@
-"""Distributed training in one small module (STYLE 6): process group, rank helpers, gathered rows.
+"""Distributed training in one small module (docs/architecture.md): process group, rank helpers, gathered rows.
 
 ``torchrun --nproc_per_node N mmgr.py ...`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` in every process; :func:`init_from_env` reads them and creates

@@ -361,10 +361,9 @@ class RunFolder:
             check_free_space(self.record.parent, record_need, f"the per-step record {self.record.name}",
                              another="another --train_record path")
             record_need = 0
-        what = "this run's checkpoints and logs" + (" and its per-step record" if record_need else "")
-        detail = (f" ({estimate.epochs_held} epoch pair(s) of {human_bytes(estimate.epoch_pair)}, two resumable "
-                  f"checkpoints of {human_bytes(estimate.resumable)})")
-        check_free_space(self.path, need + record_need, what + detail, another="another --model_path")
+        what = (f"this run ({estimate.epochs_held} epoch pair(s) of {human_bytes(estimate.epoch_pair)}, two resumable "
+                f"checkpoints of {human_bytes(estimate.resumable)}, logs{', per-step record' if record_need else ''})")
+        check_free_space(self.path, need + record_need, what, another="another --model_path")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

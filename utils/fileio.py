@@ -63,13 +63,14 @@ def write_advice(another: str, rerun: str) -> Iterator[None]:
         _ADVICE.reset(token)
 
 
-class WriteFailed(StorageError):
+class WriteFailed(StorageError, OSError):
     """A write that the storage refused (disk full, quota, read-only, I/O error): the previous file is
     intact and the temporary file removed; exit status 74 (utils/errors.py).
 
     ``errno``: the error number, None when torch reported its own error without one; ``reason``: the
     cause in words; ``written``: bytes on disk when it failed; ``expected``: bytes the file should have
-    had, None when unknown.
+    had, None when unknown. Also an OSError, so that code which already treats a failed write as one
+    (the scan cache's "warn and go on") keeps doing so.
     """
 
     def __init__(self, path: str | Path, *, errno: int | None, written: int = 0, expected: int | None = None):
@@ -93,6 +94,7 @@ class WriteFailed(StorageError):
         fix = _FIXES.get(errno, "free space there")
         super().__init__(f"could not write {self.path} ({size}): {self.reason}{where}; the previous file is kept; "
                          f"{fix} or pass {another}, then {rerun}")
+        self.errno = errno  # after OSError.__init__, which sets it from its arguments
 
 
 def write_failure(exc: BaseException, path: str | Path, *, written: int = 0,

@@ -191,8 +191,9 @@ def test_check_space_counts_what_the_folder_holds_and_names_the_flag(tmp_path, m
     folder = RunFolder(m, record=tmp_path / "train-records" / "rec.txt")
     need = est.folder - 5010 + est.record
     monkeypatch.setattr(ds, "free_bytes", lambda p: need - 1)
-    with pytest.raises(StorageError, match=r"^this run's checkpoints and logs and its per-step record \(3 epoch pair\(s\) "
-                                           r".* free there; free at least 1 bytes or pass another --model_path$"):
+    with pytest.raises(StorageError, match=r"^this run \(3 epoch pair\(s\) of .* two resumable checkpoints of .*, logs, "
+                                           r"per-step record\) needs about .* free there; free at least 1 bytes or pass "
+                                           r"another --model_path$"):
         folder.check_space(est)
     monkeypatch.setattr(ds, "free_bytes", lambda p: need)
     folder.check_space(est)

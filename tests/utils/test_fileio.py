@@ -80,6 +80,7 @@ def test_atomic_save_mid_write_enospc(tmp_path, disk_fills):
     e = err.value
     assert_untouched(path, before)
     assert e.exit_code == EXIT_STORAGE == 74 and isinstance(e, StorageError) and e.errno == errno.ENOSPC
+    assert isinstance(e, OSError)  # so the scan cache's "warn and go on" (data/scan.py) still catches it
     assert e.written == 3000 and e.expected > 256 * 1024
     msg = str(e)
     assert msg.startswith(f"could not write {path} (2.9 KiB of about {human_bytes(e.expected)} written): the disk is full "

@@ -301,6 +301,9 @@ class RunFolder:
                 gone.append(p)
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                raise UserError(f"cannot remove {p} ({exc.strerror}) to replace the earlier run; remove it by hand or "
+                                "pass another --model_path") from None
         return tuple(gone)
 
     def _adopt(self, held: RunContents) -> str:

@@ -252,3 +252,21 @@ def test_consistent_image_checkpoint_in_folders_from_before_run_ids(tmp_path, ca
 
 def test_names_agree_with_the_checkpoint_writer():
     assert RESUME_NAME == checkpoints.RESUME_NAME
+
+
+def test_overwrite_that_cannot_remove_a_file_says_so_and_lets_go(tmp_path, monkeypatch):
+    m = tmp_path / "m"
+    put(m, RESUME_NAME)
+    real = Path.unlink
+
+    def refuse(self, missing_ok=False):
+        if self.name == RESUME_NAME:
+            raise PermissionError(13, "Permission denied")
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(UserError, match=rf"^cannot remove {m / RESUME_NAME} \(Permission denied\) to replace the "
+                                        "earlier run; remove it by hand or pass another --model_path$"):
+        RunFolder(m).claim("overwrite")
+    with RunFolder(m).lock as lock:  # the refused claim let go of the lock
+        assert lock.held

@@ -7,6 +7,12 @@
 #     GPU_CHECK_TINY=1 bash benchmarks/gpu_check.sh # the same steps, tiny, on CPU (to test this script;
 #                                                   # two gloo processes stand in for several GPUs)
 #     GPU_CHECK_BUDGET_S=700 bash benchmarks/gpu_check.sh  # several GPUs: the DDP steps need ~5 more minutes
+#     GPU_CHECK_ONLY=reliability bash benchmarks/gpu_check.sh   # only the reliability checks (issue 13), ~4 minutes:
+#                                                   # --deterministic reruns bit-identical, SIGKILL soak on the device
+#     GPU_CHECK_ONLY=speed bash benchmarks/gpu_check.sh         # only the speed checks
+#
+# The reliability checks run after the speed checks with an allowance of their own
+# (GPU_CHECK_RELIABILITY_S, default 240 s), so the full script takes up to ~10 minutes.
 #
 # Needs torch, torchvision, torch_geometric, numpy, scipy, pillow, tqdm; no data, no downloads
 # (synthetic in-memory tiles). Writes everything to $OUT/gpu_results.txt if $OUT is set, else
@@ -60,8 +66,10 @@ TR="python -m torch.distributed.run --standalone --nproc_per_node $NGPU"
 TP="python benchmarks/train_throughput.py --device $DEV $NET --json_out $JSON"
 
 BUDGET=${GPU_CHECK_BUDGET_S:-345}  # the whole script stays under 6 minutes: later steps get what is left
+GROUP=speed  # the group of the steps that follow; GPU_CHECK_ONLY=<group> runs only that one
 step() {  # step NAME TIMEOUT_S COMMAND...
   local name=$1 limit=$2; shift 2
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$GPU_CHECK_ONLY" != "$GROUP" ]; then log "-- [$name] not run (GPU_CHECK_ONLY=$GPU_CHECK_ONLY)"; return; fi
   local left=$(( BUDGET - $(elapsed) ))
   [ $left -lt $limit ] && limit=$left
   if [ $limit -lt 20 ]; then log ""; log "-- [$name] skipped: time budget of ${BUDGET}s used"; return; fi
@@ -122,6 +130,55 @@ if [ "$(elapsed)" -lt 220 ]; then
 else
   log ""; log "-- [torch.compile] skipped: $(elapsed)s used already"
 fi
+
+# 6. Reliability on the device (issue 13, docs/run_folder.md): --deterministic reruns are bit-identical,
+# and SIGKILLs at random moments followed by --resume auto end bit-identical to an uninterrupted run.
+GROUP=reliability
+BUDGET=$(( $(elapsed) + ${GPU_CHECK_RELIABILITY_S:-240} ))
+if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
+  DET_TILES=16; DET_BATCH=4; SOAK="--kills 2 --epochs 3 --workers 0 --max_delay 1 --startup_kills 0"
+else
+  DET_TILES=64; DET_BATCH=16; SOAK="--kills 4 --epochs 8 --workers 2 --max_delay 2"
+fi
+step "--deterministic reruns bit-identical" 150 python - "$DEV" "$WORK" "$SMOKE_SIZE" "$DET_TILES" "$DET_BATCH" <<'PY'
+import os, subprocess, sys, time
+from pathlib import Path
+import torch
+from benchmarks.data_path import write_layout
+dev, work, size, n_tiles, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+city = work / "det_city"
+write_layout(str(city), n_tiles, size)
+configs = {"fp32, augmentation on CPU workers": [],
+           "bf16, --augment gpu": ["--augment", "gpu", "--precision", "bf16"]}
+ok = True
+for i, (name, extra) in enumerate(configs.items()):
+    runs = []
+    for r in (1, 2):
+        d = work / f"det{i}_{r}"
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(Path.cwd() / "mmgr.py"), "--data_path", str(city), "--model_path", "ck", "--device", dev,
+               "--resnet", "resnet18", "--img_size", str(size), "--batch_size", batch, "--total_epoch", "2", "--lr", "1e-3",
+               "--workers", "2", "--deterministic", "--train_record", "r.txt", *extra]
+        t0 = time.time()
+        p = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+        if p.returncode != 0:
+            print(f"{name}: run {r} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+            sys.exit(1)
+        runs.append(d)
+        print(f"{name}: run {r} {time.time() - t0:.1f}s")
+    same = {}
+    for kind in ("img", "poi"):
+        a, b = (torch.load(d / "ck" / f"wuhan_{kind}_2.tar", weights_only=True) for d in runs)
+        diff = max(((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0) for k in a)
+        same[kind] = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        print(f"{name}: {kind} state dicts bit-identical {same[kind]} (max abs diff {diff:.3e})")
+    rec = (runs[0] / "train-records" / "r.txt").read_bytes() == (runs[1] / "train-records" / "r.txt").read_bytes()
+    print(f"{name}: per-step records identical {rec}")
+    ok &= all(same.values()) and rec
+print("deterministic reruns: " + ("bit-identical" if ok else "NOT bit-identical"))
+sys.exit(0 if ok else 1)
+PY
+step "SIGKILL soak on the device" 200 python benchmarks/soak.py --device "$DEV" $SOAK --out "$WORK/soak"
 
 log ""; log "== summary"
 python - "$JSON" >>"$RES" 2>&1 <<'PY'

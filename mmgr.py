@@ -19,13 +19,14 @@ from data.pretrain import PretrainBatch
 from data.raw import RawBatch
 from data.gpu_augment import GPUAugment
 from data.synthetic import ensure_city
-from engine.pretrain import Pretrainer, prepare_data
+from engine.pretrain import Pretrainer, claim_run_folder, prepare_data
 from models.image_encoder import RESNETS
 from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS
 from utils.args import common_parser, parse_with_demo, resolve_device
 from utils.distributed import DistInfo, barrier, cleanup, init_from_env
 from utils.errors import run_main
+from utils.fileio import write_advice
 from utils.reproducibility import enable_determinism
 from utils.speed import add_speed_flags, autocast, default_channels_last
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, nargs="?", const="last",
                    help="continue a run: a checkpoint path, 'last' (the flag alone: MODEL_PATH/checkpoint_last.pt, must exist) "
                         "or 'auto' (resume if it exists, else start fresh); default: start fresh")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --model_path: its checkpoints, logs and per-step record are removed "
+                        "before anything new is written (default off: a folder holding a run is refused unless --resume)")
     p.add_argument("--save_every_steps", type=int, default=0,
                    help="also write the resumable checkpoint every N steps within an epoch (default 0: only after each epoch)")
     p.add_argument("--keep_last", type=int, default=0,
@@ -120,17 +124,22 @@ def main(argv: list[str] | None = None) -> None:
     info, device = init_from_env(resolve_device(args.device))
     if args.channels_last is None:  # the default: where it is faster (utils/speed.py)
         args.channels_last = default_channels_last(device)
+    run = None
     try:
-        if args.deterministic:
-            enable_determinism()  # before CUDA is first used
-        if args.demo:
-            make_demo_city(args, info)
-        dataset = prepare_data(args, info)  # pre-scan of every file; None after --check_data
-        if dataset is not None:
-            trainer = Pretrainer(args, dataset, info, device, training_step)
-            trainer.resume(args.resume)
-            trainer.fit()
+        with write_advice("another --model_path", "continue with the same command plus --resume"):
+            if args.deterministic:
+                enable_determinism()  # before CUDA is first used
+            run = claim_run_folder(args, info)  # this run's folder, locked; nothing written there before
+            if args.demo:
+                make_demo_city(args, info)
+            dataset = prepare_data(args, info)  # pre-scan of every file; None after --check_data
+            if dataset is not None:
+                trainer = Pretrainer(args, dataset, info, device, training_step, run if info.is_main else None)
+                trainer.resume(args.resume)
+                trainer.fit()
     finally:
+        if run is not None:
+            run.release()
         cleanup()
 
 

@@ -54,11 +54,14 @@ def assert_finite(model_path: Path, where: str, *models: torch.nn.Module) -> Non
 
 
 def save_bare(model_path: Path, prefix: str, epoch: int, img_model: torch.nn.Module, poi_model: torch.nn.Module,
-              keep_last: int = 0) -> None:
-    """Write ``<prefix>_img_<epoch>.tar`` and ``<prefix>_poi_<epoch>.tar`` (published layout), then prune."""
-    atomic_save(img_model.state_dict(), model_path / f"{prefix}_img_{epoch}.tar")
-    atomic_save(poi_model.state_dict(), model_path / f"{prefix}_poi_{epoch}.tar")
+              keep_last: int = 0) -> tuple[Path, Path]:
+    """Write ``<prefix>_img_<epoch>.tar`` and ``<prefix>_poi_<epoch>.tar`` (published layout), then prune;
+    returns the two files."""
+    files = model_path / f"{prefix}_img_{epoch}.tar", model_path / f"{prefix}_poi_{epoch}.tar"
+    atomic_save(img_model.state_dict(), files[0])
+    atomic_save(poi_model.state_dict(), files[1])
     prune_bare(model_path, prefix, keep_last)
+    return files
 
 
 def prune_bare(model_path: Path, prefix: str, keep_last: int) -> list[Path]:

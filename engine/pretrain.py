@@ -6,8 +6,9 @@ both optimisers and the lr schedule, records, checkpoints, stop signals and torc
 
 Life cycle::
 
+    run = claim_run_folder(args, info)            # the folder's lock; refuses another run's folder
     dataset = prepare_data(args, info)             # checks, pre-scan; None for --check_data
-    trainer = Pretrainer(args, dataset, info, device, step_fn)
+    trainer = Pretrainer(args, dataset, info, device, step_fn, run)
     trainer.resume(args.resume)                    # load_state_dict of checkpoint_last.pt, if asked
     trainer.fit()                                  # train_one_epoch + end_of_epoch, until total_epoch
 
@@ -42,18 +43,20 @@ from data.scan import apply_bad_samples_policy, scan_pretrain
 from data.scan_cache import CACHE_NAME
 from engine.checkpoints import (ARCH_FLAGS, RESUME_FORMAT, RESUME_NAME, assert_finite, read_resumable,
                                 resume_checkpoint_path, save_bare, save_resumable)
+from engine.run_folder import RunFolder, estimate_pretrain_space
 from models.image_encoder import ImageEncoder
 from models.poi_encoder import build_poi_encoder
 from utils.distributed import DistInfo, NullRecord, RankSlice, all_reduce_mean, gather_objects, max_over_ranks
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
+from utils.runlock import FolderLock
 from utils.records import RecordFile
 from utils.reproducibility import rng_state, seed_everything, set_rng_state, worker_init
 from utils.schedule import lr_at, set_lr
 from utils.signals import StopOnSignal
 from utils.speed import convert_before_optim, make_scaler, prepare_models
 
-__all__ = ["StepFn", "check_args", "prepare_data", "Pretrainer", "warn_collapse"]
+__all__ = ["StepFn", "check_args", "claim_run_folder", "prepare_data", "Pretrainer", "warn_collapse"]
 
 # (batch, image module, POI module, args, device, device augmentation or None) -> (loss, inter, intra, z_img1 [B, P])
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -67,6 +70,48 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--img_lmd must lie in [0, 1], got {args.img_lmd}")
     if args.save_every < 1 or args.save_every_steps < 0 or args.keep_last < 0:
         raise UserError("--save_every must be at least 1, --save_every_steps and --keep_last at least 0")
+
+
+def claim_mode(args: argparse.Namespace) -> str:
+    """``--resume``/``--overwrite`` -> how :meth:`engine.run_folder.RunFolder.claim` takes the folder."""
+    if args.overwrite:
+        if args.resume is not None:
+            raise UserError("--overwrite replaces the run in --model_path and --resume continues it; pass one of them")
+        return "overwrite"
+    if args.resume is None:
+        return "fresh"
+    if args.resume in ("last", "auto"):
+        return "resume" if args.resume == "last" else "auto"
+    # --resume PATH: a file of this folder continues its run; another folder's checkpoint starts this one
+    inside = Path(args.resume).resolve().parent == Path(args.model_path).resolve()
+    return "auto" if inside else "fresh"
+
+
+def claim_run_folder(args: argparse.Namespace, info: DistInfo) -> RunFolder | FolderLock | None:
+    """Take ``--model_path`` for this run before anything is written there (docs/run_folder.md).
+
+    The main process holds the folder's lock for the whole run (the kernel drops it even on SIGKILL)
+    and refuses a folder that holds another run unless ``--resume`` or ``--overwrite`` says what to do;
+    ``--check_data`` only takes the lock (it writes the scan cache). The run's id goes into ``args``
+    (so into args.json and the checkpoints). Every process learns whether the claim failed: the others
+    exit with the main process's status instead of waiting for it in a collective forever.
+    """
+    run, error = None, None
+    if info.is_main:
+        try:
+            if args.check_data:
+                run = FolderLock(args.model_path, purpose="data check").acquire()
+            else:
+                run = RunFolder(args.model_path, record=Path("train-records") / args.train_record)
+                args.run_id = run.claim(claim_mode(args)).run_id
+        except UserError as exc:
+            error = exc
+    status = max_over_ranks(error.exit_code if error is not None else 0)
+    if error is not None:
+        raise error
+    if status:
+        raise SystemExit(status)
+    return run
 
 
 def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
@@ -97,12 +142,16 @@ class Pretrainer:
         info: which process of a torchrun job this is (a single process by default).
         device: where the models train.
         step_fn: the method's objective on one batch (``mmgr.training_step``).
+        run: the claimed run folder (main process; None in the others and in tests that need no lock),
+            which checks the free space before the first step and lists the epoch files as this run's.
 
     Where the loop stands: ``epoch`` epochs done, then ``step`` steps of the next one.
     """
 
-    def __init__(self, args: argparse.Namespace, dataset: Dataset, info: DistInfo, device: torch.device, step_fn: StepFn):
+    def __init__(self, args: argparse.Namespace, dataset: Dataset, info: DistInfo, device: torch.device, step_fn: StepFn,
+                 run: RunFolder | None = None):
         self.args, self.dataset, self.info, self.device, self.step_fn = args, dataset, info, device, step_fn
+        self.run = run
         # --batch_size is per process (as MoCo/DINO): the global batch, and the NT-Xent negatives, grow with N.
         self.global_batch = args.batch_size * info.world_size
         if len(dataset) < self.global_batch:
@@ -248,7 +297,14 @@ class Pretrainer:
         """Train from where the state stands to ``--total_epoch``, saving after every epoch."""
         args = self.args
         if self.info.is_main:
+            if self.run is not None:  # what the run will write must fit before the first step
+                self.run.check_space(estimate_pretrain_space(self.img_model, self.poi_model, args, self.steps_per_epoch,
+                                                             world_size=self.info.world_size))
             atomic_write_text(json.dumps(vars(args), indent=2) + "\n", self.model_path / "args.json")
+            if self.global_step == 0:
+                # A checkpoint before the first step: a run killed before its first save resumes from
+                # here, its record rewound, instead of leaving lines that a fresh start would repeat.
+                self.save()
         self.img_train, self.poi_train = prepare_models(self.img_model, self.poi_model, args, self.info, self.device)
         with StopOnSignal() as stop:
             while self.epoch < args.total_epoch:
@@ -354,7 +410,10 @@ class Pretrainer:
                           args.projection_dim)
             assert_finite(self.model_path, f"after epoch {self.epoch}", self.img_model, self.poi_model)
             if self.epoch % args.save_every == 0 or self.epoch == args.total_epoch:
-                save_bare(self.model_path, args.ckpt_prefix, self.epoch, self.img_model, self.poi_model, args.keep_last)
+                files = save_bare(self.model_path, args.ckpt_prefix, self.epoch, self.img_model, self.poi_model,
+                                  args.keep_last)
+                if self.run is not None:
+                    self.run.note_epoch_files(self.epoch, files)
             self.save()
         # One more collective per epoch: a signal that arrived after the last step's reduction. It
         # also keeps every process here until rank 0 has saved.

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from data.scan_cache import CACHE_NAME
+from engine.checkpoints import RESUME_NAME
 from models.image_encoder import infer_resnet
 from utils.diskspace import (
     adam_state_nbytes,
@@ -44,7 +45,6 @@ from utils.runlock import FolderLock
 __all__ = ["RunFolder", "RunContents", "Claimed", "SpaceEstimate", "estimate_pretrain_space", "new_run_id",
            "consistent_image_checkpoint", "RESUME_NAME", "ARGS_NAME", "LOG_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT"]
 
-RESUME_NAME = "checkpoint_last.pt"  # engine/checkpoints.py writes it under this name
 ARGS_NAME = "args.json"
 LOG_NAME = "train_log.jsonl"
 MANIFEST_NAME = "mmgr_run.json"

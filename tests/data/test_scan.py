@@ -259,7 +259,7 @@ def test_check_data_twice_uses_the_cache_in_model_path(aged, tmp_path, capsys):
         mmgr.main(args)
     first = capsys.readouterr().out
     assert "12 tiles checked (48 files read), 0 unchanged tiles from the scan cache" in first
-    assert sorted(p.name for p in model.iterdir()) == ["scan_cache.json"]  # no other file in the run's folder
+    assert sorted(p.name for p in model.iterdir()) == [".mmgr.lock", "scan_cache.json"]  # no run file in the folder
     second = run_script([str(ROOT / "mmgr.py"), *args], cwd=tmp_path)
     assert second.returncode == 2 and "1 tiles checked (4 files read), 11 unchanged tiles from the scan cache" in second.stdout
     assert [l for l in second.stdout.splitlines() if l.startswith("bad: ")] == \

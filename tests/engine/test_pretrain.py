@@ -10,6 +10,7 @@ import torch
 
 import mmgr
 from engine.pretrain import Pretrainer, prepare_data
+from engine.run_folder import estimate_pretrain_space
 from tests.conftest import make_layout
 from utils.distributed import DistInfo
 from utils.errors import UserError
@@ -89,3 +90,12 @@ def test_non_finite_weights_are_never_saved(work):
     with pytest.raises(UserError, match=r"non-finite .* at epoch 3, step 5; no checkpoint was written"):
         t.save()
     assert not (work / "m" / "checkpoint_last.pt").exists()
+
+
+def test_space_estimate_covers_the_files_a_run_writes(work):
+    t = trainer(work, "m", "--save_every", "1")
+    est = estimate_pretrain_space(t.img_model, t.poi_model, t.args, t.steps_per_epoch)
+    t.end_of_epoch(t.train_one_epoch(), StopOnSignal())
+    real = (work / "m" / "checkpoint_last.pt").stat().st_size
+    pair = sum((work / "m" / f"wuhan_{k}_1.tar").stat().st_size for k in ("img", "poi"))
+    assert real <= est.resumable <= real + 256 * 1024 and pair <= est.epoch_pair <= pair + 64 * 1024

@@ -163,24 +163,15 @@ def tiny_args(**kw) -> Namespace:
     return Namespace(**{**base, **kw})
 
 
-def test_space_estimate_covers_the_real_files(tmp_path):
+def test_space_estimate_counts_the_epochs_held():
     torch.manual_seed(0)
     img, poi = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64)), torch.nn.Linear(16, 8)
-    args = tiny_args()
-    est = estimate_pretrain_space(img, poi, args, steps_per_epoch=10)
+    est = estimate_pretrain_space(img, poi, tiny_args(), steps_per_epoch=10)
     assert est.epochs_held == 3  # epochs 2, 4 and the last (5)
     assert estimate_pretrain_space(img, poi, tiny_args(keep_last=1), 10).epochs_held == 2  # the newest lands first
     assert estimate_pretrain_space(img, poi, tiny_args(keep_last=9), 10).epochs_held == 3
-    opts = [torch.optim.Adam(m.parameters()) for m in (img, poi)]
-    for m, o in zip((img, poi), opts):
-        for p in m.parameters():
-            p.grad = torch.ones_like(p)
-        o.step()
-    checkpoints.save_checkpoints(tmp_path, 5, img, poi, *opts, args, progress={"global_step": 50})
-    real = (tmp_path / RESUME_NAME).stat().st_size
-    pair = sum((tmp_path / f"wuhan_{k}_5.tar").stat().st_size for k in ("img", "poi"))
-    assert real <= est.resumable <= real + 96 * 1024 and pair <= est.epoch_pair <= pair + 16 * 1024
     assert est.folder == 3 * est.epoch_pair + 2 * est.resumable + est.log and est.record == 96 * 10 * 5
+    # (tests/engine/test_pretrain.py checks the estimate against the files a real run writes)
 
 
 def test_check_space_counts_what_the_folder_holds_and_names_the_flag(tmp_path, monkeypatch, capsys):

@@ -25,8 +25,8 @@ def test_pretrain_resume_and_evaluate(tmp_path, tiny_data):
     full = tmp_path / "full"
     pretrain(tmp_path, tiny_data, full, "--total_epoch", "2", "--save_every", "1", "--poi_encoder", "gcn")
     names = sorted(p.name for p in full.iterdir())
-    assert names == ["args.json", "checkpoint_last.pt", "scan_cache.json", "train_log.jsonl", "wuhan_img_1.tar",
-                     "wuhan_img_2.tar", "wuhan_poi_1.tar", "wuhan_poi_2.tar"]
+    assert names == [".mmgr.lock", "args.json", "checkpoint_last.pt", "mmgr_run.json", "scan_cache.json", "train_log.jsonl",
+                     "wuhan_img_1.tar", "wuhan_img_2.tar", "wuhan_poi_1.tar", "wuhan_poi_2.tar"]
     img = torch.load(full / "wuhan_img_2.tar", weights_only=True)
     assert next(iter(img)) == "encoder.conv1.weight" and "encoder.fc.2.weight" in img
     poi = torch.load(full / "wuhan_poi_2.tar", weights_only=True)

@@ -62,7 +62,7 @@ def test_check_data_lists_every_bad_file_and_exits_2(tmp_path):
     r = run_script([str(ROOT / "mmgr.py"), "--data_path", str(clean), "--check_data", "--workers", "0"], cwd=tmp_path)
     assert r.returncode == 0 and "scan: 4 good tiles, 0 bad tiles" in r.stdout
     # The scan only: nothing written but its cache, in the (default) run folder.
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["scan_cache.json"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [".mmgr.lock", "scan_cache.json"]
 
 
 def test_bad_samples_error_then_skip(work, capsys):
@@ -70,7 +70,8 @@ def test_bad_samples_error_then_skip(work, capsys):
     (data / "sub_shanghai_img" / "t004.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     msg = error_of(data, work / "m")
     assert "t004.png is not an image" in msg
-    assert sorted(p.name for p in (work / "m").iterdir()) == ["scan_cache.json"]  # no checkpoint, no args.json
+    # no checkpoint, no args.json: only the lock, the run's id and the scan cache
+    assert sorted(p.name for p in (work / "m").iterdir()) == [".mmgr.lock", "mmgr_run.json", "scan_cache.json"]
     train(data, work / "m", "--bad_samples", "skip")
     err = capsys.readouterr().err
     assert "training on 9 tiles, leaving out 1" in err
@@ -111,9 +112,10 @@ def test_wrong_checkpoints_for_resume(work):
     msg = error_of(data, work / "m", "--resume", "--resnet", "resnet34")
     assert "was trained with --resnet resnet18 but this run has resnet34" in msg
     torch.save({"some": "dict"}, work / "other.pt")
-    assert "not a resumable MMGR checkpoint" in error_of(data, work / "m", "--resume", str(work / "other.pt"))
+    # Another folder's file starts a new folder from it (m holds a run: it would be refused).
+    assert "not a resumable MMGR checkpoint" in error_of(data, work / "m2", "--resume", str(work / "other.pt"))
     (work / "trunc.pt").write_bytes((work / "m" / "checkpoint_last.pt").read_bytes()[:1000])
-    assert "not a readable torch file" in error_of(data, work / "m", "--resume", str(work / "trunc.pt"))
+    assert "not a readable torch file" in error_of(data, work / "m3", "--resume", str(work / "trunc.pt"))
     assert "does not exist" in error_of(data, work / "empty", "--resume")
 
 

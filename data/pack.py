@@ -42,7 +42,8 @@ from tqdm import tqdm
 from data.layout import PretrainLayout, add_layout_flags
 from data.raw import RawPretrainDataset
 from utils.errors import UserError, run_main
-from utils.fileio import atomic_path, atomic_save_npy, atomic_write_text
+from utils.fileio import atomic_path, atomic_save_npy, atomic_write_text, write_advice
+from utils.runlock import FolderLock
 
 __all__ = ["PACK_META", "is_packed", "pack", "PackedPretrainDataset", "main"]
 
@@ -63,24 +64,25 @@ def pack(layout: PretrainLayout | str | Path, out: str | Path, shard_size: int =
     layout = PretrainLayout.of(layout)
     src = RawPretrainDataset(layout)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_packed(out):
-        (out / PACK_META).unlink()  # re-packing: the old pack is incomplete until the new metadata lands
-    n = len(src)
-    # Workers decode in parallel; batch_size=None keeps items whole and in order.
-    loader = DataLoader(src, batch_size=None, shuffle=False, num_workers=workers)
-    items = iter(tqdm(loader, total=n, desc="packing", disable=not progress or None, mininterval=1.0))
-    first_img, first_graph = next(items)
-    shape = tuple(first_img.shape)
-    items = itertools.chain([(first_img, first_graph)], items)
-    shards = []
-    for k, start in enumerate(range(0, n, shard_size)):
-        m = min(shard_size, n - start)
-        shards.append({"name": _write_shard(out, f"shard_{k:05d}", items, src, start, m, shape), "n": m})
-    atomic_write_text("".join(p.name + "\n" for p in src.images), out / "names.txt", durable=False)
-    meta = {"format": FORMAT, "n_tiles": n, "tile_shape": list(shape), "poi_dim": src.poi_dim,
-            "has_weights": src.weight_dir is not None, "shards": shards, "source": str(layout.root.resolve())}
-    atomic_write_text(json.dumps(meta, indent=2) + "\n", out / PACK_META)  # last: marks the pack complete
+    # One writer per output folder (docs/run_folder.md); a failed write names --out.
+    with FolderLock(out, purpose="packing", flag="--out"), write_advice("another --out", "run the command again"):
+        if is_packed(out):
+            (out / PACK_META).unlink()  # re-packing: the old pack is incomplete until the new metadata lands
+        n = len(src)
+        # Workers decode in parallel; batch_size=None keeps items whole and in order.
+        loader = DataLoader(src, batch_size=None, shuffle=False, num_workers=workers)
+        items = iter(tqdm(loader, total=n, desc="packing", disable=not progress or None, mininterval=1.0))
+        first_img, first_graph = next(items)
+        shape = tuple(first_img.shape)
+        items = itertools.chain([(first_img, first_graph)], items)
+        shards = []
+        for k, start in enumerate(range(0, n, shard_size)):
+            m = min(shard_size, n - start)
+            shards.append({"name": _write_shard(out, f"shard_{k:05d}", items, src, start, m, shape), "n": m})
+        atomic_write_text("".join(p.name + "\n" for p in src.images), out / "names.txt", durable=False)
+        meta = {"format": FORMAT, "n_tiles": n, "tile_shape": list(shape), "poi_dim": src.poi_dim,
+                "has_weights": src.weight_dir is not None, "shards": shards, "source": str(layout.root.resolve())}
+        atomic_write_text(json.dumps(meta, indent=2) + "\n", out / PACK_META)  # last: marks the pack complete
     return meta
 
 

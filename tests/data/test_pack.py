@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from data.pretrain import PretrainDataset, open_rgb
 from data.raw import RawPretrainDataset, collate_raw, decode_rgb
 from data.transforms import pretrain_transform
 from tests.conftest import ROOT, make_layout, run_script
-from utils.errors import UserError
+from utils.errors import EXIT_BUSY, UserError
+from utils.runlock import FolderLock
 
 
 def _same_graph(a, b):
@@ -93,3 +96,12 @@ def test_pack_cli(tmp_path):
     assert "packed 5 tiles of 32x32 px into 3 shard(s)" in r.stdout
     r = run_script(["-m", "data.pack", "--data_path", str(tmp_path / "nope"), "--out", str(tmp_path / "q")], cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_pack_refuses_an_output_folder_held_by_another_writer(tmp_path):
+    data = make_layout(tmp_path / "d", n_tiles=4, size=8)
+    with FolderLock(tmp_path / "p", purpose="packing", flag="--out"):
+        r = run_script(["-m", "data.pack", "--data_path", str(data), "--out", str(tmp_path / "p")], cwd=ROOT)
+    assert r.returncode == EXIT_BUSY and "Traceback" not in r.stderr
+    assert f"pid {os.getpid()}" in r.stderr and "--out" in r.stderr
+    assert not is_packed(tmp_path / "p")

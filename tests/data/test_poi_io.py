@@ -1,10 +1,10 @@
 """POI and tile readers: CSV / GeoJSON / GeoPackage give the same POIs; world files give bounds."""
 
 import json
-import sqlite3
-import struct
 
+import geopandas as gpd
 import numpy as np
+import shapely
 import pytest
 from PIL import Image
 
@@ -18,20 +18,8 @@ def test_csv_geojson_gpkg_agree(tmp_path):
     feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
               "properties": {"category": c, "parent": p}} for x, y, c, p in POINTS]
     (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    # Minimal GeoPackage: the three metadata tables we read + one point layer (GP header + WKB).
-    con = sqlite3.connect(tmp_path / "p.gpkg")
-    con.execute("CREATE TABLE gpkg_contents (table_name TEXT, data_type TEXT)")
-    con.execute("CREATE TABLE gpkg_geometry_columns (table_name TEXT, column_name TEXT, srs_id INT)")
-    con.execute("CREATE TABLE gpkg_spatial_ref_sys (srs_id INT, organization TEXT, organization_coordsys_id INT)")
-    con.execute("INSERT INTO gpkg_contents VALUES ('pois', 'features')")
-    con.execute("INSERT INTO gpkg_geometry_columns VALUES ('pois', 'geom', 32651)")
-    con.execute("INSERT INTO gpkg_spatial_ref_sys VALUES (32651, 'EPSG', 32651)")
-    con.execute("CREATE TABLE pois (fid INTEGER PRIMARY KEY, geom BLOB, category TEXT, parent TEXT)")
-    for x, y, c, p in POINTS:
-        blob = b"GP\x00\x01" + struct.pack("<i", 32651) + struct.pack("<BIdd", 1, 1, x, y)
-        con.execute("INSERT INTO pois (geom, category, parent) VALUES (?, ?, ?)", (blob, c, p))
-    con.commit()
-    con.close()
+    gpd.GeoDataFrame({"category": [p[2] for p in POINTS], "parent": [p[3] for p in POINTS]},
+                     geometry=shapely.points([p[:2] for p in POINTS]), crs="EPSG:32651").to_file(tmp_path / "p.gpkg")
     got = [read_pois(str(tmp_path / f"p.{e}"), parent_col="parent") for e in ("csv", "geojson", "gpkg")]
     for p in got:
         assert np.allclose(p.xy, [pt[:2] for pt in POINTS])

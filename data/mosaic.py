@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from data.gdal_errors import reason
 from data.poi_io import crs_name
 from utils.errors import UserError
 from utils.fileio import atomic_write
@@ -143,11 +145,11 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
             if crs is not None and crs.is_geographic:
                 from rasterio.warp import transform as warp_transform
 
-                cx, cy = tr * (w / 2, h / 2)
+                cx, cy = tr.c + tr.a * w / 2, tr.f + tr.e * h / 2
                 lon, lat = warp_transform(crs, "EPSG:4326", [cx], [cy])
                 lonlat_centre = (lon[0], lat[0])
     except RasterioIOError as e:
-        raise UserError(f"cannot read mosaic {path} ({str(e).splitlines()[0]}); check that the file is a complete "
+        raise UserError(f"cannot read mosaic {path} ({reason(e)}); check that the file is a complete "
                         "raster GDAL reads (GeoTIFF, VRT, ...).")
     if crs is None:
         raise UserError(f"mosaic {path} has no CRS; assign the one it was made in (e.g. gdal_edit.py -a_srs "
@@ -184,9 +186,13 @@ def _masks_needed(src, bands) -> bool:
 
 def _valid(src, bands, data: np.ndarray, need_masks: bool, **read) -> np.ndarray:
     """``[H, W]`` bool: pixels valid in every band (GDAL's masks, and finite for float data)."""
+    from rasterio.errors import NodataShadowWarning
+
     valid = np.ones(data.shape[1:], dtype=bool)
     if need_masks:
-        valid &= (src.read_masks(list(bands), **read) > 0).all(axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NodataShadowWarning)  # a declared nodata value wins over alpha: fine
+            valid &= (src.read_masks(list(bands), **read) > 0).all(axis=0)
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
     return valid
@@ -225,7 +231,8 @@ def estimate_stretch(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 
                 for j in range(_SAMPLE_GRID):
                     win = Window(int((j + 0.5) * src.width / _SAMPLE_GRID - s / 2),
                                  int((i + 0.5) * src.height / _SAMPLE_GRID - s / 2), s, s)
-                    win = Window(min(max(win.col_off, 0), src.width - s), min(max(win.row_off, 0), src.height - s), s, s)
+                    win = Window(min(max(win.col_off, 0), src.width - s), min(max(win.row_off, 0), src.height - s),
+                                 s, s)
                     data = src.read(bands, window=win)
                     values.append(data[:, _valid(src, bands, data, need, window=win)])
     v = np.concatenate(values, axis=1).astype(np.float64)

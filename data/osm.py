@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from data.gdal_errors import reason
 from utils.errors import UserError
 
 __all__ = ["POI_KEYS", "parse_other_tags", "read_osm_pois"]
@@ -59,7 +60,7 @@ def read_osm_pois(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         df = pyogrio.read_dataframe(path, layer="points",
                                     columns=[c for c in (*POI_KEYS, "other_tags") if c in fields])
     except Exception as e:  # DataSourceError for a file GDAL cannot open as OSM
-        raise UserError(f"cannot read {path} as an OpenStreetMap PBF extract ({str(e).splitlines()[0]}); "
+        raise UserError(f"cannot read {path} as an OpenStreetMap PBF extract ({reason(e)}); "
                         "download it again (e.g. from download.geofabrik.de) or give POIs in another format.")
     n = len(df)
     cat = np.full(n, "", dtype=object)

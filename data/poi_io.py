@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data import osm
+from data.gdal_errors import reason
 from utils.errors import UserError
 
 __all__ = [
@@ -148,7 +149,7 @@ def reproject(xy: np.ndarray, src: str, dst: str) -> np.ndarray:
 
 def format_extent(bounds) -> str:
     """``(minx, miny, maxx, maxy)`` as a short human string."""
-    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+    return "(" + ", ".join(f"{round(float(v), 6) + 0.0:.12g}" for v in bounds) + ")"  # + 0.0: no "-0"
 
 
 def extent_overlaps(a, b) -> bool:
@@ -198,7 +199,7 @@ def _read_csv(path: str, x_col: str, y_col: str, cat_col: str, parent_col: str |
     except pd.errors.EmptyDataError:
         raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.")
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not a readable CSV ({str(e).splitlines()[0]}); fix or re-export it.")
+        raise InputError(f"{path} is not a readable CSV ({reason(e)}); fix or re-export it.")
     df.columns = [str(c).strip() for c in df.columns]
     want = [x_col, y_col, cat_col] + ([parent_col] if parent_col else [])
     _require_columns(path, list(df.columns), want)
@@ -215,7 +216,7 @@ def _layers(path: str) -> list[str]:
     try:
         return [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as e:  # pyogrio.errors.DataSourceError, or GDAL's own errors on a corrupt file
-        raise InputError(f"cannot read {path} as a vector file ({str(e).splitlines()[0]}); check the file is "
+        raise InputError(f"cannot read {path} as a vector file ({reason(e)}); check the file is "
                          "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...).")
 
 
@@ -248,7 +249,7 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
         try:
             df = gpd.read_parquet(path)
         except Exception as e:  # pyarrow / geopandas errors for a corrupt or non-geo Parquet file
-            raise InputError(f"cannot read {path} as GeoParquet ({str(e).splitlines()[0]}); re-export it "
+            raise InputError(f"cannot read {path} as GeoParquet ({reason(e)}); re-export it "
                              "with its geometry column (e.g. geopandas to_parquet).")
         if columns:
             _require_columns(path, [c for c in df.columns if c != df.geometry.name], columns)
@@ -257,13 +258,13 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
     try:
         fields = [str(f) for f in pyogrio.read_info(path, layer=layer)["fields"]]
     except Exception as e:
-        raise InputError(f"cannot read layer {layer!r} of {path} ({str(e).splitlines()[0]}); check the file.")
+        raise InputError(f"cannot read layer {layer!r} of {path} ({reason(e)}); check the file.")
     if columns:
         _require_columns(path, fields, columns)
     try:
         return pyogrio.read_dataframe(path, layer=layer, columns=columns)
     except Exception as e:
-        raise InputError(f"cannot read {path} ({str(e).splitlines()[0]}); check the file is complete, or "
+        raise InputError(f"cannot read {path} ({reason(e)}); check the file is complete, or "
                          "re-export it.")
 
 
@@ -417,7 +418,7 @@ def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
     except pd.errors.EmptyDataError:
         raise InputError(f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.")
     except pd.errors.ParserError as e:
-        raise InputError(f"tile index {path} is not a readable CSV ({str(e).splitlines()[0]}); fix it.")
+        raise InputError(f"tile index {path} is not a readable CSV ({reason(e)}); fix it.")
     df.columns = [str(c).strip() for c in df.columns]
     want = ["name", "minx", "miny", "maxx", "maxy"]
     missing = [c for c in want if c not in df.columns]
@@ -458,11 +459,12 @@ def _image_georef(path: str) -> tuple[tuple[float, float, float, float], str | N
             with rasterio.open(path) as src:
                 tr, crs, w, h = src.transform, src.crs, src.width, src.height
     except RasterioIOError as e:
-        raise InputError(f"cannot read tile {path} ({str(e).splitlines()[0]}); re-export it or give a --tile_index.")
+        raise InputError(f"cannot read tile {path} ({reason(e)}); re-export it or give a --tile_index.")
     if tr.is_identity and crs is None:  # GDAL's answer for an image without georeferencing
         return None
     if tr.b != 0 or tr.d != 0:
-        raise InputError(f"{path} is a rotated image; warp it north-up (gdalwarp) or give a --tile_index with its bounds.")
+        raise InputError(f"{path} is a rotated image; warp it north-up (gdalwarp) or give a --tile_index with its "
+                         "bounds.")
     xs, ys = (tr.c, tr.c + w * tr.a), (tr.f, tr.f + h * tr.e)
     return (min(xs), min(ys), max(xs), max(ys)), crs_name(crs, path) if crs is not None else None
 

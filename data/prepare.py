@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data import category_embed, mosaic, poi_io, splits, targets
+from data.gdal_errors import reason
 from data.graph import delaunay_edges
 from data.poi_io import InputError
 from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
@@ -170,7 +171,7 @@ def _convert_tiff(src: str, dst: str) -> None:
                                  "--mosaic (one stretch for all tiles) or convert it (gdal_translate -ot Byte -scale).")
             data = ds.read([1, 2, 3] if ds.count >= 3 else [1])
     except RasterioIOError as e:
-        raise InputError(f"cannot read GeoTIFF tile {src} ({str(e).splitlines()[0]}); re-export it.")
+        raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.")
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
     tmp = dst + ".tmp"
@@ -375,6 +376,7 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
         extent = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
         n_cells = len(tiles.paths)
         source = f"{n_cells} tiles of {cfg.tiles}"
+    log(f"tiles: {source}, CRS {tile_crs if tile_crs is None or len(tile_crs) < 40 else 'from the files (WKT)'}")
 
     # 2. POIs (optional: without them every tile has zero POIs, image-only pretraining).
     pois, xy, reprojected = None, np.zeros((0, 2)), False

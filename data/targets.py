@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.gdal_errors import reason
 from data.poi_io import crs_name, crs_object, extent_overlaps, format_extent, read_vector, same_crs
 from utils.errors import UserError
 
@@ -124,7 +125,7 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
             if crs is not None:
                 extent = transform_bounds(crs, crs_object(tiles_crs, "the tiles").to_wkt(), *bounds)
     except RasterioIOError as e:
-        raise UserError(f"cannot read target raster {spec.path} ({str(e).splitlines()[0]}); check that the file is "
+        raise UserError(f"cannot read target raster {spec.path} ({reason(e)}); check that the file is "
                         "complete and a raster GDAL reads.")
     if crs is None:
         raise UserError(f"target raster {spec.path} has no CRS; assign the one it was made in (e.g. gdal_edit.py "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.gdal_errors import reason
 from utils.errors import UserError
 from utils.fileio import atomic_path, atomic_write_text
 
@@ -154,7 +155,7 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
     try:
         df = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as e:  # corrupt or truncated GeoPackage
-        raise UserError(f"cannot read the tile index {path} ({str(e).splitlines()[0]}); re-run prepare_pois.py "
+        raise UserError(f"cannot read the tile index {path} ({reason(e)}); re-run prepare_pois.py "
                         "to write it again.")
     if "name" not in df.columns:
         raise UserError(f"tile index {path} has no 'name' column; re-run prepare_pois.py to write it again.")

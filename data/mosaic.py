@@ -25,10 +25,11 @@ from utils.fileio import atomic_write
 __all__ = ["MosaicGrid", "CutResult", "open_mosaic", "parse_bands", "estimate_stretch", "cut_mosaic",
            "utm_crs_for"]
 
-# GDAL's block cache per process. Its default (5 % of RAM) would let a long cut grow to gigabytes;
-# 256 MB holds three rows of 256 x 256 blocks of a 20,000 px wide RGB mosaic, so each compressed block
-# is decoded once even when tile edges fall inside blocks.
-GDAL_CACHE_BYTES = 256 << 20
+# GDAL's block cache per process. Its default (5 % of RAM) lets a long cut grow by gigabytes, as the
+# cache fills with blocks of rows long done. Tiles are cut left to right, one row of tiles per task, so
+# a block is needed again only by the next tile of the same row (when tile edges fall inside blocks):
+# a small cache keeps that reuse. 64 MB holds two rows of 256 x 256 blocks of a 40,000 px wide RGB mosaic.
+GDAL_CACHE_BYTES = 64 << 20
 # zlib level of the PNG tiles: level 1 encodes several times faster than Pillow's default 6 on aerial
 # imagery for files about 10 % larger (benchmarks/mosaic_speed.py), and tiles are written once.
 PNG_COMPRESS_LEVEL = 1
@@ -157,8 +158,8 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
     if lonlat_centre is not None:
         code, name = utm_crs_for(*lonlat_centre)
         raise UserError(f"mosaic {path} is in a geographic CRS ({crs.to_string()}, degrees) but --tile_size_m needs "
-                        f"ground units; warp it to a projected CRS first, e.g. gdalwarp -t_srs {code} ({name}, the "
-                        "zone of its centre).")
+                        f"ground units; warp it to a projected CRS first, e.g. {code} ({name}, the zone of its "
+                        f"centre) with gdalwarp -t_srs {code} or rio warp --dst-crs {code}.")
     if tr.b != 0 or tr.d != 0 or tr.a <= 0 or tr.e >= 0:
         raise UserError(f"mosaic {path} is rotated or not north-up; warp it north-up first (gdalwarp).")
     band_tuple = parse_bands(bands, count, path)
@@ -273,6 +274,7 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
     """Write the tiles of grid row ``row``; returns ``(row, col, written)`` per cell."""
     from PIL import Image
     from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
     src = _open_in_process()
@@ -286,8 +288,12 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
     for col in range(g.n_cols):
         win = Window(col * px, row * py, px, py)
         read = dict(window=win, out_shape=(len(g.bands), p, p))
-        data = src.read(list(g.bands), resampling=rs, **read)
-        valid = _valid(src, g.bands, data, _CUT["need_masks"], resampling=Resampling.nearest, **read)
+        try:
+            data = src.read(list(g.bands), resampling=rs, **read)
+            valid = _valid(src, g.bands, data, _CUT["need_masks"], resampling=Resampling.nearest, **read)
+        except RasterioError as e:  # a damaged block: the header was fine, the data is not
+            raise UserError(f"cannot read tile r{row} c{col} of mosaic {g.path} ({reason(e)}); the file is damaged, "
+                            "copy or export it again.") from None
         if 1.0 - valid.mean() > _CUT["max_nodata"]:
             out.append((row, col, False))
             continue

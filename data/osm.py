@@ -2,14 +2,17 @@
 
 An OSM node is a POI when it carries one of the keys in :data:`POI_KEYS`; the first key present, in
 that order, decides: category = the tag's value (``amenity=cafe`` -> ``cafe``), parent = the key
-(``amenity``), so the two-level hierarchy of the category embeddings (docs/prepare_pois.md) is OSM's
+(``amenity``), so the two-level hierarchy of the category embeddings (docs/real_data.md) is OSM's
 own. Only nodes (GDAL's ``points`` layer) are read: shops mapped as building outlines are ways and
 are not POIs here.
 
 GDAL's default OSM configuration gives the ``points`` layer a few tag columns (``name``, ``highway``,
 ``place``...) and packs every other tag into one ``other_tags`` string in PostgreSQL hstore syntax,
 ``"amenity"=>"cafe","name:en"=>"Blue \\"Moon\\""``. :func:`parse_other_tags` reads that string; a key
-that a custom ``OSM_CONFIG_FILE`` turned into its own column is read from the column instead.
+that a custom ``OSM_CONFIG_FILE`` turned into its own column is read from the column instead. (Why a
+parser rather than a custom ``OSM_CONFIG_FILE``: that file must be written to disk and set as a
+process-wide GDAL option, which would also change how every other OSM read in the process behaves;
+the parser is one regular expression, tested on escapes and on a real extract.)
 """
 
 from __future__ import annotations

@@ -474,11 +474,7 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
         values, coverage = targets.compute_target(tg, bounds, tile_crs, cfg.min_coverage, rows)
         ok = np.isfinite(values)
         labelled &= ok
-        folder = os.path.join(cfg.out, tg.spec.name)
-        os.makedirs(folder, exist_ok=True)
-        for k in tqdm(np.flatnonzero(ok), desc=f"target {tg.spec.name}", unit="tile", disable=None):
-            atomic_write_text(f"{float(values[k])!r}\n", os.path.join(folder, os.path.splitext(names[k])[0] + ".txt"),
-                              durable=False)
+        targets.write_values(os.path.join(cfg.out, tg.spec.name), names, values)
         columns[tg.spec.name] = values
         columns[f"{tg.spec.name}_coverage"] = coverage
         target_summary[tg.spec.name] = {

@@ -26,9 +26,10 @@ import numpy as np
 from data.gdal_errors import reason
 from data.poi_io import crs_name, crs_object, extent_overlaps, format_extent, read_vector, same_crs
 from utils.errors import UserError
+from utils.fileio import atomic_write_text
 
 __all__ = ["TargetSpec", "Target", "parse_target", "open_target", "polygon_shares", "raster_sums",
-           "compute_target", "RASTER_EXTS"]
+           "compute_target", "write_values", "RASTER_EXTS"]
 
 # Files read as rasters; anything else is read as a vector file.
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".asc", ".nc", ".jp2", ".bil", ".hdr", ".dem", ".sdat")
@@ -201,11 +202,33 @@ def polygon_shares(polygons: np.ndarray, counts: np.ndarray, bounds: np.ndarray)
     return values, coverage
 
 
-def _axis_weights(lo: np.ndarray, hi: np.ndarray, start: int, n: int) -> np.ndarray:
-    """``[K, n]``: overlap of pixel ``start + j`` (the unit interval ``[start + j, start + j + 1]``) with
-    ``[lo[k], hi[k]]``, in fractional pixel coordinates."""
+def _axis_weights(lo: float, hi: float, start: int, n: int) -> np.ndarray:
+    """``[n]``: overlap of pixel ``start + j`` (the unit interval ``[start + j, start + j + 1]``) with
+    ``[lo, hi]``, in fractional pixel coordinates."""
     j = start + np.arange(n, dtype=np.float64)
-    return np.clip(np.minimum(j + 1, hi[:, None]) - np.maximum(j, lo[:, None]), 0.0, 1.0)
+    return np.clip(np.minimum(j + 1, hi) - np.maximum(j, lo), 0.0, 1.0)
+
+
+def _tile_sums(v: np.ndarray, valid: np.ndarray, row_lo: int, col_lo: int, c0, c1, r0, r1):
+    """``(sums [K], valid pixel areas in pixels [K])`` of tiles ``[c0, c1] x [r0, r1]`` (fractional pixel
+    coordinates) over a strip ``v`` ``[h, w]`` whose top-left pixel is ``(row_lo, col_lo)``.
+
+    Each tile touches only its own pixels, so the cost is that of its window (``wy @ window @ wx``).
+    """
+    h, w = v.shape
+    sums, areas = np.zeros(len(c0)), np.zeros(len(c0))
+    cs = np.clip(np.floor(c0).astype(np.int64) - col_lo, 0, w)
+    ce = np.clip(np.ceil(c1).astype(np.int64) - col_lo, 0, w)
+    rs = np.clip(np.floor(r0).astype(np.int64) - row_lo, 0, h)
+    re = np.clip(np.ceil(r1).astype(np.int64) - row_lo, 0, h)
+    for k in range(len(c0)):
+        if ce[k] <= cs[k] or re[k] <= rs[k]:
+            continue
+        wx = _axis_weights(c0[k], c1[k], col_lo + cs[k], ce[k] - cs[k])
+        wy = _axis_weights(r0[k], r1[k], row_lo + rs[k], re[k] - rs[k])
+        sums[k] = wy @ v[rs[k]:re[k], cs[k]:ce[k]] @ wx
+        areas[k] = wy @ valid[rs[k]:re[k], cs[k]:ce[k]] @ wx
+    return sums, areas
 
 
 def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: np.ndarray | None = None,
@@ -219,6 +242,13 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
     Tiles are processed in strips of one grid row (``rows``) with one windowed read each, so memory
     does not grow with the raster.
 
+    Why not GDAL's ``sum`` resampling onto each tile's grid for every raster: the separable weights are
+    exact (1e-12 relative, tested against a pixel-by-pixel sum) and need no warp. Measured here (GDAL
+    3.10) on a lon/lat raster warped to UTM, ``rasterio.warp.reproject(..., Resampling.sum)`` between
+    arrays kept only 94 % of the total in that test; a ``WarpedVRT`` with ``sum`` kept 100.0 % at the
+    source's pixel size or coarser but 99.3 % on a grid 4x finer. So the warp is used only across CRSs,
+    at about the source's pixel size.
+
     Args:
         path: the raster; band: 1-based band.
         bounds: ``[T, 4]`` tiles in ``tiles_crs``.
@@ -229,6 +259,7 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
     """
     import rasterio
     from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
     from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window
     from tqdm import tqdm
@@ -263,13 +294,16 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
                 if col_hi <= col_lo or row_hi <= row_lo:
                     continue  # the strip lies outside the raster: no value, no coverage
                 win = Window(col_lo, row_lo, col_hi - col_lo, row_hi - row_lo)
-                data = ds.read(band, window=win, masked=True).astype(np.float64)
+                try:
+                    data = ds.read(band, window=win, masked=True).astype(np.float64)
+                except RasterioError as e:  # a damaged block
+                    raise UserError(f"cannot read target raster {path} ({reason(e)}); the file is damaged, copy or "
+                                    "export it again.") from None
                 valid = ~np.ma.getmaskarray(data) & np.isfinite(data.filled(np.nan))
                 v = np.where(valid, data.filled(0.0), 0.0)
-                wx = _axis_weights(c0[idx], c1[idx], col_lo, win.width)  # [K, w]
-                wy = _axis_weights(r0[idx], r1[idx], row_lo, win.height)  # [K, h]
-                values[idx] = np.einsum("kh,hw,kw->k", wy, v, wx)
-                valid_area[idx] = np.einsum("kh,hw,kw->k", wy, valid.astype(np.float64), wx) * px_area
+                sums, areas = _tile_sums(v, valid.astype(np.float64), row_lo, col_lo, c0[idx], c1[idx], r0[idx],
+                                         r1[idx])
+                values[idx], valid_area[idx] = sums, areas * px_area
         finally:
             if vrt is not None:
                 vrt.close()
@@ -316,3 +350,24 @@ def compute_target(target: Target, bounds: np.ndarray, tiles_crs: str, min_cover
     # A hair of tolerance: a tile exactly covered can measure 0.9999999999 after floating-point areas.
     return np.where(coverage >= min_coverage - 1e-9, values, np.nan), coverage
 
+
+
+def write_values(folder: str, names: list[str], values: np.ndarray, progress: bool | None = None) -> int:
+    """Write ``folder/STEM.txt`` (the published target layout: one number) for every finite value.
+
+    Args:
+        names: ``[T]`` image file names (``STEM.png``); values: ``[T]``, NaN = no file.
+
+    Returns:
+        The number of files written.
+    """
+    from tqdm import tqdm
+
+    os.makedirs(folder, exist_ok=True)
+    ok = np.flatnonzero(np.isfinite(values))
+    for k in tqdm(ok, desc=f"write {os.path.basename(folder)}", unit="tile", disable=None if progress is None
+                  else not progress):
+        # repr: the shortest text that reads back as the same float
+        atomic_write_text(f"{float(values[k])!r}\n", os.path.join(folder, os.path.splitext(names[k])[0] + ".txt"),
+                          durable=False)
+    return int(ok.size)

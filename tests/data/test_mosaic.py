@@ -110,7 +110,8 @@ def test_bad_mosaic_one_sentence(tmp_path, case):
     path, size, bands = tmp_path / "m.tif", 10.0, None
     if case == "geographic":
         write_raster(path, a, "EPSG:4326", (121.4, 31.2), 0.0001)
-        match = r"m\.tif is in a geographic CRS .* warp it .* gdalwarp -t_srs EPSG:32651 \(WGS 84 / UTM zone 51N"
+        match = (r"m\.tif is in a geographic CRS .* warp it to a projected CRS first, e\.g\. EPSG:32651 \(WGS 84 / "
+                 r"UTM zone 51N, the zone of its centre\) with gdalwarp -t_srs EPSG:32651 or rio warp")
     elif case == "no_crs":
         write_raster(path, a, None, (0, 20), 1.0)
         match = r"m\.tif has no CRS; assign"
@@ -128,3 +129,15 @@ def test_bad_mosaic_one_sentence(tmp_path, case):
     with pytest.raises(UserError, match=match) as e:
         mosaic.open_mosaic(str(path), size, None, bands)
     assert "\n" not in str(e.value)
+
+
+def test_damaged_block_found_while_cutting(tmp_path):
+    # The header reads, the data does not: found only while cutting, reported in one sentence.
+    rng = np.random.default_rng(0)
+    path = write_raster(tmp_path / "m.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8), "EPSG:32651",
+                        (X0, Y1), 1.0, tiled=True)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3: len(raw) // 3 + 2000] = bytes(2000)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"cannot read tile r\d+ c\d+ of mosaic .*m\.tif .*; the file is damaged"):
+        cut(path, tmp_path / "out", 16.0)

@@ -108,10 +108,12 @@ def test_bad_targets_one_sentence(tmp_path, case):
     spec = TargetSpec("pop", str(gpkg), "POP")
     if case == "missing_column":
         df.to_file(gpkg)
-        spec, match = TargetSpec("pop", str(gpkg), "PEOPLE"), r"c\.gpkg has no column 'PEOPLE'; its columns are 'POP', 'NAME'"
+        spec = TargetSpec("pop", str(gpkg), "PEOPLE")
+        match = r"c\.gpkg has no column 'PEOPLE'; its columns are 'POP', 'NAME'"
     elif case == "not_numeric":
         df.to_file(gpkg)
-        spec, match = TargetSpec("pop", str(gpkg), "NAME"), r"column 'NAME' of target .*c\.gpkg is not numeric \(e\.g\. 'a'\)"
+        spec = TargetSpec("pop", str(gpkg), "NAME")
+        match = r"column 'NAME' of target .*c\.gpkg is not numeric \(e\.g\. 'a'\)"
     elif case == "no_crs_vector":
         df.set_crs(None, allow_override=True).to_file(gpkg)
         match = r"target .*c\.gpkg has no CRS; assign"

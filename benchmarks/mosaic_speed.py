@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,8 @@ def bench_tiling(root: str, size: int, tile: int, workers: int) -> None:
         print(f"generated {path}: {size} x {size} px RGB, {os.path.getsize(path) / 2**20:.0f} MiB on disk "
               f"({time.time() - t0:.0f}s)")
     out = os.path.join(root, "tiles_out")
+    if os.path.isdir(out):  # a fresh folder: removing an earlier run's 1,521 tiles is not part of the cut
+        shutil.rmtree(out)
     base = MemorySampler()
     base.sample()
     cpu0 = _cpu_seconds()

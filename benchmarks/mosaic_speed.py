@@ -94,6 +94,13 @@ class MemorySampler:
         self._thread.join()
 
 
+def _fresh(folder: str) -> None:
+    """Remove an earlier run's output and flush pending writes, so neither is timed in the next part."""
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.sync()
+
+
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and its finished (waited-for) children."""
     import resource
@@ -134,8 +141,7 @@ def bench_tiling(root: str, size: int, tile: int, workers: int) -> None:
         print(f"generated {path}: {size} x {size} px RGB, {os.path.getsize(path) / 2**20:.0f} MiB on disk "
               f"({time.time() - t0:.0f}s)")
     out = os.path.join(root, "tiles_out")
-    if os.path.isdir(out):  # a fresh folder: removing an earlier run's 1,521 tiles is not part of the cut
-        shutil.rmtree(out)
+    _fresh(out)
     base = MemorySampler()
     base.sample()
     cpu0 = _cpu_seconds()
@@ -170,6 +176,7 @@ def bench_census(root: str) -> None:
     r, c = np.divmod(np.arange(n_rows * n_cols), n_cols)
     bounds = np.stack([X0 + c * size, Y1 - (r + 1) * size, X0 + (c + 1) * size, Y1 - r * size], axis=1)
     names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c)]
+    _fresh(os.path.join(root, "census_out"))
     t0, cpu0 = time.time(), _cpu_seconds()
     tg = targets.open_target(targets.parse_target(f"pop={path}:POP"), UTM, (X0, Y1 - h, X0 + w, Y1))
     t1 = time.time()
@@ -218,6 +225,7 @@ def bench_raster(root: str) -> None:
             rr, cc = np.divmod(np.arange(8100), 90)
             tiles = np.stack([x0 + cc * 1000.0, y1 - (rr + 1) * 1000.0, x0 + (cc + 1) * 1000.0, y1 - rr * 1000.0], 1)
         rows, _ = grid_positions(tiles)
+        _fresh(os.path.join(root, "raster_out"))
         t0, cpu0 = time.time(), _cpu_seconds()
         tg = targets.open_target(targets.TargetSpec("pop", path, None), UTM,
                                  (tiles[:, 0].min(), tiles[:, 1].min(), tiles[:, 2].max(), tiles[:, 3].max()))

@@ -132,9 +132,12 @@ def embedding_frame(index: TileIndex, names: Sequence[str], embeddings: np.ndarr
 
 def write_frame(frame, path: str | Path) -> None:
     """Write a GeoDataFrame as GeoPackage (``.gpkg``) or GeoParquet (``.parquet``), atomically."""
+    import warnings
+
     path = Path(path)
     ext = path.suffix.lower()
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*crs.* was not provided")  # tiles of unknown CRS: fine
         if ext == ".gpkg":
             frame.to_file(tmp, driver="GPKG", layer=path.stem, engine="pyogrio")
         elif ext in (".parquet", ".geoparquet"):

@@ -1,46 +1,84 @@
-"""Turn raw POIs and image tiles into the pretraining layout ``mmgr.py`` reads.
+"""Turn a mosaic (or tiles already cut), POIs and targets into the layout ``mmgr.py`` and the downstream scripts read.
 
-    python prepare_pois.py --pois pois.csv --x_col x --y_col y --category_col category \
-        [--parent_col parent] [--crs EPSG:4326] --tiles TILE_DIR [--tile_index tile_index.csv] \
-        [--embeddings category_embeddings.csv | --embed_dim 64] --out OUT_DIR
+    python prepare_pois.py --mosaic city.tif --tile_size_m 500 [--tile_px 256] [--bands 3,2,1] \
+        [--pois pois.gpkg | pois.csv | city.osm.pbf] [--category_col category] [--parent_col parent] \
+        [--target pop1km=census.gpkg:POP] [--target gdp1km=gdp.tif] [--split block] --out OUT_DIR
 
-See docs/prepare_pois.md for the formats, the edge-weight formula and the embedding method.
+    python prepare_pois.py --tiles TILE_DIR [--tile_index tile_index.csv] --pois pois.csv --out OUT_DIR
+
+See docs/real_data.md for the formats, the tiling grid, the target allocation rules, the split and the
+edge-weight formula.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from utils.errors import run_main
 from data.prepare import PrepareConfig, prepare
+from utils.errors import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    g = p.add_argument_group("POIs")
-    g.add_argument("--pois", required=True, help="POI file: .csv, .geojson/.json or .gpkg (required)")
-    g.add_argument("--x_col", default="x", help="CSV column of the x / easting / longitude coordinate (default: x)")
-    g.add_argument("--y_col", default="y", help="CSV column of the y / northing / latitude coordinate (default: y)")
+    g = p.add_argument_group("imagery (give --mosaic or --tiles)")
+    g.add_argument("--mosaic", default=None,
+                   help="one large georeferenced raster GDAL reads (GeoTIFF, VRT, ...) in a projected CRS, cut "
+                        "here into square tiles (default: none)")
+    g.add_argument("--tile_size_m", type=float, default=None,
+                   help="tile side in ground units of the mosaic's CRS, e.g. 1000 for 1 km (required with --mosaic)")
+    g.add_argument("--tile_px", type=int, default=None,
+                   help="tile side in pixels; each tile is resampled to this size (default: the native size, "
+                        "tile_size_m / pixel size, rounded)")
+    g.add_argument("--bands", default=None,
+                   help="1-based bands of the mosaic as R,G,B, e.g. 3,2,1, or one band repeated to grey RGB "
+                        "(default: the first three, or band 1)")
+    g.add_argument("--max_nodata", type=float, default=0.5,
+                   help="skip (and count) tiles with a larger fraction of nodata pixels (default: 0.5, ours)")
+    g.add_argument("--tiles", default=None, help="folder of tile images already cut (PNG/JPEG/GeoTIFF) (default: none)")
+    g.add_argument("--tile_index", default=None,
+                   help="CSV name,minx,miny,maxx,maxy of the bounds of --tiles (default: read each tile's own "
+                        "georeferencing: GeoTIFF tags or a world file)")
+    g.add_argument("--tile_crs", default=None,
+                   help="CRS of --tiles' bounds (default: the images' own CRS; with --tile_index, the POIs')")
+    g.add_argument("--image_mode", default="copy", choices=["copy", "hardlink", "symlink"],
+                   help="how --tiles images are put into OUT/sub_shanghai_img (default: copy)")
+    g.add_argument("--convert_tiff", action="store_true",
+                   help="write 8-bit GeoTIFF --tiles as RGB PNG (default: off, GeoTIFFs are placed as they are)")
+    g = p.add_argument_group("POIs (optional: without --pois every tile has zero POIs, image-only pretraining)")
+    g.add_argument("--pois", default=None,
+                   help="POI file: CSV with x/y columns, any vector format GDAL reads (GeoPackage, Shapefile, "
+                        "GeoJSON, FlatGeobuf, ...), GeoParquet, or an OpenStreetMap .osm.pbf extract (default: none)")
+    g.add_argument("--x_col", default="x",
+                   help="CSV column of the x / easting / longitude coordinate (default: x)")
+    g.add_argument("--y_col", default="y",
+                   help="CSV column of the y / northing / latitude coordinate (default: y)")
     g.add_argument("--category_col", default="category",
-                   help="column of the (second-level) category each POI is embedded by (default: category)")
+                   help="column of the (second-level) category each POI is embedded by (default: category; "
+                        "for .osm.pbf the value of the first of amenity, shop, tourism, leisure, office, craft, "
+                        "healthcare, historic)")
     g.add_argument("--parent_col", default=None,
                    help="column of the first-level (parent) category; pulls sibling categories together "
-                        "in learned embeddings (default: none)")
-    g.add_argument("--layer", default=None, help="GeoPackage layer (default: the only feature layer)")
+                        "in learned embeddings (default: none; for .osm.pbf the OSM key)")
+    g.add_argument("--layer", default=None, help="layer of a multi-layer vector file (default: the only layer)")
     g.add_argument("--crs", default=None,
                    help="CRS of the POI coordinates, e.g. EPSG:4326 for lon/lat (default: what the file says, "
-                        "else the tiles' CRS); POIs are reprojected to the tiles' CRS when they differ (pyproj)")
-    g = p.add_argument_group("tiles")
-    g.add_argument("--tiles", required=True, help="folder of tile images (PNG/JPEG/GeoTIFF) (required)")
-    g.add_argument("--tile_index", default=None,
-                   help="CSV name,minx,miny,maxx,maxy of tile bounds (default: read each tile's GeoTIFF "
-                        "tags or world file)")
-    g.add_argument("--tile_crs", default=None,
-                   help="CRS of the tile bounds (default: the GeoTIFFs' own CRS; with --tile_index, the POIs')")
-    g.add_argument("--image_mode", default="copy", choices=["copy", "hardlink", "symlink"],
-                   help="how PNG/JPEG tiles are put into OUT/sub_shanghai_img (default: copy)")
-    g.add_argument("--convert_tiff", action="store_true",
-                   help="write GeoTIFF tiles as RGB PNG (default: off, GeoTIFFs are placed as they are)")
+                        "else the tiles' CRS); POIs are reprojected to the tiles' CRS when they differ")
+    g = p.add_argument_group("targets and split (docs/real_data.md)")
+    g.add_argument("--target", action="append", default=[], metavar="NAME=FILE[:COLUMN]",
+                   help="a downstream target written as OUT/NAME/STEM.txt, repeatable: census polygons with a count "
+                        "column (shared among tiles by area) or a raster of counts per pixel (summed per tile; "
+                        "':BAND' picks a band), e.g. pop1km=census.gpkg:POP (default: none)")
+    g.add_argument("--min_coverage", type=float, default=0.95,
+                   help="a tile less covered than this by the target's polygons or valid pixels gets no value "
+                        "and stays out of the lists (default: 0.95, ours)")
+    g.add_argument("--split", default="block", choices=["block", "random"],
+                   help="train/val split of the labelled tiles: whole blocks of tiles, or single tiles at "
+                        "random (default: block, ours, against spatial autocorrelation)")
+    g.add_argument("--block_tiles", type=int, default=4,
+                   help="side of a split block in tiles (default: 4, ours)")
+    g.add_argument("--val_fraction", type=float, default=0.2,
+                   help="fraction of the labelled tiles in val.txt (default: 0.2, ours)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
     g = p.add_argument_group("graph and embeddings")
     g.add_argument("--embeddings", default=None,
                    help="CSV table: a 'category' column followed by the vector (any width); categories "
@@ -49,14 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width of learned vectors (default: 64, the width the published POI encoder takes)")
     g.add_argument("--hierarchy_weight", type=float, default=0.5,
                    help="weight of the category-parent link relative to a category's co-location counts in "
-                        "learned embeddings (needs --parent_col) (default: 0.5)")
+                        "learned embeddings (needs a parent) (default: 0.5)")
     g.add_argument("--max_edge_length", type=float, default=None,
                    help="cut Delaunay edges longer than this, in the tiles' CRS units (default: keep all)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder (required)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an earlier preparation in --out (default: refuse)")
-    g.add_argument("--workers", type=int, default=1, help="processes writing tiles (default: 1)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="processes cutting the mosaic and writing tiles (default: 1)")
     return p
 
 
@@ -64,9 +103,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = PrepareConfig(**vars(args))
     summary = prepare(cfg)  # InputError is a UserError: run_main prints its sentence and exits 2
-    print(f"done: {summary['tiles']} tiles ({summary['tiles_without_poi']} without POI), "
-          f"{summary['pois_used']} POIs ({summary['pois_outside_every_tile']} outside every tile, "
-          f"{summary['pois_skipped_bad_coordinates']} skipped for bad coordinates) -> {args.out}")
+    if summary["image_only"]:
+        pois = "no --pois: every tile has 0 POIs (image-only pretraining)"
+    else:
+        pois = (f"{summary['pois_used']} POIs ({summary['pois_outside_every_tile']} outside every tile, "
+                f"{summary['pois_skipped_bad_coordinates']} skipped for bad coordinates)")
+    labelled = ""
+    if summary["split"]:
+        labelled = f", {summary['split']['train']} train + {summary['split']['val']} val labelled tiles"
+    print(f"done: {summary['tiles']} tiles ({summary['tiles_without_poi']} without POI), {pois}{labelled} "
+          f"-> {args.out} ({summary['seconds']:.1f}s)")
     return summary
 
 

@@ -17,9 +17,9 @@ counterpart of skip-gram with negative sampling):
 4. Truncated SVD ``PPMI = U S V^T``; vector of ``a`` = row ``a`` of ``(U + V)[:, :D] sqrt(S[:D])``
    (word + context vectors, Levy, Goldberg & Dagan 2015: categories that neighbour each other are
    close, not only categories with the same neighbours); each column's sign is fixed so its
-   largest-magnitude entry is positive (the SVD alone leaves it arbitrary); then L2-normalised (only directions matter to a cosine-trained encoder). With fewer than ``D``
-   categories, or a rank-deficient PPMI, the remaining columns are zeros; a category with no edge at
-   all gets the zero vector.
+   largest-magnitude entry is positive (the SVD alone leaves it arbitrary); then L2-normalised (only
+   directions matter to a cosine-trained encoder). With fewer than ``D`` categories, or a rank-deficient
+   PPMI, the remaining columns are zeros; a category with no edge at all gets the zero vector.
 
 The table is saved as CSV ``category,v0,...,v{D-1}`` so it can be reused with ``--embeddings``.
 """

@@ -1,17 +1,24 @@
-"""Raw POIs + georeferenced image tiles -> the pretraining layout ``mmgr.py`` reads (SPEC §1).
+"""Raw POIs + a mosaic or georeferenced tiles (+ targets) -> the layout ``mmgr.py`` and the downstream
+scripts read (SPEC §1; docs/real_data.md).
 
 Output folder ``OUT``::
 
-    sub_shanghai_img/NAME.png|jpg      the tile image (copied, linked, or GeoTIFF converted to PNG)
+    sub_shanghai_img/NAME.png|jpg      the tile image (cut from --mosaic, or copied / linked / converted)
     sub_shanghai_emb/STEM.tensor       float32 [n_poi, D]: category vector of each POI in the tile
     sub_shanghai_edge/STEM.tensor      int64 [2, E]: Delaunay graph of the tile's POIs (data/graph.py)
     sub_shanghai_weight/STEM.tensor    float32 [E]: edge weights 1 / (1 + d / median edge length)
+    TARGET/STEM.txt                    one number per labelled tile, for every --target TARGET=...
+    train.txt, val.txt                 the labelled tiles of each side of the split (with --target)
+    tile_index.gpkg, tile_index.csv    tile polygons with the CRS (data/tile_index.py)
     category_embeddings.csv            category,v0..v{D-1}: the table used (reusable via --embeddings)
     prepare_summary.json               counts; written LAST, so a folder without it is an unfinished run
 
 Rows of a tile's tensors follow the order of the POIs in the input file. A POI belongs to every tile
 with ``minx <= x < maxx`` and ``miny <= y < maxy`` (half-open, so a POI on a shared edge of two
 abutting tiles goes to exactly one). Tiles without POIs are written with ``[0, D]`` / ``[2, 0]``.
+
+Every input is read and checked before the first file is written, so a mistake in any of them stops
+the run with one sentence and leaves ``OUT`` as it was.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from data import category_embed, poi_io
+from data import category_embed, mosaic, poi_io, splits, targets
+from data.gdal_errors import reason
 from data.graph import delaunay_edges
 from data.poi_io import InputError
+from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
+from utils.fileio import atomic_write_text
 
 __all__ = ["assign_to_tiles", "PrepareConfig", "prepare"]
 
@@ -35,6 +45,9 @@ SUBDIRS = {"img": "sub_shanghai_img", "emb": "sub_shanghai_emb", "edge": "sub_sh
            "weight": "sub_shanghai_weight"}
 SUMMARY = "prepare_summary.json"
 TABLE = "category_embeddings.csv"
+LISTS = {"train": "train.txt", "val": "val.txt"}
+# Names a --target may not take: the output's own folders, and the downstream image folder.
+RESERVED = (*SUBDIRS.values(), "img", "func")
 
 
 def assign_to_tiles(xy: np.ndarray, bounds: np.ndarray, max_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +118,8 @@ def assign_to_tiles(xy: np.ndarray, bounds: np.ndarray, max_cells: int = 1 << 24
 class PrepareConfig:
     """What ``prepare_pois.py`` was asked to do (one field per flag; see its ``--help``)."""
 
-    pois: str
-    tiles: str
+    pois: str | None
+    tiles: str | None
     out: str
     x_col: str = "x"
     y_col: str = "y"
@@ -124,6 +137,17 @@ class PrepareConfig:
     convert_tiff: bool = False
     workers: int = 1
     overwrite: bool = False
+    mosaic: str | None = None
+    tile_size_m: float | None = None
+    tile_px: int | None = None
+    bands: str | None = None
+    max_nodata: float = 0.5
+    target: list[str] = field(default_factory=list)
+    min_coverage: float = 0.95
+    split: str = "block"
+    block_tiles: int = 4
+    val_fraction: float = 0.2
+    seed: int = 0
 
 
 def _save_tensor(array: np.ndarray, path: str) -> None:
@@ -134,22 +158,34 @@ def _save_tensor(array: np.ndarray, path: str) -> None:
     os.replace(tmp, path)  # never leave a truncated file under the final name
 
 
+def _convert_tiff(src: str, dst: str) -> None:
+    """An 8-bit GeoTIFF tile (1 band, or the first 3) as an RGB PNG (rasterio + Pillow)."""
+    import rasterio
+    from PIL import Image
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with rasterio.open(src) as ds:
+            if ds.dtypes[0] != "uint8":
+                raise InputError(f"GeoTIFF tile {src} holds {ds.dtypes[0]} data, not 8-bit; cut the mosaic with "
+                                 "--mosaic (one stretch for all tiles) or convert it (gdal_translate -ot Byte -scale).")
+            data = ds.read([1, 2, 3] if ds.count >= 3 else [1])
+    except RasterioIOError as e:
+        raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.")
+    if data.shape[0] == 1:
+        data = np.repeat(data, 3, axis=0)
+    tmp = dst + ".tmp"
+    Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0)), mode="RGB").save(tmp, format="PNG")
+    os.replace(tmp, dst)
+
+
 def _place_image(src: str, dst_dir: str, mode: str, convert_tiff: bool) -> str:
     """Put tile ``src`` into ``dst_dir``; returns the output file name."""
     name = os.path.basename(src)
     stem, ext = os.path.splitext(name)
     if ext.lower() in poi_io.TIFF_EXTS and convert_tiff:
-        from PIL import Image
-
         out = stem + ".png"
-        tmp = os.path.join(dst_dir, out + ".tmp")
-        try:
-            with Image.open(src) as im:
-                im.convert("RGB").save(tmp, format="PNG")
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot convert GeoTIFF {src} to PNG ({e}); convert it to 8-bit RGB first "
-                             "(e.g. gdal_translate -ot Byte -of PNG).")
-        os.replace(tmp, os.path.join(dst_dir, out))
+        _convert_tiff(src, os.path.join(dst_dir, out))
         return out
     dst = os.path.join(dst_dir, name)
     tmp = dst + ".tmp"
@@ -173,14 +209,17 @@ _STATE: dict = {}
 
 
 def _write_tiles(tile_ids: list[int]) -> tuple[int, dict[int, str]]:
-    """Write images + tensors of ``tile_ids``; returns (undirected edge count, {tile: output name})."""
+    """Write images (unless already cut) + tensors of ``tile_ids``; returns (undirected edges, {tile: name})."""
     s = _STATE
     n_und = 0
     names = {}
     for t in tile_ids:
         lo, hi = s["tile_start"][t], s["tile_start"][t + 1]
         idx = s["poi"][lo:hi]  # file order
-        name = _place_image(s["paths"][t], s["dirs"]["img"], s["image_mode"], s["convert_tiff"])
+        if s["paths"] is not None:
+            name = _place_image(s["paths"][t], s["dirs"]["img"], s["image_mode"], s["convert_tiff"])
+        else:
+            name = s["names"][t]
         stem = os.path.splitext(name)[0]
         emb = s["table"][s["codes"][idx]]  # [n, D]
         ei, w = delaunay_edges(s["xy"][idx], s["max_edge_length"])
@@ -192,21 +231,34 @@ def _write_tiles(tile_ids: list[int]) -> tuple[int, dict[int, str]]:
     return n_und, names
 
 
-def _prepare_out(cfg: PrepareConfig) -> dict[str, str]:
-    existing = [p for p in [SUMMARY, TABLE, *SUBDIRS.values()] if os.path.exists(os.path.join(cfg.out, p))]
+def _outputs(cfg: PrepareConfig, target_names: list[str]) -> list[str]:
+    """Everything a preparation writes into OUT (besides the summary), this run's and an earlier one's."""
+    old_targets: list[str] = []
+    try:
+        with open(os.path.join(cfg.out, SUMMARY)) as f:
+            old_targets = [t for t in json.load(f).get("targets", {}) if t not in RESERVED and "/" not in t]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return [TABLE, *SUBDIRS.values(), INDEX_GPKG, INDEX_CSV, *LISTS.values(), *target_names, *old_targets]
+
+
+def _prepare_out(cfg: PrepareConfig, target_names: list[str]) -> dict[str, str]:
+    outputs = _outputs(cfg, target_names)
+    existing = [p for p in [SUMMARY, *outputs] if os.path.exists(os.path.join(cfg.out, p))]
     if existing and not cfg.overwrite:
         raise InputError(f"output folder {cfg.out} already holds {existing[0]}; pick a new --out or add "
                          "--overwrite to replace it.")
     os.makedirs(cfg.out, exist_ok=True)
-    # The summary goes first so an interrupted rerun never looks complete; stale tiles go too.
-    for p in [SUMMARY, TABLE]:
-        if os.path.exists(os.path.join(cfg.out, p)):
-            os.remove(os.path.join(cfg.out, p))
+    # The summary goes first so an interrupted rerun never looks complete; stale outputs go too.
+    for p in [SUMMARY, *outputs]:
+        full = os.path.join(cfg.out, p)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        elif os.path.lexists(full):
+            os.remove(full)
     dirs = {}
     for k, sub in SUBDIRS.items():
         d = os.path.join(cfg.out, sub)
-        if os.path.isdir(d):
-            shutil.rmtree(d)
         os.makedirs(d)
         dirs[k] = d
     return dirs
@@ -218,37 +270,35 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def prepare(cfg: PrepareConfig, log=print) -> dict:
-    """Run the whole preparation; returns the summary (also written to ``OUT/prepare_summary.json``)."""
-    t_start = time.time()
-    poi_io.check_crs(cfg.crs, "--crs")
-    poi_io.check_crs(cfg.tile_crs, "--tile_crs")
+def _check_flags(cfg: PrepareConfig) -> None:
+    if bool(cfg.mosaic) == bool(cfg.tiles):
+        raise InputError("give either --mosaic RASTER (one large raster to cut) or --tiles DIR (tiles already cut), "
+                         "not both or neither.")
+    if cfg.mosaic and cfg.tile_size_m is None:
+        raise InputError(f"--mosaic {cfg.mosaic} needs --tile_size_m, the tile side in the mosaic's CRS units "
+                         "(e.g. 1000 for 1 km tiles in a UTM CRS).")
+    if cfg.mosaic and cfg.tile_index:
+        raise InputError("--tile_index describes tiles already cut (--tiles); a --mosaic is cut on its own grid.")
+    if not 0.0 <= cfg.max_nodata <= 1.0:
+        raise InputError(f"--max_nodata must be a fraction in [0, 1], not {cfg.max_nodata}.")
+    if not 0.0 <= cfg.min_coverage <= 1.0:
+        raise InputError(f"--min_coverage must be a fraction in [0, 1], not {cfg.min_coverage}.")
     if cfg.image_mode not in ("copy", "hardlink", "symlink"):
         raise InputError(f"--image_mode must be copy, hardlink or symlink, not {cfg.image_mode!r}.")
+    if cfg.workers < 1:
+        raise InputError(f"--workers must be at least 1, not {cfg.workers}.")
+    if cfg.split not in splits.SPLITS:
+        raise InputError(f"--split must be one of {', '.join(splits.SPLITS)}, not {cfg.split!r}.")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise InputError(f"--val_fraction must be in [0, 1), not {cfg.val_fraction}.")
+    if cfg.block_tiles < 1:
+        raise InputError(f"--block_tiles must be at least 1, not {cfg.block_tiles}.")
+    poi_io.check_crs(cfg.crs, "--crs")
+    poi_io.check_crs(cfg.tile_crs, "--tile_crs")
 
-    pois = poi_io.read_pois(cfg.pois, cfg.x_col, cfg.y_col, cfg.category_col, cfg.parent_col, cfg.crs, cfg.layer)
-    if cfg.tile_index:
-        tiles = poi_io.read_tile_index(cfg.tile_index, cfg.tiles, cfg.tile_crs)
-    else:
-        tiles = poi_io.tiles_from_georeferencing(cfg.tiles, cfg.tile_crs)
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in tiles.paths]
-    dup = [s for s, c in Counter(stems).items() if c > 1]
-    if dup:
-        raise InputError(f"two tiles in {cfg.tiles} share the name {dup[0]!r} (different extensions); rename "
-                         "one, as the tensors are named after the image without its extension.")
-    poi_io.check_crs(tiles.crs, "the tiles")
-    xy = pois.xy
-    reprojected = not poi_io.same_crs(pois.crs, tiles.crs)
-    if reprojected:
-        xy = poi_io.reproject(xy, pois.crs, tiles.crs)
-        log(f"reprojected POIs from {pois.crs} to {tiles.crs}")
-    log(f"read {len(xy)} POIs from {cfg.pois}, {len(tiles.paths)} tiles")
 
-    # Categories -> integer codes (sorted names: the saved table does not depend on file order).
-    cats, codes = np.unique(pois.category.astype(str), return_inverse=True)
-    codes = codes.reshape(-1)
-
-    # Embedding table, one row per category of the POI file.
+def _embedding_table(cfg: PrepareConfig, pois, xy, cats, codes, log):
+    """``(table [C, D], saved categories, saved table, source, unseen {category: n})``."""
     unseen: dict[str, int] = {}
     if cfg.embeddings:
         tab_cats, tab_vecs = category_embed.read_table(cfg.embeddings)
@@ -267,91 +317,226 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
         # Saved table = the user's rows plus the unseen categories (zeros), so it covers this city.
         out_cats = tab_cats + [str(c) for c in cats if str(c) not in pos]
         out_table = np.concatenate([tab_vecs, np.zeros((len(out_cats) - len(tab_cats), dim), np.float32)])
-        source = "table"
         if unseen:
             log(f"{len(unseen)} categories are not in {cfg.embeddings} and get zero vectors: "
                 + ", ".join(sorted(unseen)[:10]) + (" ..." if len(unseen) > 10 else ""))
-    else:
-        dim = cfg.embed_dim or 64
-        t0 = time.time()
-        city_edges, _ = delaunay_edges(xy, cfg.max_edge_length)  # city-wide co-location network
-        counts_mat = category_embed.cooccurrence(codes, city_edges, len(cats))
-        parent_codes = None
-        if pois.parent is not None:
-            # Parent of each category: its most frequent parent (a category listed under two parents
-            # is a data error we tolerate rather than fail on).
-            pairs = Counter(zip(codes.tolist(), pois.parent.tolist()))
-            best: dict[int, tuple[int, str]] = {}
-            for (c, p), n in pairs.items():
-                if c not in best or n > best[c][0]:
-                    best[c] = (n, p)
-            _, parent_codes = np.unique([best[c][1] for c in range(len(cats))], return_inverse=True)
-        table = category_embed.learn_embeddings(counts_mat, dim, parent_codes, cfg.hierarchy_weight)
-        out_cats, out_table = [str(c) for c in cats], table
-        source = "learned"
-        log(f"learned {dim}-d vectors for {len(cats)} categories from {city_edges.shape[1] // 2} "
-            f"Delaunay edges ({time.time() - t0:.1f}s)")
+        return table, out_cats, out_table, "table", unseen
+    dim = cfg.embed_dim or 64
+    if pois is None:  # image-only: nothing to learn from
+        return np.zeros((0, dim), np.float32), [], np.zeros((0, dim), np.float32), "none", unseen
+    t0 = time.time()
+    city_edges, _ = delaunay_edges(xy, cfg.max_edge_length)  # city-wide co-location network
+    counts_mat = category_embed.cooccurrence(codes, city_edges, len(cats))
+    parent_codes = None
+    if pois.parent is not None:
+        # Parent of each category: its most frequent parent (a category listed under two parents
+        # is a data error we tolerate rather than fail on).
+        pairs = Counter(zip(codes.tolist(), pois.parent.tolist()))
+        best: dict[int, tuple[int, str]] = {}
+        for (c, p), n in pairs.items():
+            if c not in best or n > best[c][0]:
+                best[c] = (n, p)
+        _, parent_codes = np.unique([best[c][1] for c in range(len(cats))], return_inverse=True)
+    table = category_embed.learn_embeddings(counts_mat, dim, parent_codes, cfg.hierarchy_weight)
+    log(f"learned {dim}-d vectors for {len(cats)} categories from {city_edges.shape[1] // 2} "
+        f"Delaunay edges ({time.time() - t0:.1f}s)")
+    return table, [str(c) for c in cats], table, "learned", unseen
 
-    poi, tile = assign_to_tiles(xy, tiles.bounds)
-    n_tiles = len(tiles.paths)
+
+def prepare(cfg: PrepareConfig, log=print) -> dict:
+    """Run the whole preparation; returns the summary (also written to ``OUT/prepare_summary.json``)."""
+    from tqdm import tqdm
+
+    t_start = time.time()
+    _check_flags(cfg)
+
+    # 1. Tiles: the mosaic's grid, or the tiles already cut (metadata only, nothing written yet).
+    grid = tiles = None
+    if cfg.mosaic:
+        grid = mosaic.open_mosaic(cfg.mosaic, cfg.tile_size_m, cfg.tile_px, cfg.bands)
+        tile_crs, extent = grid.crs, grid.extent
+        if cfg.tile_crs and not poi_io.same_crs(cfg.tile_crs, grid.crs, "--tile_crs", cfg.mosaic):
+            raise InputError(f"--tile_crs {cfg.tile_crs} differs from the CRS of mosaic {cfg.mosaic}; drop --tile_crs "
+                             "(the mosaic's own CRS is used).")
+        n_cells = grid.n_rows * grid.n_cols
+        source = f"{grid.n_rows} x {grid.n_cols} cells of {grid.tile_size:g} units ({grid.tile_px} px) of {cfg.mosaic}"
+    else:
+        if cfg.tile_index:
+            tiles = poi_io.read_tile_index(cfg.tile_index, cfg.tiles, cfg.tile_crs)
+        else:
+            tiles = poi_io.tiles_from_georeferencing(cfg.tiles, cfg.tile_crs)
+        stems = [os.path.splitext(os.path.basename(p))[0] for p in tiles.paths]
+        dup = [s for s, c in Counter(stems).items() if c > 1]
+        if dup:
+            raise InputError(f"two tiles in {cfg.tiles} share the name {dup[0]!r} (different extensions); rename "
+                             "one, as the tensors are named after the image without its extension.")
+        poi_io.check_crs(tiles.crs, "the tiles")
+        tile_crs = poi_io.crs_name(tiles.crs, "the tiles") if tiles.crs else None
+        b = tiles.bounds
+        extent = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+        n_cells = len(tiles.paths)
+        source = f"{n_cells} tiles of {cfg.tiles}"
+    log(f"tiles: {source}, CRS {tile_crs if tile_crs is None or len(tile_crs) < 40 else 'from the files (WKT)'}")
+
+    # 2. POIs (optional: without them every tile has zero POIs, image-only pretraining).
+    pois, xy, reprojected = None, np.zeros((0, 2)), False
+    if cfg.pois:
+        pois = poi_io.read_pois(cfg.pois, cfg.x_col, cfg.y_col, cfg.category_col, cfg.parent_col, cfg.crs, cfg.layer)
+        xy = pois.xy
+        reprojected = not poi_io.same_crs(pois.crs, tile_crs)
+        if reprojected:
+            xy = poi_io.reproject(xy, pois.crs, tile_crs)
+            log(f"reprojected POIs from {pois.crs} to {tile_crs if len(tile_crs) < 40 else 'the tiles CRS'}")
+        fin = np.isfinite(xy).all(axis=1)
+        poi_extent = (xy[fin, 0].min(), xy[fin, 1].min(), xy[fin, 0].max(), xy[fin, 1].max()) if fin.any() else None
+        if poi_extent is None or not poi_io.extent_overlaps(poi_extent, extent):
+            shown = poi_io.format_extent(poi_extent) if poi_extent else "empty"
+            raise InputError(f"POIs in {cfg.pois} do not overlap the tiles: their extent is {shown}, the tiles' is "
+                             f"{poi_io.format_extent(extent)} (both in the tiles' CRS {tile_crs}); check --crs or "
+                             "the files' CRS.")
+        log(f"read {len(xy)} POIs from {cfg.pois}")
+
+    # 3. Targets: parsed, opened and checked against the tiles.
+    specs = [targets.parse_target(t, RESERVED) for t in cfg.target]
+    dup = [n for n, c in Counter(s.name for s in specs).items() if c > 1]
+    if dup:
+        raise InputError(f"--target {dup[0]} is given twice; give each target one name.")
+    opened = [targets.open_target(s, tile_crs, extent) for s in specs]
+
+    # 4. Mosaic stretch and the category table (still read-only).
+    stretch = mosaic.estimate_stretch(grid) if grid is not None else None
+    cats, codes = np.unique(pois.category.astype(str), return_inverse=True) if pois is not None else (
+        np.zeros(0, str), np.zeros(0, np.int64))
+    codes = codes.reshape(-1)
+    table, out_cats, out_table, emb_source, unseen = _embedding_table(cfg, pois, xy, cats, codes, log)
+
+    # 5. Writing starts here.
+    dirs = _prepare_out(cfg, [s.name for s in specs])
+    if grid is not None:
+        cut = mosaic.cut_mosaic(grid, dirs["img"], stretch, cfg.max_nodata, cfg.workers)
+        bounds, names, rows, cols, paths = cut.bounds, cut.names, cut.rows, cut.cols, None
+        log(f"tiles: cut {len(names)} of {n_cells} cells from {cfg.mosaic} ({cut.skipped_nodata} skipped with "
+            f"more than {cfg.max_nodata:.0%} nodata) in {cut.seconds:.1f}s")
+        if not names:
+            raise InputError(f"every tile of mosaic {cfg.mosaic} has more than {cfg.max_nodata:.0%} nodata; check its "
+                             "nodata value or raise --max_nodata.")
+    else:
+        bounds, paths, names = tiles.bounds, tiles.paths, None
+        rows, cols = grid_positions(bounds)
+
+    poi, tile = assign_to_tiles(xy, bounds)
+    n_tiles = bounds.shape[0]
     per_tile = np.bincount(tile, minlength=n_tiles)
     tile_start = np.concatenate([[0], np.cumsum(per_tile)])
     in_any = np.zeros(len(xy), dtype=bool)
     in_any[poi] = True
     per_poi = np.bincount(poi, minlength=len(xy))
 
-    dirs = _prepare_out(cfg)
-    _STATE.update(poi=poi, tile_start=tile_start, paths=tiles.paths, dirs=dirs, image_mode=cfg.image_mode,
+    _STATE.update(poi=poi, tile_start=tile_start, paths=paths, names=names, dirs=dirs, image_mode=cfg.image_mode,
                   convert_tiff=cfg.convert_tiff, table=table, codes=codes, xy=xy,
                   max_edge_length=cfg.max_edge_length)
     t0 = time.time()
-    ids = list(range(n_tiles))
-    if cfg.workers > 1 and n_tiles > 1:
-        import multiprocessing as mp
+    chunks = [list(range(k, min(k + 256, n_tiles))) for k in range(0, n_tiles, 256)]
+    results = []
+    bar = tqdm(total=n_tiles, desc="POI graphs", unit="tile", disable=None)
+    try:
+        if cfg.workers > 1 and len(chunks) > 1:
+            import multiprocessing as mp
 
-        # fork: workers inherit _STATE (millions of POIs) without pickling it.
-        ctx = mp.get_context("fork")
-        chunks = [ids[k:k + 256] for k in range(0, n_tiles, 256)]
-        # One torch thread per child: a forked child that enters torch's OpenMP pool inherited from a
-        # parent that had started it can deadlock (what DataLoader workers avoid the same way).
-        with ctx.Pool(cfg.workers, initializer=_one_torch_thread) as pool:
-            results = pool.map(_write_tiles, chunks)
-    else:
-        results = [_write_tiles(ids)]
-    _STATE.clear()
+            # fork: workers inherit _STATE (millions of POIs) without pickling it. One torch thread per
+            # child: a forked child that enters torch's OpenMP pool inherited from a parent that had
+            # started it can deadlock (what DataLoader workers avoid the same way).
+            with mp.get_context("fork").Pool(cfg.workers, initializer=_one_torch_thread) as pool:
+                for r in pool.imap(_write_tiles, chunks):
+                    results.append(r)
+                    bar.update(len(r[1]))
+        else:
+            for ch in chunks:
+                results.append(_write_tiles(ch))
+                bar.update(len(ch))
+    finally:
+        bar.close()
+        _STATE.clear()
     n_edges = sum(r[0] for r in results)
-    names = {}
+    out_names: dict[int, str] = {}
     for r in results:
-        names.update(r[1])
-    log(f"wrote {n_tiles} tiles ({time.time() - t0:.1f}s)")
+        out_names.update(r[1])
+    names = [out_names[t] for t in range(n_tiles)]
+    log(f"POI graphs: {n_tiles} tiles, {int((per_tile > 0).sum())} with POIs, {int(n_edges)} edges "
+        f"({time.time() - t0:.1f}s)")
+
+    # 6. Targets on the written tiles, then the split of the tiles that have every target.
+    columns: dict[str, np.ndarray] = {"n_poi": per_tile.astype(np.int64)}
+    target_summary = {}
+    labelled = np.ones(n_tiles, dtype=bool) if opened else np.zeros(n_tiles, dtype=bool)
+    for tg in opened:
+        t0 = time.time()
+        values, coverage = targets.compute_target(tg, bounds, tile_crs, cfg.min_coverage, rows)
+        ok = np.isfinite(values)
+        labelled &= ok
+        targets.write_values(os.path.join(cfg.out, tg.spec.name), names, values)
+        columns[tg.spec.name] = values
+        columns[f"{tg.spec.name}_coverage"] = coverage
+        target_summary[tg.spec.name] = {
+            "source": tg.spec.path, "kind": tg.kind, "column": tg.spec.column, "tiles_with_value": int(ok.sum()),
+            "tiles_below_min_coverage": int((~ok).sum()), "total_on_tiles": float(np.nansum(values)),
+            "seconds": round(time.time() - t0, 2)}
+        log(f"target {tg.spec.name}: {int(ok.sum())} of {n_tiles} tiles labelled ({int((~ok).sum())} less than "
+            f"{cfg.min_coverage:.0%} covered), total {np.nansum(values):.6g}, from {tg.spec.path} "
+            f"({time.time() - t0:.1f}s)")
+    split_col = np.full(n_tiles, "", dtype=object)
+    split_summary = None
+    if opened:
+        lab = np.flatnonzero(labelled)
+        is_val = splits.split_tiles(rows[lab], cols[lab], cfg.split, cfg.block_tiles, cfg.val_fraction, cfg.seed)
+        split_col[lab[~is_val]], split_col[lab[is_val]] = "train", "val"
+        for side, sel in (("train", lab[~is_val]), ("val", lab[is_val])):
+            atomic_write_text("".join(names[k] + "\n" for k in sel), os.path.join(cfg.out, LISTS[side]), durable=False)
+        split_summary = {"method": cfg.split, "block_tiles": cfg.block_tiles if cfg.split == "block" else None,
+                         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "train": int((~is_val).sum()),
+                         "val": int(is_val.sum())}
+        log(f"split ({cfg.split}{f', {cfg.block_tiles}x{cfg.block_tiles} tile blocks' if cfg.split == 'block' else ''}"
+            f"): {split_summary['train']} train, {split_summary['val']} val tiles -> train.txt, val.txt")
+    columns["split"] = split_col
+    write_tile_index(cfg.out, TileIndex(names=names, bounds=bounds, crs=tile_crs, rows=rows, cols=cols,
+                                        columns=columns))
     category_embed.write_table(os.path.join(cfg.out, TABLE), out_cats, out_table)
 
-    n_tiff = sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS for p in tiles.paths)
+    n_tiff = 0 if paths is None else sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS for p in paths)
+    n_read = len(xy) + (pois.skipped_bad_coords + pois.skipped_no_category + pois.skipped_not_point if pois else 0)
     summary = {
         "tiles": n_tiles,
         "tiles_without_poi": int((per_tile == 0).sum()),
-        "pois_in_file": int(len(xy) + pois.skipped_bad_coords + pois.skipped_no_category),
+        "image_only": pois is None,
+        "pois_in_file": int(n_read),
         "pois_used": int(len(xy)),
-        "pois_skipped_bad_coordinates": pois.skipped_bad_coords,
-        "pois_skipped_no_category": pois.skipped_no_category,
+        "pois_skipped_bad_coordinates": pois.skipped_bad_coords if pois else 0,
+        "pois_skipped_no_category": pois.skipped_no_category if pois else 0,
+        "pois_skipped_not_point": pois.skipped_not_point if pois else 0,
         "pois_outside_every_tile": int((~in_any).sum()),
         "pois_in_several_tiles": int((per_poi > 1).sum()),
         "poi_tile_assignments": int(poi.size),
         "undirected_edges": int(n_edges),
         "categories": int(len(cats)),
-        "embedding_source": source,
-        "embedding_dim": int(dim),
+        "embedding_source": emb_source,
+        "embedding_dim": int(table.shape[1]),
         "categories_unseen_in_table": unseen,
-        "poi_crs": pois.crs,
-        "tile_crs": tiles.crs,
+        "poi_crs": pois.crs if pois else None,
+        "tile_crs": tile_crs,
         "reprojected": bool(reprojected),
         "max_edge_length": cfg.max_edge_length,
         "tiff_tiles_copied_unconverted": int(0 if cfg.convert_tiff else n_tiff),
-        "images_in_tile_folder_not_in_index": len(tiles.unlisted),
+        "images_in_tile_folder_not_in_index": len(tiles.unlisted) if tiles is not None else 0,
+        "mosaic": None if grid is None else {
+            "path": cfg.mosaic, "tile_size": grid.tile_size, "tile_px": grid.tile_px, "bands": list(grid.bands),
+            "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "tiles_skipped_nodata": cut.skipped_nodata,
+            "max_nodata": cfg.max_nodata,
+            "stretch": None if stretch is None else [[float(lo), float(hi)] for lo, hi in stretch]},
+        "targets": target_summary,
+        "min_coverage": cfg.min_coverage,
+        "split": split_summary,
         "seconds": round(time.time() - t_start, 2),
     }
-    tmp = os.path.join(cfg.out, SUMMARY + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, os.path.join(cfg.out, SUMMARY))  # last write: marks the folder complete
+    # Last write: marks the folder complete.
+    atomic_write_text(json.dumps(summary, indent=2, ensure_ascii=False), os.path.join(cfg.out, SUMMARY))
     return summary

@@ -247,3 +247,13 @@ def test_mmgr_trains_on_prepared_folder(city, tmp_path):
                         "--device", "cpu", "--workers", "0"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp / "ckpt" / "wuhan_img_1.tar").is_file()
+
+
+def test_pois_far_from_the_tiles_stop_before_writing(city):
+    # Typically lon/lat POIs read as if they were in the tiles' units: no overlap at all.
+    write_csv(city / "far.csv", ["x", "y", "category"], [[121.4, 31.2, "a"], [121.5, 31.3, "b"]])
+    with pytest.raises(Exception, match=r"POIs in .*far\.csv do not overlap the tiles: their extent is "
+                                        r"\(121\.4, 31\.2, 121\.5, 31\.3\), the tiles' is \(0, 0, 11, 11\)"):
+        main(["--pois", str(city / "far.csv"), "--tiles", str(city / "tiles"), "--tile_index",
+              str(city / "index.csv"), "--out", str(city / "out")])
+    assert not (city / "out").exists()

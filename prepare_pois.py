@@ -20,6 +20,15 @@ from utils.errors import run_main
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _imagery_flags(p)
+    _poi_flags(p)
+    _target_flags(p)
+    _graph_flags(p)
+    _output_flags(p)
+    return p
+
+
+def _imagery_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("imagery (give --mosaic or --tiles)")
     g.add_argument("--mosaic", default=None,
                    help="one large georeferenced raster GDAL reads (GeoTIFF, VRT, ...) in a projected CRS, cut "
@@ -44,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how --tiles images are put into OUT/sub_shanghai_img (default: copy)")
     g.add_argument("--convert_tiff", action="store_true",
                    help="write 8-bit GeoTIFF --tiles as RGB PNG (default: off, GeoTIFFs are placed as they are)")
+
+
+def _poi_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("POIs (optional: without --pois every tile has zero POIs, image-only pretraining)")
     g.add_argument("--pois", default=None,
                    help="POI file: CSV with x/y columns, any vector format GDAL reads (GeoPackage, Shapefile, "
@@ -63,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crs", default=None,
                    help="CRS of the POI coordinates, e.g. EPSG:4326 for lon/lat (default: what the file says, "
                         "else the tiles' CRS); POIs are reprojected to the tiles' CRS when they differ")
+
+
+def _target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("targets and split (docs/real_data.md)")
     g.add_argument("--target", action="append", default=[], metavar="NAME=FILE[:COLUMN]",
                    help="a downstream target written as OUT/NAME/STEM.txt, repeatable: census polygons with a count "
@@ -79,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val_fraction", type=float, default=0.2,
                    help="fraction of the labelled tiles in val.txt (default: 0.2, ours)")
     g.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+
+
+def _graph_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("graph and embeddings")
     g.add_argument("--embeddings", default=None,
                    help="CSV table: a 'category' column followed by the vector (any width); categories "
@@ -90,13 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "learned embeddings (needs a parent) (default: 0.5)")
     g.add_argument("--max_edge_length", type=float, default=None,
                    help="cut Delaunay edges longer than this, in the tiles' CRS units (default: keep all)")
+
+
+def _output_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="output folder (required)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an earlier preparation in --out (default: refuse)")
     g.add_argument("--workers", type=int, default=1,
                    help="processes cutting the mosaic and writing tiles (default: 1)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> dict:

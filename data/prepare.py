@@ -24,13 +24,20 @@ the run with one sentence and leaves ``OUT`` as it was.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import rasterio
+import torch
+from PIL import Image
+from rasterio.errors import RasterioIOError
+from tqdm import tqdm
 
 from data import category_embed, mosaic, poi_io, splits, targets
 from data.gdal_errors import reason
@@ -50,6 +57,41 @@ LISTS = {"train": "train.txt", "val": "val.txt"}
 RESERVED = (*SUBDIRS.values(), "img", "func")
 
 
+@dataclass(frozen=True)
+class _HashGrid:
+    """The uniform grid of :func:`assign_to_tiles`: origin, far corner, cell size and cell counts."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    cw: float
+    ch: float
+    nx: int
+    ny: int
+
+    @classmethod
+    def over(cls, bounds: np.ndarray, max_cells: int) -> _HashGrid:
+        """Cells of the median tile size over the tiles' extent, coarsened to at most ``max_cells``."""
+        x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
+        x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
+        cw = float(np.median(bounds[:, 2] - bounds[:, 0]))
+        ch = float(np.median(bounds[:, 3] - bounds[:, 1]))
+        nx = max(1, int(np.ceil((x1 - x0) / cw)))
+        ny = max(1, int(np.ceil((y1 - y0) / ch)))
+        if nx * ny > max_cells:  # scattered tiny tiles: coarser grid, more candidates per cell
+            f = np.sqrt(nx * ny / max_cells)
+            cw, ch = cw * f, ch * f
+            nx, ny = max(1, int(np.ceil((x1 - x0) / cw))), max(1, int(np.ceil((y1 - y0) / ch)))
+        return cls(x0, y0, x1, y1, cw, ch, nx, ny)
+
+    def cell_x(self, v: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((v - self.x0) / self.cw), 0, self.nx - 1).astype(np.int64)
+
+    def cell_y(self, v: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((v - self.y0) / self.ch), 0, self.ny - 1).astype(np.int64)
+
+
 def assign_to_tiles(xy: np.ndarray, bounds: np.ndarray, max_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
     """Every (POI, tile) pair with ``minx <= x < maxx`` and ``miny <= y < maxy``, by grid hashing.
 
@@ -66,43 +108,26 @@ def assign_to_tiles(xy: np.ndarray, bounds: np.ndarray, max_cells: int = 1 << 24
         ``(poi, tile)``: two int64 ``[P]`` arrays, sorted by tile, then by POI index (= file order).
     """
     n, t = xy.shape[0], bounds.shape[0]
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     if n == 0 or t == 0:
-        return empty
-    x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
-    x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
-    cw = float(np.median(bounds[:, 2] - bounds[:, 0]))
-    ch = float(np.median(bounds[:, 3] - bounds[:, 1]))
-    nx = max(1, int(np.ceil((x1 - x0) / cw)))
-    ny = max(1, int(np.ceil((y1 - y0) / ch)))
-    if nx * ny > max_cells:  # scattered tiny tiles: coarser grid, more candidates per cell
-        f = np.sqrt(nx * ny / max_cells)
-        cw, ch = cw * f, ch * f
-        nx, ny = max(1, int(np.ceil((x1 - x0) / cw))), max(1, int(np.ceil((y1 - y0) / ch)))
-
-    def cell_x(v):
-        return np.clip(np.floor((v - x0) / cw), 0, nx - 1).astype(np.int64)
-
-    def cell_y(v):
-        return np.clip(np.floor((v - y0) / ch), 0, ny - 1).astype(np.int64)
-
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    g = _HashGrid.over(bounds, max_cells)
     # Register each tile in all cells its closed bounds touch (the same floor() as for POIs, which is
     # monotone, so a POI inside a tile always falls in one of the tile's cells).
-    ix0, ix1 = cell_x(bounds[:, 0]), cell_x(bounds[:, 2])
-    iy0, iy1 = cell_y(bounds[:, 1]), cell_y(bounds[:, 3])
+    ix0, ix1 = g.cell_x(bounds[:, 0]), g.cell_x(bounds[:, 2])
+    iy0, iy1 = g.cell_y(bounds[:, 1]), g.cell_y(bounds[:, 3])
     wx = ix1 - ix0 + 1
     per_tile = wx * (iy1 - iy0 + 1)
     tile_rep = np.repeat(np.arange(t, dtype=np.int64), per_tile)
     local = np.arange(tile_rep.size, dtype=np.int64) - np.repeat(np.cumsum(per_tile) - per_tile, per_tile)
-    reg_cell = (iy0[tile_rep] + local // wx[tile_rep]) * nx + ix0[tile_rep] + local % wx[tile_rep]
+    reg_cell = (iy0[tile_rep] + local // wx[tile_rep]) * g.nx + ix0[tile_rep] + local % wx[tile_rep]
     order = np.argsort(reg_cell, kind="stable")
     cell_tiles = tile_rep[order]  # tiles grouped by cell (CSR values)
-    cell_count = np.bincount(reg_cell, minlength=nx * ny)
+    cell_count = np.bincount(reg_cell, minlength=g.nx * g.ny)
     cell_start = np.cumsum(cell_count) - cell_count
 
-    inside = (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
+    inside = (xy[:, 0] >= g.x0) & (xy[:, 0] < g.x1) & (xy[:, 1] >= g.y0) & (xy[:, 1] < g.y1)
     pidx = np.flatnonzero(inside)
-    pcell = cell_y(xy[pidx, 1]) * nx + cell_x(xy[pidx, 0])
+    pcell = g.cell_y(xy[pidx, 1]) * g.nx + g.cell_x(xy[pidx, 0])
     cnt = cell_count[pcell]
     poi = np.repeat(pidx, cnt)
     off = np.arange(poi.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
@@ -151,8 +176,6 @@ class PrepareConfig:
 
 
 def _save_tensor(array: np.ndarray, path: str) -> None:
-    import torch
-
     tmp = path + ".tmp"
     torch.save(torch.from_numpy(np.ascontiguousarray(array)), tmp)
     os.replace(tmp, path)  # never leave a truncated file under the final name
@@ -160,10 +183,6 @@ def _save_tensor(array: np.ndarray, path: str) -> None:
 
 def _convert_tiff(src: str, dst: str) -> None:
     """An 8-bit GeoTIFF tile (1 band, or the first 3) as an RGB PNG (rasterio + Pillow)."""
-    import rasterio
-    from PIL import Image
-    from rasterio.errors import RasterioIOError
-
     try:
         with rasterio.open(src) as ds:
             if ds.dtypes[0] != "uint8":
@@ -265,8 +284,6 @@ def _prepare_out(cfg: PrepareConfig, target_names: list[str]) -> dict[str, str]:
 
 
 def _one_torch_thread() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -297,41 +314,195 @@ def _check_flags(cfg: PrepareConfig) -> None:
     poi_io.check_crs(cfg.tile_crs, "--tile_crs")
 
 
-def _embedding_table(cfg: PrepareConfig, pois, xy, cats, codes, log):
-    """``(table [C, D], saved categories, saved table, source, unseen {category: n})``."""
-    unseen: dict[str, int] = {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The stages of prepare(): read and check every input (1-4), then write (5-7) under the lock of OUT.
+
+Log = Callable[[str], object]
+
+
+@dataclass
+class _Source:
+    """The tiles before anything is written: the mosaic's grid (--mosaic) or the tiles already cut (--tiles)."""
+
+    crs: str | None  # the tiles' CRS (None: unknown)
+    extent: tuple[float, float, float, float]  # (minx, miny, maxx, maxy) of all tiles
+    n_cells: int  # cells of the mosaic's grid, or tiles listed
+    grid: mosaic.MosaicGrid | None = None
+    tiles: poi_io.Tiles | None = None
+
+
+@dataclass
+class _Points:
+    """The POIs in the tiles' CRS; ``pois`` is None without --pois (image-only: no POI at all)."""
+
+    pois: poi_io.Pois | None
+    xy: np.ndarray  # [N, 2] in the tiles' CRS
+    reprojected: bool
+
+
+@dataclass
+class _Embeddings:
+    """The category of every POI and the table of the categories' vectors."""
+
+    categories: np.ndarray  # [C] str, sorted
+    codes: np.ndarray  # [N] int64: each POI's row of ``table``
+    table: np.ndarray  # [C, D] float32
+    saved_categories: list[str]  # the rows of category_embeddings.csv ...
+    saved_table: np.ndarray  # ... and their vectors [C', D]
+    source: str  # "table" (--embeddings), "learned" or "none" (image-only)
+    unseen: dict[str, int] = field(default_factory=dict)  # categories missing from --embeddings: their POIs
+
+
+@dataclass
+class _Placed:
+    """The tiles of OUT: bounds, grid positions, and where their images come from."""
+
+    bounds: np.ndarray  # [T, 4] (minx, miny, maxx, maxy)
+    rows: np.ndarray  # [T] grid row
+    cols: np.ndarray  # [T] grid column
+    names: list[str] | None  # [T] image names of the cut mosaic; None for --tiles (known once placed)
+    paths: list[str] | None  # [T] source images of --tiles, placed with the graphs; None for a mosaic
+    skipped_nodata: int = 0  # cells of the mosaic left out for nodata
+
+
+@dataclass
+class _Graphs:
+    """What the POI-graph stage wrote, and which POI went to which tile."""
+
+    names: list[str]  # [T] image name of each tile in OUT/sub_shanghai_img
+    poi: np.ndarray  # [P] int64: the POI of each (POI, tile) pair of assign_to_tiles
+    per_tile: np.ndarray  # [T] POIs in each tile
+    n_edges: int  # undirected edges over all tiles
+
+
+@dataclass
+class _Labels:
+    """The targets on the tiles and the split of the labelled tiles."""
+
+    columns: dict[str, np.ndarray]  # tile index columns [T]: n_poi, each target and its coverage, split
+    targets: dict[str, dict]  # summary of each target
+    split: dict | None  # summary of the split (None without --target)
+
+
+def _open_tiles(cfg: PrepareConfig, log: Log) -> _Source:
+    """Stage 1: the mosaic's grid, or the tiles already cut (metadata only, nothing written yet)."""
+    if cfg.mosaic:
+        grid = mosaic.open_mosaic(cfg.mosaic, cfg.tile_size_m, cfg.tile_px, cfg.bands)
+        if cfg.tile_crs and not poi_io.same_crs(cfg.tile_crs, grid.crs, "--tile_crs", cfg.mosaic):
+            raise InputError(f"--tile_crs {cfg.tile_crs} differs from the CRS of mosaic {cfg.mosaic}; drop --tile_crs "
+                             "(the mosaic's own CRS is used).")
+        src = _Source(grid.crs, grid.extent, grid.n_rows * grid.n_cols, grid=grid)
+        what = f"{grid.n_rows} x {grid.n_cols} cells of {grid.tile_size:g} units ({grid.tile_px} px) of {cfg.mosaic}"
+    else:
+        src = _open_cut_tiles(cfg)
+        what = f"{src.n_cells} tiles of {cfg.tiles}"
+    crs = src.crs
+    log(f"tiles: {what}, CRS {crs if crs is None or len(crs) < 40 else 'from the files (WKT)'}")
+    return src
+
+
+def _open_cut_tiles(cfg: PrepareConfig) -> _Source:
+    """The tiles of --tiles with their bounds: from --tile_index, or from each image's georeferencing."""
+    if cfg.tile_index:
+        tiles = poi_io.read_tile_index(cfg.tile_index, cfg.tiles, cfg.tile_crs)
+    else:
+        tiles = poi_io.tiles_from_georeferencing(cfg.tiles, cfg.tile_crs)
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in tiles.paths]
+    dup = [s for s, c in Counter(stems).items() if c > 1]
+    if dup:
+        raise InputError(f"two tiles in {cfg.tiles} share the name {dup[0]!r} (different extensions); rename "
+                         "one, as the tensors are named after the image without its extension.")
+    poi_io.check_crs(tiles.crs, "the tiles")
+    crs = poi_io.crs_name(tiles.crs, "the tiles") if tiles.crs else None
+    b = tiles.bounds
+    extent = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+    return _Source(crs, extent, len(tiles.paths), tiles=tiles)
+
+
+def _read_pois(cfg: PrepareConfig, src: _Source, log: Log) -> _Points:
+    """Stage 2: the POIs (optional), reprojected to the tiles' CRS and checked to overlap the tiles."""
+    if not cfg.pois:  # every tile has zero POIs: image-only pretraining
+        return _Points(None, np.zeros((0, 2)), False)
+    tile_crs = src.crs
+    pois = poi_io.read_pois(cfg.pois, cfg.x_col, cfg.y_col, cfg.category_col, cfg.parent_col, cfg.crs, cfg.layer)
+    xy = pois.xy
+    reprojected = not poi_io.same_crs(pois.crs, tile_crs)
+    if reprojected:
+        xy = poi_io.reproject(xy, pois.crs, tile_crs)
+        log(f"reprojected POIs from {pois.crs} to {tile_crs if len(tile_crs) < 40 else 'the tiles CRS'}")
+    fin = np.isfinite(xy).all(axis=1)
+    poi_extent = (xy[fin, 0].min(), xy[fin, 1].min(), xy[fin, 0].max(), xy[fin, 1].max()) if fin.any() else None
+    if poi_extent is None or not poi_io.extent_overlaps(poi_extent, src.extent):
+        shown = poi_io.format_extent(poi_extent) if poi_extent else "empty"
+        raise InputError(f"POIs in {cfg.pois} do not overlap the tiles: their extent is {shown}, the tiles' is "
+                         f"{poi_io.format_extent(src.extent)} (both in the tiles' CRS {tile_crs}); check --crs or "
+                         "the files' CRS.")
+    log(f"read {len(xy)} POIs from {cfg.pois}")
+    return _Points(pois, xy, reprojected)
+
+
+def _open_targets(cfg: PrepareConfig, src: _Source) -> list[targets.Target]:
+    """Stage 3: every --target parsed, opened and checked against the tiles."""
+    specs = [targets.parse_target(t, RESERVED) for t in cfg.target]
+    dup = [n for n, c in Counter(s.name for s in specs).items() if c > 1]
+    if dup:
+        raise InputError(f"--target {dup[0]} is given twice; give each target one name.")
+    return [targets.open_target(s, src.crs, src.extent) for s in specs]
+
+
+def _embeddings(cfg: PrepareConfig, pts: _Points, log: Log) -> _Embeddings:
+    """Stage 4: the POIs' categories and their vectors: --embeddings, or learned here (still read-only)."""
+    if pts.pois is not None:
+        cats, codes = np.unique(pts.pois.category.astype(str), return_inverse=True)
+    else:
+        cats, codes = np.zeros(0, str), np.zeros(0, np.int64)
+    codes = codes.reshape(-1)
     if cfg.embeddings:
-        tab_cats, tab_vecs = category_embed.read_table(cfg.embeddings)
-        if cfg.embed_dim is not None and cfg.embed_dim != tab_vecs.shape[1]:
-            raise InputError(f"embedding table {cfg.embeddings} has {tab_vecs.shape[1]} columns but "
-                             f"--embed_dim is {cfg.embed_dim}; drop --embed_dim or fix the table.")
-        dim = tab_vecs.shape[1]
-        pos = {c: k for k, c in enumerate(tab_cats)}
-        table = np.zeros((len(cats), dim), dtype=np.float32)  # unseen categories: zero vectors
-        counts = np.bincount(codes, minlength=len(cats))
-        for k, c in enumerate(cats):
-            if c in pos:
-                table[k] = tab_vecs[pos[c]]
-            else:
-                unseen[str(c)] = int(counts[k])
-        # Saved table = the user's rows plus the unseen categories (zeros), so it covers this city.
-        out_cats = tab_cats + [str(c) for c in cats if str(c) not in pos]
-        out_table = np.concatenate([tab_vecs, np.zeros((len(out_cats) - len(tab_cats), dim), np.float32)])
-        if unseen:
-            log(f"{len(unseen)} categories are not in {cfg.embeddings} and get zero vectors: "
-                + ", ".join(sorted(unseen)[:10]) + (" ..." if len(unseen) > 10 else ""))
-        return table, out_cats, out_table, "table", unseen
+        return _table_embeddings(cfg, cats, codes, log)
     dim = cfg.embed_dim or 64
-    if pois is None:  # image-only: nothing to learn from
-        return np.zeros((0, dim), np.float32), [], np.zeros((0, dim), np.float32), "none", unseen
+    if pts.pois is None:  # image-only: nothing to learn from
+        return _Embeddings(cats, codes, np.zeros((0, dim), np.float32), [], np.zeros((0, dim), np.float32), "none")
+    return _learned_embeddings(cfg, pts, cats, codes, dim, log)
+
+
+def _table_embeddings(cfg: PrepareConfig, cats: np.ndarray, codes: np.ndarray, log: Log) -> _Embeddings:
+    """The vectors of --embeddings; the categories it lacks get zero vectors and are reported."""
+    unseen: dict[str, int] = {}
+    tab_cats, tab_vecs = category_embed.read_table(cfg.embeddings)
+    if cfg.embed_dim is not None and cfg.embed_dim != tab_vecs.shape[1]:
+        raise InputError(f"embedding table {cfg.embeddings} has {tab_vecs.shape[1]} columns but "
+                         f"--embed_dim is {cfg.embed_dim}; drop --embed_dim or fix the table.")
+    dim = tab_vecs.shape[1]
+    pos = {c: k for k, c in enumerate(tab_cats)}
+    table = np.zeros((len(cats), dim), dtype=np.float32)  # unseen categories: zero vectors
+    counts = np.bincount(codes, minlength=len(cats))
+    for k, c in enumerate(cats):
+        if c in pos:
+            table[k] = tab_vecs[pos[c]]
+        else:
+            unseen[str(c)] = int(counts[k])
+    # Saved table = the user's rows plus the unseen categories (zeros), so it covers this city.
+    out_cats = tab_cats + [str(c) for c in cats if str(c) not in pos]
+    out_table = np.concatenate([tab_vecs, np.zeros((len(out_cats) - len(tab_cats), dim), np.float32)])
+    if unseen:
+        log(f"{len(unseen)} categories are not in {cfg.embeddings} and get zero vectors: "
+            + ", ".join(sorted(unseen)[:10]) + (" ..." if len(unseen) > 10 else ""))
+    return _Embeddings(cats, codes, table, out_cats, out_table, "table", unseen)
+
+
+def _learned_embeddings(cfg: PrepareConfig, pts: _Points, cats: np.ndarray, codes: np.ndarray, dim: int,
+                        log: Log) -> _Embeddings:
+    """``dim``-wide vectors learned from the city's co-location network (docs/method.md §3)."""
     t0 = time.time()
-    city_edges, _ = delaunay_edges(xy, cfg.max_edge_length)  # city-wide co-location network
+    city_edges, _ = delaunay_edges(pts.xy, cfg.max_edge_length)  # city-wide co-location network
     counts_mat = category_embed.cooccurrence(codes, city_edges, len(cats))
     parent_codes = None
-    if pois.parent is not None:
+    if pts.pois.parent is not None:
         # Parent of each category: its most frequent parent (a category listed under two parents
         # is a data error we tolerate rather than fail on).
-        pairs = Counter(zip(codes.tolist(), pois.parent.tolist()))
+        pairs = Counter(zip(codes.tolist(), pts.pois.parent.tolist()))
         best: dict[int, tuple[int, str]] = {}
         for (c, p), n in pairs.items():
             if c not in best or n > best[c][0]:
@@ -340,113 +511,60 @@ def _embedding_table(cfg: PrepareConfig, pois, xy, cats, codes, log):
     table = category_embed.learn_embeddings(counts_mat, dim, parent_codes, cfg.hierarchy_weight)
     log(f"learned {dim}-d vectors for {len(cats)} categories from {city_edges.shape[1] // 2} "
         f"Delaunay edges ({time.time() - t0:.1f}s)")
-    return table, [str(c) for c in cats], table, "learned", unseen
+    return _Embeddings(cats, codes, table, [str(c) for c in cats], table, "learned")
 
 
-def prepare(cfg: PrepareConfig, log=print) -> dict:
-    """Run the whole preparation; returns the summary (also written to ``OUT/prepare_summary.json``)."""
-    from tqdm import tqdm
+def _cut_or_list(cfg: PrepareConfig, src: _Source, stretch: np.ndarray | None, dirs: dict[str, str],
+                 log: Log) -> _Placed:
+    """Stage 5: the mosaic cut into OUT/sub_shanghai_img, or the bounds of the tiles already cut."""
+    if src.grid is None:
+        rows, cols = grid_positions(src.tiles.bounds)
+        return _Placed(src.tiles.bounds, rows, cols, names=None, paths=src.tiles.paths)
+    cut = mosaic.cut_mosaic(src.grid, dirs["img"], stretch, cfg.max_nodata, cfg.workers)
+    log(f"tiles: cut {len(cut.names)} of {src.n_cells} cells from {cfg.mosaic} ({cut.skipped_nodata} skipped with "
+        f"more than {cfg.max_nodata:.0%} nodata) in {cut.seconds:.1f}s")
+    if not cut.names:
+        raise InputError(f"every tile of mosaic {cfg.mosaic} has more than {cfg.max_nodata:.0%} nodata; check its "
+                         "nodata value or raise --max_nodata.")
+    return _Placed(cut.bounds, cut.rows, cut.cols, names=cut.names, paths=None, skipped_nodata=cut.skipped_nodata)
 
-    t_start = time.time()
-    _check_flags(cfg)
 
-    # 1. Tiles: the mosaic's grid, or the tiles already cut (metadata only, nothing written yet).
-    grid = tiles = None
-    if cfg.mosaic:
-        grid = mosaic.open_mosaic(cfg.mosaic, cfg.tile_size_m, cfg.tile_px, cfg.bands)
-        tile_crs, extent = grid.crs, grid.extent
-        if cfg.tile_crs and not poi_io.same_crs(cfg.tile_crs, grid.crs, "--tile_crs", cfg.mosaic):
-            raise InputError(f"--tile_crs {cfg.tile_crs} differs from the CRS of mosaic {cfg.mosaic}; drop --tile_crs "
-                             "(the mosaic's own CRS is used).")
-        n_cells = grid.n_rows * grid.n_cols
-        source = f"{grid.n_rows} x {grid.n_cols} cells of {grid.tile_size:g} units ({grid.tile_px} px) of {cfg.mosaic}"
-    else:
-        if cfg.tile_index:
-            tiles = poi_io.read_tile_index(cfg.tile_index, cfg.tiles, cfg.tile_crs)
-        else:
-            tiles = poi_io.tiles_from_georeferencing(cfg.tiles, cfg.tile_crs)
-        stems = [os.path.splitext(os.path.basename(p))[0] for p in tiles.paths]
-        dup = [s for s, c in Counter(stems).items() if c > 1]
-        if dup:
-            raise InputError(f"two tiles in {cfg.tiles} share the name {dup[0]!r} (different extensions); rename "
-                             "one, as the tensors are named after the image without its extension.")
-        poi_io.check_crs(tiles.crs, "the tiles")
-        tile_crs = poi_io.crs_name(tiles.crs, "the tiles") if tiles.crs else None
-        b = tiles.bounds
-        extent = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
-        n_cells = len(tiles.paths)
-        source = f"{n_cells} tiles of {cfg.tiles}"
-    log(f"tiles: {source}, CRS {tile_crs if tile_crs is None or len(tile_crs) < 40 else 'from the files (WKT)'}")
-
-    # 2. POIs (optional: without them every tile has zero POIs, image-only pretraining).
-    pois, xy, reprojected = None, np.zeros((0, 2)), False
-    if cfg.pois:
-        pois = poi_io.read_pois(cfg.pois, cfg.x_col, cfg.y_col, cfg.category_col, cfg.parent_col, cfg.crs, cfg.layer)
-        xy = pois.xy
-        reprojected = not poi_io.same_crs(pois.crs, tile_crs)
-        if reprojected:
-            xy = poi_io.reproject(xy, pois.crs, tile_crs)
-            log(f"reprojected POIs from {pois.crs} to {tile_crs if len(tile_crs) < 40 else 'the tiles CRS'}")
-        fin = np.isfinite(xy).all(axis=1)
-        poi_extent = (xy[fin, 0].min(), xy[fin, 1].min(), xy[fin, 0].max(), xy[fin, 1].max()) if fin.any() else None
-        if poi_extent is None or not poi_io.extent_overlaps(poi_extent, extent):
-            shown = poi_io.format_extent(poi_extent) if poi_extent else "empty"
-            raise InputError(f"POIs in {cfg.pois} do not overlap the tiles: their extent is {shown}, the tiles' is "
-                             f"{poi_io.format_extent(extent)} (both in the tiles' CRS {tile_crs}); check --crs or "
-                             "the files' CRS.")
-        log(f"read {len(xy)} POIs from {cfg.pois}")
-
-    # 3. Targets: parsed, opened and checked against the tiles.
-    specs = [targets.parse_target(t, RESERVED) for t in cfg.target]
-    dup = [n for n, c in Counter(s.name for s in specs).items() if c > 1]
-    if dup:
-        raise InputError(f"--target {dup[0]} is given twice; give each target one name.")
-    opened = [targets.open_target(s, tile_crs, extent) for s in specs]
-
-    # 4. Mosaic stretch and the category table (still read-only).
-    stretch = mosaic.estimate_stretch(grid) if grid is not None else None
-    cats, codes = np.unique(pois.category.astype(str), return_inverse=True) if pois is not None else (
-        np.zeros(0, str), np.zeros(0, np.int64))
-    codes = codes.reshape(-1)
-    table, out_cats, out_table, emb_source, unseen = _embedding_table(cfg, pois, xy, cats, codes, log)
-
-    # 5. Writing starts here.
-    dirs = _prepare_out(cfg, [s.name for s in specs])
-    if grid is not None:
-        cut = mosaic.cut_mosaic(grid, dirs["img"], stretch, cfg.max_nodata, cfg.workers)
-        bounds, names, rows, cols, paths = cut.bounds, cut.names, cut.rows, cut.cols, None
-        log(f"tiles: cut {len(names)} of {n_cells} cells from {cfg.mosaic} ({cut.skipped_nodata} skipped with "
-            f"more than {cfg.max_nodata:.0%} nodata) in {cut.seconds:.1f}s")
-        if not names:
-            raise InputError(f"every tile of mosaic {cfg.mosaic} has more than {cfg.max_nodata:.0%} nodata; check its "
-                             "nodata value or raise --max_nodata.")
-    else:
-        bounds, paths, names = tiles.bounds, tiles.paths, None
-        rows, cols = grid_positions(bounds)
-
-    poi, tile = assign_to_tiles(xy, bounds)
-    n_tiles = bounds.shape[0]
+def _write_graphs(cfg: PrepareConfig, placed: _Placed, pts: _Points, emb: _Embeddings, dirs: dict[str, str],
+                  log: Log) -> _Graphs:
+    """Stage 6: every tile's POI tensors (and its image, for --tiles), in forked workers with --workers."""
+    poi, tile = assign_to_tiles(pts.xy, placed.bounds)
+    n_tiles = placed.bounds.shape[0]
     per_tile = np.bincount(tile, minlength=n_tiles)
     tile_start = np.concatenate([[0], np.cumsum(per_tile)])
-    in_any = np.zeros(len(xy), dtype=bool)
-    in_any[poi] = True
-    per_poi = np.bincount(poi, minlength=len(xy))
-
-    _STATE.update(poi=poi, tile_start=tile_start, paths=paths, names=names, dirs=dirs, image_mode=cfg.image_mode,
-                  convert_tiff=cfg.convert_tiff, table=table, codes=codes, xy=xy,
-                  max_edge_length=cfg.max_edge_length)
+    _STATE.update(poi=poi, tile_start=tile_start, paths=placed.paths, names=placed.names, dirs=dirs,
+                  image_mode=cfg.image_mode, convert_tiff=cfg.convert_tiff, table=emb.table, codes=emb.codes,
+                  xy=pts.xy, max_edge_length=cfg.max_edge_length)
     t0 = time.time()
     chunks = [list(range(k, min(k + 256, n_tiles))) for k in range(0, n_tiles, 256)]
+    try:
+        results = _run_chunks(chunks, n_tiles, cfg.workers)
+    finally:
+        _STATE.clear()
+    n_edges = sum(r[0] for r in results)
+    out_names: dict[int, str] = {}
+    for r in results:
+        out_names.update(r[1])
+    names = [out_names[t] for t in range(n_tiles)]
+    log(f"POI graphs: {n_tiles} tiles, {int((per_tile > 0).sum())} with POIs, {int(n_edges)} edges "
+        f"({time.time() - t0:.1f}s)")
+    return _Graphs(names, poi, per_tile, int(n_edges))
+
+
+def _run_chunks(chunks: list[list[int]], n_tiles: int, workers: int) -> list[tuple[int, dict[int, str]]]:
+    """:func:`_write_tiles` on every chunk of tiles, in ``workers`` forked processes when it pays; with a bar."""
     results = []
     bar = tqdm(total=n_tiles, desc="POI graphs", unit="tile", disable=None)
     try:
-        if cfg.workers > 1 and len(chunks) > 1:
-            import multiprocessing as mp
-
+        if workers > 1 and len(chunks) > 1:
             # fork: workers inherit _STATE (millions of POIs) without pickling it. One torch thread per
             # child: a forked child that enters torch's OpenMP pool inherited from a parent that had
             # started it can deadlock (what DataLoader workers avoid the same way).
-            with mp.get_context("fork").Pool(cfg.workers, initializer=_one_torch_thread) as pool:
+            with mp.get_context("fork").Pool(workers, initializer=_one_torch_thread) as pool:
                 for r in pool.imap(_write_tiles, chunks):
                     results.append(r)
                     bar.update(len(r[1]))
@@ -456,25 +574,22 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
                 bar.update(len(ch))
     finally:
         bar.close()
-        _STATE.clear()
-    n_edges = sum(r[0] for r in results)
-    out_names: dict[int, str] = {}
-    for r in results:
-        out_names.update(r[1])
-    names = [out_names[t] for t in range(n_tiles)]
-    log(f"POI graphs: {n_tiles} tiles, {int((per_tile > 0).sum())} with POIs, {int(n_edges)} edges "
-        f"({time.time() - t0:.1f}s)")
+    return results
 
-    # 6. Targets on the written tiles, then the split of the tiles that have every target.
-    columns: dict[str, np.ndarray] = {"n_poi": per_tile.astype(np.int64)}
+
+def _label_tiles(cfg: PrepareConfig, opened: list[targets.Target], placed: _Placed, graphs: _Graphs,
+                 tile_crs: str | None, log: Log) -> _Labels:
+    """Stage 7: the targets on the written tiles, then the split of the tiles that have every target."""
+    n_tiles = len(graphs.names)
+    columns: dict[str, np.ndarray] = {"n_poi": graphs.per_tile.astype(np.int64)}
     target_summary = {}
     labelled = np.ones(n_tiles, dtype=bool) if opened else np.zeros(n_tiles, dtype=bool)
     for tg in opened:
         t0 = time.time()
-        values, coverage = targets.compute_target(tg, bounds, tile_crs, cfg.min_coverage, rows)
+        values, coverage = targets.compute_target(tg, placed.bounds, tile_crs, cfg.min_coverage, placed.rows)
         ok = np.isfinite(values)
         labelled &= ok
-        targets.write_values(os.path.join(cfg.out, tg.spec.name), names, values)
+        targets.write_values(os.path.join(cfg.out, tg.spec.name), graphs.names, values)
         columns[tg.spec.name] = values
         columns[f"{tg.spec.name}_coverage"] = coverage
         target_summary[tg.spec.name] = {
@@ -485,58 +600,95 @@ def prepare(cfg: PrepareConfig, log=print) -> dict:
             f"{cfg.min_coverage:.0%} covered), total {np.nansum(values):.6g}, from {tg.spec.path} "
             f"({time.time() - t0:.1f}s)")
     split_col = np.full(n_tiles, "", dtype=object)
-    split_summary = None
-    if opened:
-        lab = np.flatnonzero(labelled)
-        is_val = splits.split_tiles(rows[lab], cols[lab], cfg.split, cfg.block_tiles, cfg.val_fraction, cfg.seed)
-        split_col[lab[~is_val]], split_col[lab[is_val]] = "train", "val"
-        for side, sel in (("train", lab[~is_val]), ("val", lab[is_val])):
-            atomic_write_text("".join(names[k] + "\n" for k in sel), os.path.join(cfg.out, LISTS[side]), durable=False)
-        split_summary = {"method": cfg.split, "block_tiles": cfg.block_tiles if cfg.split == "block" else None,
-                         "val_fraction": cfg.val_fraction, "seed": cfg.seed, "train": int((~is_val).sum()),
-                         "val": int(is_val.sum())}
-        log(f"split ({cfg.split}{f', {cfg.block_tiles}x{cfg.block_tiles} tile blocks' if cfg.split == 'block' else ''}"
-            f"): {split_summary['train']} train, {split_summary['val']} val tiles -> train.txt, val.txt")
+    split_summary = _write_split(cfg, labelled, placed, graphs.names, split_col, log) if opened else None
     columns["split"] = split_col
-    write_tile_index(cfg.out, TileIndex(names=names, bounds=bounds, crs=tile_crs, rows=rows, cols=cols,
-                                        columns=columns))
-    category_embed.write_table(os.path.join(cfg.out, TABLE), out_cats, out_table)
+    return _Labels(columns, target_summary, split_summary)
 
-    n_tiff = 0 if paths is None else sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS for p in paths)
-    n_read = len(xy) + (pois.skipped_bad_coords + pois.skipped_no_category + pois.skipped_not_point if pois else 0)
-    summary = {
-        "tiles": n_tiles,
-        "tiles_without_poi": int((per_tile == 0).sum()),
+
+def _write_split(cfg: PrepareConfig, labelled: np.ndarray, placed: _Placed, names: list[str],
+                 split_col: np.ndarray, log: Log) -> dict:
+    """The ``labelled`` tiles ``[T]`` split into train.txt and val.txt; marks ``split_col`` ``[T]``, returns
+    the split's summary."""
+    lab = np.flatnonzero(labelled)
+    is_val = splits.split_tiles(placed.rows[lab], placed.cols[lab], cfg.split, cfg.block_tiles, cfg.val_fraction,
+                                cfg.seed)
+    split_col[lab[~is_val]], split_col[lab[is_val]] = "train", "val"
+    for side, sel in (("train", lab[~is_val]), ("val", lab[is_val])):
+        atomic_write_text("".join(names[k] + "\n" for k in sel), os.path.join(cfg.out, LISTS[side]), durable=False)
+    summary = {"method": cfg.split, "block_tiles": cfg.block_tiles if cfg.split == "block" else None,
+               "val_fraction": cfg.val_fraction, "seed": cfg.seed, "train": int((~is_val).sum()),
+               "val": int(is_val.sum())}
+    log(f"split ({cfg.split}{f', {cfg.block_tiles}x{cfg.block_tiles} tile blocks' if cfg.split == 'block' else ''}"
+        f"): {summary['train']} train, {summary['val']} val tiles -> train.txt, val.txt")
+    return summary
+
+
+def _summary(cfg: PrepareConfig, src: _Source, pts: _Points, emb: _Embeddings, placed: _Placed, graphs: _Graphs,
+             labels: _Labels, stretch: np.ndarray | None, seconds: float) -> dict:
+    """The counts of ``prepare_summary.json`` (docs/real_data.md, "Summary")."""
+    pois, grid = pts.pois, src.grid
+    n_tiff = 0 if placed.paths is None else sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS
+                                                 for p in placed.paths)
+    n_read = len(pts.xy) + (pois.skipped_bad_coords + pois.skipped_no_category + pois.skipped_not_point if pois else 0)
+    in_any = np.zeros(len(pts.xy), dtype=bool)
+    in_any[graphs.poi] = True
+    per_poi = np.bincount(graphs.poi, minlength=len(pts.xy))
+    return {
+        "tiles": len(graphs.names),
+        "tiles_without_poi": int((graphs.per_tile == 0).sum()),
         "image_only": pois is None,
         "pois_in_file": int(n_read),
-        "pois_used": int(len(xy)),
+        "pois_used": int(len(pts.xy)),
         "pois_skipped_bad_coordinates": pois.skipped_bad_coords if pois else 0,
         "pois_skipped_no_category": pois.skipped_no_category if pois else 0,
         "pois_skipped_not_point": pois.skipped_not_point if pois else 0,
         "pois_outside_every_tile": int((~in_any).sum()),
         "pois_in_several_tiles": int((per_poi > 1).sum()),
-        "poi_tile_assignments": int(poi.size),
-        "undirected_edges": int(n_edges),
-        "categories": int(len(cats)),
-        "embedding_source": emb_source,
-        "embedding_dim": int(table.shape[1]),
-        "categories_unseen_in_table": unseen,
+        "poi_tile_assignments": int(graphs.poi.size),
+        "undirected_edges": int(graphs.n_edges),
+        "categories": int(len(emb.categories)),
+        "embedding_source": emb.source,
+        "embedding_dim": int(emb.table.shape[1]),
+        "categories_unseen_in_table": emb.unseen,
         "poi_crs": pois.crs if pois else None,
-        "tile_crs": tile_crs,
-        "reprojected": bool(reprojected),
+        "tile_crs": src.crs,
+        "reprojected": bool(pts.reprojected),
         "max_edge_length": cfg.max_edge_length,
         "tiff_tiles_copied_unconverted": int(0 if cfg.convert_tiff else n_tiff),
-        "images_in_tile_folder_not_in_index": len(tiles.unlisted) if tiles is not None else 0,
+        "images_in_tile_folder_not_in_index": len(src.tiles.unlisted) if src.tiles is not None else 0,
         "mosaic": None if grid is None else {
             "path": cfg.mosaic, "tile_size": grid.tile_size, "tile_px": grid.tile_px, "bands": list(grid.bands),
-            "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "tiles_skipped_nodata": cut.skipped_nodata,
+            "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "tiles_skipped_nodata": placed.skipped_nodata,
             "max_nodata": cfg.max_nodata,
             "stretch": None if stretch is None else [[float(lo), float(hi)] for lo, hi in stretch]},
-        "targets": target_summary,
+        "targets": labels.targets,
         "min_coverage": cfg.min_coverage,
-        "split": split_summary,
-        "seconds": round(time.time() - t_start, 2),
+        "split": labels.split,
+        "seconds": round(seconds, 2),
     }
+
+
+def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
+    """Run the whole preparation; returns the summary (also written to ``OUT/prepare_summary.json``).
+
+    Stages 1-4 read and check every input and write nothing; stages 5-7 and the summary write OUT.
+    """
+    t_start = time.time()
+    _check_flags(cfg)
+    src = _open_tiles(cfg, log)
+    pts = _read_pois(cfg, src, log)
+    opened = _open_targets(cfg, src)
+    stretch = mosaic.estimate_stretch(src.grid) if src.grid is not None else None
+    emb = _embeddings(cfg, pts, log)
+    # Writing starts here.
+    dirs = _prepare_out(cfg, [tg.spec.name for tg in opened])
+    placed = _cut_or_list(cfg, src, stretch, dirs, log)
+    graphs = _write_graphs(cfg, placed, pts, emb, dirs, log)
+    labels = _label_tiles(cfg, opened, placed, graphs, src.crs, log)
+    write_tile_index(cfg.out, TileIndex(names=graphs.names, bounds=placed.bounds, crs=src.crs, rows=placed.rows,
+                                        cols=placed.cols, columns=labels.columns))
+    category_embed.write_table(os.path.join(cfg.out, TABLE), emb.saved_categories, emb.saved_table)
+    summary = _summary(cfg, src, pts, emb, placed, graphs, labels, stretch, time.time() - t_start)
     # Last write: marks the folder complete.
     atomic_write_text(json.dumps(summary, indent=2, ensure_ascii=False), os.path.join(cfg.out, SUMMARY))
     return summary

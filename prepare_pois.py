@@ -7,7 +7,8 @@
     python prepare_pois.py --tiles TILE_DIR [--tile_index tile_index.csv] --pois pois.csv --out OUT_DIR
 
 See docs/real_data.md for the formats, the tiling grid, the target allocation rules, the split and the
-edge-weight formula.
+edge-weight formula. Exit statuses: 0 done, 2 a user error (one sentence), 74 a write the storage refused,
+75 OUT_DIR is being written by another preparation (docs/run_folder.md).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = PrepareConfig(**vars(args))
-    summary = prepare(cfg)  # InputError is a UserError: run_main prints its sentence and exits 2
+    # UserErrors (InputError 2, WriteFailed 74, FolderBusy 75): run_main prints the sentence and exits with the code
+    summary = prepare(cfg)
     if summary["image_only"]:
         pois = "no --pois: every tile has 0 POIs (image-only pretraining)"
     else:

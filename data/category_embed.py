@@ -27,11 +27,13 @@ The table is saved as CSV ``category,v0,...,v{D-1}`` so it can be reused with ``
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import numpy as np
 
 from data.poi_io import InputError, csv_header
+from utils.fileio import atomic_write_text
 
 __all__ = ["cooccurrence", "learn_embeddings", "read_table", "write_table"]
 
@@ -100,14 +102,13 @@ def learn_embeddings(counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray
 
 
 def write_table(path: str, categories: list[str], vectors: np.ndarray) -> None:
-    """Save ``[C, D]`` vectors as CSV ``category,v0..v{D-1}`` (written to a temp file, then renamed)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["category"] + [f"v{k}" for k in range(vectors.shape[1])])
-        for cat, v in zip(categories, vectors):
-            w.writerow([cat] + [repr(float(x)) for x in v])
-    os.replace(tmp, path)
+    """Save ``[C, D]`` vectors as CSV ``category,v0..v{D-1}``, atomically (utils/fileio.py)."""
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["category"] + [f"v{k}" for k in range(vectors.shape[1])])
+    for cat, v in zip(categories, vectors):
+        w.writerow([cat] + [repr(float(x)) for x in v])
+    atomic_write_text(f.getvalue(), path, durable=False)
 
 
 def read_table(path: str) -> tuple[list[str], np.ndarray]:

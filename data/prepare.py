@@ -12,13 +12,16 @@ Output folder ``OUT``::
     tile_index.gpkg, tile_index.csv    tile polygons with the CRS (data/tile_index.py)
     category_embeddings.csv            category,v0..v{D-1}: the table used (reusable via --embeddings)
     prepare_summary.json               counts; written LAST, so a folder without it is an unfinished run
+    .mmgr.lock                         the lock of OUT (utils/runlock.py); stays, like a run folder's
 
 Rows of a tile's tensors follow the order of the POIs in the input file. A POI belongs to every tile
 with ``minx <= x < maxx`` and ``miny <= y < maxy`` (half-open, so a POI on a shared edge of two
 abutting tiles goes to exactly one). Tiles without POIs are written with ``[0, D]`` / ``[2, 0]``.
 
 Every input is read and checked before the first file is written, so a mistake in any of them stops
-the run with one sentence and leaves ``OUT`` as it was.
+the run with one sentence and leaves ``OUT`` as it was. The writing holds the lock of ``OUT``, as a
+training run holds its folder's (docs/run_folder.md): a second preparation into the same ``OUT`` stops
+at once naming the first (exit 75), and a write the storage refuses names the file and the fix (exit 74).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from data.gdal_errors import reason
 from data.graph import delaunay_edges
 from data.poi_io import InputError
 from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
-from utils.fileio import atomic_write_text
+from utils.errors import StorageError
+from utils.fileio import WriteFailed, atomic_path, atomic_save, atomic_write_text, write_advice
+from utils.runlock import FolderLock
 
 __all__ = ["assign_to_tiles", "PrepareConfig", "prepare"]
 
@@ -176,9 +181,8 @@ class PrepareConfig:
 
 
 def _save_tensor(array: np.ndarray, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(torch.from_numpy(np.ascontiguousarray(array)), tmp)
-    os.replace(tmp, path)  # never leave a truncated file under the final name
+    # Not fsynced: bulk, re-creatable files (utils/fileio.py); a refused write raises WriteFailed.
+    atomic_save(torch.from_numpy(np.ascontiguousarray(array)), path, durable=False)
 
 
 def _convert_tiff(src: str, dst: str) -> None:
@@ -193,9 +197,8 @@ def _convert_tiff(src: str, dst: str) -> None:
         raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.")
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
-    tmp = dst + ".tmp"
-    Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0)), mode="RGB").save(tmp, format="PNG")
-    os.replace(tmp, dst)
+    with atomic_path(dst, durable=False) as tmp:
+        Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0)), mode="RGB").save(tmp, format="PNG")
 
 
 def _place_image(src: str, dst_dir: str, mode: str, convert_tiff: bool) -> str:
@@ -206,20 +209,18 @@ def _place_image(src: str, dst_dir: str, mode: str, convert_tiff: bool) -> str:
         out = stem + ".png"
         _convert_tiff(src, os.path.join(dst_dir, out))
         return out
-    dst = os.path.join(dst_dir, name)
-    tmp = dst + ".tmp"
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    if mode == "hardlink":
-        try:
-            os.link(src, tmp)
-        except OSError:  # other file system: fall back to a copy
+    with atomic_path(os.path.join(dst_dir, name), durable=False, expected_bytes=os.path.getsize(src)) as tmp:
+        if mode == "hardlink":
+            os.remove(tmp)  # a link needs a free name
+            try:
+                os.link(src, tmp)
+            except OSError:  # other file system: fall back to a copy
+                shutil.copyfile(src, tmp)
+        elif mode == "symlink":
+            os.remove(tmp)
+            os.symlink(os.path.abspath(src), tmp)
+        else:
             shutil.copyfile(src, tmp)
-    elif mode == "symlink":
-        os.symlink(os.path.abspath(src), tmp)
-    else:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
     return name
 
 
@@ -248,6 +249,16 @@ def _write_tiles(tile_ids: list[int]) -> tuple[int, dict[int, str]]:
         n_und += ei.shape[1] // 2
         names[t] = name
     return n_und, names
+
+
+def _write_tiles_in_worker(tile_ids: list[int]) -> tuple[int, dict[int, str]]:
+    """:func:`_write_tiles` in a pool worker, a refused write sent back as a plain :class:`StorageError`."""
+    try:
+        return _write_tiles(tile_ids)
+    except WriteFailed as exc:
+        # WriteFailed cannot be rebuilt from its pickle (keyword-only arguments), and an exception the pool
+        # cannot unpickle kills the pool's result thread: the parent would wait forever. Same sentence, exit 74.
+        raise StorageError(str(exc)) from None
 
 
 def _outputs(cfg: PrepareConfig, target_names: list[str]) -> list[str]:
@@ -565,7 +576,7 @@ def _run_chunks(chunks: list[list[int]], n_tiles: int, workers: int) -> list[tup
             # child: a forked child that enters torch's OpenMP pool inherited from a parent that had
             # started it can deadlock (what DataLoader workers avoid the same way).
             with mp.get_context("fork").Pool(workers, initializer=_one_torch_thread) as pool:
-                for r in pool.imap(_write_tiles, chunks):
+                for r in pool.imap(_write_tiles_in_worker, chunks):
                     results.append(r)
                     bar.update(len(r[1]))
         else:
@@ -671,24 +682,36 @@ def _summary(cfg: PrepareConfig, src: _Source, pts: _Points, emb: _Embeddings, p
 def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
     """Run the whole preparation; returns the summary (also written to ``OUT/prepare_summary.json``).
 
-    Stages 1-4 read and check every input and write nothing; stages 5-7 and the summary write OUT.
+    Stages 1-4 read and check every input and write nothing; stages 5-7 and the summary write OUT,
+    holding its lock (utils/runlock.py, docs/run_folder.md) until the summary is written. Another
+    process holding it: :class:`utils.errors.FolderBusy` (exit 75) naming the holder. A write the storage
+    refuses: :class:`utils.fileio.WriteFailed` (exit 74) naming the file and the fix.
     """
     t_start = time.time()
     _check_flags(cfg)
-    src = _open_tiles(cfg, log)
-    pts = _read_pois(cfg, src, log)
-    opened = _open_targets(cfg, src)
-    stretch = mosaic.estimate_stretch(src.grid) if src.grid is not None else None
-    emb = _embeddings(cfg, pts, log)
-    # Writing starts here.
-    dirs = _prepare_out(cfg, [tg.spec.name for tg in opened])
-    placed = _cut_or_list(cfg, src, stretch, dirs, log)
-    graphs = _write_graphs(cfg, placed, pts, emb, dirs, log)
-    labels = _label_tiles(cfg, opened, placed, graphs, src.crs, log)
-    write_tile_index(cfg.out, TileIndex(names=graphs.names, bounds=placed.bounds, crs=src.crs, rows=placed.rows,
-                                        cols=placed.cols, columns=labels.columns))
-    category_embed.write_table(os.path.join(cfg.out, TABLE), emb.saved_categories, emb.saved_table)
-    summary = _summary(cfg, src, pts, emb, placed, graphs, labels, stretch, time.time() - t_start)
-    # Last write: marks the folder complete.
-    atomic_write_text(json.dumps(summary, indent=2, ensure_ascii=False), os.path.join(cfg.out, SUMMARY))
+    lock = FolderLock(cfg.out, purpose="prepare_pois", flag="--out")
+    try:
+        if os.path.isdir(cfg.out):
+            lock.acquire()  # an OUT in use is refused at once, not after minutes of reading the inputs
+        src = _open_tiles(cfg, log)
+        pts = _read_pois(cfg, src, log)
+        opened = _open_targets(cfg, src)
+        stretch = mosaic.estimate_stretch(src.grid) if src.grid is not None else None
+        emb = _embeddings(cfg, pts, log)
+        # Writing starts here; a new OUT is only created now, so bad inputs leave no folder behind.
+        lock.acquire()  # a no-op when held already
+        # A refused write leaves an unfinished OUT, which a rerun must replace: hence "with --overwrite".
+        with write_advice("another --out", "run the command again with --overwrite"):
+            dirs = _prepare_out(cfg, [tg.spec.name for tg in opened])
+            placed = _cut_or_list(cfg, src, stretch, dirs, log)
+            graphs = _write_graphs(cfg, placed, pts, emb, dirs, log)
+            labels = _label_tiles(cfg, opened, placed, graphs, src.crs, log)
+            write_tile_index(cfg.out, TileIndex(names=graphs.names, bounds=placed.bounds, crs=src.crs,
+                                                rows=placed.rows, cols=placed.cols, columns=labels.columns))
+            category_embed.write_table(os.path.join(cfg.out, TABLE), emb.saved_categories, emb.saved_table)
+            summary = _summary(cfg, src, pts, emb, placed, graphs, labels, stretch, time.time() - t_start)
+            # Last write: marks the folder complete.
+            atomic_write_text(json.dumps(summary, indent=2, ensure_ascii=False), os.path.join(cfg.out, SUMMARY))
+    finally:
+        lock.release()
     return summary

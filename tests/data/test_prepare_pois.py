@@ -1,6 +1,7 @@
 """prepare_pois.py end to end on hand-made fixtures: tile membership, node order, graphs, embeddings,
-the summary, and one-sentence errors for bad input."""
+the summary, one-sentence errors for bad input, the lock of --out and a refused write."""
 
+import errno
 import json
 import os
 import subprocess
@@ -11,8 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data.prepare import assign_to_tiles
-from prepare_pois import main
+from data.prepare import PrepareConfig, assign_to_tiles, prepare
+from prepare_pois import build_parser, main
+from tests.conftest import run_script
+from utils.errors import EXIT_BUSY, EXIT_STORAGE, FolderBusy, StorageError
+from utils.runlock import LOCK_NAME, FolderLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -257,3 +261,64 @@ def test_pois_far_from_the_tiles_stop_before_writing(city):
         main(["--pois", str(city / "far.csv"), "--tiles", str(city / "tiles"), "--tile_index",
               str(city / "index.csv"), "--out", str(city / "out")])
     assert not (city / "out").exists()
+
+
+def test_out_held_by_another_writer_is_refused(city):
+    out = city / "out"
+    with FolderLock(out, purpose="prepare_pois", flag="--out"):
+        r = run_script([os.path.join(ROOT, "prepare_pois.py"), "--pois", str(city / "pois.csv"), "--tiles",
+                        str(city / "tiles"), "--tile_index", str(city / "index.csv"), "--out", str(out)], cwd=city)
+    assert r.returncode == EXIT_BUSY and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"error: {out} is in use by pid {os.getpid()} on host ")
+    assert len(r.stderr.splitlines()) == 1
+    assert r.stderr.rstrip().endswith("or pass another --out"), r.stderr
+    assert r.stdout == ""  # an existing OUT in use is refused before the inputs are read
+    assert os.listdir(out) == [LOCK_NAME]  # nothing of a preparation
+
+
+def test_out_taken_while_the_inputs_are_read(city):
+    # OUT does not exist yet, so it is locked only when writing starts; here another writer creates and
+    # takes it meanwhile (at the first log line).
+    out = city / "out"
+    other = FolderLock(out, purpose="prepare_pois", flag="--out")
+    args = ["--pois", str(city / "pois.csv"), "--tiles", str(city / "tiles"), "--tile_index", str(city / "index.csv"),
+            "--out", str(out)]
+    try:
+        with pytest.raises(FolderBusy, match=f"^{out} is in use by this same process .* or pass another --out$"):
+            prepare(PrepareConfig(**vars(build_parser().parse_args(args))), log=lambda line: other.acquire())
+    finally:
+        other.release()
+    assert os.listdir(out) == [LOCK_NAME]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_refused_write_names_the_file_and_out(city, monkeypatch):
+    monkeypatch.setattr(torch, "save", _disk_full)  # every tensor write fails as on a full disk
+    with pytest.raises(StorageError, match=r"could not write .*out/sub_shanghai_emb/A\.tensor \(0 bytes of about "
+                                           r".*\): the disk is full .*; the previous file is kept; free space there "
+                                           r"or pass another --out, then run the command again with --overwrite$") as e:
+        run(city)
+    assert e.value.exit_code == EXIT_STORAGE
+    out = city / "out"
+    assert not (out / "prepare_summary.json").exists() and os.listdir(out / "sub_shanghai_emb") == []
+    FolderLock(out).acquire().release()  # the lock went with the failed run
+
+
+def test_a_refused_write_in_a_worker_stops_the_run(tmp_path, monkeypatch):
+    # 257 tiles: two chunks, so --workers 2 writes in forked processes. A WriteFailed does not survive the
+    # trip back to the parent (it cannot be unpickled, which would hang the pool): it arrives as one sentence.
+    names = [f"t{k}" for k in range(257)]
+    make_tiles(tmp_path / "tiles", names[:1])
+    for n in names[1:]:
+        os.link(tmp_path / "tiles" / "t0.png", tmp_path / "tiles" / f"{n}.png")
+    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"],
+              [[n, k, 0, k + 1, 1] for k, n in enumerate(names)])
+    write_csv(tmp_path / "pois.csv", ["x", "y", "category"], [[0.5, 0.5, "a"], [200.5, 0.5, "b"]])
+    monkeypatch.setattr(torch, "save", _disk_full)
+    with pytest.raises(StorageError, match=r"could not write .*/t\d+\.tensor .*: the disk is full.*another --out"):
+        main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--tile_index",
+              str(tmp_path / "index.csv"), "--workers", "2", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "prepare_summary.json").exists()

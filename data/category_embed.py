@@ -2,7 +2,7 @@
 
 The MMGR authors embed second-level POI categories with the "semantics-preserved POI embedding" of
 Huang et al. (IJGIS 2022): 64-d category vectors learned from which categories sit next to each other
-on a Delaunay network of the POIs (SPEC §3). We learn vectors from the same signal with a count-based
+on a Delaunay network of the POIs (docs/method.md §3). We learn vectors from the same signal with a count-based
 method that is deterministic and fast on millions of POIs (Levy & Goldberg's PPMI + SVD, the closed-form
 counterpart of skip-gram with negative sampling):
 

@@ -1,10 +1,10 @@
 """POI graphs: the Delaunay network of a tile's POI locations and its edge weights.
 
 The MMGR authors build each tile's POI graph with a Delaunay triangulation of the POI positions
-(SPEC §1). This module is the one place that does it, for the synthetic city and for
+(docs/method.md §1). This module is the one place that does it, for the synthetic city and for
 ``prepare_pois.py`` alike, so both write identical graphs for identical points.
 
-Edge weight (inverse-distance kernel, documented in the README):
+Edge weight (inverse-distance kernel, documented in docs/real_data.md, "Graph and edge weights"):
 
     w_ij = 1 / (1 + d_ij / s)
 

@@ -1,5 +1,5 @@
 """Raw POIs + a mosaic or georeferenced tiles (+ targets) -> the layout ``mmgr.py`` and the downstream
-scripts read (SPEC §1; docs/real_data.md).
+scripts read (docs/method.md §1; docs/real_data.md).
 
 Output folder ``OUT``::
 

@@ -96,6 +96,19 @@ class WriteFailed(StorageError, OSError):
                          f"{fix} or pass {another}, then {rerun}")
         self.errno = errno  # after OSError.__init__, which sets it from its arguments
 
+    def __reduce__(self) -> tuple:
+        # Across processes (a worker's failed write reaching its parent) the sentence travels as it was
+        # made, with the advice of the context it was raised in.
+        return _restored_write_failed, (str(self), self.path, self.errno, self.reason, self.written, self.expected)
+
+
+def _restored_write_failed(message: str, path: Path, errno: int | None, reason: str, written: int,
+                           expected: int | None) -> WriteFailed:
+    exc = WriteFailed.__new__(WriteFailed)
+    OSError.__init__(exc, message)
+    exc.path, exc.errno, exc.reason, exc.written, exc.expected = path, errno, reason, written, expected
+    return exc
+
 
 def write_failure(exc: BaseException, path: str | Path, *, written: int = 0,
                   expected: int | None = None) -> WriteFailed | None:

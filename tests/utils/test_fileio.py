@@ -174,3 +174,13 @@ def test_real_kernel_refusal_through_torch_save(tmp_path):
     assert err.value.errno == errno.EFBIG and isinstance(err.value.__cause__, (RuntimeError, OSError))
     assert "the file exceeds the file size limit" in str(err.value)
     assert_untouched(path, before)
+
+
+def test_write_failed_crosses_a_process_boundary_unchanged(tmp_path):
+    import pickle
+
+    with write_advice("another --out", "run the command again with --overwrite"):
+        err = WriteFailed(tmp_path / "t.tensor", errno=errno.ENOSPC, written=10, expected=100)
+    back = pickle.loads(pickle.dumps(err))  # as multiprocessing returns a worker's exception
+    assert type(back) is WriteFailed and str(back) == str(err) and back.exit_code == EXIT_STORAGE
+    assert (back.path, back.errno, back.written, back.expected) == (err.path, errno.ENOSPC, 10, 100)

@@ -7,15 +7,17 @@
 The encoder's projection ``fc`` is replaced by ``Linear(d, d/2) -> ReLU -> Linear(d/2, 1)``; only that
 head trains (the backbone stays in eval mode, BatchNorm statistics frozen); prediction =
 ReLU(output); MSE loss. From epoch ``--eval_from`` on, MAE, RMSE and R² on the validation list are
-printed and appended to the record file. Shared flags and loop: engine/downstream.py.
+printed and appended to the record file. Shared flags and loop: engine/downstream.py; the task:
+engine/tasks.py.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from engine.downstream import downstream_parser, run_downstream
+from engine.tasks import regression_task
 from utils.args import parse_with_demo, str2bool
-from engine.downstream import downstream_parser, regression_task, run_downstream
 from utils.errors import run_main
 
 DEMO_DEFAULTS = {"img_size": 64, "total_epoch": 12, "schedule": [8, 10], "workers": 2, "eval_from": 1, "batch_size": 16,

@@ -1,4 +1,4 @@
-"""Downstream data in the published layout (SPEC §2).
+"""Downstream data in the published layout (docs/downstream.md).
 
 ``DATA/img/NAME.png`` tiles, ``DATA/<target_dir>/NAME.txt`` targets (``pop1km``: one float, the
 tile's population), and list files (``train-wuhan.txt``, ``val-wuhan.txt``) naming one image file per
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from data.pretrain import open_rgb
 from utils.errors import UserError
 
-__all__ = ["read_list", "read_target", "TileTargetDataset"]
+__all__ = ["read_list", "read_target", "select_fraction", "TileTargetDataset"]
 
 
 def read_list(path: Path) -> list[str]:
@@ -28,6 +28,17 @@ def read_list(path: Path) -> list[str]:
     if not names:
         raise UserError(f"list file {path} is empty; it should name one image tile per line")
     return names
+
+
+def select_fraction(names: list[str], fraction: float, seed: int) -> list[str]:
+    """A seeded subset of ``round(fraction * len(names))`` names (at least one), in list order."""
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"--label_fraction must lie in (0, 1], got {fraction}")
+    if fraction >= 1.0:
+        return list(names)
+    k = max(1, int(round(fraction * len(names))))
+    idx = np.sort(np.random.default_rng(seed).choice(len(names), size=k, replace=False))
+    return [names[i] for i in idx]
 
 
 def read_target(path: Path) -> np.ndarray:
@@ -63,7 +74,8 @@ class TileTargetDataset(Dataset):
             raise UserError(f"target directory {tdir} does not exist; check --target_dir")
         missing = [n for n in self.names if not (self.img_dir / n).is_file()]
         if missing:
-            raise UserError(f"{len(missing)} listed tiles are missing from {self.img_dir} (first: {missing[0]}); fix the list or the image directory")
+            raise UserError(f"{len(missing)} listed tiles are missing from {self.img_dir} (first: {missing[0]}); fix "
+                            "the list or the image directory")
         targets = [read_target(tdir / (Path(n).stem + ".txt")) for n in self.names]
         if len({t.shape for t in targets}) != 1:
             raise UserError(f"target files in {tdir} hold different numbers of values; each must hold the same count")

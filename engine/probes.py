@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.downstream import read_list, read_target
-from engine.downstream import select_fraction
+from data.downstream import read_list, read_target, select_fraction
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 

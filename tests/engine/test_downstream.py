@@ -1,4 +1,4 @@
-"""res_pop.py / res_func.py and their shared loop (engine/downstream.py) on a tiny layout."""
+"""res_pop.py / res_func.py, their shared loop (engine/downstream.py) and tasks (engine/tasks.py) on a tiny layout."""
 
 import csv
 import json
@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from torch.utils.data import DataLoader
+
 import res_func
 import res_pop
+from data.downstream import TileTargetDataset, select_fraction
+from data.transforms import eval_transform
+from engine.downstream import backbone_features
+from engine.tasks import distribution_task, regression_task
+from models.heads import with_task_head
 from models.image_encoder import ImageEncoder
+from models.loading import load_image_encoder
 from tests.conftest import ROOT, make_layout, run_script
-from engine.downstream import select_fraction
 
 FAST = ["--batch_size", "4", "--img_size", "24", "--device", "cpu", "--workers", "0", "--total_epoch", "2", "--eval_from", "1"]
 TYPES = ("residential", "commercial", "water")
@@ -60,7 +67,7 @@ def test_res_func_seeds_csv_and_metrics(setup, capsys):
         assert r.pred.shape == (4, 3) and np.allclose(r.pred.sum(1), 1, atol=1e-5)  # softmax: distributions
         assert set(r.history[-1]) == {"epoch", "L1", "KL", "cos"}
     # mean ± std really are the mean and sample std of the per-seed best values
-    kls = [r.best(res_func.distribution_task(TYPES)).get("KL") for r in results]
+    kls = [r.best(distribution_task(TYPES)).get("KL") for r in results]
     assert out["summary"]["best"]["KL"] == pytest.approx((np.mean(kls), np.std(kls, ddof=1)))
     rows = list(csv.DictReader(open("train-records/res_func_pred.csv")))
     assert len(rows) == 8 and rows[0]["name"] == "t008.png" and {"true_water", "pred_water"} <= set(rows[0])
@@ -76,12 +83,6 @@ def test_cached_features_equal_full_forward(setup):
     out = res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--lr", "1e-3", "--plot", "none"])
     pred_fast = out["results"][0].pred
     # The fast path's identity on a fresh head: full forward == head(cached backbone features).
-    from data.downstream import TileTargetDataset
-    from data.transforms import eval_transform
-    from models.heads import with_task_head
-    from models.loading import load_image_encoder
-    from engine.downstream import backbone_features
-    from torch.utils.data import DataLoader
     model = with_task_head(load_image_encoder(ckpt), 1).eval()
     val = DataLoader(TileTargetDataset(data, "val-wuhan.txt", eval_transform()), batch_size=4)
     with torch.no_grad():
@@ -150,15 +151,28 @@ def test_res_func_types_mismatch_and_label_fraction_too_small(setup, tmp_path):
 
 
 def test_head_bias_init_mean_starts_at_the_mean_target():
-    import torch
-
-    from engine.downstream import distribution_task, init_head_bias, regression_task
-
     last = torch.nn.Linear(8, 1)
-    init_head_bias(last, regression_task(), torch.tensor([[2.0], [4.0], [9.0]]))
+    regression_task().init_head(last, torch.tensor([[2.0], [4.0], [9.0]]))
     assert torch.allclose(last.bias, torch.tensor([5.0]))
     last = torch.nn.Linear(8, 3)
     y = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.3, 0.6]])
-    init_head_bias(last, distribution_task(("a", "b", "c")), y)
+    distribution_task(("a", "b", "c")).init_head(last, y)
     # softmax of the bias alone is the mean distribution
     assert torch.allclose(torch.softmax(last.bias, 0), y.mean(0), atol=1e-5)
+
+
+def test_task_hooks():
+    """The hooks the loop calls instead of asking which task it runs."""
+    reg, logreg, dist = regression_task(), regression_task(log_target=True), distribution_task(TYPES)
+    assert reg.warning(np.zeros((3, 1))) and "dead head" in reg.warning(np.zeros((3, 1)))
+    assert reg.warning(np.array([[0.0], [2.0]])) is None and dist.warning(np.zeros((2, 3))) is None
+    assert reg.scatter and not dist.scatter and logreg.log_scale and not reg.log_scale
+    y = torch.tensor([[0.0], [np.e - 1]])
+    assert torch.allclose(logreg.to_train(y), torch.tensor([[0.0], [1.0]]))
+    np.testing.assert_allclose(logreg.to_original(np.array([[1.0]])), [[np.e - 1]])
+    with pytest.raises(Exception, match="negative targets"):
+        logreg.check(torch.tensor([[-1.0]]), Path("pop1km"))
+    rows = dist.check(torch.tensor([[0.2, 0.2, 0.62]]), Path("func"))  # rounded files are renormalised
+    assert torch.allclose(rows.sum(1), torch.ones(1))
+    out = torch.tensor([[-1.0, 2.0, 0.5]])
+    assert torch.allclose(dist.predict(out), torch.softmax(out, 1)) and torch.equal(reg.predict(out[:, :1]), torch.zeros(1, 1))

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch
 from tqdm import tqdm
 
-from data.downstream import read_list
+from data.downstream import read_list, resolve_img_dir
 from data.pretrain import PretrainDataset, list_images, open_rgb
 from data.transforms import eval_transform
 from engine.checkpoints import RESUME_NAME
@@ -29,18 +29,6 @@ from utils.errors import UserError
 from utils.fileio import atomic_write_text
 
 __all__ = ["poi_checkpoint_for", "TileImages", "image_embeddings", "poi_embeddings", "resolve_img_dir"]
-
-
-def resolve_img_dir(root: Path, img_dir: str | None) -> str:
-    """``--img_dir`` or, when not given, the downstream layout's ``img`` if present, else the
-    pretraining layout's ``sub_shanghai_img``."""
-    if img_dir:
-        return img_dir
-    for cand in ("img", "sub_shanghai_img"):
-        if (Path(root) / cand).is_dir():
-            return cand
-    raise UserError(f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or "
-                    "--img_dir")
 
 
 def poi_checkpoint_for(img_ckpt: Path) -> Path:

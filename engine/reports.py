@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data.downstream import DownstreamLayout
 from engine.tasks import Task
 from utils.fileio import atomic_write_bytes, atomic_write_text
+from utils.metrics import std_ratio
 
-__all__ = ["SeedResult", "Outputs", "summarize", "summary_lines", "write_predictions", "scatter_plot", "write_reports"]
+__all__ = ["SeedResult", "Outputs", "summarize", "summary_lines", "write_predictions", "scatter_plot", "write_reports",
+           "baseline_intro", "comparison_lines"]
 
 
 @dataclass
@@ -28,6 +31,7 @@ class SeedResult:
     history: list[dict] = field(default_factory=list)
     pred: np.ndarray | None = None  # [N_val, K]
     dead_warned: bool = False  # the task's warning is printed once per run
+    train_mean: np.ndarray | None = None  # [K] mean training target (original units): the mean predictor
 
     def best(self, task: Task) -> dict:
         def score(h: dict) -> float:
@@ -116,13 +120,17 @@ def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], titl
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def write_reports(out: Outputs, task: Task, val_names: list[str], y_val: np.ndarray, results: list[SeedResult],
-                  summary: dict[str, dict[str, tuple[float, float]]], label: str) -> None:
-    """Every report of a run, each announced on stdout.
+def write_reports(out: Outputs, task: Task, layout: DownstreamLayout, train_names: list[str], val_names: list[str],
+                  y_val: np.ndarray, results: list[SeedResult], summary: dict[str, dict[str, tuple[float, float]]],
+                  label: str) -> None:
+    """Every report of a run, each announced on stdout. A map writer (tile positions from the data folder,
+    truth and predictions per tile) is one more call here.
 
     Args:
         out: the output paths.
         task: the task (its ``columns`` name the CSV columns; ``scatter``/``log_scale`` shape the plot).
+        layout: the data folder (root, tile folder, target folder, lists), e.g. to find a tile index.
+        train_names: the training list (every seed trained on it, or on its ``--label_fraction``).
         val_names: the ``N`` validation tile names, the row order of ``y_val`` and of each ``pred``.
         y_val: ``[N, K]`` true values (original units).
         results: one per seed, ``pred`` ``[N, K]`` in original units (last epoch).
@@ -136,3 +144,64 @@ def write_reports(out: Outputs, task: Task, val_names: list[str], y_val: np.ndar
         r2 = f"  R2 {last['R2'][0]:.3f}" if "R2" in last else ""
         scatter_plot(out.plot, y_val, results, f"{label}{r2} (last epoch)", log=task.log_scale)
         print(f"scatter plot: {out.plot}", flush=True)
+
+
+def baseline_intro(label: str, resnet: str, target_dir: str) -> str:
+    """What a run with ``--baselines`` is about to do, in words a new user can follow."""
+    return (f"What does pretraining buy on {target_dir}? The same head (same seeds, epochs and lr) is trained on the "
+            f"frozen features of\n  (1) the pretrained encoder {label}, then of\n  (2) a randomly initialised "
+            f"{resnet} (the lower bound: what the architecture alone gives), and both are compared with\n  (3) the "
+            "mean predictor, which predicts the mean training target for every tile.\n"
+            "--- (1) the pretrained encoder")
+
+
+def _last_metrics(task: Task, y: np.ndarray, results: list[SeedResult]) -> dict[str, float]:
+    """Last-epoch metrics, mean over seeds, plus the std ratio of the predictions."""
+    rows = [{**task.metrics(y, r.pred), "std ratio": std_ratio(y, r.pred)} for r in results if r.pred is not None]
+    return {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+
+
+def comparison_lines(task: Task, y_val: np.ndarray, results: list[SeedResult], baselines: dict[str, list[SeedResult]],
+                     name: str, target_dir: str) -> list[str]:
+    """The comparison table of ``--baselines``: pretrained, each baseline, the mean predictor, and the differences.
+
+    ``y_val`` ``[N, K]`` original units; every ``pred`` ``[N, K]`` in original units (last epoch); mean over seeds.
+    """
+    rows = {f"pretrained ({name})": _last_metrics(task, y_val, results)}
+    rows.update({k: _last_metrics(task, y_val, v) for k, v in baselines.items()})
+    mean_pred = [SeedResult(r.seed, pred=np.repeat(r.train_mean[None], len(y_val), axis=0)) for r in results]
+    rows["mean predictor"] = _last_metrics(task, y_val, mean_pred)
+    first = rows[f"pretrained ({name})"]
+    for k, v in list(rows.items())[1:]:
+        rows[f"pretrained - {k.split(' (')[0]}"] = {m: first[m] - v[m] for m in first}
+    keys = list(first)
+    width = max(len(k) for k in rows) + 2
+    seeds = f"mean over {len(results)} seeds, " if len(results) > 1 else ""
+    lines = [f"comparison on the {len(y_val)} validation tiles of {target_dir} ({seeds}last epoch):",
+             " " * width + "".join(f"{k:>12}" for k in keys)]
+    lines += [f"{k:<{width}}" + "".join(f"{v[m]:>+12.4f}" if k.startswith("pretrained -") else f"{v[m]:>12.4f}"
+                                        for m in keys) for k, v in rows.items()]
+    return lines + [task.explain_metrics(), std_ratio_sentence(first["std ratio"]),
+                    verdict(task, rows, f"pretrained ({name})", len(y_val), len(results))]
+
+
+def verdict(task: Task, rows: dict[str, dict[str, float]], first: str, n_tiles: int, n_seeds: int) -> str:
+    """Where the pretrained encoder stands against each baseline on the task's main metric, in words."""
+    key, sign = task.best_key, (1.0 if task.higher_is_better else -1.0)
+    parts = []
+    for k, v in rows.items():
+        if k == first or k.startswith("pretrained -"):
+            continue
+        gain = sign * (rows[first][key] - v[key])
+        parts.append(f"{'ahead of' if gain > 0 else 'behind'} {k} by {abs(gain):.3f}")
+    better = "higher" if task.higher_is_better else "lower"
+    seeds = f"{n_seeds} seeds" if n_seeds > 1 else "one seed; --seeds 0 1 2 repeats it for a mean ± std"
+    return f"On {key} ({better} is better) the pretrained encoder is {' and '.join(parts)} ({n_tiles} tiles, {seeds})."
+
+
+def std_ratio_sentence(ratio: float) -> str:
+    """Whether the pretrained encoder's predictions vary with the truth, in one sentence."""
+    verdict = ("they vary with the truth" if ratio >= 0.3 else
+               "they hardly vary: the head predicts nearly the same value for every tile")
+    return (f"std ratio = std(predictions) / std(truth) per target column, averaged: 0 for a constant prediction, "
+            f"about 1 when the predictions spread like the truth. Pretrained: {ratio:.2f}, {verdict}.")

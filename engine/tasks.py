@@ -5,6 +5,8 @@ A task's hooks, in the order a run uses them:
 
 * :meth:`Task.check` — validate the targets read from disk (``[N, K]``), before anything trains;
 * :meth:`Task.to_train` — original targets -> training units (identity unless ``--log_target``);
+* :meth:`Task.fit` — a copy of the task that knows the training targets (their mean and std for
+  ``--target_norm zscore``);
 * :meth:`Task.init_head` — ``--head_bias_init mean``: start the head's output at the mean target;
 * :meth:`Task.loss` — raw head output and targets in training units -> scalar loss;
 * :meth:`Task.predict` — raw head output -> prediction in training units;
@@ -18,7 +20,7 @@ and :class:`DistributionTask` (urban functions: K proportions, softmax output, K
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
-__all__ = ["Task", "RegressionTask", "DistributionTask", "regression_task", "distribution_task"]
+__all__ = ["Task", "RegressionTask", "DistributionTask", "regression_task", "distribution_task", "TARGET_NORMS"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,14 @@ class Task:
         """Predictions ``[N, K]`` in training units -> original units."""
         return p
 
+    def fit(self, y_train: torch.Tensor) -> Task:
+        """The task to train with, given the training targets ``[N, K]`` in training units (itself here)."""
+        return self
+
+    def describe(self) -> str:
+        """What the head learns, for the run's opening line ("" when there is nothing to add)."""
+        return ""
+
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         """Raw head output ``[B, K]`` -> prediction in training units ``[B, K]``."""
         raise NotImplementedError
@@ -83,6 +93,10 @@ class Task:
         """A sentence naming a failure visible in the predictions ``[N, K]`` (original units), or None."""
         return None
 
+    def explain_metrics(self) -> str:
+        """How to read the metrics, in one sentence (printed under comparisons)."""
+        return ""
+
 
 def _nonnegative(y: torch.Tensor, where: Path) -> torch.Tensor:
     if (y < 0).any():
@@ -91,19 +105,34 @@ def _nonnegative(y: torch.Tensor, where: Path) -> torch.Tensor:
     return y
 
 
+TARGET_NORMS = ("zscore", "none")
+
+
 @dataclass(frozen=True)
 class RegressionTask(Task):
-    """Population/GDP: prediction = ReLU(output), MSE (published), MAE/RMSE/R² in original units.
+    """Population/GDP: one value per tile, MSE, MAE/RMSE/R² in original units (docs/downstream.md).
 
-    With ``log_target`` the head learns ``log1p(y)``; predictions are mapped back with ``expm1``
-    before the metrics, so figures stay comparable with and without the option.
+    ``target_norm="none"`` is the published head: prediction = ReLU(h) for the head's output ``h``,
+    loss = MSE(ReLU(h), y). ``target_norm="zscore"`` (ours, the default of res_pop.py) trains ``h`` on
+    ``(y - mu) / sigma``, the mean and std of the training targets (set by :meth:`fit`), with
+    loss = MSE(h, (y - mu) / sigma), and predicts ReLU(mu + sigma * h): the ReLU stays on the prediction
+    in target units, so tiles below the mean remain representable and no tile's gradient is cut.
+    With ``log_target`` the head learns ``log1p(y)`` (mu and sigma are then those of ``log1p(y)``);
+    predictions are mapped back with ``expm1`` before the metrics, so figures stay comparable.
     """
 
     log_target: bool = False
+    target_norm: str = "zscore"
+    mu: float = 0.0
+    sigma: float = 1.0
     name = "regression"
     best_key = "R2"
     higher_is_better = True
     scatter = True
+
+    def __post_init__(self) -> None:
+        if self.target_norm not in TARGET_NORMS:
+            raise UserError(f"--target_norm must be one of {', '.join(TARGET_NORMS)}, got {self.target_norm!r}")
 
     @property
     def log_scale(self) -> bool:  # type: ignore[override]
@@ -118,24 +147,52 @@ class RegressionTask(Task):
     def to_original(self, p: np.ndarray) -> np.ndarray:
         return np.expm1(p) if self.log_target else p
 
+    def fit(self, y_train: torch.Tensor) -> RegressionTask:
+        if self.target_norm == "none":
+            return self
+        y = y_train.double()
+        sigma = float(y.std(unbiased=False))
+        # Constant training targets: nothing to scale; keep the unit so the head still trains.
+        return replace(self, mu=float(y.mean()), sigma=sigma if sigma > 0 else 1.0)
+
+    def describe(self) -> str:
+        if self.target_norm == "none":
+            return ""
+        units = "log1p(target)" if self.log_target else "target"
+        return f"; head trained on z-scores of the {units} (training mean {self.mu:.6g}, std {self.sigma:.6g})"
+
+    def _z(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.mu) / self.sigma
+
     def predict(self, out: torch.Tensor) -> torch.Tensor:
-        return F.relu(out)
+        if self.target_norm == "none":
+            return F.relu(out)
+        return F.relu(self.mu + self.sigma * out)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(F.relu(out), y)
+        if self.target_norm == "none":
+            return F.mse_loss(F.relu(out), y)
+        return F.mse_loss(out, self._z(y))
 
     def metrics(self, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         return regression_metrics(y[:, 0], p[:, 0])
 
     @torch.no_grad()
     def init_head(self, last: torch.nn.Linear, y_train: torch.Tensor) -> None:
-        last.bias.copy_(y_train.float().mean(dim=0))
+        # The output h starts at the mean of what it learns: the target, or its z-score (about 0).
+        target = y_train.float() if self.target_norm == "none" else self._z(y_train.double()).float()
+        last.bias.copy_(target.mean(dim=0))
+
+    def explain_metrics(self) -> str:
+        return ("R2 = fraction of the variance explained (1 perfect, 0 no better than the validation tiles' own mean; "
+                "higher is better); MAE, RMSE in target units (lower is better).")
 
     def warning(self, pred: np.ndarray) -> str | None:
-        if pred.any():
+        # With z-scored targets the loss has no ReLU, so the head cannot die.
+        if pred.any() or self.target_norm != "none":
             return None
         return ("every prediction is 0: the head's output is below zero for every tile, so its ReLU passes no gradient "
-                "(a dead head); try --head_bias_init mean, a lower --lr or another --seed")
+                "(a dead head); try --target_norm zscore, --head_bias_init mean, a lower --lr or another --seed")
 
 
 @dataclass(frozen=True)
@@ -167,15 +224,19 @@ class DistributionTask(Task):
     def metrics(self, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
         return distribution_metrics(y, p)
 
+    def explain_metrics(self) -> str:
+        return ("L1 and KL = distance between the predicted and the true mix of types (0 = identical; lower is "
+                "better); cos = cosine similarity of the two mixes (1 = same mix; higher is better).")
+
     @torch.no_grad()
     def init_head(self, last: torch.nn.Linear, y_train: torch.Tensor) -> None:
         # softmax(log mean) is the mean distribution
         last.bias.copy_(torch.log(y_train.float().mean(dim=0).clamp_min(1e-6)))
 
 
-def regression_task(log_target: bool = False) -> RegressionTask:
+def regression_task(log_target: bool = False, target_norm: str = "zscore") -> RegressionTask:
     """The scalar regression task of ``res_pop.py`` (see :class:`RegressionTask`)."""
-    return RegressionTask(log_target=log_target)
+    return RegressionTask(log_target=log_target, target_norm=target_norm)
 
 
 def distribution_task(columns: tuple[str, ...]) -> DistributionTask:

@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,8 +315,34 @@ def train_one_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Tas
                    record: Path) -> SeedResult:
     """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on."""
     run = setup_seed(args, layout, task, encoder, seed, train_names, val_set, device)
-    y_val = val_set.targets.numpy()
-    result = SeedResult(seed, train_mean=run.train_mean)
+    with _head_threads(run):
+        result = _epochs(args, layout, encoder, run, val_set.targets.numpy(), device, record)
+    if result.history:
+        for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
+            print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
+    return result
+
+
+@contextmanager
+def _head_threads(run: SeedRun) -> Iterator[None]:
+    """One intra-op thread while only the head trains on cached CPU features: an MLP of ~0.1 M parameters on
+    batches of 16 gains nothing from more, and on a busy CPU the threads' spin-waits cost up to seconds per
+    epoch (docs/downstream.md)."""
+    if run.train_feats is None or run.train_feats.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _epochs(args: argparse.Namespace, layout: DownstreamLayout, encoder: Encoder, run: SeedRun, y_val: np.ndarray,
+            device: torch.device, record: Path) -> SeedResult:
+    """The epoch loop of one seed: train, evaluate from ``--eval_from`` on, print and record."""
+    result = SeedResult(run.seed, train_mean=run.train_mean)
     for epoch in range(args.total_epoch):
         factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
         t0 = time.time()
@@ -333,11 +360,8 @@ def train_one_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Tas
             result.history.append({"epoch": epoch + 1, **m})
             line += f"  |  val {metric_text(m)}"
             with record.open("a") as rec:
-                rec.write(_record_line(args, encoder, layout, seed, result.history[-1]))
+                rec.write(_record_line(args, encoder, layout, run.seed, result.history[-1]))
         print(line, flush=True)
-    if result.history:
-        for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
-            print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
     return result
 
 

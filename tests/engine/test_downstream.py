@@ -135,21 +135,20 @@ def test_finetune_moves_backbone_frozen_does_not(setup):
 
 
 @pytest.mark.parametrize("content,match", [("0.5 0.5 0.5", "summing to"), ("-0.5 1.0 0.5", "negative proportion")])
-def test_res_func_bad_distributions(setup, tmp_path, content, match):
+def test_res_func_bad_distributions(setup, content, match):
     data, ckpt = setup
     (data / "func" / "t010.txt").write_text(content + "\n")
-    r = run_script([str(ROOT / "res_func.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST], cwd=tmp_path)
-    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match=match):  # run_main turns it into "error: ..." and exit 2
+        res_func.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST])
 
 
-def test_res_func_types_mismatch_and_label_fraction_too_small(setup, tmp_path):
+def test_res_func_types_mismatch_and_label_fraction_too_small(setup):
     data, ckpt = setup
     (data / "func_types.txt").write_text("a\nb\n")
-    r = run_script([str(ROOT / "res_func.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST], cwd=tmp_path)
-    assert r.returncode == 2 and "func_types.txt names 2" in r.stderr
-    r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST,
-                    "--label_fraction", "0.2"], cwd=tmp_path)
-    assert r.returncode == 2 and "fewer than one batch" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match="func_types.txt names 2"):
+        res_func.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST])
+    with pytest.raises(UserError, match="fewer than one batch"):
+        res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--label_fraction", "0.2"])
 
 
 def _seed_run(data, ckpt, *extra, task=None):

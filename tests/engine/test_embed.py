@@ -4,6 +4,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import embed
@@ -12,6 +13,7 @@ from models.image_encoder import ImageEncoder
 from models.loading import load_poi_encoder
 from models.poi_encoder import build_poi_encoder
 from tests.conftest import ROOT, run_script
+from utils.errors import UserError
 
 ARGS = ["--workers", "0", "--device", "cpu", "--batch_size", "5"]
 
@@ -81,13 +83,12 @@ def test_probe_cli_and_errors(tmp_path, tiny_data):
     assert "probe   pop1km ridge (backbone): MAE" in r.stdout and "knn" in r.stdout
     probe = json.loads((tmp_path / "e" / "probe.json").read_text())
     assert {"MAE", "RMSE", "R2"} <= set(probe["pop1km"]["knn"])
-    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data),
-                    "--out", str(tmp_path / "x"), *ARGS], cwd=tmp_path)
-    assert r.returncode == 2 and "wuhan_poi_3.tar" in r.stderr and "Traceback" not in r.stderr
-    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data),
-                    "--out", str(tmp_path / "x"), "--poi", "--poi_ckpt", str(d / "wuhan_img_3.tar"), *ARGS],
-                   cwd=tmp_path)
-    assert r.returncode == 2 and "no MMGR POI encoder" in r.stderr
+    with pytest.raises(UserError, match="wuhan_poi_3.tar"):  # run_main turns it into "error: ..." and exit 2
+        embed.main(["--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"),
+                    *ARGS])
+    with pytest.raises(UserError, match="no MMGR POI encoder"):
+        embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"),
+                    "--poi", "--poi_ckpt", str(d / "wuhan_img_3.tar"), *ARGS])
 
 
 def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):

@@ -415,7 +415,8 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     def run_all(enc: Encoder) -> list[SeedResult]:
         return [train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record) for s in seeds]
 
-    random_enc = encoder.architecture() if args.baselines else None
+    # --baselines: a random encoder of the checkpoint's architecture (none when the run's encoder is random).
+    random_enc = encoder.architecture() if args.baselines and encoder.ckpt is not None else None
     if random_enc is not None:
         print(baseline_intro(encoder.label, random_enc.resnet, layout.target_dir), flush=True)
     results = run_all(encoder)
@@ -426,10 +427,10 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
                   summary, f"{layout.target_dir}: {encoder.short}")
     baselines: dict[str, list[SeedResult]] = {}
     if random_enc is not None:
-        if encoder.ckpt is not None:
-            print(f"--- the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)
-            baselines["random init"] = run_all(random_enc)
-        for line in comparison_lines(task, val_set.targets.numpy(), results, baselines, encoder.short,
-                                     layout.target_dir):
+        print(f"--- (2) the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)
+        baselines["random init"] = run_all(random_enc)
+    if args.baselines:
+        label = f"pretrained ({encoder.short})" if encoder.ckpt else f"random init ({encoder.resnet})"
+        for line in comparison_lines(task, val_set.targets.numpy(), results, baselines, label, layout.target_dir):
             print(line, flush=True)
     return {"results": results, "summary": summary, "baselines": baselines}

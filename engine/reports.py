@@ -162,46 +162,46 @@ def _last_metrics(task: Task, y: np.ndarray, results: list[SeedResult]) -> dict[
 
 
 def comparison_lines(task: Task, y_val: np.ndarray, results: list[SeedResult], baselines: dict[str, list[SeedResult]],
-                     name: str, target_dir: str) -> list[str]:
-    """The comparison table of ``--baselines``: pretrained, each baseline, the mean predictor, and the differences.
+                     label: str, target_dir: str) -> list[str]:
+    """The comparison table of ``--baselines``: the run's encoder (``label``, e.g. ``"pretrained (x.tar)"``),
+    each baseline, the mean predictor, and the differences, then how to read them.
 
     ``y_val`` ``[N, K]`` original units; every ``pred`` ``[N, K]`` in original units (last epoch); mean over seeds.
     """
-    rows = {f"pretrained ({name})": _last_metrics(task, y_val, results)}
+    rows = {label: _last_metrics(task, y_val, results)}
     rows.update({k: _last_metrics(task, y_val, v) for k, v in baselines.items()})
     mean_pred = [SeedResult(r.seed, pred=np.repeat(r.train_mean[None], len(y_val), axis=0)) for r in results]
     rows["mean predictor"] = _last_metrics(task, y_val, mean_pred)
-    first = rows[f"pretrained ({name})"]
-    for k, v in list(rows.items())[1:]:
-        rows[f"pretrained - {k.split(' (')[0]}"] = {m: first[m] - v[m] for m in first}
+    first, short = rows[label], label.split(" (")[0]
+    others = list(rows)[1:]
+    diffs = {f"{short} - {k}": {m: first[m] - rows[k][m] for m in first} for k in others}
     keys = list(first)
-    width = max(len(k) for k in rows) + 2
+    width = max(len(k) for k in [*rows, *diffs]) + 2
     seeds = f"mean over {len(results)} seeds, " if len(results) > 1 else ""
     lines = [f"comparison on the {len(y_val)} validation tiles of {target_dir} ({seeds}last epoch):",
              " " * width + "".join(f"{k:>12}" for k in keys)]
-    lines += [f"{k:<{width}}" + "".join(f"{v[m]:>+12.4f}" if k.startswith("pretrained -") else f"{v[m]:>12.4f}"
-                                        for m in keys) for k, v in rows.items()]
-    return lines + [task.explain_metrics(), std_ratio_sentence(first["std ratio"]),
-                    verdict(task, rows, f"pretrained ({name})", len(y_val), len(results))]
+    lines += [f"{k:<{width}}" + "".join(f"{v[m]:>12.4f}" for m in keys) for k, v in rows.items()]
+    lines += [f"{k:<{width}}" + "".join(f"{v[m]:>+12.4f}" for m in keys) for k, v in diffs.items()]
+    return lines + [task.explain_metrics(), std_ratio_sentence(short, first["std ratio"]),
+                    verdict(task, short, {k: rows[k] for k in others}, first, len(y_val), len(results))]
 
 
-def verdict(task: Task, rows: dict[str, dict[str, float]], first: str, n_tiles: int, n_seeds: int) -> str:
-    """Where the pretrained encoder stands against each baseline on the task's main metric, in words."""
+def verdict(task: Task, short: str, others: dict[str, dict[str, float]], first: dict[str, float], n_tiles: int,
+            n_seeds: int) -> str:
+    """Where the run's encoder stands against each baseline on the task's main metric, in words."""
     key, sign = task.best_key, (1.0 if task.higher_is_better else -1.0)
     parts = []
-    for k, v in rows.items():
-        if k == first or k.startswith("pretrained -"):
-            continue
-        gain = sign * (rows[first][key] - v[key])
+    for k, v in others.items():
+        gain = sign * (first[key] - v[key])
         parts.append(f"{'ahead of' if gain > 0 else 'behind'} {k} by {abs(gain):.3f}")
     better = "higher" if task.higher_is_better else "lower"
     seeds = f"{n_seeds} seeds" if n_seeds > 1 else "one seed; --seeds 0 1 2 repeats it for a mean ± std"
-    return f"On {key} ({better} is better) the pretrained encoder is {' and '.join(parts)} ({n_tiles} tiles, {seeds})."
+    return f"On {key} ({better} is better) {short} is {' and '.join(parts)} ({n_tiles} tiles, {seeds})."
 
 
-def std_ratio_sentence(ratio: float) -> str:
-    """Whether the pretrained encoder's predictions vary with the truth, in one sentence."""
+def std_ratio_sentence(short: str, ratio: float) -> str:
+    """Whether the run's predictions vary with the truth, in one sentence."""
     verdict = ("they vary with the truth" if ratio >= 0.3 else
                "they hardly vary: the head predicts nearly the same value for every tile")
     return (f"std ratio = std(predictions) / std(truth) per target column, averaged: 0 for a constant prediction, "
-            f"about 1 when the predictions spread like the truth. Pretrained: {ratio:.2f}, {verdict}.")
+            f"about 1 when the predictions spread like the truth. {short}: {ratio:.2f}, {verdict}.")

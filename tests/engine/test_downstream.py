@@ -197,6 +197,11 @@ def test_random_init_encoder_seeded_by_the_run(setup, capsys):
     assert np.array_equal(a, res_pop.main(rand)["results"][0].pred)
     assert not np.array_equal(a, res_pop.main([*rand, "--seed", "1"])["results"][0].pred)
     assert {json.loads(line)["ckpt"] for line in open("train-records/res_pop.txt")} == {"random"}
+    capsys.readouterr()
+    out = res_pop.main([*rand, "--baselines", "--finetune"])  # the supervised bound, compared with the mean
+    text = capsys.readouterr().out
+    assert "fine-tuning the whole encoder" in text and "random init (resnet18)" in text and not out["baselines"]
+    assert "random init - mean predictor" in text and "On R2 (higher is better) random init is" in text
     torch.manual_seed(3)
     ref = ImageEncoder("resnet18", 16).state_dict()
     torch.manual_seed(3)

@@ -2,15 +2,17 @@
 
     python embed.py --ckpt ckpt/wuhan_img_120.tar --data_path DATA --out emb
     python embed.py --ckpt ckpt/checkpoint_last.pt --data_path DATA --out emb --projected --poi
-    python embed.py --ckpt ... --data_path DATA --out emb --probe pop1km gdp1km func
+    python embed.py --ckpt ... --data_path DATA --out emb --probe pop1km gdp1km func [--cv 5]
     python embed.py --demo --probe pop1km gdp1km func      # after `python mmgr.py --demo`
 
 Writes to ``--out``: ``names.txt`` (one tile file name per line, the row order), ``backbone.npy``
 ``[N, d]``, with ``--projected`` ``projection.npy`` ``[N, P]``, with ``--poi`` ``poi.npy`` ``[N, P]``,
 ``embeddings.csv`` (``name`` then one column per dimension: ``b0..``, ``proj0..``, ``poi0..``) for GIS
 joins, ``embeddings.parquet`` when pyarrow is installed, and ``meta.json``. With ``--probe``, ridge
-and kNN probes fit on the training list and score on the validation list; results print and go to
-``probe.json``.
+and kNN probes (scikit-learn, engine/probes.py) fit on the training list and score on the validation
+list, and with ``--cv K`` also by K-fold cross-validation over all labelled tiles (folds grouped by
+spatial blocks when the data folder has ``tile_index.csv``); results print and go to ``probe.json``.
+The lists default to ``train-wuhan.txt``/``val-wuhan.txt`` when present, else ``train.txt``/``val.txt``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.args import parse_with_demo, resolve_device, str2bool
+from data.downstream import resolve_img_dir, resolve_list
 from engine.checkpoints import newest_image_checkpoint
-from utils.fileio import atomic_write_text
-from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, resolve_img_dir, tile_files, write_meta
+from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, tile_files, write_meta
+from engine.probes import probe_target, probe_target_cv
+from utils.args import parse_with_demo, resolve_device, str2bool
 from utils.errors import UserError, run_main
-from engine.probes import probe_target
+from utils.fileio import atomic_write_text
 
 PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
 
@@ -34,31 +37,45 @@ PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export MMGR region embeddings (one row per tile) and probe them.")
     p.add_argument("--ckpt", default=None,
-                   help="image checkpoint (*_img_<epoch>.tar or checkpoint_last.pt); default: the newest *_img_*.tar in --model_path")
-    p.add_argument("--model_path", default="./checkpoints", help="where to look when --ckpt is not given (default './checkpoints')")
+                   help="image checkpoint (*_img_<epoch>.tar or checkpoint_last.pt); default: the newest *_img_*.tar "
+                        "in --model_path")
+    p.add_argument("--model_path", default="./checkpoints",
+                   help="where to look when --ckpt is not given (default './checkpoints')")
     p.add_argument("--data_path", default="./DATA", help="data root in either published layout (default './DATA')")
     p.add_argument("--img_dir", default=None,
                    help="tile directory under --data_path (default: 'img' if present, else 'sub_shanghai_img')")
     p.add_argument("--lists", nargs="*", default=None,
-                   help="export only the tiles named in these list files under --data_path (default: every tile of --img_dir)")
+                   help="export only the tiles named in these list files under --data_path (default: every tile of "
+                        "--img_dir)")
     p.add_argument("--out", default="embeddings", help="output directory (default './embeddings')")
     p.add_argument("--projected", type=str2bool, nargs="?", const=True, default=False,
                    help="also export the image projection head's output (default off)")
     p.add_argument("--poi", type=str2bool, nargs="?", const=True, default=False,
                    help="also export the POI-encoder embedding of each tile's POI graph (default off)")
     p.add_argument("--poi_ckpt", default=None,
-                   help="POI checkpoint (default: <prefix>_poi_<epoch>.tar beside --ckpt, or --ckpt itself if it is checkpoint_last.pt)")
-    p.add_argument("--csv", type=str2bool, nargs="?", const=True, default=True, help="write embeddings.csv (default on)")
+                   help="POI checkpoint (default: <prefix>_poi_<epoch>.tar beside --ckpt, or --ckpt itself if it is "
+                        "checkpoint_last.pt)")
+    p.add_argument("--csv", type=str2bool, nargs="?", const=True, default=True,
+                   help="write embeddings.csv (default on)")
     p.add_argument("--batch_size", type=int, default=64, help="tiles per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available, else cpu)")
     p.add_argument("--probe", nargs="*", default=None,
-                   help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km gdp1km func "
-                        "(default: no probe)")
+                   help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km "
+                        "gdp1km func (default: no probe)")
     p.add_argument("--probe_features", default="backbone", choices=tuple(PREFIX),
                    help="which exported embedding the probes read (default backbone)")
-    p.add_argument("--train_list", default="train-wuhan.txt", help="probe training list (default 'train-wuhan.txt', published)")
-    p.add_argument("--val_list", default="val-wuhan.txt", help="probe validation list (default 'val-wuhan.txt', published)")
+    p.add_argument("--train_list", default=None,
+                   help="probe training list (default 'train-wuhan.txt' when present (published), else 'train.txt', "
+                        "what prepare_pois.py writes)")
+    p.add_argument("--val_list", default=None,
+                   help="probe validation list (default 'val-wuhan.txt' when present (published), else 'val.txt')")
+    p.add_argument("--cv", type=int, default=0,
+                   help="also score the probes by K-fold cross-validation over every labelled tile (train and val "
+                        "lists), folds grouped by spatial blocks when the data folder has tile_index.csv; mean ± std "
+                        "over folds (default 0: off)")
+    p.add_argument("--block_tiles", type=int, default=4,
+                   help="side of the spatial blocks of --cv, in tiles (default 4, ours)")
     p.add_argument("--knn", type=int, default=10, help="neighbours of the kNN probe (default 10)")
     p.add_argument("--log_target", type=str2bool, nargs="?", const=True, default=False,
                    help="probes fit log1p of scalar targets, metrics in original units (default off)")
@@ -96,8 +113,11 @@ def write_parquet(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -
     return True
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Embed every tile (or the listed ones) and write names, arrays, CSV, Parquet and meta to ``--out``.
+
+    Returns ``(names, {"backbone": [N, d], "projection": [N, P], "poi": [N, P]})`` (only what was asked).
+    """
     root = Path(args.data_path)
     if not root.is_dir():
         hint = "run `python mmgr.py --demo` first" if args.demo else "pass --data_path"
@@ -126,20 +146,43 @@ def main(argv: list[str] | None = None) -> dict:
     write_meta(out / "meta.json", {"ckpt": str(ckpt), "poi_ckpt": str(poi_ckpt) if poi_ckpt else None, "resnet": resnet,
                                    "data_path": str(root), "img_dir": img_dir, "n_tiles": len(names),
                                    "dims": {k: int(a.shape[1]) for k, a in arrays.items()}})
-    print(f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}", flush=True)
+    print(f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}",
+          flush=True)
+    return names, arrays
 
+
+def probe(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray]) -> dict:
+    """Ridge and kNN probes of each ``--probe`` target on the chosen embedding (validation list, and with
+    ``--cv`` cross-validated); printed and written to probe.json."""
+    if args.probe_features not in arrays:
+        flag = "projected" if args.probe_features == "projection" else "poi"
+        raise UserError(f"--probe_features {args.probe_features} was not exported; add --{flag}")
+    feats, root = arrays[args.probe_features], Path(args.data_path)
+    lists = [resolve_list(root, args.train_list, "train"), resolve_list(root, args.val_list, "val")]
     probes: dict = {}
-    if args.probe:
-        if args.probe_features not in arrays:
-            raise UserError(f"--probe_features {args.probe_features} was not exported; add --{'projected' if args.probe_features == 'projection' else 'poi'}")
-        feats = arrays[args.probe_features]
-        for target in args.probe:
-            probes[target] = probe_target(feats, names, root, target, args.train_list, args.val_list, k=args.knn,
-                                          log_target=args.log_target)
-            for method, m in probes[target].items():
-                text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
-                print(f"probe {target:>8} {method:>5} ({args.probe_features}): {text}", flush=True)
-        atomic_write_text(json.dumps(probes, indent=2) + "\n", out / "probe.json")
+    for target in args.probe:
+        probes[target] = probe_target(feats, names, root, target, *lists, k=args.knn, log_target=args.log_target)
+        for method, m in probes[target].items():
+            text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
+            print(f"probe {target:>8} {method:>5} ({args.probe_features}): {text}", flush=True)
+        if args.cv:
+            cv = probe_target_cv(feats, names, root, target, lists, args.cv, k=args.knn, log_target=args.log_target,
+                                 block_tiles=args.block_tiles)
+            probes[target]["cv"] = cv
+            for method in ("ridge", "knn"):
+                text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in cv[method].items())
+                pooled = "  ".join(f"{k} {v:.4f}" for k, v in cv["pooled"][method].items())
+                print(f"probe {target:>8} {method:>5} ({args.probe_features}, {args.cv}-fold CV): {text}  |  "
+                      f"pooled out-of-fold: {pooled}", flush=True)
+            print(f"  ({cv['grouping']}; mean ± std over folds, then all folds' predictions together)", flush=True)
+    atomic_write_text(json.dumps(probes, indent=2) + "\n", Path(args.out) / "probe.json")
+    return probes
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    names, arrays = export(args)
+    probes = probe(args, names, arrays) if args.probe else {}
     return {"names": names, "arrays": arrays, "probes": probes}
 
 

@@ -1,132 +1,75 @@
 """The downstream loop shared by ``res_pop.py`` (scalar regression) and ``res_func.py`` (distributions).
 
-Both scripts parse the same flags (:func:`downstream_parser`, defined once, STYLE 2) and run the
-same loop (:func:`run_downstream`); they differ only in their :class:`Task`: the head width, how
-the raw head output becomes a prediction, the loss, and the metrics.
+Both scripts parse the same flags (:func:`downstream_parser`, defined once) and run the same loop
+(:func:`run_downstream`); they differ only in their task (engine/tasks.py): the head width, how the raw
+head output becomes a prediction, the loss, the metrics, the checks of the targets.
 
-Published protocol (SPEC §2), the default: the pretrained encoder's ``fc`` is replaced by
-``Linear(d, d/2) -> ReLU -> Linear(d/2, K)``, the backbone is frozen and stays in eval mode
-(BatchNorm statistics frozen), Adam, step decay, metrics on the validation list from ``--eval_from``
-on, best and last epoch printed. Opt-in additions: ``--finetune`` (the whole encoder trains, BatchNorm
-in train mode, backbone at ``--backbone_lr``), ``--label_fraction`` (few-label study), ``--seeds``
-(repeats, mean ± std), a per-tile predictions CSV, a predicted-vs-true scatter plot (regression).
+The protocol (docs/downstream.md) is the published one: the encoder's ``fc`` is replaced by
+``Linear(d, d/2) -> ReLU -> Linear(d/2, K)``, the backbone is frozen and stays in eval mode (BatchNorm
+statistics frozen), training views are random crops and flips, Adam, step decay, metrics on the
+validation list from ``--eval_from`` on, best and last epoch printed; except that scalar targets are
+standardised for training by default (the task's ``--target_norm``). Opt-in additions: ``--finetune``
+(the whole encoder trains, BatchNorm in train mode, backbone at ``--backbone_lr``), ``--ckpt random``
+(a random encoder drawn from the run's seed), ``--augment false`` (whole tiles), ``--label_fraction``
+(few-label study), ``--seeds`` (repeats, mean ± std), ``--baselines`` (the same head on a random encoder
+and the mean predictor, compared), a per-tile predictions CSV and a scatter plot (engine/reports.py).
+
+The seams: :func:`setup_seed` (data, loaders, model, optimiser), :func:`train_one_epoch`,
+:func:`evaluate`, :func:`train_one_seed` (the epoch loop of one seed) and :func:`run_downstream`
+(every seed, the reports, the baselines).
 
 Fast path: with a frozen backbone in eval mode the validation tiles' backbone features never
 change, so they are computed once and each evaluation only runs the head (same numbers, a fraction
-of the time).
+of the time); without augmentation the same holds for the training tiles.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from data.downstream import TileTargetDataset, read_list
+from data.downstream import DownstreamLayout, TileTargetDataset, read_list, select_fraction
 from data.resumable import epoch_seed
 from data.transforms import downstream_train_transform, eval_transform
-from models.heads import with_task_head
-from models.image_encoder import ImageEncoder
-from models.loading import load_image_encoder
 from engine.checkpoints import newest_image_checkpoint
+from engine.reports import (
+    Outputs,
+    SeedResult,
+    baseline_intro,
+    comparison_lines,
+    metric_text,
+    summarize,
+    summary_lines,
+    write_reports,
+)
+from engine.tasks import Task, distribution_task, regression_task
+from models.heads import with_task_head
+from models.image_encoder import RESNETS, ImageEncoder, infer_resnet
+from models.loading import load_image_encoder, load_image_state
 from utils.args import common_parser, resolve_device, str2bool
-from utils.fileio import atomic_write_bytes, atomic_write_text
 from utils.errors import UserError
-from utils.metrics import distribution_metrics, regression_metrics
 from utils.reproducibility import seed_everything, worker_init
 from utils.schedule import lr_at
 
-__all__ = ["Task", "regression_task", "distribution_task", "downstream_parser", "select_fraction", "run_downstream", "SeedResult"]
+__all__ = ["DOWNSTREAM_DEMO", "Task", "regression_task", "distribution_task", "downstream_parser", "select_fraction",
+           "run_downstream", "downstream_layout", "Encoder", "SeedResult", "SeedRun", "setup_seed", "train_one_epoch",
+           "evaluate", "train_one_seed", "backbone_features"]
 
-
-@dataclass(frozen=True)
-class Task:
-    """What distinguishes one downstream task from another.
-
-    Attributes:
-        name: short name used in messages and file names.
-        predict: raw head output ``[B, K]`` -> prediction in training units ``[B, K]``.
-        loss: ``(raw output [B, K], training target [B, K]) -> scalar``.
-        metrics: ``(true [N, K], predicted [N, K])`` in original units -> named floats.
-        best_key / higher_is_better: the metric that picks the best epoch.
-        to_train: original targets ``[N, K]`` -> training units (identity unless log targets).
-        to_original: predictions in training units -> original units.
-        columns: names of the K target columns (CSV headers).
-    """
-
-    name: str
-    predict: Callable[[torch.Tensor], torch.Tensor]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]]
-    best_key: str
-    higher_is_better: bool
-    to_train: Callable[[torch.Tensor], torch.Tensor] = lambda y: y
-    to_original: Callable[[np.ndarray], np.ndarray] = lambda p: p
-    columns: tuple[str, ...] = ("value",)
-    scatter: bool = False
-    validate: Callable[[torch.Tensor, Path], torch.Tensor] = lambda y, where: y
-
-
-def _nonnegative(y: torch.Tensor, where: Path) -> torch.Tensor:
-    if (y < 0).any():
-        raise UserError(f"{where} holds negative targets, which --log_target (log1p) cannot take; drop the flag or fix the files")
-    return y
-
-
-def _distributions(y: torch.Tensor, where: Path) -> torch.Tensor:
-    """Proportions: non-negative, rows renormalised to sum 1 (files rounded to a few decimals)."""
-    sums = y.sum(dim=1)
-    if (y < 0).any() or (sums <= 0).any():
-        raise UserError(f"{where} holds a negative proportion or an all-zero row; each NAME.txt must hold K "
-                        "non-negative proportions summing to 1")
-    if ((sums - 1).abs() > 0.05).any():
-        raise UserError(f"{where} holds rows summing to {float(sums[(sums - 1).abs().argmax()]):.3f}, not 1; "
-                        "each NAME.txt must hold the tile's K proportions")
-    return y / sums[:, None]
-
-
-def regression_task(log_target: bool = False) -> Task:
-    """Population/GDP: prediction = ReLU(output), MSE (published), MAE/RMSE/R² in original units.
-
-    With ``log_target`` the head learns ``log1p(y)``; predictions are mapped back with ``expm1``
-    before the metrics, so figures stay comparable with and without the option.
-    """
-    def predict(out: torch.Tensor) -> torch.Tensor:
-        return F.relu(out)
-
-    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(F.relu(out), y)
-
-    def metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-        return regression_metrics(y[:, 0], p[:, 0])
-
-    if log_target:
-        return Task("regression", predict, loss, metrics, "R2", True, torch.log1p, np.expm1, scatter=True,
-                    validate=_nonnegative)
-    return Task("regression", predict, loss, metrics, "R2", True, scatter=True)
-
-
-def distribution_task(columns: tuple[str, ...]) -> Task:
-    """Urban functions: prediction = softmax(output), loss KL(true || predicted), L1/KL/cos metrics."""
-    def predict(out: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(out, dim=1)
-
-    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # batchmean: the KL divergence of each tile's distribution, averaged over tiles.
-        return F.kl_div(F.log_softmax(out, dim=1), y, reduction="batchmean")
-
-    return Task("distribution", predict, loss, distribution_metrics, "KL", False, columns=tuple(columns),
-                validate=_distributions)
+# --demo of both scripts: CPU-sized, ours (docs/downstream.md). Whole tiles (no crops), so that the frozen
+# backbone's features are computed once and 30 epochs of the head take about a second; the pretrained encoder
+# is compared with a random one of the same architecture and with the mean predictor (--baselines).
+DOWNSTREAM_DEMO = {"augment": False, "total_epoch": 30, "schedule": [20], "lr": 1e-3, "batch_size": 16, "eval_from": 1,
+                   "workers": 2, "baselines": True}
 
 
 def downstream_parser(*, target_dir: str, train_record: str, description: str) -> argparse.ArgumentParser:
@@ -135,18 +78,16 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
     common = common_parser(data_path="./DATA", model_path="./checkpoints", batch_size=48, lr=5e-2, total_epoch=40,
                            schedule=[20, 30], img_size=224, origin="published res-pop")
     p = argparse.ArgumentParser(description=description, parents=[common])
-    p.add_argument("--ckpt", default=None,
-                   help="image checkpoint (*_img_<epoch>.tar, ours or the published script's, or checkpoint_last.pt); "
-                        "default: the newest *_img_*.tar in --model_path")
-    p.add_argument("--img_dir", default="img", help="tile directory under --data_path (default 'img', published)")
-    p.add_argument("--target_dir", default=target_dir,
-                   help=f"per-tile target directory under --data_path, NAME.txt per tile (default {target_dir!r})")
-    p.add_argument("--train_list", default="train-wuhan.txt", help="training list file (default 'train-wuhan.txt', published)")
-    p.add_argument("--val_list", default="val-wuhan.txt", help="validation list file (default 'val-wuhan.txt', published)")
-    p.add_argument("--eval_from", type=int, default=5, help="first epoch evaluated on the validation list (default 5, published)")
+    _encoder_and_data_flags(p, target_dir)
+    p.add_argument("--eval_from", type=int, default=5,
+                   help="first epoch evaluated on the validation list (default 5, published)")
     p.add_argument("--train_record", default=train_record,
                    help=f"metrics record file under ./train-records/ (default {train_record!r}); the predictions CSV "
                         "and plot are written beside it unless --pred_csv/--plot say otherwise")
+    p.add_argument("--augment", type=str2bool, nargs="?", const=True, default=True,
+                   help="train on random crops (RandomResizedCrop(--img_size, scale 0.2-1)) and flips (default on, "
+                        "published); off: on the whole tile, as validated, so that with a frozen backbone each tile's "
+                        "features are computed once and an epoch only trains the head (the demo's setting)")
     p.add_argument("--finetune", type=str2bool, nargs="?", const=True, default=False,
                    help="train the whole encoder (BatchNorm in train mode) instead of the frozen-backbone probe "
                         "(default off: the published protocol)")
@@ -161,25 +102,41 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
     p.add_argument("--head_bias_init", default="default", choices=("default", "mean"),
                    help="default: PyTorch's init of the head (published); mean: start the head's output bias at the "
                         "mean training target (log-mean proportions for functions), so that a ReLU-output head cannot "
-                        "start dead, i.e. below zero for every tile")
+                        "start dead, i.e. below zero for every tile (with --target_norm zscore the head learns "
+                        "z-scores, whose mean is 0, and cannot die anyway)")
+    p.add_argument("--baselines", type=str2bool, nargs="?", const=True, default=False,
+                   help="also train the same head, same seeds, on a randomly initialised encoder of the checkpoint's "
+                        "architecture, and compare both with the mean predictor (default off; on with --demo)")
     p.add_argument("--pred_csv", default=None,
                    help="per-tile validation predictions of the last epoch, every seed (default: "
                         "train-records/<record name>_pred.csv)")
     p.add_argument("--plot", default=None,
-                   help="predicted-vs-true scatter PNG, regression only (default: train-records/<record name>_scatter.png; "
-                        "'none' skips it)")
+                   help="predicted-vs-true scatter PNG, regression only (default: "
+                        "train-records/<record name>_scatter.png; 'none' skips it)")
     return p
 
 
-def select_fraction(names: list[str], fraction: float, seed: int) -> list[str]:
-    """A seeded subset of ``round(fraction * len(names))`` names (at least one), in list order."""
-    if not 0.0 < fraction <= 1.0:
-        raise UserError(f"--label_fraction must lie in (0, 1], got {fraction}")
-    if fraction >= 1.0:
-        return list(names)
-    k = max(1, int(round(fraction * len(names))))
-    idx = np.sort(np.random.default_rng(seed).choice(len(names), size=k, replace=False))
-    return [names[i] for i in idx]
+def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None:
+    """Which encoder, and where the data are (names not given are found in --data_path: docs/downstream.md)."""
+    p.add_argument("--ckpt", default=None,
+                   help="image checkpoint (*_img_<epoch>.tar, ours or the published script's, or checkpoint_last.pt), "
+                        "or 'random': a randomly initialised encoder of --resnet/--projection_dim drawn from each "
+                        "run's seed (the lower bound; with --finetune the supervised upper bound); default: the "
+                        "newest *_img_*.tar in --model_path")
+    p.add_argument("--resnet", default="resnet50", choices=RESNETS,
+                   help="architecture of --ckpt random (default resnet50, published; a checkpoint brings its own)")
+    p.add_argument("--projection_dim", type=int, default=128,
+                   help="projection width of --ckpt random (default 128, published; replaced by the head anyway)")
+    p.add_argument("--img_dir", default=None,
+                   help="tile directory under --data_path (default 'img' when present (published), else "
+                        "'sub_shanghai_img', the pretraining layout)")
+    p.add_argument("--target_dir", default=target_dir,
+                   help=f"per-tile target directory under --data_path, NAME.txt per tile (default {target_dir!r})")
+    p.add_argument("--train_list", default=None,
+                   help="training list file (default 'train-wuhan.txt' when present (published), else 'train.txt', "
+                        "what prepare_pois.py writes)")
+    p.add_argument("--val_list", default=None,
+                   help="validation list file (default 'val-wuhan.txt' when present (published), else 'val.txt')")
 
 
 @torch.no_grad()
@@ -196,205 +153,284 @@ def predict_loader(model: ImageEncoder, loader: DataLoader, task: Task, device: 
     return torch.cat([task.predict(model(x.to(device, non_blocking=True))).float().cpu() for x, _, _ in loader]).numpy()
 
 
+@dataclass(frozen=True)
+class Encoder:
+    """The image encoder a run starts from: a checkpoint file, or (``ckpt=None``) a random initialisation
+    of ``resnet``/``projection_dim``, drawn from the run's seed (``--ckpt random``)."""
+
+    ckpt: Path | None
+    resnet: str = "resnet50"
+    projection_dim: int = 128
+
+    @property
+    def label(self) -> str:
+        """As printed and recorded: the checkpoint path, or ``random init``."""
+        return str(self.ckpt) if self.ckpt else "random init"
+
+    @property
+    def short(self) -> str:
+        return self.ckpt.name if self.ckpt else "random init"
+
+    def build(self) -> ImageEncoder:
+        """The encoder (weights loaded, or fresh from the current RNG state)."""
+        return load_image_encoder(self.ckpt) if self.ckpt else ImageEncoder(self.resnet, self.projection_dim)
+
+    def architecture(self) -> Encoder:
+        """A random encoder of this encoder's architecture (read from the checkpoint's keys and shapes)."""
+        if self.ckpt is None:
+            return self
+        resnet, proj = infer_resnet(load_image_state(self.ckpt)[0])
+        return Encoder(None, resnet, proj)
+
+
 @dataclass
-class SeedResult:
-    """One run: per-evaluation metrics and the last epoch's validation predictions (original units)."""
+class SeedRun:
+    """What one seed trains and evaluates: built by :func:`setup_seed`.
+
+    ``task`` is fitted to the seed's training targets; ``order`` reseeds the training loader's shuffling
+    each epoch; ``val_feats`` ``[N_val, d]`` are the cached validation features of the fast path (None
+    with ``--finetune``); ``train_mean`` ``[K]`` is the mean training target (original units).
+    """
 
     seed: int
-    history: list[dict] = field(default_factory=list)
-    pred: np.ndarray | None = None  # [N_val, K]
-    dead_warned: bool = False  # the dead-head warning is printed once per run
-
-    def best(self, task: Task) -> dict:
-        def score(h: dict) -> float:
-            v = h[task.best_key]
-            return -np.inf if np.isnan(v) else (v if task.higher_is_better else -v)
-        return max(self.history, key=score)
-
-
-def _metric_text(m: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k not in ("epoch", "seed"))
+    task: Task
+    model: ImageEncoder
+    opt: torch.optim.Optimizer
+    train_loader: DataLoader
+    val_loader: DataLoader
+    order: torch.Generator
+    train_mean: np.ndarray
+    val_feats: torch.Tensor | None = None
+    train_feats: torch.Tensor | None = None  # [N_train, d] without --augment and --finetune
+    train_y: torch.Tensor | None = None  # [N_train, K] their targets (original units)
 
 
-@torch.no_grad()
-def init_head_bias(last: torch.nn.Linear, task: Task, y_train: torch.Tensor) -> None:
-    """``--head_bias_init mean``: the head's last bias becomes the mean training target (``y_train``
-    ``[N, K]`` in training units; its log for distributions); the weights keep their initialisation."""
-    mean = y_train.float().mean(dim=0)
-    last.bias.copy_(torch.log(mean.clamp_min(1e-6)) if task.name == "distribution" else mean)
-
-
-def train_one_seed(args: argparse.Namespace, task: Task, seed: int, ckpt: Path, train_names: list[str],
-                   val_set: TileTargetDataset, device: torch.device, record: Path) -> SeedResult:
-    """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on."""
-    seed_everything(seed)
+def _training_set(args: argparse.Namespace, layout: DownstreamLayout, task: Task, seed: int,
+                  train_names: list[str]) -> TileTargetDataset:
+    """The seed's labelled training tiles (``--label_fraction`` of the list), targets checked."""
     names = select_fraction(train_names, args.label_fraction, seed)
-    train_set = TileTargetDataset(args.data_path, args.train_list, downstream_train_transform(args.img_size),
-                                  args.img_dir, args.target_dir, names=names)
-    train_set.targets = task.validate(train_set.targets, Path(args.data_path) / args.target_dir)
+    transform = downstream_train_transform(args.img_size) if args.augment else eval_transform()
+    train_set = TileTargetDataset(layout.root, layout.train_list, transform, layout.img_dir, layout.target_dir,
+                                  names=names)
+    train_set.targets = task.check(train_set.targets, layout.targets)
     if len(train_set) < args.batch_size:
-        raise UserError(f"{args.train_list} (x label fraction {args.label_fraction:g}) gives {len(train_set)} tiles, fewer than one "
-                        f"batch of {args.batch_size}; lower --batch_size")
-    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
-    order = torch.Generator()
-    # The published loader drops the incomplete last batch during training.
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=order, **loader_kw)
-    val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
+        raise UserError(f"{layout.train_list} (x label fraction {args.label_fraction:g}) gives {len(train_set)} tiles, "
+                        f"fewer than one batch of {args.batch_size}; lower --batch_size")
+    return train_set
 
-    model = with_task_head(load_image_encoder(ckpt), out_dim=len(task.columns), freeze_backbone=not args.finetune).to(device)
-    if args.head_bias_init == "mean":
-        init_head_bias(model.encoder.fc[-1], task, task.to_train(train_set.targets))
+
+def _optimizer(args: argparse.Namespace, model: ImageEncoder) -> torch.optim.Optimizer:
+    """Adam over the head at ``--lr`` (and the backbone at ``--backbone_lr`` with ``--finetune``); each
+    group's ``base_lr`` is scaled by the schedule every epoch."""
     head = list(model.encoder.fc.parameters())
     groups = [{"params": head, "base_lr": args.lr}]
     if args.finetune:
         head_ids = {id(p) for p in head}
         groups.append({"params": [p for p in model.parameters() if id(p) not in head_ids], "base_lr": args.backbone_lr})
-    opt = torch.optim.Adam(groups, lr=args.lr)
-    print(f"seed {seed}: {ckpt} ({model.resnet}); {len(train_set)} training and {len(val_set)} validation tiles; "
-          f"{'fine-tuning the whole encoder' if args.finetune else 'frozen backbone'}", flush=True)
-    # Fast path: a frozen, eval-mode backbone maps each validation tile to the same features every epoch.
-    val_feats = None if args.finetune else backbone_features(model, val_loader, device)
-    y_val = val_set.targets.numpy()
-    result = SeedResult(seed)
-    for epoch in range(args.total_epoch):
-        factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
-        seed_everything(epoch_seed(seed, epoch))
-        order.manual_seed(epoch_seed(seed, epoch))
-        # Frozen backbone: eval mode, BatchNorm keeps its pretrained statistics (published protocol).
-        model.train(args.finetune)
-        t0, total, n = time.time(), 0.0, 0
-        for x, y, _ in train_loader:
-            x, y = x.to(device, non_blocking=True), task.to_train(y.to(device, non_blocking=True))
-            loss = task.loss(model(x), y)
-            if not torch.isfinite(loss):
-                raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item() * len(x), n + len(x)
-        line = f"epoch {epoch + 1}/{args.total_epoch}  lr {args.lr * factor:.2e}  train loss {total / n:.4f}  {time.time() - t0:.1f}s"
-        if epoch + 1 >= args.eval_from or epoch + 1 == args.total_epoch:
-            if val_feats is not None:
-                model.eval()
-                with torch.no_grad():
-                    pred = task.predict(model.encoder.fc(val_feats)).float().cpu().numpy()
-            else:
-                pred = predict_loader(model, val_loader, task, device)
-            result.pred = task.to_original(pred)
-            if task.name == "regression" and not result.pred.any() and not result.dead_warned:
-                result.dead_warned = True
-                print(f"warning: epoch {epoch + 1}: every prediction is 0: the head's output is below zero for every "
-                      "tile, so its ReLU passes no gradient (a dead head); try --head_bias_init mean, a lower --lr "
-                      "or another --seed", file=sys.stderr, flush=True)
-            if epoch + 1 >= args.eval_from:
-                m = task.metrics(y_val, result.pred)
-                result.history.append({"epoch": epoch + 1, **m})
-                line += f"  |  val {_metric_text(m)}"
-                with record.open("a") as rec:
-                    rec.write(json.dumps({"ckpt": str(ckpt), "target": args.target_dir, "seed": seed,
-                                          "finetune": bool(args.finetune), "label_fraction": args.label_fraction,
-                                          **result.history[-1]}) + "\n")
-        print(line, flush=True)
+    return torch.optim.Adam(groups, lr=args.lr)
+
+
+def setup_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Task, encoder: Encoder, seed: int,
+               train_names: list[str], val_set: TileTargetDataset, device: torch.device) -> SeedRun:
+    """Seed everything, then build the seed's training set, loaders, model (encoder + task head) and optimiser."""
+    seed_everything(seed)
+    train_set = _training_set(args, layout, task, seed, train_names)
+    task = task.fit(task.to_train(train_set.targets))
+    loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
+    order = torch.Generator()
+    # The published loader drops the incomplete last batch during training.
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=order,
+                              **loader_kw)
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
+    model = with_task_head(encoder.build(), out_dim=len(task.columns), freeze_backbone=not args.finetune)
+    model = model.to(device)
+    if args.head_bias_init == "mean":
+        task.init_head(model.encoder.fc[-1], task.to_train(train_set.targets))
+    run = SeedRun(seed, task, model, _optimizer(args, model), train_loader, val_loader, order,
+                  train_set.targets.double().mean(dim=0).numpy())
+    print(f"seed {seed}: {encoder.label} ({model.resnet}); {len(train_set)} training and {len(val_set)} validation "
+          f"tiles; {'fine-tuning the whole encoder' if args.finetune else 'frozen backbone'}{task.describe()}",
+          flush=True)
+    # Fast path: a frozen, eval-mode backbone maps each validation tile to the same features every epoch,
+    # and each training tile too when it is not augmented.
+    if not args.finetune:
+        run.val_feats = backbone_features(model, val_loader, device)
+        if not args.augment:
+            plain = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
+            run.train_feats, run.train_y = backbone_features(model, plain, device), train_set.targets.to(device)
+    return run
+
+
+def _train_batches(run: SeedRun, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(head output [B, K], target [B, K] in original units)`` of each training batch of an epoch, in the
+    order drawn from ``run.order``; incomplete last batches dropped (published)."""
+    if run.train_feats is None:
+        for x, y, _ in run.train_loader:
+            yield run.model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+        return
+    order = torch.randperm(len(run.train_feats), generator=run.order)
+    for idx in order[: len(order) // batch_size * batch_size].split(batch_size):
+        yield run.model.encoder.fc(run.train_feats[idx]), run.train_y[idx]
+
+
+def train_one_epoch(run: SeedRun, epoch: int, lr_factor: float, finetune: bool, device: torch.device) -> float:
+    """One pass over the training loader at ``base_lr * lr_factor``; returns the mean training loss per tile."""
+    for g in run.opt.param_groups:
+        g["lr"] = g["base_lr"] * lr_factor
+    seed_everything(epoch_seed(run.seed, epoch))
+    run.order.manual_seed(epoch_seed(run.seed, epoch))
+    # Frozen backbone: eval mode, BatchNorm keeps its pretrained statistics (published protocol).
+    run.model.train(finetune)
+    total, n = 0.0, 0
+    for out, y in _train_batches(run, run.train_loader.batch_size, device):
+        loss = run.task.loss(out, run.task.to_train(y))
+        if not torch.isfinite(loss):
+            raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        total, n = total + loss.item() * len(y), n + len(y)
+    return total / n
+
+
+@torch.no_grad()
+def evaluate(run: SeedRun, device: torch.device) -> np.ndarray:
+    """Validation predictions ``[N_val, K]`` in original units (the head on cached features when frozen)."""
+    if run.val_feats is not None:
+        run.model.eval()
+        pred = run.task.predict(run.model.encoder.fc(run.val_feats)).float().cpu().numpy()
+    else:
+        pred = predict_loader(run.model, run.val_loader, run.task, device)
+    return run.task.to_original(pred)
+
+
+def _record_line(args: argparse.Namespace, encoder: Encoder, layout: DownstreamLayout, seed: int, h: dict) -> str:
+    ckpt = str(encoder.ckpt) if encoder.ckpt else "random"
+    return json.dumps({"ckpt": ckpt, "target": layout.target_dir, "seed": seed, "finetune": bool(args.finetune),
+                       "label_fraction": args.label_fraction, **h}) + "\n"
+
+
+def train_one_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Task, encoder: Encoder, seed: int,
+                   train_names: list[str], val_set: TileTargetDataset, device: torch.device,
+                   record: Path) -> SeedResult:
+    """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on."""
+    run = setup_seed(args, layout, task, encoder, seed, train_names, val_set, device)
+    with _head_threads(run):
+        result = _epochs(args, layout, encoder, run, val_set.targets.numpy(), device, record)
     if result.history:
         for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
-            print(f"{tag} epoch {h['epoch']}: {_metric_text(h)}", flush=True)
+            print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
     return result
 
 
-def summarize(results: list[SeedResult], task: Task) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{"best"|"last": {metric: (mean, std)}}`` over seeds (sample std, 0 for one seed)."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for tag in ("best", "last"):
-        rows = [r.best(task) if tag == "best" else r.history[-1] for r in results if r.history]
-        if not rows:
-            continue
-        keys = [k for k in rows[0] if k != "epoch"]
-        out[tag] = {}
-        for k in keys:
-            v = np.array([r[k] for r in rows], dtype=np.float64)
-            out[tag][k] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
-    return out
+@contextmanager
+def _head_threads(run: SeedRun) -> Iterator[None]:
+    """One intra-op thread while only the head trains on cached CPU features: an MLP of ~0.1 M parameters on
+    batches of 16 gains nothing from more, and on a busy CPU the threads' spin-waits cost up to seconds per
+    epoch (docs/downstream.md)."""
+    if run.train_feats is None or run.train_feats.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def write_predictions(path: Path, names: list[str], y_true: np.ndarray, results: list[SeedResult], task: Task) -> None:
-    """CSV, one row per (seed, tile): ``name,seed,true_<col>...,pred_<col>...`` (original units)."""
-    header = ["name", "seed"] + [f"true_{c}" for c in task.columns] + [f"pred_{c}" for c in task.columns]
-    lines = [",".join(header)]
-    for r in results:
-        if r.pred is None:
-            continue
-        for i, name in enumerate(names):
-            vals = [f"{v:.6g}" for v in y_true[i]] + [f"{v:.6g}" for v in r.pred[i]]
-            lines.append(",".join([name, str(r.seed), *vals]))
-    atomic_write_text("\n".join(lines) + "\n", path)
+def _epochs(args: argparse.Namespace, layout: DownstreamLayout, encoder: Encoder, run: SeedRun, y_val: np.ndarray,
+            device: torch.device, record: Path) -> SeedResult:
+    """The epoch loop of one seed: train, evaluate from ``--eval_from`` on, print and record."""
+    result = SeedResult(run.seed, train_mean=run.train_mean)
+    for epoch in range(args.total_epoch):
+        factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
+        t0 = time.time()
+        loss = train_one_epoch(run, epoch, factor, args.finetune, device)
+        line = (f"epoch {epoch + 1}/{args.total_epoch}  lr {args.lr * factor:.2e}  train loss {loss:.4f}  "
+                f"{time.time() - t0:.1f}s")
+        if epoch + 1 >= args.eval_from or epoch + 1 == args.total_epoch:
+            result.pred = evaluate(run, device)
+            warning = run.task.warning(result.pred)
+            if warning and not result.dead_warned:
+                result.dead_warned = True
+                print(f"warning: epoch {epoch + 1}: {warning}", file=sys.stderr, flush=True)
+        if epoch + 1 >= args.eval_from:
+            m = run.task.metrics(y_val, result.pred)
+            result.history.append({"epoch": epoch + 1, **m})
+            line += f"  |  val {metric_text(m)}"
+            with record.open("a") as rec:
+                rec.write(_record_line(args, encoder, layout, run.seed, result.history[-1]))
+        print(line, flush=True)
+    return result
 
 
-def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], title: str, log: bool) -> None:
-    """Predicted vs true (last epoch, every seed), with the identity line; PNG via the Agg backend."""
-    import matplotlib
+def downstream_layout(args: argparse.Namespace) -> DownstreamLayout:
+    """The data of a run: ``--data_path`` with the flags' names, or the names found there (docs/downstream.md)."""
+    return DownstreamLayout.find(args.data_path, args.target_dir, args.img_dir, args.train_list, args.val_list)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    lo, hi = float(np.min(y_true)), float(np.max(y_true))
-    for r in results:
-        if r.pred is not None:
-            ax.scatter(y_true[:, 0], r.pred[:, 0], s=8, alpha=0.6, label=f"seed {r.seed}")
-            lo, hi = min(lo, float(r.pred.min())), max(hi, float(r.pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    if log:
-        ax.set_xscale("symlog")
-        ax.set_yscale("symlog")
-    ax.set_xlabel("true")
-    ax.set_ylabel("predicted")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+def _encoder(args: argparse.Namespace) -> Encoder:
+    if args.ckpt == "random":
+        return Encoder(None, args.resnet, args.projection_dim)
+    return Encoder(Path(args.ckpt) if args.ckpt else newest_image_checkpoint(args.model_path))
+
+
+def _validation_set(layout: DownstreamLayout, task: Task) -> TileTargetDataset:
+    """The validation tiles with checked targets; their width must be the task's."""
+    val_set = TileTargetDataset(layout.root, layout.val_list, eval_transform(), layout.img_dir, layout.target_dir)
+    if len(task.columns) != val_set.targets.shape[1]:
+        raise UserError(f"{layout.targets} holds {val_set.targets.shape[1]} value(s) per tile but this task expects "
+                        f"{len(task.columns)}; check --target_dir")
+    val_set.targets = task.check(val_set.targets, layout.targets)
+    return val_set
+
+
+def _outputs(args: argparse.Namespace, record: Path) -> Outputs:
+    stem = Path(args.train_record).stem
+    pred_csv = Path(args.pred_csv) if args.pred_csv else record.parent / f"{stem}_pred.csv"
+    plot = Path(args.plot) if args.plot else record.parent / f"{stem}_scatter.png"
+    if (args.plot or "").lower() == "none":
+        plot = None
+    return Outputs(pred_csv, plot, record.parent / stem)
 
 
 def run_downstream(args: argparse.Namespace, task: Task) -> dict:
-    """The whole downstream run for every seed; prints per-epoch lines, best/last and mean ± std.
+    """The whole downstream run for every seed; prints per-epoch lines, best/last and mean ± std; with
+    ``--baselines`` also a random encoder of the same architecture and the mean predictor, then the comparison.
 
-    Returns ``{"results": [SeedResult], "summary": summarize(...)}``.
+    Returns ``{"results": [SeedResult], "summary": summarize(...), "baselines": {name: [SeedResult]}}``.
     """
     device = resolve_device(args.device)
     if args.demo and not Path(args.data_path).is_dir():
         raise UserError(f"{args.data_path} does not exist; run `python mmgr.py --demo` first")
-    ckpt = Path(args.ckpt) if args.ckpt else newest_image_checkpoint(args.model_path)
-    if not Path(args.data_path).is_dir():
-        raise UserError(f"data directory {args.data_path} does not exist; pass --data_path (or --demo)")
-    train_names = read_list(Path(args.data_path) / args.train_list)
-    val_set = TileTargetDataset(args.data_path, args.val_list, eval_transform(), args.img_dir, args.target_dir)
-    if len(task.columns) != val_set.targets.shape[1]:
-        raise UserError(f"{Path(args.data_path) / args.target_dir} holds {val_set.targets.shape[1]} value(s) per tile but this "
-                        f"task expects {len(task.columns)}; check --target_dir")
-    val_set.targets = task.validate(val_set.targets, Path(args.data_path) / args.target_dir)
+    encoder = _encoder(args)
+    layout = downstream_layout(args)
+    train_names = read_list(layout.root / layout.train_list)
+    val_set = _validation_set(layout, task)
     record = Path("train-records") / args.train_record
     record.parent.mkdir(parents=True, exist_ok=True)
     seeds = args.seeds if args.seeds else [args.seed]
-    results = [train_one_seed(args, task, s, ckpt, train_names, val_set, device, record) for s in seeds]
+
+    def run_all(enc: Encoder) -> list[SeedResult]:
+        return [train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record) for s in seeds]
+
+    # --baselines: a random encoder of the checkpoint's architecture (none when the run's encoder is random).
+    random_enc = encoder.architecture() if args.baselines and encoder.ckpt is not None else None
+    if random_enc is not None:
+        print(baseline_intro(encoder.label, random_enc.resnet, layout.target_dir), flush=True)
+    results = run_all(encoder)
     summary = summarize(results, task)
-    if len(seeds) > 1:
-        for tag, stats in summary.items():
-            text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats.items())
-            print(f"mean ± std over {len(seeds)} seeds ({tag}): {text}", flush=True)
-    stem = Path(args.train_record).stem
-    y_val = val_set.targets.numpy()
-    pred_csv = Path(args.pred_csv) if args.pred_csv else record.parent / f"{stem}_pred.csv"
-    write_predictions(pred_csv, val_set.names, y_val, results, task)
-    print(f"predictions: {pred_csv}", flush=True)
-    if task.scatter and (args.plot or "").lower() != "none":
-        plot = Path(args.plot) if args.plot else record.parent / f"{stem}_scatter.png"
-        last = summary.get("last", {})
-        r2 = f"  R2 {last['R2'][0]:.3f}" if "R2" in last else ""
-        scatter_plot(plot, y_val, results, f"{args.target_dir}: {ckpt.name}{r2} (last epoch)",
-                     log=bool(getattr(args, "log_target", False)))
-        print(f"scatter plot: {plot}", flush=True)
-    return {"results": results, "summary": summary}
+    for line in summary_lines(summary, len(seeds)):
+        print(line, flush=True)
+    write_reports(_outputs(args, record), task, layout, train_names, val_set.names, val_set.targets.numpy(), results,
+                  summary, f"{layout.target_dir}: {encoder.short}")
+    baselines: dict[str, list[SeedResult]] = {}
+    if random_enc is not None:
+        print(f"--- (2) the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)
+        baselines["random init"] = run_all(random_enc)
+    if args.baselines:
+        label = f"pretrained ({encoder.short})" if encoder.ckpt else f"random init ({encoder.resnet})"
+        for line in comparison_lines(task, val_set.targets.numpy(), results, baselines, label, layout.target_dir):
+            print(line, flush=True)
+    return {"results": results, "summary": summary, "baselines": baselines}

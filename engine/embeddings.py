@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch
 from tqdm import tqdm
 
-from data.downstream import read_list
+from data.downstream import read_list, resolve_img_dir
 from data.layout import PretrainLayout
 from data.pretrain import PretrainDataset, list_images, open_rgb
 from data.transforms import eval_transform
@@ -30,17 +30,6 @@ from utils.errors import UserError
 from utils.fileio import atomic_write_text
 
 __all__ = ["poi_checkpoint_for", "TileImages", "image_embeddings", "poi_embeddings", "resolve_img_dir"]
-
-
-def resolve_img_dir(root: Path, img_dir: str | None) -> str:
-    """``--img_dir`` or, when not given, the downstream layout's ``img`` if present, else the
-    pretraining layout's ``sub_shanghai_img``."""
-    if img_dir:
-        return img_dir
-    for cand in ("img", "sub_shanghai_img"):
-        if (Path(root) / cand).is_dir():
-            return cand
-    raise UserError(f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or --img_dir")
 
 
 def poi_checkpoint_for(img_ckpt: Path) -> Path:
@@ -80,7 +69,8 @@ def tile_files(root: Path, img_dir: str, list_files: list[str] | None = None) ->
         by_name = {p.name: p for p in files}
         missing = [n for n in wanted if n not in by_name]
         if missing:
-            raise UserError(f"{len(missing)} listed tiles are missing from {folder} (first: {missing[0]}); fix the list or --img_dir")
+            raise UserError(f"{len(missing)} listed tiles are missing from {folder} (first: {missing[0]}); fix the "
+                            "list or --img_dir")
         files = [by_name[n] for n in dict.fromkeys(wanted)]
     return files
 
@@ -88,7 +78,10 @@ def tile_files(root: Path, img_dir: str, list_files: list[str] | None = None) ->
 @torch.no_grad()
 def image_embeddings(ckpt: Path, files: list[Path], device: torch.device, batch_size: int = 64, workers: int = 0,
                      projected: bool = False, progress: bool = True) -> tuple[dict[str, np.ndarray], str]:
-    """Backbone (and optionally projection) embeddings of ``files`` -> ``({"backbone": [N, d], "projection": [N, P]}, resnet)``."""
+    """Backbone (and optionally projection) embeddings of ``files``.
+
+    Returns ``({"backbone": [N, d], "projection": [N, P]}, resnet)`` (projection only when asked).
+    """
     model = load_image_encoder(ckpt).to(device).eval()
     loader = DataLoader(TileImages(files), batch_size=batch_size, shuffle=False, num_workers=workers)
     feats, projs = [], []
@@ -116,10 +109,11 @@ def poi_embeddings(poi_ckpt: Path, root: Path, img_dir: str, files: list[Path], 
     ds = PretrainDataset(PretrainLayout(Path(root), img_dir=img_dir), eval_transform())
     index = {p.name: i for i, p in enumerate(ds.images)}
     if ds.poi_dim != model.in_dim:
-        raise UserError(f"{poi_ckpt} expects {model.in_dim}-d POI embeddings but {ds.emb_dir} holds {ds.poi_dim}-d ones; "
-                        "use the POI data the encoder was trained on")
+        raise UserError(f"{poi_ckpt} expects {model.in_dim}-d POI embeddings but {ds.emb_dir} holds {ds.poi_dim}-d "
+                        "ones; use the POI data the encoder was trained on")
     out = []
-    for start in tqdm(range(0, len(files), batch_size), desc="POI embeddings", disable=not progress or None, mininterval=1.0):
+    starts = range(0, len(files), batch_size)
+    for start in tqdm(starts, desc="POI embeddings", disable=not progress or None, mininterval=1.0):
         graphs = Batch.from_data_list([ds.graph(index[p.name]) for p in files[start:start + batch_size]]).to(device)
         out.append(model(graphs.x, graphs.edge_index, graphs.batch, graphs.num_graphs,
                          getattr(graphs, "edge_weight", None)).float().cpu())

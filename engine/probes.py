@@ -1,8 +1,19 @@
-"""Fast probes on exported region embeddings: closed-form ridge regression and kNN (NumPy only).
+"""Fast probes on exported region embeddings, with scikit-learn: ridge regression and kNN.
 
 The second evaluation protocol (beside the trained head of res_pop.py / res_func.py): embeddings are
 computed once (embed.py), then each target is predicted from the training tiles' embeddings in
-milliseconds. Features are standardised with the training tiles' mean and std.
+milliseconds. Features are standardised with the training tiles' mean and std (``StandardScaler``;
+constant columns, e.g. dead ReLUs, stay at 0).
+
+* ridge: ``RidgeCV``, the penalty chosen among ``N * logspace(-4, 2, 13)`` by its efficient exact
+  leave-one-out error; scalar predictions are clipped to the training targets' range, distribution
+  predictions clipped at 0 and renormalised;
+* kNN: ``KNeighborsRegressor``, the mean target of the ``k`` nearest training tiles by cosine distance
+  (a mean of distributions is a distribution).
+
+Scored on the validation list (:func:`probe_target`) and, optionally, by K-fold cross-validation over
+every labelled tile (:func:`probe_target_cv`), with folds grouped by spatial blocks when the data folder
+has a tile index (docs/downstream.md).
 """
 
 from __future__ import annotations
@@ -10,72 +21,52 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.neighbors import KNeighborsRegressor
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from data.downstream import read_list, read_target
-from engine.downstream import select_fraction
+from data.downstream import read_list, read_target, read_tile_positions, select_fraction, spatial_blocks
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
-__all__ = ["ridge_fit_predict", "knn_predict", "load_targets", "probe_target"]
+__all__ = ["ridge_fit_predict", "knn_predict", "load_targets", "probe_target", "probe_target_cv", "cv_folds"]
 
 
-def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mu = x_train.mean(axis=0)
-    sd = x_train.std(axis=0)
-    sd = np.where(sd > 1e-8, sd, 1.0)  # constant columns (e.g. dead ReLUs) carry nothing, keep them at 0
-    return (x_train - mu) / sd, (x_test - mu) / sd
+def default_alphas(n: int) -> np.ndarray:
+    """Penalties tried by the ridge probe on ``n`` standardised training tiles."""
+    return n * np.logspace(-4, 2, 13)
 
 
 def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                       alphas: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Ridge regression with the penalty chosen by leave-one-out error, in closed form.
+    """Ridge regression on standardised features, penalty by exact leave-one-out error (``RidgeCV``).
 
     Args:
         x_train: ``[N, D]`` features; y_train: ``[N, K]`` targets; x_test: ``[M, D]``.
-        alphas: penalties to try (default ``N * logspace(-4, 2, 13)``, on standardised features).
+        alphas: penalties to try (default :func:`default_alphas`); one penalty serves all K columns.
 
     Returns:
-        ``([M, K] predictions, chosen alpha)``. With the SVD ``A = U S V^T`` of the standardised,
-        centred features, the hat matrix is ``U diag(s²/(s²+α)) U^T`` and the leave-one-out residual
-        is ``(y - ŷ) / (1 - h_ii)`` (``h_ii`` plus ``1/N`` for the fitted intercept), so every alpha
-        costs one matrix product.
+        ``([M, K] predictions, chosen alpha)``.
     """
-    a, b = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
-    y = np.asarray(y_train, np.float64).reshape(len(a), -1)
-    n = len(a)
-    y_mean = y.mean(axis=0)
-    yc = y - y_mean
-    u, s, vt = np.linalg.svd(a, full_matrices=False)
-    uty = u.T @ yc
-    if alphas is None:
-        alphas = n * np.logspace(-4, 2, 13)
-    best = (np.inf, float(alphas[0]))
-    for alpha in alphas:
-        f = s ** 2 / (s ** 2 + alpha)
-        fitted = u @ (f[:, None] * uty)
-        h = (u ** 2) @ f + 1.0 / n
-        loo = (yc - fitted) / np.maximum(1.0 - h, 1e-6)[:, None]
-        err = float(np.mean(loo ** 2))
-        if err < best[0]:
-            best = (err, float(alpha))
-    alpha = best[1]
-    w = vt.T @ ((s / (s ** 2 + alpha))[:, None] * uty)
-    return b @ w + y_mean, alpha
+    y = np.asarray(y_train, np.float64).reshape(len(x_train), -1)
+    alphas = default_alphas(len(x_train)) if alphas is None else np.asarray(alphas, np.float64)
+    model: Pipeline = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas))
+    model.fit(np.asarray(x_train, np.float64), y)
+    pred = model.predict(np.asarray(x_test, np.float64)).reshape(len(x_test), -1)
+    return pred, float(model[-1].alpha_)
 
 
 def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int = 10) -> np.ndarray:
-    """Mean target of the ``k`` nearest training tiles by cosine similarity of standardised features.
+    """Mean target of the ``k`` nearest training tiles by cosine distance of standardised features.
 
-    ``[N, D], [N, K], [M, D] -> [M, K]``. The mean of distributions is a distribution, so the same
-    probe serves proportions.
+    ``[N, D], [N, K], [M, D] -> [M, K]``.
     """
-    a, b = _standardise(np.asarray(x_train, np.float64), np.asarray(x_test, np.float64))
-    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    y = np.asarray(y_train, np.float64).reshape(len(a), -1)
-    k = min(k, len(a))
-    nn = np.argpartition(-(b @ a.T), k - 1, axis=1)[:, :k]  # [M, k]
-    return y[nn].mean(axis=1)
+    y = np.asarray(y_train, np.float64).reshape(len(x_train), -1)
+    knn = KNeighborsRegressor(n_neighbors=min(k, len(y)), metric="cosine", algorithm="brute")
+    model = make_pipeline(StandardScaler(), knn).fit(np.asarray(x_train, np.float64), y)
+    return model.predict(np.asarray(x_test, np.float64)).reshape(len(x_test), -1)
 
 
 def load_targets(root: Path, target_dir: str, names: list[str]) -> np.ndarray:
@@ -89,39 +80,112 @@ def load_targets(root: Path, target_dir: str, names: list[str]) -> np.ndarray:
     return np.stack(rows).astype(np.float64)
 
 
-def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir: str, train_list: str, val_list: str,
-                 k: int = 10, log_target: bool = False, label_fraction: float = 1.0, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Ridge and kNN probes of one target directory: fit on the training list, score on the validation list.
+def fit_predict(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, k: int = 10,
+                log_target: bool = False) -> tuple[dict[str, np.ndarray], float]:
+    """Ridge and kNN fitted on ``(x_tr [N, D], y_tr [N, K])``: ``({"ridge": [M, K], "knn": [M, K]}, alpha)``,
+    predictions for ``x_va`` in original units.
 
-    ``features`` ``[N, D]`` has one row per name in ``names`` (the export order). Targets with one
-    value are scored as regression (MAE/RMSE/R², original units; ``log_target`` fits ``log1p``; ridge
-    predictions are clipped to the training targets' range),
-    targets with several as distributions (L1/KL/cos; ridge outputs are clipped at 0 and renormalised).
-    Returns ``{"ridge": metrics, "knn": metrics}``.
+    One value per tile: ``log_target`` fits ``log1p`` (mapped back with ``expm1``); a linear probe
+    extrapolates freely, so ridge is clipped to the training targets' range in fitting units (one outlying
+    tile cannot dominate R² after ``expm1``). Several values (distributions): ridge clipped at 0 and
+    renormalised.
     """
-    index = {Path(n).stem: i for i, n in enumerate(names)}
-    root = Path(root)
-    tr = select_fraction(read_list(root / train_list), label_fraction, seed)
-    va = read_list(root / val_list)
-    missing = [n for n in tr + va if Path(n).stem not in index]
-    if missing:
-        raise UserError(f"{len(missing)} listed tiles have no exported embedding (first: {missing[0]}); export every listed tile")
-    x_tr = features[[index[Path(n).stem] for n in tr]]
-    x_va = features[[index[Path(n).stem] for n in va]]
-    y_tr, y_va = load_targets(root, target_dir, tr), load_targets(root, target_dir, va)
-    out: dict[str, dict[str, float]] = {}
     if y_tr.shape[1] == 1:
         fwd, inv = (np.log1p, np.expm1) if log_target else (lambda v: v, lambda v: v)
         ridge, alpha = ridge_fit_predict(x_tr, fwd(y_tr), x_va)
-        # A linear probe extrapolates freely; keep it inside the training targets' range (in fitting
-        # units) so one outlying tile cannot dominate R² after expm1.
         ridge = np.clip(ridge, fwd(y_tr).min(), fwd(y_tr).max())
-        out["ridge"] = {**regression_metrics(y_va[:, 0], inv(ridge)[:, 0]), "alpha": alpha}
-        out["knn"] = regression_metrics(y_va[:, 0], inv(knn_predict(x_tr, fwd(y_tr), x_va, k))[:, 0])
-    else:
-        ridge, alpha = ridge_fit_predict(x_tr, y_tr, x_va)
-        ridge = np.clip(ridge, 1e-6, None)
-        ridge /= ridge.sum(axis=1, keepdims=True)
-        out["ridge"] = {**distribution_metrics(y_va, ridge), "alpha": alpha}
-        out["knn"] = distribution_metrics(y_va, knn_predict(x_tr, y_tr, x_va, k))
+        return {"ridge": inv(ridge), "knn": inv(knn_predict(x_tr, fwd(y_tr), x_va, k))}, alpha
+    ridge, alpha = ridge_fit_predict(x_tr, y_tr, x_va)
+    ridge = np.clip(ridge, 1e-6, None)
+    ridge /= ridge.sum(axis=1, keepdims=True)
+    return {"ridge": ridge, "knn": knn_predict(x_tr, y_tr, x_va, k)}, alpha
+
+
+def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """MAE/RMSE/R² of one value per tile, L1/KL/cos of distributions (``[N, K]`` both, original units)."""
+    return regression_metrics(y[:, 0], p[:, 0]) if y.shape[1] == 1 else distribution_metrics(y, p)
+
+
+def fit_and_score(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, k: int = 10,
+                  log_target: bool = False) -> dict[str, dict[str, float]]:
+    """:func:`fit_predict` scored on ``y_va``: ``{"ridge": metrics + alpha, "knn": metrics}``."""
+    pred, alpha = fit_predict(x_tr, y_tr, x_va, k, log_target)
+    return {"ridge": {**score(y_va, pred["ridge"]), "alpha": alpha}, "knn": score(y_va, pred["knn"])}
+
+
+def _rows(features: np.ndarray, names: list[str], wanted: list[str]) -> np.ndarray:
+    """Rows of ``features`` (one per exported name) for the ``wanted`` tiles, matched by file stem."""
+    index = {Path(n).stem: i for i, n in enumerate(names)}
+    missing = [n for n in wanted if Path(n).stem not in index]
+    if missing:
+        raise UserError(f"{len(missing)} listed tiles have no exported embedding (first: {missing[0]}); export every "
+                        "listed tile")
+    return features[[index[Path(n).stem] for n in wanted]]
+
+
+def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir: str, train_list: str, val_list: str,
+                 k: int = 10, log_target: bool = False, label_fraction: float = 1.0,
+                 seed: int = 0) -> dict[str, dict[str, float]]:
+    """Ridge and kNN probes of one target directory: fit on the training list, score on the validation list.
+
+    ``features`` ``[N, D]`` has one row per name in ``names`` (the export order); see :func:`fit_and_score`.
+    Returns ``{"ridge": metrics, "knn": metrics}``.
+    """
+    root = Path(root)
+    tr = select_fraction(read_list(root / train_list), label_fraction, seed)
+    va = read_list(root / val_list)
+    x_tr, x_va = _rows(features, names, tr), _rows(features, names, va)
+    return fit_and_score(x_tr, load_targets(root, target_dir, tr), x_va, load_targets(root, target_dir, va), k,
+                         log_target)
+
+
+def cv_folds(root: Path, tiles: list[str], n_folds: int, block_tiles: int = 4,
+             seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """``n_folds`` (train indices, test indices) pairs over ``tiles`` and a phrase saying how they were made.
+
+    With ``root/tile_index.csv``: ``GroupKFold`` over spatial blocks of ``block_tiles`` x ``block_tiles``
+    tiles (:func:`data.downstream.spatial_blocks`), so that no block is split between training and test.
+    Without it: shuffled ``KFold`` (seeded), which lets neighbouring tiles fall on both sides.
+    """
+    positions = read_tile_positions(root)
+    idx = np.arange(len(tiles))
+    if positions is None:
+        folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(idx)
+        return list(folds), "random folds (no tile_index.csv, so neighbouring tiles may fall on both sides)"
+    groups = spatial_blocks(tiles, positions, block_tiles)
+    if len(np.unique(groups)) < n_folds:
+        raise UserError(f"the labelled tiles fall into {len(np.unique(groups))} spatial blocks of {block_tiles}x"
+                        f"{block_tiles} tiles, fewer than --cv {n_folds}; lower --cv or --block_tiles")
+    folds = GroupKFold(n_splits=n_folds).split(idx, groups=groups)
+    return list(folds), f"folds grouped by spatial blocks of {block_tiles}x{block_tiles} tiles"
+
+
+def probe_target_cv(features: np.ndarray, names: list[str], root: Path, target_dir: str, lists: list[str],
+                    n_folds: int, k: int = 10, log_target: bool = False, block_tiles: int = 4,
+                    seed: int = 0) -> dict:
+    """K-fold cross-validated ridge and kNN probes over every tile of ``lists`` (the labelled tiles).
+
+    Returns ``{"folds": K, "grouping": phrase, "ridge": {metric: [mean, std]}, "knn": {...},
+    "pooled": {"ridge": metrics, "knn": metrics}}``: mean and sample std of the per-fold metrics, and the
+    metrics of all out-of-fold predictions together (a held-out region whose own mean differs from the
+    rest's gets a low per-fold R² even where the pooled predictions follow the truth).
+    """
+    root = Path(root)
+    tiles = list(dict.fromkeys(n for lf in lists for n in read_list(root / lf)))
+    if not 2 <= n_folds <= len(tiles):
+        raise UserError(f"--cv must lie between 2 and the {len(tiles)} labelled tiles, got {n_folds}")
+    x, y = _rows(features, names, tiles), load_targets(root, target_dir, tiles)
+    folds, grouping = cv_folds(root, tiles, n_folds, block_tiles, seed)
+    out: dict = {"folds": n_folds, "grouping": grouping, "pooled": {}}
+    oof = {m: np.zeros_like(y) for m in ("ridge", "knn")}
+    per_fold = []
+    for tr, te in folds:
+        pred, _ = fit_predict(x[tr], y[tr], x[te], k, log_target)
+        per_fold.append({m: score(y[te], p) for m, p in pred.items()})
+        for m, p in pred.items():
+            oof[m][te] = p
+    for method in ("ridge", "knn"):
+        values = {key: np.array([f[method][key] for f in per_fold]) for key in per_fold[0][method]}
+        out[method] = {key: [float(v.mean()), float(v.std(ddof=1))] for key, v in values.items()}
+        out["pooled"][method] = score(y, oof[method])
     return out

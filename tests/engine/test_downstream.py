@@ -1,4 +1,4 @@
-"""res_pop.py / res_func.py and their shared loop (engine/downstream.py) on a tiny layout."""
+"""res_pop.py / res_func.py, their shared loop (engine/downstream.py) and tasks (engine/tasks.py) on a tiny layout."""
 
 import csv
 import json
@@ -7,14 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import res_func
 import res_pop
+from data.downstream import TileTargetDataset, read_list, select_fraction
+from data.transforms import eval_transform
+from engine.downstream import Encoder, backbone_features, downstream_layout, evaluate, setup_seed, train_one_epoch
+from engine.tasks import distribution_task, regression_task
+from models.heads import with_task_head
 from models.image_encoder import ImageEncoder
+from models.loading import load_image_encoder
 from tests.conftest import ROOT, make_layout, run_script
-from engine.downstream import select_fraction
+from utils.errors import UserError
 
-FAST = ["--batch_size", "4", "--img_size", "24", "--device", "cpu", "--workers", "0", "--total_epoch", "2", "--eval_from", "1"]
+FAST = ["--batch_size", "4", "--img_size", "24", "--device", "cpu", "--workers", "0", "--total_epoch", "2",
+        "--eval_from", "1"]
 TYPES = ("residential", "commercial", "water")
 
 
@@ -60,13 +68,13 @@ def test_res_func_seeds_csv_and_metrics(setup, capsys):
         assert r.pred.shape == (4, 3) and np.allclose(r.pred.sum(1), 1, atol=1e-5)  # softmax: distributions
         assert set(r.history[-1]) == {"epoch", "L1", "KL", "cos"}
     # mean ± std really are the mean and sample std of the per-seed best values
-    kls = [r.best(res_func.distribution_task(TYPES)).get("KL") for r in results]
+    kls = [r.best(distribution_task(TYPES)).get("KL") for r in results]
     assert out["summary"]["best"]["KL"] == pytest.approx((np.mean(kls), np.std(kls, ddof=1)))
     rows = list(csv.DictReader(open("train-records/res_func_pred.csv")))
     assert len(rows) == 8 and rows[0]["name"] == "t008.png" and {"true_water", "pred_water"} <= set(rows[0])
     assert float(rows[0]["true_water"]) == pytest.approx(float((data / "func" / "t008.txt").read_text().split()[2]))
     assert float(rows[4]["pred_commercial"]) == pytest.approx(results[1].pred[0, 1], rel=1e-4)
-    recs = [json.loads(l) for l in open("train-records/res_func.txt")]
+    recs = [json.loads(line) for line in open("train-records/res_func.txt")]
     assert [(r["seed"], r["epoch"]) for r in recs] == [(0, 1), (0, 2), (1, 1), (1, 2)]
 
 
@@ -76,12 +84,6 @@ def test_cached_features_equal_full_forward(setup):
     out = res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--lr", "1e-3", "--plot", "none"])
     pred_fast = out["results"][0].pred
     # The fast path's identity on a fresh head: full forward == head(cached backbone features).
-    from data.downstream import TileTargetDataset
-    from data.transforms import eval_transform
-    from models.heads import with_task_head
-    from models.loading import load_image_encoder
-    from engine.downstream import backbone_features
-    from torch.utils.data import DataLoader
     model = with_task_head(load_image_encoder(ckpt), 1).eval()
     val = DataLoader(TileTargetDataset(data, "val-wuhan.txt", eval_transform()), batch_size=4)
     with torch.no_grad():
@@ -93,16 +95,17 @@ def test_cached_features_equal_full_forward(setup):
 
 def test_res_pop_options_end_to_end(setup, tmp_path):
     data, ckpt = setup
-    r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--target_dir", "gdp1km",
-                    "--log_target", "--label_fraction", "0.5", "--finetune", "--backbone_lr", "1e-5", "--seeds", "0", "1",
-                    "--train_record", "gdp.txt"], cwd=tmp_path)
+    r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST,
+                    "--target_dir", "gdp1km", "--log_target", "--label_fraction", "0.5", "--finetune", "--backbone_lr",
+                    "1e-5", "--seeds", "0", "1", "--train_record", "gdp.txt"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("4 training and 4 validation tiles; fine-tuning the whole encoder") == 2
     assert "mean ± std over 2 seeds (last): MAE" in r.stdout
     png = tmp_path / "train-records" / "gdp_scatter.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(tmp_path / "train-records" / "gdp_pred.csv")))
-    assert len(rows) == 8 and float(rows[0]["true_value"]) == pytest.approx(float((data / "gdp1km" / "t008.txt").read_text()))
+    assert len(rows) == 8
+    assert float(rows[0]["true_value"]) == pytest.approx(float((data / "gdp1km" / "t008.txt").read_text()))
 
 
 def test_finetune_moves_backbone_frozen_does_not(setup):
@@ -132,33 +135,136 @@ def test_finetune_moves_backbone_frozen_does_not(setup):
 
 
 @pytest.mark.parametrize("content,match", [("0.5 0.5 0.5", "summing to"), ("-0.5 1.0 0.5", "negative proportion")])
-def test_res_func_bad_distributions(setup, tmp_path, content, match):
+def test_res_func_bad_distributions(setup, content, match):
     data, ckpt = setup
     (data / "func" / "t010.txt").write_text(content + "\n")
-    r = run_script([str(ROOT / "res_func.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST], cwd=tmp_path)
-    assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match=match):  # run_main turns it into "error: ..." and exit 2
+        res_func.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST])
 
 
-def test_res_func_types_mismatch_and_label_fraction_too_small(setup, tmp_path):
+def test_res_func_types_mismatch_and_label_fraction_too_small(setup):
     data, ckpt = setup
     (data / "func_types.txt").write_text("a\nb\n")
-    r = run_script([str(ROOT / "res_func.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST], cwd=tmp_path)
-    assert r.returncode == 2 and "func_types.txt names 2" in r.stderr
-    r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--label_fraction", "0.2"],
-                   cwd=tmp_path)
-    assert r.returncode == 2 and "fewer than one batch" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match="func_types.txt names 2"):
+        res_func.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST])
+    with pytest.raises(UserError, match="fewer than one batch"):
+        res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--label_fraction", "0.2"])
 
 
-def test_head_bias_init_mean_starts_at_the_mean_target():
-    import torch
+def _seed_run(data, ckpt, *extra, task=None):
+    """setup_seed on the tiny layout, in-process (the loop's seams)."""
+    args = res_pop.parse_args(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, *extra])
+    layout = downstream_layout(args)
+    task = task or regression_task(args.log_target, args.target_norm)
+    val = TileTargetDataset(layout.root, layout.val_list, eval_transform(), layout.img_dir, layout.target_dir)
+    names = read_list(layout.root / layout.train_list)
+    return args, setup_seed(args, layout, task, Encoder(ckpt), 0, names, val, torch.device("cpu"))
 
-    from engine.downstream import distribution_task, init_head_bias, regression_task
 
-    last = torch.nn.Linear(8, 1)
-    init_head_bias(last, regression_task(), torch.tensor([[2.0], [4.0], [9.0]]))
-    assert torch.allclose(last.bias, torch.tensor([5.0]))
-    last = torch.nn.Linear(8, 3)
-    y = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.3, 0.6]])
-    init_head_bias(last, distribution_task(("a", "b", "c")), y)
-    # softmax of the bias alone is the mean distribution
-    assert torch.allclose(torch.softmax(last.bias, 0), y.mean(0), atol=1e-5)
+def test_zscore_predictions_are_relu_of_mu_plus_sigma_h_in_original_units(setup):
+    data, ckpt = setup
+    _, run = _seed_run(data, ckpt, "--augment", "false")
+    y_train = np.array([float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8)])
+    assert run.task.mu == pytest.approx(y_train.mean()) and run.task.sigma == pytest.approx(y_train.std(), rel=1e-4)
+    for epoch in range(2):
+        train_one_epoch(run, epoch, 1.0, False, torch.device("cpu"))
+    with torch.no_grad():
+        h = run.model.encoder.fc(run.val_feats).numpy()
+    np.testing.assert_allclose(evaluate(run, torch.device("cpu")), np.maximum(run.task.mu + run.task.sigma * h, 0),
+                               rtol=1e-5)
+
+
+def test_cached_training_features_equal_the_loader_path(setup):
+    """Without augmentation a frozen run trains the head on features computed once; the same batch (all 8
+    training tiles, so the shuffling does not matter) through the full model gives the same head."""
+    data, ckpt = setup
+    _, cached = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
+    _, full = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
+    assert cached.train_feats is not None and cached.train_feats.shape == (8, 512)
+    full.train_feats = None
+    losses = [train_one_epoch(r, 0, 1.0, False, torch.device("cpu")) for r in (cached, full)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for a, b in zip(cached.model.encoder.fc.parameters(), full.model.encoder.fc.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_random_init_encoder_seeded_by_the_run(setup, capsys):
+    data, ckpt = setup
+    rand = ["--data_path", str(data), "--ckpt", "random", "--resnet", "resnet18", "--projection_dim", "16", *FAST,
+            "--plot", "none", "--augment", "false"]
+    a = res_pop.main(rand)["results"][0].pred
+    assert "seed 0: random init (resnet18)" in capsys.readouterr().out
+    assert np.array_equal(a, res_pop.main(rand)["results"][0].pred)
+    assert not np.array_equal(a, res_pop.main([*rand, "--seed", "1"])["results"][0].pred)
+    assert {json.loads(line)["ckpt"] for line in open("train-records/res_pop.txt")} == {"random"}
+    capsys.readouterr()
+    out = res_pop.main([*rand, "--baselines", "--finetune"])  # the supervised bound, compared with the mean
+    text = capsys.readouterr().out
+    assert "fine-tuning the whole encoder" in text and "random init (resnet18)" in text and not out["baselines"]
+    assert "random init - mean predictor" in text and "On R2 (higher is better) random init is" in text
+    torch.manual_seed(3)
+    ref = ImageEncoder("resnet18", 16).state_dict()
+    torch.manual_seed(3)
+    built = Encoder(None, "resnet18", 16).build().state_dict()
+    assert all(torch.equal(ref[k], built[k]) for k in ref)
+
+
+def test_baselines_print_the_comparison_with_the_std_ratio(setup, capsys):
+    data, ckpt = setup
+    out = res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--baselines", "--augment", "false",
+                        "--plot", "none"])
+    text = capsys.readouterr().out
+    assert "(2) a randomly initialised resnet18" in text and "seed 0: random init (resnet18)" in text
+    table = text[text.index("comparison on the 4 validation tiles of pop1km"):]
+    for row in ("pretrained (wuhan_img_1.tar)", "random init", "mean predictor", "pretrained - random init",
+                "pretrained - mean predictor", "std ratio = std(predictions) / std(truth)", "On R2 (higher is better)"):
+        assert row in table
+    y = np.array([float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8, 12)])
+    pred, rand = out["results"][0].pred[:, 0], out["baselines"]["random init"][0].pred[:, 0]
+    row = lambda name: [float(v) for v in table.split(name)[1].split("\n")[0].split()]  # noqa: E731
+    assert row("pretrained (wuhan_img_1.tar)")[3] == pytest.approx(pred.std() / y.std(), abs=1e-4)
+    assert row("random init")[3] == pytest.approx(rand.std() / y.std(), abs=1e-4)
+    mean = [float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8)]
+    assert row("mean predictor")[0] == pytest.approx(np.abs(y - np.mean(mean)).mean(), abs=1e-3)  # MAE
+    assert row("mean predictor")[3] == 0
+    gap = row("pretrained (wuhan_img_1.tar)")[2] - row("random init")[2]
+    assert row("pretrained - random init")[2] == pytest.approx(gap, abs=2e-4)
+
+
+def test_res_func_baselines_std_ratio_is_the_mean_over_types(setup, capsys):
+    data, ckpt = setup
+    out = res_func.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--baselines", "--augment", "false"])
+    table = capsys.readouterr().out.split("comparison on the 4 validation tiles of func")[1]
+    y = np.array([[float(v) for v in (data / "func" / f"t{i:03d}.txt").read_text().split()] for i in range(8, 12)])
+    p = out["results"][0].pred
+    ratio = float(table.split("pretrained (wuhan_img_1.tar)")[1].split("\n")[0].split()[3])
+    assert ratio == pytest.approx(np.mean(p.std(0) / y.std(0)), abs=1e-4) and "On KL (lower is better)" in table
+
+
+def test_demo_defaults():
+    args = res_pop.parse_args(["--demo"])
+    demo = (args.augment, args.baselines, args.target_norm, args.lr, args.total_epoch)
+    assert demo == (False, True, "zscore", 1e-3, 30)
+    assert res_func.parse_args(["--demo"]).baselines and not res_pop.parse_args([]).baselines
+    published = res_pop.parse_args([])
+    assert (published.augment, published.lr, published.total_epoch, published.batch_size) == (True, 5e-2, 40, 48)
+
+
+def test_list_and_image_folder_fallbacks(tmp_path, capsys):
+    """Without the published names: train.txt/val.txt (prepare_pois.py) and sub_shanghai_img/; flags win."""
+    data = make_layout(tmp_path / "d")
+    for split in ("train", "val"):
+        (data / f"{split}-wuhan.txt").rename(data / f"{split}.txt")
+    (data / "img").rename(data / "img_backup")
+    args = res_pop.parse_args(["--data_path", str(data)])
+    layout = downstream_layout(args)
+    assert (layout.img_dir, layout.train_list, layout.val_list) == ("sub_shanghai_img", "train.txt", "val.txt")
+    (data / "img_backup").rename(data / "img")
+    (data / "train-wuhan.txt").write_text("t000.png\n")
+    assert downstream_layout(args).train_list == "train-wuhan.txt" and downstream_layout(args).img_dir == "img"
+    explicit = downstream_layout(res_pop.parse_args(["--data_path", str(data), "--train_list", "train.txt", "--img_dir",
+                                                     "sub_shanghai_img"]))
+    assert (explicit.train_list, explicit.img_dir) == ("train.txt", "sub_shanghai_img")
+    (data / "val.txt").unlink()
+    with pytest.raises(UserError, match="neither val-wuhan.txt nor val.txt"):
+        downstream_layout(args)

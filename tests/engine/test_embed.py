@@ -4,14 +4,16 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import embed
+from engine.embeddings import poi_checkpoint_for
 from models.image_encoder import ImageEncoder
+from models.loading import load_poi_encoder
 from models.poi_encoder import build_poi_encoder
 from tests.conftest import ROOT, run_script
-from engine.embeddings import poi_checkpoint_for
-from models.loading import load_poi_encoder
+from utils.errors import UserError
 
 ARGS = ["--workers", "0", "--device", "cpu", "--batch_size", "5"]
 
@@ -42,7 +44,8 @@ def test_export_matches_models_and_formats(tmp_path, tiny_data):
     x = eval_transform()(open_rgb(tiny_data / "img" / "t007.png"))[None]
     with torch.no_grad():
         np.testing.assert_allclose(b[7], img.features(x)[0].numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(np.load(tmp_path / "e" / "projection.npy")[7], img(x)[0].numpy(), rtol=1e-4, atol=1e-5)
+        proj = np.load(tmp_path / "e" / "projection.npy")
+        np.testing.assert_allclose(proj[7], img(x)[0].numpy(), rtol=1e-4, atol=1e-5)
     # POI embedding of a zero-POI tile (t000) and a normal one, against the encoder run on that graph alone.
     from data.pretrain import PretrainDataset
     ds = PretrainDataset(tiny_data, eval_transform())
@@ -62,7 +65,8 @@ def test_export_matches_models_and_formats(tmp_path, tiny_data):
 
 def test_resumable_checkpoint_and_pretraining_layout(tmp_path, tiny_data):
     d, _, _ = checkpoints(tmp_path, kind="set2set")
-    embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "a"), "--poi", *ARGS])
+    embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "a"),
+                "--poi", *ARGS])
     embed.main(["--ckpt", str(d / "checkpoint_last.pt"), "--data_path", str(tiny_data), "--img_dir", "sub_shanghai_img",
                 "--out", str(tmp_path / "b"), "--poi", "--lists", "val-wuhan.txt", *ARGS])
     a, b = np.load(tmp_path / "a" / "poi.npy"), np.load(tmp_path / "b" / "poi.npy")
@@ -79,9 +83,22 @@ def test_probe_cli_and_errors(tmp_path, tiny_data):
     assert "probe   pop1km ridge (backbone): MAE" in r.stdout and "knn" in r.stdout
     probe = json.loads((tmp_path / "e" / "probe.json").read_text())
     assert {"MAE", "RMSE", "R2"} <= set(probe["pop1km"]["knn"])
-    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data),
-                    "--out", str(tmp_path / "x"), *ARGS], cwd=tmp_path)
-    assert r.returncode == 2 and "wuhan_poi_3.tar" in r.stderr and "Traceback" not in r.stderr
-    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data),
-                    "--out", str(tmp_path / "x"), "--poi", "--poi_ckpt", str(d / "wuhan_img_3.tar"), *ARGS], cwd=tmp_path)
-    assert r.returncode == 2 and "no MMGR POI encoder" in r.stderr
+    with pytest.raises(UserError, match="wuhan_poi_3.tar"):  # run_main turns it into "error: ..." and exit 2
+        embed.main(["--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"),
+                    *ARGS])
+    with pytest.raises(UserError, match="no MMGR POI encoder"):
+        embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"),
+                    "--poi", "--poi_ckpt", str(d / "wuhan_img_3.tar"), *ARGS])
+
+
+def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):
+    """prepare_pois.py's train.txt/val.txt are found without flags; --cv adds mean ± std over folds."""
+    d, _, _ = checkpoints(tmp_path)
+    for split in ("train", "val"):
+        (tiny_data / f"{split}-wuhan.txt").rename(tiny_data / f"{split}.txt")
+    out = embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "e"),
+                      "--probe", "pop1km", "--knn", "3", "--cv", "3", *ARGS])
+    text = capsys.readouterr().out
+    assert "probe   pop1km ridge (backbone, 3-fold CV): MAE" in text and "random folds (no tile_index.csv" in text
+    cv = json.loads((tmp_path / "e" / "probe.json").read_text())["pop1km"]["cv"]
+    assert cv == out["probes"]["pop1km"]["cv"] and cv["folds"] == 3 and len(cv["knn"]["R2"]) == 2

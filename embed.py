@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.downstream import resolve_img_dir, resolve_list
+from data.layout import resolve_img_dir, resolve_list
 from engine.checkpoints import newest_image_checkpoint
 from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, tile_files, write_meta
 from engine.probes import probe_target, probe_target_cv

@@ -4,16 +4,12 @@
 tile's population), and list files (``train-wuhan.txt``, ``val-wuhan.txt``) naming one image file per
 line. Targets may be vectors (several floats on a line, e.g. function proportions).
 
-Names that are not given are found in the data folder (:class:`DownstreamLayout`): the published lists
-``train-wuhan.txt``/``val-wuhan.txt`` when present, else ``train.txt``/``val.txt`` (what prepare_pois.py
-writes); the tiles in ``img/`` when present, else in the pretraining layout's ``sub_shanghai_img/``.
-An optional ``tile_index.csv`` (``name,minx,miny,maxx,maxy``) gives the tiles' positions.
+Names that are not given are found in the data folder (:class:`data.layout.DownstreamLayout`).
+The tiles' positions, where known, come from the folder's tile index (data/tile_index.py).
 """
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,64 +20,7 @@ from torch.utils.data import Dataset
 from data.pretrain import open_rgb
 from utils.errors import UserError
 
-__all__ = ["read_list", "read_target", "select_fraction", "TileTargetDataset", "DownstreamLayout", "resolve_img_dir",
-           "resolve_list", "read_tile_positions", "spatial_blocks"]
-
-# Looked for in this order when no list flag is given: the published names, then prepare_pois.py's.
-LIST_NAMES = {"train": ("train-wuhan.txt", "train.txt"), "val": ("val-wuhan.txt", "val.txt")}
-# Tile folders in this order when --img_dir is not given: the downstream layout, then the pretraining one.
-IMG_DIRS = ("img", "sub_shanghai_img")
-TILE_INDEX = "tile_index.csv"
-
-
-def resolve_img_dir(root: Path, img_dir: str | None) -> str:
-    """``--img_dir`` or, when not given, ``img`` if present under ``root``, else ``sub_shanghai_img``."""
-    if img_dir:
-        return img_dir
-    for cand in IMG_DIRS:
-        if (Path(root) / cand).is_dir():
-            return cand
-    raise UserError(f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or "
-                    "--img_dir")
-
-
-def resolve_list(root: Path, list_file: str | None, split: str) -> str:
-    """The ``split`` ("train" or "val") list: ``list_file`` when given, else the first of
-    ``<split>-wuhan.txt`` (published) and ``<split>.txt`` (prepare_pois.py) present under ``root``."""
-    if list_file:
-        return list_file
-    for cand in LIST_NAMES[split]:
-        if (Path(root) / cand).is_file():
-            return cand
-    published, prepared = LIST_NAMES[split]
-    raise UserError(f"{root} holds neither {published} nor {prepared}; write the {split} list (one image file name "
-                    f"per line) or pass --{split}_list")
-
-
-@dataclass(frozen=True)
-class DownstreamLayout:
-    """Where one downstream data set is: the root, its tile folder, a target folder and the two lists."""
-
-    root: Path
-    img_dir: str
-    target_dir: str
-    train_list: str
-    val_list: str
-
-    @classmethod
-    def find(cls, root: str | Path, target_dir: str, img_dir: str | None = None, train_list: str | None = None,
-             val_list: str | None = None) -> DownstreamLayout:
-        """The layout under ``root``; names not given are looked up (module docstring). Explicit names win."""
-        root = Path(root)
-        if not root.is_dir():
-            raise UserError(f"data directory {root} does not exist; pass --data_path (or --demo)")
-        return cls(root, resolve_img_dir(root, img_dir), target_dir, resolve_list(root, train_list, "train"),
-                   resolve_list(root, val_list, "val"))
-
-    @property
-    def targets(self) -> Path:
-        return self.root / self.target_dir
-
+__all__ = ["read_list", "read_target", "select_fraction", "TileTargetDataset"]
 
 def read_list(path: Path) -> list[str]:
     """Tile file names of a list file, one per line (blank lines ignored)."""
@@ -149,43 +88,3 @@ class TileTargetDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.transform(open_rgb(self.img_dir / self.names[index])), self.targets[index], index
-
-
-def read_tile_positions(root: str | Path) -> dict[str, tuple[float, float, float, float]] | None:
-    """``{name: (minx, miny, maxx, maxy)}`` from ``root/tile_index.csv``, or None when there is none.
-
-    The synthetic city and prepare_pois.py write this file; any CRS, any units (only relative positions
-    are used).
-    """
-    path = Path(root) / TILE_INDEX
-    if not path.is_file():
-        return None
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        return {r["name"]: (float(r["minx"]), float(r["miny"]), float(r["maxx"]), float(r["maxy"])) for r in rows}
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{path} is not a tile index with columns name,minx,miny,maxx,maxy of numbers; fix or remove "
-                        "it") from None
-
-
-def spatial_blocks(names: list[str], positions: dict[str, tuple[float, float, float, float]],
-                   block_tiles: int = 4) -> np.ndarray:
-    """Block id ``[N]`` of each named tile: tiles fall into squares of ``block_tiles`` x ``block_tiles``
-    tile widths (the median tile width), counted from the lower-left corner of all tiles.
-
-    Folds grouped by these ids never put two tiles of one block on both sides, so that the spatial
-    autocorrelation of neighbouring tiles does not leak from training into validation.
-    """
-    missing = [n for n in names if n not in positions]
-    if missing:
-        raise UserError(f"{len(missing)} tiles are missing from {TILE_INDEX} (first: {missing[0]}); add them or remove "
-                        "the tile index")
-    box = np.array([positions[n] for n in names], dtype=np.float64)  # [N, 4]
-    size = float(np.median(box[:, 2] - box[:, 0])) * block_tiles
-    if not size > 0:
-        raise UserError(f"the tiles in {TILE_INDEX} have no width (maxx <= minx); fix or remove the tile index")
-    cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
-    bx = np.floor((cx - box[:, 0].min()) / size).astype(np.int64)
-    by = np.floor((cy - box[:, 1].min()) / size).astype(np.int64)
-    return bx * (int(by.max()) + 1) + by

@@ -11,7 +11,10 @@ Downstream::
 
     ROOT/img/NAME.png, ROOT/<target>/NAME.txt, ROOT/train-wuhan.txt, ROOT/val-wuhan.txt
 
-The tensor and target names are the image name with its extension replaced.
+The tensor and target names are the image name with its extension replaced. Downstream names that
+are not given are found in the folder (:class:`DownstreamLayout`): the published lists
+``train-wuhan.txt``/``val-wuhan.txt`` when present, else ``train.txt``/``val.txt`` (what prepare_pois.py
+writes); the tiles in ``img/`` when present, else in the pretraining layout's ``sub_shanghai_img/``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PUBLISHED_PRETRAIN_DIRS", "PretrainLayout", "add_layout_flags", "tensor_name"]
+from utils.errors import UserError
+
+__all__ = ["PUBLISHED_PRETRAIN_DIRS", "PretrainLayout", "add_layout_flags", "tensor_name", "DownstreamLayout",
+           "resolve_img_dir", "resolve_list", "LIST_NAMES", "IMG_DIRS"]
 
 # Sub-folder names of the published pretraining layout (the authors' sample is a part of Shanghai).
 PUBLISHED_PRETRAIN_DIRS = {"img_dir": "sub_shanghai_img", "emb_dir": "sub_shanghai_emb",
@@ -94,3 +100,58 @@ def add_layout_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edge_dir", default=PUBLISHED_PRETRAIN_DIRS["edge_dir"], help="POI edge directory (default published)")
     p.add_argument("--weight_dir", default=PUBLISHED_PRETRAIN_DIRS["weight_dir"],
                    help="optional edge-weight directory, used when present (default 'sub_shanghai_weight')")
+
+
+# Looked for in this order when no list flag is given: the published names, then prepare_pois.py's.
+LIST_NAMES = {"train": ("train-wuhan.txt", "train.txt"), "val": ("val-wuhan.txt", "val.txt")}
+# Tile folders in this order when --img_dir is not given: the downstream layout, then the pretraining one.
+IMG_DIRS = ("img", PUBLISHED_PRETRAIN_DIRS["img_dir"])
+
+
+def resolve_img_dir(root: Path, img_dir: str | None) -> str:
+    """``--img_dir`` or, when not given, ``img`` if present under ``root``, else ``sub_shanghai_img``."""
+    if img_dir:
+        return img_dir
+    for cand in IMG_DIRS:
+        if (Path(root) / cand).is_dir():
+            return cand
+    raise UserError(f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or "
+                    "--img_dir")
+
+
+def resolve_list(root: Path, list_file: str | None, split: str) -> str:
+    """The ``split`` ("train" or "val") list: ``list_file`` when given, else the first of
+    ``<split>-wuhan.txt`` (published) and ``<split>.txt`` (prepare_pois.py) present under ``root``."""
+    if list_file:
+        return list_file
+    for cand in LIST_NAMES[split]:
+        if (Path(root) / cand).is_file():
+            return cand
+    published, prepared = LIST_NAMES[split]
+    raise UserError(f"{root} holds neither {published} nor {prepared}; write the {split} list (one image file name "
+                    f"per line) or pass --{split}_list")
+
+
+@dataclass(frozen=True)
+class DownstreamLayout:
+    """Where one downstream data set is: the root, its tile folder, a target folder and the two lists."""
+
+    root: Path
+    img_dir: str
+    target_dir: str
+    train_list: str
+    val_list: str
+
+    @classmethod
+    def find(cls, root: str | Path, target_dir: str, img_dir: str | None = None, train_list: str | None = None,
+             val_list: str | None = None) -> DownstreamLayout:
+        """The layout under ``root``; names not given are looked up (module docstring). Explicit names win."""
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"data directory {root} does not exist; pass --data_path (or --demo)")
+        return cls(root, resolve_img_dir(root, img_dir), target_dir, resolve_list(root, train_list, "train"),
+                   resolve_list(root, val_list, "val"))
+
+    @property
+    def targets(self) -> Path:
+        return self.root / self.target_dir

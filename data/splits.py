@@ -13,9 +13,23 @@ import numpy as np
 
 from utils.errors import UserError
 
-__all__ = ["split_tiles", "SPLITS"]
+__all__ = ["block_ids", "split_tiles", "SPLITS"]
 
 SPLITS = ("block", "random")
+
+
+def block_ids(rows: np.ndarray, cols: np.ndarray, block_tiles: int) -> np.ndarray:
+    """Block of each tile: tiles whose ``(row // block_tiles, col // block_tiles)`` agree share one id.
+
+    ``[T]`` grid rows and columns -> ``[T]`` int64 ids ``0..B-1`` (the blocks in sorted order). Splits and
+    spatially grouped cross-validation use the same blocks, so neither puts two tiles of one block on both
+    sides and lets the spatial autocorrelation of neighbours leak from training into validation.
+    """
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    if rows.size == 0:
+        return np.zeros(0, np.int64)
+    _, block = np.unique(np.stack([rows // block_tiles, cols // block_tiles], axis=1), axis=0, return_inverse=True)
+    return block.reshape(-1).astype(np.int64)
 
 
 def split_tiles(rows: np.ndarray, cols: np.ndarray, method: str = "block", block_tiles: int = 4,
@@ -51,8 +65,7 @@ def split_tiles(rows: np.ndarray, cols: np.ndarray, method: str = "block", block
             n_val = min(max(n_val, 1), t - 1)
         is_val[rng.permutation(t)[:n_val]] = True
         return is_val
-    _, block = np.unique(np.stack([rows // block_tiles, cols // block_tiles], axis=1), axis=0, return_inverse=True)
-    block = block.reshape(-1)
+    block = block_ids(rows, cols, block_tiles)
     size = np.bincount(block)
     target = val_fraction * t
     chosen = []

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -142,7 +143,8 @@ def write_tile_index(root: str | Path, index: TileIndex) -> None:
 
 
 def read_tile_index(root: str | Path) -> TileIndex | None:
-    """The tile index of data folder ``root``, or None when it has none (``tile_index.gpkg``).
+    """The tile index of data folder ``root``: ``tile_index.gpkg`` (with its CRS), else ``tile_index.csv``
+    (positions only: ``crs`` None, grid rows and columns from the bounds), else None.
 
     Raises:
         UserError: the file exists but cannot be read or lacks the ``name`` column.
@@ -151,7 +153,7 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
 
     path = Path(root) / INDEX_GPKG
     if not path.is_file():
-        return None
+        return _read_csv_index(Path(root) / INDEX_CSV)
     try:
         df = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as e:  # corrupt or truncated GeoPackage
@@ -170,3 +172,22 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
         crs = f"{auth[0]}:{auth[1]}" if auth else df.crs.to_wkt()
     extra = {c: df[c].to_numpy() for c in df.columns if c not in (*_BASE, df.geometry.name)}
     return TileIndex(names=[str(n) for n in df["name"]], bounds=b, crs=crs, rows=rows, cols=cols, columns=extra)
+
+
+def _read_csv_index(path: Path) -> TileIndex | None:
+    """``name,minx,miny,maxx,maxy`` rows as a :class:`TileIndex` of unknown CRS, or None without the file."""
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        names = [r["name"] for r in rows]
+        bounds = np.array([[float(r[k]) for k in ("minx", "miny", "maxx", "maxy")] for r in rows], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is not a tile index with columns name,minx,miny,maxx,maxy of numbers; fix or remove "
+                        "it") from None
+    bounds = bounds.reshape(-1, 4)
+    if len(bounds) and not np.all(bounds[:, 2] > bounds[:, 0]):
+        raise UserError(f"{path} has tiles without width (maxx <= minx); fix or remove it")
+    r, c = grid_positions(bounds)
+    return TileIndex(names=names, bounds=bounds, crs=None, rows=r, cols=c)

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.downstream import DownstreamLayout, TileTargetDataset, read_list, select_fraction
+from data.downstream import TileTargetDataset, read_list, select_fraction
+from data.layout import DownstreamLayout
 from data.resumable import epoch_seed
 from data.transforms import downstream_train_transform, eval_transform
 from engine.checkpoints import newest_image_checkpoint

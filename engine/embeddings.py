@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch
 from tqdm import tqdm
 
-from data.downstream import read_list, resolve_img_dir
-from data.layout import PretrainLayout
+from data.downstream import read_list
+from data.layout import PretrainLayout, resolve_img_dir
 from data.pretrain import PretrainDataset, list_images, open_rgb
 from data.transforms import eval_transform
 from engine.checkpoints import RESUME_NAME

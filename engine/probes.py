@@ -27,7 +27,9 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data.downstream import read_list, read_target, read_tile_positions, select_fraction, spatial_blocks
+from data.downstream import read_list, read_target, select_fraction
+from data.splits import block_ids
+from data.tile_index import read_tile_index
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
@@ -143,16 +145,18 @@ def cv_folds(root: Path, tiles: list[str], n_folds: int, block_tiles: int = 4,
              seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """``n_folds`` (train indices, test indices) pairs over ``tiles`` and a phrase saying how they were made.
 
-    With ``root/tile_index.csv``: ``GroupKFold`` over spatial blocks of ``block_tiles`` x ``block_tiles``
-    tiles (:func:`data.downstream.spatial_blocks`), so that no block is split between training and test.
-    Without it: shuffled ``KFold`` (seeded), which lets neighbouring tiles fall on both sides.
+    With a tile index in ``root`` (:func:`data.tile_index.read_tile_index`): ``GroupKFold`` over spatial
+    blocks of ``block_tiles`` x ``block_tiles`` tiles of its grid (:func:`data.splits.block_ids`, the
+    blocks of prepare_pois.py's split), so that no block is split between training and test. Without
+    one: shuffled ``KFold`` (seeded), which lets neighbouring tiles fall on both sides.
     """
-    positions = read_tile_positions(root)
+    index = read_tile_index(root)
     idx = np.arange(len(tiles))
-    if positions is None:
+    if index is None:
         folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(idx)
-        return list(folds), "random folds (no tile_index.csv, so neighbouring tiles may fall on both sides)"
-    groups = spatial_blocks(tiles, positions, block_tiles)
+        return list(folds), "random folds (no tile index, so neighbouring tiles may fall on both sides)"
+    pos = index.locate(tiles)
+    groups = block_ids(index.rows[pos], index.cols[pos], block_tiles)
     if len(np.unique(groups)) < n_folds:
         raise UserError(f"the labelled tiles fall into {len(np.unique(groups))} spatial blocks of {block_tiles}x"
                         f"{block_tiles} tiles, fewer than --cv {n_folds}; lower --cv or --block_tiles")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.downstream import DownstreamLayout
+from data.layout import DownstreamLayout
 from engine.tasks import Task
 from utils.fileio import atomic_write_bytes, atomic_write_text
 from utils.metrics import std_ratio

@@ -99,6 +99,6 @@ def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):
     out = embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "e"),
                       "--probe", "pop1km", "--knn", "3", "--cv", "3", *ARGS])
     text = capsys.readouterr().out
-    assert "probe   pop1km ridge (backbone, 3-fold CV): MAE" in text and "random folds (no tile_index.csv" in text
+    assert "probe   pop1km ridge (backbone, 3-fold CV): MAE" in text and "random folds (no tile index" in text
     cv = json.loads((tmp_path / "e" / "probe.json").read_text())["pop1km"]["cv"]
     assert cv == out["probes"]["pop1km"]["cv"] and cv["folds"] == 3 and len(cv["knn"]["R2"]) == 2

@@ -11,7 +11,8 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data.downstream import read_tile_positions, spatial_blocks
+from data.splits import block_ids
+from data.tile_index import read_tile_index
 from engine.probes import cv_folds, knn_predict, load_targets, probe_target, probe_target_cv, ridge_fit_predict
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics, std_ratio
@@ -119,7 +120,10 @@ def test_spatially_grouped_folds_never_split_a_block(tmp_path):
         assert not test_blocks & {block[names[i]] for i in tr}  # no block on both sides
         seen |= set(te)
     assert seen == set(range(64))  # every tile is tested once
-    groups = spatial_blocks(names, read_tile_positions(tmp_path), 2)
+    index = read_tile_index(tmp_path)  # the CSV form: positions without a CRS
+    assert index.crs is None
+    pos = index.locate(names)
+    groups = block_ids(index.rows[pos], index.cols[pos], 2)
     assert len(np.unique(groups)) == 16
     with pytest.raises(UserError, match="fewer than --cv 5"):
         cv_folds(tmp_path, names, 5, block_tiles=4)  # 4 blocks of 4x4 tiles

@@ -8,10 +8,13 @@
 Writes to ``--out``: ``names.txt`` (one tile file name per line, the row order), ``backbone.npy``
 ``[N, d]``, with ``--projected`` ``projection.npy`` ``[N, P]``, with ``--poi`` ``poi.npy`` ``[N, P]``,
 ``embeddings.csv`` (``name`` then one column per dimension: ``b0..``, ``proj0..``, ``poi0..``) for GIS
-joins, ``embeddings.parquet`` when pyarrow is installed, and ``meta.json``. With ``--probe``, ridge
+joins, ``embeddings.parquet``, and ``meta.json``; when the data folder has a tile index with a CRS
+(prepare_pois.py writes one), also ``embeddings_map.parquet`` (GeoParquet with the tile polygons) and
+``embeddings_map.png`` (the first three principal components as RGB; k-means clusters with
+``--clusters K``), the kind of urban-structure map the paper shows. With ``--probe``, ridge
 and kNN probes (scikit-learn, engine/probes.py) fit on the training list and score on the validation
 list, and with ``--cv K`` also by K-fold cross-validation over all labelled tiles (folds grouped by
-spatial blocks when the data folder has ``tile_index.csv``); results print and go to ``probe.json``.
+spatial blocks when the data folder has a tile index); results print and go to ``probe.json``.
 The lists default to ``train-wuhan.txt``/``val-wuhan.txt`` when present, else ``train.txt``/``val.txt``.
 """
 
@@ -22,14 +25,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data.layout import resolve_img_dir, resolve_list
-from engine.checkpoints import newest_image_checkpoint
+from data.tile_index import read_tile_index
+from engine.maps import write_embedding_map
 from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, tile_files, write_meta
 from engine.probes import probe_target, probe_target_cv
+from engine.run_folder import consistent_image_checkpoint
 from utils.args import parse_with_demo, resolve_device, str2bool
 from utils.errors import UserError, run_main
-from utils.fileio import atomic_write_text
+from utils.fileio import atomic_path, atomic_save_npy, atomic_write_text
 
 PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
 
@@ -64,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km "
                         "gdp1km func (default: no probe)")
     p.add_argument("--probe_features", default="backbone", choices=tuple(PREFIX),
-                   help="which exported embedding the probes read (default backbone)")
+                   help="which exported embedding the probes and the map read (default backbone)")
+    p.add_argument("--clusters", type=int, default=0,
+                   help="with a tile index with a CRS in --data_path, also colour the embedding map by K k-means "
+                        "clusters (default 0: the principal-components map only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means clustering (default 0)")
     p.add_argument("--train_list", default=None,
                    help="probe training list (default 'train-wuhan.txt' when present (published), else 'train.txt', "
                         "what prepare_pois.py writes)")
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe validation list (default 'val-wuhan.txt' when present (published), else 'val.txt')")
     p.add_argument("--cv", type=int, default=0,
                    help="also score the probes by K-fold cross-validation over every labelled tile (train and val "
-                        "lists), folds grouped by spatial blocks when the data folder has tile_index.csv; mean ± std "
+                        "lists), folds grouped by spatial blocks when the data folder has a tile index; mean ± std "
                         "over folds (default 0: off)")
     p.add_argument("--block_tiles", type=int, default=4,
                    help="side of the spatial blocks of --cv, in tiles (default 4, ours)")
@@ -96,21 +107,29 @@ def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> No
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
-def write_parquet(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> bool:
-    """Parquet copy of the CSV when pyarrow is installed (optional dependency); returns whether written."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        return False
+def write_parquet(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> None:
+    """Parquet copy of the CSV (same columns)."""
     cols = {"name": pa.array(names)}
     for k, a in arrays.items():
         for j in range(a.shape[1]):
             cols[f"{PREFIX[k]}{j}"] = pa.array(a[:, j])
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(cols), tmp)
-    tmp.replace(path)
-    return True
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(cols), tmp)
+
+
+def write_map(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray]) -> list[str]:
+    """With a tile index with a CRS in the data folder: ``embeddings_map.parquet`` (GeoParquet: tile polygons,
+    the first three principal components, k-means clusters with ``--clusters``, the vectors) and
+    ``embeddings_map.png`` (PCs as RGB, clusters); returns the files written (none without such an index)."""
+    index = read_tile_index(args.data_path)
+    if index is None or index.crs is None:
+        return []
+    out = Path(args.out)
+    kind = args.probe_features if args.probe_features in arrays else "backbone"
+    clusters = args.clusters or None
+    write_embedding_map(index, names, arrays[kind], out / "embeddings_map.parquet", out / "embeddings_map.png",
+                        clusters=clusters, seed=args.seed, title=f"{kind} embeddings of {len(names)} tiles")
+    return ["embeddings_map.parquet", "embeddings_map.png"]
 
 
 def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -122,7 +141,7 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
     if not root.is_dir():
         hint = "run `python mmgr.py --demo` first" if args.demo else "pass --data_path"
         raise UserError(f"data directory {root} does not exist; {hint}")
-    ckpt = Path(args.ckpt) if args.ckpt else newest_image_checkpoint(args.model_path)
+    ckpt = Path(args.ckpt) if args.ckpt else consistent_image_checkpoint(args.model_path)
     device = resolve_device(args.device)
     img_dir = resolve_img_dir(root, args.img_dir)
     files = tile_files(root, img_dir, args.lists)
@@ -136,13 +155,13 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text("".join(n + "\n" for n in names), out / "names.txt")
     for k, a in arrays.items():
-        np.save(out / f"{k}.npy", a.astype(np.float32))
+        atomic_save_npy(a.astype(np.float32), out / f"{k}.npy")
     written = [f"{k}.npy {tuple(a.shape)}" for k, a in arrays.items()]
     if args.csv:
         write_csv(out / "embeddings.csv", names, arrays)
         written.append("embeddings.csv")
-    if write_parquet(out / "embeddings.parquet", names, arrays):
-        written.append("embeddings.parquet")
+    write_parquet(out / "embeddings.parquet", names, arrays)
+    written += ["embeddings.parquet", *write_map(args, names, arrays)]
     write_meta(out / "meta.json", {"ckpt": str(ckpt), "poi_ckpt": str(poi_ckpt) if poi_ckpt else None, "resnet": resnet,
                                    "data_path": str(root), "img_dir": img_dir, "n_tiles": len(names),
                                    "dims": {k: int(a.shape[1]) for k, a in arrays.items()}})

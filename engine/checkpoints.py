@@ -23,7 +23,7 @@ from utils.errors import UserError
 from utils.fileio import atomic_save, load_file
 
 __all__ = ["RESUME_NAME", "RESUME_FORMAT", "ARCH_FLAGS", "assert_finite", "save_bare", "prune_bare",
-           "save_resumable", "read_resumable", "resume_checkpoint_path", "newest_image_checkpoint"]
+           "save_resumable", "read_resumable", "resume_checkpoint_path"]
 
 RESUME_NAME = "checkpoint_last.pt"
 # Stored in every resumable checkpoint so that a file of another kind is recognised as such.
@@ -32,16 +32,6 @@ RESUME_FORMAT = "mmgr-resumable-1"
 ARCH_FLAGS = ("resnet", "projection_dim", "poi_encoder")
 # Keys every resumable checkpoint holds (older ones may lack the optional "format", "scaler", "rng_ranks").
 _RESUME_KEYS = {"img", "poi", "opt_img", "opt_poi", "epoch"}
-_EPOCH = re.compile(r"_img_(\d+)\.tar$")
-
-
-def newest_image_checkpoint(model_path: str | Path) -> Path:
-    """The image checkpoint with the highest epoch in ``model_path`` (``*_img_<epoch>.tar``)."""
-    model_path = Path(model_path)
-    found = [(int(m.group(1)), p) for p in model_path.glob("*_img_*.tar") if (m := _EPOCH.search(p.name))]
-    if not found:
-        raise UserError(f"no image checkpoint (*_img_<epoch>.tar) in {model_path}; pretrain with mmgr.py or pass --ckpt")
-    return max(found, key=lambda t: (t[0], t[1].stat().st_mtime))[1]
 
 
 def assert_finite(model_path: Path, where: str, *models: torch.nn.Module) -> None:

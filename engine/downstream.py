@@ -42,8 +42,10 @@ from data.downstream import TileTargetDataset, read_list, select_fraction
 from data.layout import DownstreamLayout
 from data.resumable import epoch_seed
 from data.transforms import downstream_train_transform, eval_transform
-from engine.checkpoints import newest_image_checkpoint
+from engine.embeddings import TileImages
 from engine.reports import (
+    MapTiles,
+    map_tiles,
     Outputs,
     SeedResult,
     baseline_intro,
@@ -53,6 +55,7 @@ from engine.reports import (
     summary_lines,
     write_reports,
 )
+from engine.run_folder import consistent_image_checkpoint
 from engine.tasks import Task, distribution_task, regression_task
 from models.heads import with_task_head
 from models.image_encoder import RESNETS, ImageEncoder, infer_resnet
@@ -144,14 +147,22 @@ def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None
 def backbone_features(model: ImageEncoder, loader: DataLoader, device: torch.device) -> torch.Tensor:
     """Eval-mode backbone features of a loader's images -> ``[N, d]`` in loader order (on ``device``)."""
     model.eval()
-    return torch.cat([model.features(x.to(device, non_blocking=True)) for x, _, _ in loader])
+    return torch.cat([model.features(batch[0].to(device, non_blocking=True)) for batch in loader])
 
 
 @torch.no_grad()
 def predict_loader(model: ImageEncoder, loader: DataLoader, task: Task, device: torch.device) -> np.ndarray:
-    """Predictions (training units) over a loader -> ``[N, K]`` in loader order."""
+    """Predictions (training units) over a loader of ``(image, ...)`` batches -> ``[N, K]`` in loader order."""
     model.eval()
-    return torch.cat([task.predict(model(x.to(device, non_blocking=True))).float().cpu() for x, _, _ in loader]).numpy()
+    return torch.cat([task.predict(model(batch[0].to(device, non_blocking=True))).float().cpu()
+                      for batch in loader]).numpy()
+
+
+@torch.no_grad()
+def predict_tiles(run: SeedRun, files: list[Path], batch_size: int, device: torch.device) -> np.ndarray:
+    """The seed's final predictions ``[N, K]`` (original units) on whole tiles ``files``, for the map."""
+    loader = DataLoader(TileImages(files), batch_size=batch_size, shuffle=False)
+    return run.task.to_original(predict_loader(run.model, loader, run.task, device))
 
 
 @dataclass(frozen=True)
@@ -313,11 +324,14 @@ def _record_line(args: argparse.Namespace, encoder: Encoder, layout: DownstreamL
 
 def train_one_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Task, encoder: Encoder, seed: int,
                    train_names: list[str], val_set: TileTargetDataset, device: torch.device,
-                   record: Path) -> SeedResult:
-    """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on."""
+                   record: Path, tiles: MapTiles | None = None) -> SeedResult:
+    """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on; with ``tiles``,
+    predict every tile of the map at the end."""
     run = setup_seed(args, layout, task, encoder, seed, train_names, val_set, device)
     with _head_threads(run):
         result = _epochs(args, layout, encoder, run, val_set.targets.numpy(), device, record)
+    if tiles is not None:
+        result.map_pred = predict_tiles(run, tiles.files, args.batch_size, device)
     if result.history:
         for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
             print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
@@ -374,7 +388,7 @@ def downstream_layout(args: argparse.Namespace) -> DownstreamLayout:
 def _encoder(args: argparse.Namespace) -> Encoder:
     if args.ckpt == "random":
         return Encoder(None, args.resnet, args.projection_dim)
-    return Encoder(Path(args.ckpt) if args.ckpt else newest_image_checkpoint(args.model_path))
+    return Encoder(Path(args.ckpt) if args.ckpt else consistent_image_checkpoint(args.model_path))
 
 
 def _validation_set(layout: DownstreamLayout, task: Task) -> TileTargetDataset:
@@ -413,19 +427,21 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     record.parent.mkdir(parents=True, exist_ok=True)
     seeds = args.seeds if args.seeds else [args.seed]
 
-    def run_all(enc: Encoder) -> list[SeedResult]:
-        return [train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record) for s in seeds]
+    tiles = map_tiles(layout, train_names, val_set.names, len(task.columns))
+
+    def run_all(enc: Encoder, mapped: MapTiles | None = None) -> list[SeedResult]:
+        return [train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record, mapped) for s in seeds]
 
     # --baselines: a random encoder of the checkpoint's architecture (none when the run's encoder is random).
     random_enc = encoder.architecture() if args.baselines and encoder.ckpt is not None else None
     if random_enc is not None:
         print(baseline_intro(encoder.label, random_enc.resnet, layout.target_dir), flush=True)
-    results = run_all(encoder)
+    results = run_all(encoder, tiles)
     summary = summarize(results, task)
     for line in summary_lines(summary, len(seeds)):
         print(line, flush=True)
-    write_reports(_outputs(args, record), task, layout, train_names, val_set.names, val_set.targets.numpy(), results,
-                  summary, f"{layout.target_dir}: {encoder.short}")
+    write_reports(_outputs(args, record), task, val_set.names, val_set.targets.numpy(), results, summary,
+                  f"{layout.target_dir}: {encoder.short}", tiles)
     baselines: dict[str, list[SeedResult]] = {}
     if random_enc is not None:
         print(f"--- (2) the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)

@@ -89,9 +89,10 @@ def distribution_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray
         frame[f"truth_{c}"] = truth[:, k]
     for k, c in enumerate(classes):
         frame[f"pred_{c}"] = prediction[:, k]
-    frame["dominant_truth"] = [classes[k] for k in truth.argmax(axis=1)]
+    known = np.isfinite(truth).all(axis=1)  # tiles without a target (unlabelled) have NaN rows
+    frame["dominant_truth"] = [classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known)]
     frame["dominant_pred"] = [classes[k] for k in prediction.argmax(axis=1)]
-    frame["l1"] = np.abs(prediction - truth).sum(axis=1)
+    frame["l1"] = np.where(known, np.abs(prediction - truth).sum(axis=1), np.nan)
     return frame
 
 
@@ -325,7 +326,9 @@ def plot_distribution_map(frame, path: str | Path, classes: Sequence[str], title
     fig, (a0, a1, a2) = _figure(3, title, frame, ctx)
     for ax, key, t in ((a0, "dominant_truth", "dominant class (truth)"),
                        (a1, "dominant_pred", "dominant class (prediction)")):
-        _draw(ax, frame, np.array([col[c][:3] for c in frame[key]]).reshape(-1, 3), None, None, ctx)
+        # unlabelled tiles (no true class) in light grey
+        _draw(ax, frame, np.array([col.get(c, (0.85, 0.85, 0.85))[:3] for c in frame[key]]).reshape(-1, 3), None,
+              None, ctx)
         _axes_in_crs(ax, frame.crs, t)
     fig.legend(handles=[Patch(color=col[c], label=c) for c in classes], loc="outside lower center",
                ncol=min(len(classes), 8), fontsize=8)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from data.downstream import read_target
 from data.layout import DownstreamLayout
+from data.tile_index import TileIndex, read_tile_index
 from engine.tasks import Task
 from utils.fileio import atomic_write_bytes, atomic_write_text
 from utils.metrics import std_ratio
 
-__all__ = ["SeedResult", "Outputs", "summarize", "summary_lines", "write_predictions", "scatter_plot", "write_reports",
+__all__ = ["SeedResult", "Outputs", "MapTiles", "map_tiles", "summarize", "summary_lines", "write_predictions", "scatter_plot", "write_reports",
            "baseline_intro", "comparison_lines"]
 
 
@@ -32,6 +34,7 @@ class SeedResult:
     pred: np.ndarray | None = None  # [N_val, K]
     dead_warned: bool = False  # the task's warning is printed once per run
     train_mean: np.ndarray | None = None  # [K] mean training target (original units): the mean predictor
+    map_pred: np.ndarray | None = None  # [T, K] the final model's predictions on every mapped tile
 
     def best(self, task: Task) -> dict:
         def score(h: dict) -> float:
@@ -120,22 +123,52 @@ def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], titl
     atomic_write_bytes(buf.getvalue(), path)
 
 
-def write_reports(out: Outputs, task: Task, layout: DownstreamLayout, train_names: list[str], val_names: list[str],
-                  y_val: np.ndarray, results: list[SeedResult], summary: dict[str, dict[str, tuple[float, float]]],
-                  label: str) -> None:
-    """Every report of a run, each announced on stdout. A map writer (tile positions from the data folder,
-    truth and predictions per tile) is one more call here.
+@dataclass(frozen=True)
+class MapTiles:
+    """The tiles a run maps: every tile of the data folder's tile index (with a CRS) that has an image.
+
+    ``truth`` ``[N, K]`` holds NaN rows for tiles without a target file; ``split`` is ``train``/``val``/empty.
+    """
+
+    index: TileIndex
+    target: str
+    names: list[str]
+    files: list[Path]
+    truth: np.ndarray
+    split: list[str]
+
+
+def map_tiles(layout: DownstreamLayout, train_names: list[str], val_names: list[str], k: int) -> MapTiles | None:
+    """The tiles to map when ``layout``'s folder has a tile index with a CRS (docs/real_data.md), else None."""
+    index = read_tile_index(layout.root)
+    if index is None or index.crs is None:
+        return None
+    names = [n for n in index.names if (layout.root / layout.img_dir / n).is_file()]
+    if not names:
+        return None
+    truth = np.full((len(names), k), np.nan)
+    for i, n in enumerate(names):
+        target = layout.targets / (Path(n).stem + ".txt")
+        if target.is_file():
+            truth[i] = read_target(target)
+    side = {Path(n).stem: "train" for n in train_names} | {Path(n).stem: "val" for n in val_names}
+    return MapTiles(index, layout.target_dir, names, [layout.root / layout.img_dir / n for n in names], truth,
+                    [side.get(Path(n).stem, "") for n in names])
+
+
+def write_reports(out: Outputs, task: Task, val_names: list[str], y_val: np.ndarray, results: list[SeedResult],
+                  summary: dict[str, dict[str, tuple[float, float]]], label: str, tiles: MapTiles | None = None) -> None:
+    """Every report of a run, each announced on stdout.
 
     Args:
         out: the output paths.
         task: the task (its ``columns`` name the CSV columns; ``scatter``/``log_scale`` shape the plot).
-        layout: the data folder (root, tile folder, target folder, lists), e.g. to find a tile index.
-        train_names: the training list (every seed trained on it, or on its ``--label_fraction``).
         val_names: the ``N`` validation tile names, the row order of ``y_val`` and of each ``pred``.
         y_val: ``[N, K]`` true values (original units).
         results: one per seed, ``pred`` ``[N, K]`` in original units (last epoch).
         summary: :func:`summarize` of ``results`` (the plot's title quotes the last R² when there is one).
-        label: what was evaluated, e.g. ``"pop1km: wuhan_img_8.tar"`` (the plot's title).
+        label: what was evaluated, e.g. ``"pop1km: wuhan_img_8.tar"`` (the titles).
+        tiles: the tiles to map (every tile of a tile index with a CRS); ``map_pred`` of each seed on them.
     """
     write_predictions(out.pred_csv, val_names, y_val, results, task)
     print(f"predictions: {out.pred_csv}", flush=True)
@@ -144,6 +177,13 @@ def write_reports(out: Outputs, task: Task, layout: DownstreamLayout, train_name
         r2 = f"  R2 {last['R2'][0]:.3f}" if "R2" in last else ""
         scatter_plot(out.plot, y_val, results, f"{label}{r2} (last epoch)", log=task.log_scale)
         print(f"scatter plot: {out.plot}", flush=True)
+    preds = [r.map_pred for r in results if r.map_pred is not None]
+    if tiles is not None and preds:
+        gpkg, png = out.stem.with_name(out.stem.name + "_map.gpkg"), out.stem.with_name(out.stem.name + "_map.png")
+        seeds = f", mean of {len(preds)} seeds" if len(preds) > 1 else ""
+        task.write_map(tiles.index, tiles.names, tiles.truth, np.mean(preds, axis=0), gpkg, png, tiles.split,
+                       f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists", tiles.target)
+        print(f"map: {png} and {gpkg} (every tile of the tile index, {tiles.index.crs})", flush=True)
 
 
 def baseline_intro(label: str, resnet: str, target_dir: str) -> str:

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.tile_index import TileIndex
+from engine.maps import write_distribution_map, write_prediction_map
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
@@ -96,6 +98,12 @@ class Task:
     def explain_metrics(self) -> str:
         """How to read the metrics, in one sentence (printed under comparisons)."""
         return ""
+
+    def write_map(self, index: TileIndex, names: list[str], truth: np.ndarray, pred: np.ndarray, gpkg: Path,
+                  png: Path, split: list[str], title: str, label: str = "value") -> None:
+        """GeoPackage + PNG map of ``pred`` ``[N, K]`` against ``truth`` ``[N, K]`` (NaN rows: unlabelled
+        tiles) on the tiles ``names`` of ``index`` (engine/maps.py); ``label`` names the values (the target)."""
+        raise NotImplementedError
 
 
 def _nonnegative(y: torch.Tensor, where: Path) -> torch.Tensor:
@@ -195,6 +203,11 @@ class RegressionTask(Task):
                 "(a dead head); try --target_norm zscore, --head_bias_init mean, a lower --lr or another --seed")
 
 
+    def write_map(self, index: TileIndex, names: list[str], truth: np.ndarray, pred: np.ndarray, gpkg: Path,
+                  png: Path, split: list[str], title: str, label: str = "value") -> None:
+        write_prediction_map(index, names, truth[:, 0], pred[:, 0], gpkg, png, split, title, label=label)
+
+
 @dataclass(frozen=True)
 class DistributionTask(Task):
     """Urban functions: prediction = softmax(output), loss KL(true || predicted), L1/KL/cos metrics."""
@@ -232,6 +245,10 @@ class DistributionTask(Task):
     def init_head(self, last: torch.nn.Linear, y_train: torch.Tensor) -> None:
         # softmax(log mean) is the mean distribution
         last.bias.copy_(torch.log(y_train.float().mean(dim=0).clamp_min(1e-6)))
+
+    def write_map(self, index: TileIndex, names: list[str], truth: np.ndarray, pred: np.ndarray, gpkg: Path,
+                  png: Path, split: list[str], title: str, label: str = "value") -> None:
+        write_distribution_map(index, names, truth, pred, self.columns, gpkg, png, split, title)
 
 
 def regression_task(log_target: bool = False, target_norm: str = "zscore") -> RegressionTask:

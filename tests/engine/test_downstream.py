@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.utils.data import DataLoader
 import res_func
 import res_pop
 from data.downstream import TileTargetDataset, read_list, select_fraction
+from data.tile_index import TileIndex, write_tile_index
 from data.transforms import eval_transform
 from engine.downstream import Encoder, backbone_features, downstream_layout, evaluate, setup_seed, train_one_epoch
 from engine.tasks import distribution_task, regression_task
@@ -268,3 +270,44 @@ def test_list_and_image_folder_fallbacks(tmp_path, capsys):
     (data / "val.txt").unlink()
     with pytest.raises(UserError, match="neither val-wuhan.txt nor val.txt"):
         downstream_layout(args)
+
+
+def add_tile_index(root: Path, crs: str | None = "EPSG:32650") -> None:
+    """make_layout's 12 tiles on a 4 x 3 grid of 1 km squares, in a projected CRS (None: positions only)."""
+    names = sorted(p.name for p in (root / "img").iterdir())
+    rows, cols = np.arange(12) // 4, np.arange(12) % 4
+    x0, y0 = 780_000.0, 3_380_000.0
+    bounds = np.stack([x0 + cols * 1000, y0 - (rows + 1) * 1000, x0 + (cols + 1) * 1000, y0 - rows * 1000], axis=1)
+    write_tile_index(root, TileIndex(names=names, bounds=bounds.astype(float), crs=crs, rows=rows, cols=cols))
+
+
+@pytest.mark.parametrize("script, target", [(res_pop, "pop1km"), (res_func, "func")])
+def test_a_folder_with_a_projected_tile_index_gets_a_map_of_every_tile(setup, script, target):
+    data, ckpt = setup
+    add_tile_index(data)
+    (data / target / "t011.txt").unlink()  # an unlabelled tile still gets a prediction on the map
+    (data / "val-wuhan.txt").write_text("t008.png\nt009.png\nt010.png\n")
+    script.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--train_record", f"{target}.txt",
+                 "--seeds", "0", "1"])
+    frame = gpd.read_file(Path("train-records") / f"{target}_map.gpkg")
+    assert frame.crs.to_epsg() == 32650 and len(frame) == 12
+    assert list(frame["split"]) == ["train"] * 8 + ["val"] * 3 + [""]
+    png = Path("train-records") / f"{target}_map.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if target == "pop1km":
+        truth = [float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(11)]
+        assert np.allclose(frame["truth"][:11], truth, rtol=1e-6) and np.isnan(frame["truth"][11])
+        assert np.allclose(frame["residual"][:11], frame["prediction"][:11] - frame["truth"][:11])
+        assert frame["prediction"].notna().all() and (frame["prediction"] >= 0).all()  # ReLU(mu + sigma h)
+    else:
+        assert frame["dominant_truth"][11] == "" and set(frame["dominant_pred"]) <= set(TYPES)
+        shares = frame[[f"pred_{t}" for t in TYPES]].to_numpy()
+        assert np.allclose(shares.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_no_map_without_a_crs(setup):
+    data, ckpt = setup
+    add_tile_index(data, crs=None)
+    (data / "tile_index.gpkg").unlink()  # the CSV alone: positions without a CRS
+    res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--train_record", "pop.txt"])
+    assert not (Path("train-records") / "pop_map.png").exists()

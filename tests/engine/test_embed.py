@@ -3,6 +3,7 @@
 import csv
 import json
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from engine.embeddings import poi_checkpoint_for
 from models.image_encoder import ImageEncoder
 from models.loading import load_poi_encoder
 from models.poi_encoder import build_poi_encoder
+from tests.engine.test_downstream import add_tile_index
 from tests.conftest import ROOT, run_script
 from utils.errors import UserError
 
@@ -102,3 +104,16 @@ def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):
     assert "probe   pop1km ridge (backbone, 3-fold CV): MAE" in text and "random folds (no tile index" in text
     cv = json.loads((tmp_path / "e" / "probe.json").read_text())["pop1km"]["cv"]
     assert cv == out["probes"]["pop1km"]["cv"] and cv["folds"] == 3 and len(cv["knn"]["R2"]) == 2
+
+
+def test_embedding_map_with_a_projected_tile_index(tmp_path, tiny_data, monkeypatch):
+    add_tile_index(tiny_data)
+    torch.manual_seed(0)
+    torch.save(ImageEncoder("resnet18", 16).state_dict(), tmp_path / "ck.tar")
+    embed.main(["--data_path", str(tiny_data), "--ckpt", str(tmp_path / "ck.tar"), "--out", str(tmp_path / "e"),
+                "--clusters", "3", "--workers", "0", "--device", "cpu"])
+    frame = gpd.read_parquet(tmp_path / "e" / "embeddings_map.parquet")
+    assert frame.crs.to_epsg() == 32650 and len(frame) == 12 and frame["cluster"].nunique() == 3
+    back = np.load(tmp_path / "e" / "backbone.npy")
+    assert np.allclose(frame[[f"e{j}" for j in range(back.shape[1])]].to_numpy(), back, atol=1e-6)
+    assert (tmp_path / "e" / "embeddings_map.png").read_bytes()[:4] == b"\x89PNG"

@@ -106,7 +106,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("highrise", 0, (11, 33), 3.0, 1 / 40, 0.0004, (214, 214, 218), (112, 138, 92), 0.35),
     Kind("midrise", 0, (5, 9), 3.0, 1 / 32, 0.0004, (172, 92, 72), (160, 156, 146), 0.20),
     Kind("villa", 0, (2, 3), 3.0, 1 / 70, 0.0004, (222, 150, 82), (104, 146, 80), 0.45),
-    Kind("informal", 0, (3, 5), 3.0, 1 / 25, 0.0004, (150, 100, 75), (138, 124, 108), 0.03),
+    Kind("informal", 0, (3, 5), 3.0, 1 / 28, 0.0004, (150, 100, 75), (138, 124, 108), 0.03),
     # Commercial, industrial, public: no residents; output per m2 of floor differs by an order of
     # magnitude between offices and factories (which have few, tall storeys).
     Kind("office", 1, (8, 45), 3.8, 0.0, 0.008, (96, 142, 152), (186, 186, 182), 0.10),
@@ -382,7 +382,8 @@ def _block_floors(rng: np.random.Generator, kind: np.ndarray, u: float) -> np.nd
     hi = np.array([k.floors[1] for k in KINDS])[kind]
     uni = rng.random(kind.shape)
     tall = np.clip(u + rng.normal(0.0, 0.2, kind.shape), 0.0, 1.0)
-    x = np.where((kind == _K["highrise"]) | (kind == _K["office"]), tall, uni)
+    # Few office towers are very tall: their height grows with the square of the centrality.
+    x = np.where(kind == _K["highrise"], tall, np.where(kind == _K["office"], tall**2, uni))
     return np.floor(lo + x * (hi - lo + 0.999)).astype(np.int64)
 
 
@@ -441,13 +442,13 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     p_keep = np.select(
         [k == _K["highrise"], k == _K["midrise"], k == _K["villa"], k == _K["informal"], k == _K["office"],
          k == _K["retail"], k == _K["factory"], k == _K["public"], k == _K["park"]],
-        [0.75, 0.85, 0.70, 0.90, 0.85, 0.85, 0.85, 0.65, 0.03], 0.03,
+        [0.75, 0.85, 0.70, 0.90, 0.75, 0.85, 0.85, 0.65, 0.03], 0.03,
     ) * np.ones((1, 1, 4))
     n_slots = np.where(k == _K["villa"], 4, np.where(k == _K["midrise"], 2, 1))
     side_lo = np.select([k == _K["highrise"], k == _K["informal"], k == _K["office"], k == _K["retail"],
-                         k == _K["factory"], k == _K["public"]], [0.28, 0.65, 0.45, 0.55, 0.60, 0.35], 0.12)
+                         k == _K["factory"], k == _K["public"]], [0.28, 0.65, 0.40, 0.55, 0.60, 0.35], 0.12)
     side_hi = np.select([k == _K["highrise"], k == _K["informal"], k == _K["office"], k == _K["retail"],
-                         k == _K["factory"], k == _K["public"]], [0.40, 0.80, 0.75, 0.80, 0.80, 0.60], 0.25)
+                         k == _K["factory"], k == _K["public"]], [0.40, 0.80, 0.65, 0.80, 0.80, 0.60], 0.25)
     bw = side_lo + wid * (side_hi - side_lo)
     bh = np.where(k == _K["highrise"], bw, side_lo + hei * (side_hi - side_lo))  # towers are square
     bx = _LOT_MARGIN + jx * (span - bw)

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_tiles", type=int, default=CPU["n_tiles"], help=f"synthetic city tiles (default {CPU['n_tiles']}, ours)")
     p.add_argument("--tile_size", type=int, default=CPU["tile_size"], help=f"synthetic tile px (default {CPU['tile_size']}, ours)")
     p.add_argument("--city_seed", type=int, default=0, help="synthetic city seed (default 0)")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), help="target folders to train on (default pop1km gdp1km func)")
+    p.add_argument("--tasks", nargs="*", default=list(TASKS),
+                   help="target folders to train on (default pop1km gdp1km func; none: only the oracle and the POI reference)")
     p.add_argument("--resnet", choices=RESNETS, default=CPU["resnet"], help=f"backbone (default {CPU['resnet']}, the CPU comparison's)")
     p.add_argument("--img_size", type=int, default=CPU["img_size"], help=f"training crop px (default {CPU['img_size']}, ours)")
     p.add_argument("--epochs", type=int, default=CPU["epochs"], help=f"fixed training budget (default {CPU['epochs']}, ours)")
@@ -180,7 +181,10 @@ def oracle(data: Path) -> dict | None:
         shares = {}
         for key, keep in (("invisible_log_var_share", y > 0), ("invisible_log_var_share_large", y >= floor)):
             shares[key] = float(np.var(np.log(fac[keep])) / np.var(np.log(y[keep]))) if keep.sum() > 1 else float("nan")
-        out[target] = {**_regression(y[is_val], c * vis[is_val]), **shares, "large_from": floor}
+        out[target] = {**_regression(y[is_val], c * vis[is_val]), **shares, "large_from": floor,
+                       "zero_share": float((y == 0).mean()),
+                       "percentiles": dict(zip(("p25", "p50", "p75", "p90", "p95", "p99", "max"),
+                                               np.percentile(y, [25, 50, 75, 90, 95, 99, 100]).round(1).tolist()))}
     return out
 
 
@@ -241,7 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
     orc = oracle(data)
     poi = poi_counts_probe(data)
 
-    lines = ["", f"supervised upper bound, last epoch, validation list ({where}):"]
+    lines = [""]
+    if runs:
+        lines.append(f"supervised upper bound, last epoch, validation list, mean ± sample std over seeds ({where}):")
     for task in args.tasks:
         rs = [r for r in runs if r["task"] == task]
         keys = ("KL", "L1", "cos") if "KL" in rs[0] else ("R2", "MAE", "RMSE")
@@ -253,11 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"  {task:8s} R2 {m['R2']:.3f}  MAE {m['MAE']:.1f}  RMSE {m['RMSE']:.1f}  invisible share of the "
                          f"log variance over all tiles: {m['invisible_log_var_share']:.3f} (y > 0), "
                          f"{m['invisible_log_var_share_large']:.3f} (y >= {m['large_from']:g})")
+            lines.append(f"  {'':8s} all tiles: zero {m['zero_share']:.3f}, "
+                         + ", ".join(f"{k} {v:,.0f}" for k, v in m["percentiles"].items()))
     if poi:
         lines.append("reference: ridge on log1p POI category counts, validation list:")
         for task, m in poi.items():
             lines.append(f"  {task:8s} R2 {m['R2']:.3f}  MAE {m['MAE']:.1f}  RMSE {m['RMSE']:.1f}")
-    pops = [r["R2"] for r in runs if r["task"] == "pop1km"]
+    pops = [r["R2"] for r in runs if r["task"] == "pop1km" and "R2" in r]
     if pops:
         ok = min(pops) >= 0.7
         lines.append(f"population bound R2 >= 0.7: {'yes' if ok else 'NO'} (min over seeds {min(pops):.3f})")

@@ -270,7 +270,7 @@ def floor_areas(lay):
 
 
 def test_population_is_dwelling_floor_area_times_a_small_invisible_factor(layouts):
-    plan, lays, truths = layouts
+    _, lays, truths = layouts
     dwelling = np.array([floor_areas(lay)[PERSONS[lay["kind"]] > 0].sum() for lay in lays])
     pop = np.array([t["population"] for t in truths])
     for lay, t in zip(lays, truths):

@@ -2,35 +2,32 @@
 
 No real tiles or POIs can be shipped, so this module draws a plausible city that exercises every part
 of the pipeline (pretraining and the downstream regressions) before a user prepares real data. It
-writes both layouts of SPEC.md into one folder (``sub_shanghai_*`` for pretraining, ``img``,
-``pop1km``, ``gdp1km``, ``func`` and the two lists for the downstream scripts).
+writes both layouts of the published scripts into one folder (``sub_shanghai_*`` for pretraining,
+``img``, ``pop1km``, ``gdp1km``, ``func`` and the two lists for the downstream scripts).
 
-What is modelled, coarse to fine:
+The generative rules, their reasons and their measured properties are in ``docs/synthetic_city.md``
+(city version :data:`CITY_VERSION`). In short, coarse to fine:
 
-1. City-scale latent fields on the tile grid (smooth Gaussian random fields, not iid per tile):
-   urbanity ``u`` (a CBD near the centre plus a few sub-centres, falling off to a rural edge),
-   ``wealth`` and ``activity`` (standard-normal smooth fields), and three land-use preference fields.
-   A meandering river (about 0.9 km wide, like the Yangtze at Wuhan) crosses the city.
-2. A land-use label per tile (residential, commercial, industrial, green, water, mixed) from those
-   fields: commercial where urbanity is high, industry towards the edge, parks where the park field
-   peaks, water where the river covers most of the tile, rural green at the edge.
-3. Inside a tile: 4 x 4 blocks (250 m, bounded by minor roads) of 4 x 4 lots (62.5 m). Each block
-   takes a function type (residential, commercial, industrial, public_service, green_space) drawn
-   from the tile's land-use mix; each lot holds at most one building whose presence, size and roof
-   colour depend on the function type and, faintly, on wealth. Building height (global to the tile,
-   from urbanity) shows only through the shadow length. Major roads run on a city-wide grid.
-4. POIs of a two-level taxonomy (6 coarse classes, 22 fine categories): counts and mix depend on the
-   block functions and on wealth and activity, which are only faintly (wealth) or not at all
-   (activity) visible in the image. Water and rural tiles have no POIs; sparse green tiles often
-   have none; both are valid data.
-5. Ground truth: the urban-function distribution is the area share of the six function types
-   (the five above plus water) over the tile's lots; population follows the residential floor area
-   (plus a little above shops) times ``exp(0.4 activity - 0.2 wealth)``; GDP follows commercial and
-   industrial floor area times ``exp(0.5 wealth + 0.2 activity)``; both carry log-normal noise.
-   Floor area = built footprint (visible) x floors (visible only through shadow length).
+1. Plan: smooth latent fields on the tile grid (urbanity with a centre and sub-centres, wealth,
+   activity, land-use preferences), a meandering river, a city-wide grid of major roads, and a land
+   use per tile.
+2. Layout (independent of the image size): each 1 km tile has 4 x 4 blocks of 4 x 4 lots (62.5 m).
+   A block has a function type and a building *kind* (high-rise towers, mid-rise slabs, villas, an
+   urban village, office towers, retail, factory sheds, public buildings, park, farmland); each kind
+   places its buildings in the lots with its own footprint rule and floor count.
+3. Ground truth from the building list: population = sum over dwellings of footprint x floors x
+   persons per m2 of the kind, times a small invisible occupancy factor; GDP = sum of floor area x
+   output per m2 of the kind, times a small invisible productivity factor; urban functions = area
+   shares of the lots' function types.
+4. Image: every building is painted with the roof of its kind, a shadow whose length follows its
+   height, on the ground of its kind, with trees, roads, water and sensor noise, rendered at no less
+   than about 192 px and box-averaged to the requested size (so small tiles keep their cues).
+5. POIs of a two-level taxonomy: counts follow the lots' function type, building kind and floor
+   area, wealth and the invisible activity.
 
-Everything is drawn from ``numpy.random.Generator`` streams keyed by ``(seed, purpose, tile)``, so the
-same arguments give byte-identical files (PNG bytes and ``torch.save`` archives included).
+Every random draw comes from a ``numpy.random.Generator`` keyed by ``(seed, purpose, tile)``: the same
+arguments give byte-identical files, and the layout, the ground truth and the POIs do not depend on
+the tile size (only the painting does).
 
 Usage::
 
@@ -47,6 +44,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,24 +55,88 @@ from scipy.special import ndtri
 from data.graph import delaunay_edges
 
 __all__ = [
+    "CITY_VERSION",
     "LAND_USES",
     "FUNC_TYPES",
+    "KINDS",
     "CATEGORIES",
+    "OCCUPANCY_SIGMA",
+    "PRODUCTIVITY_SIGMA",
+    "plan_city",
+    "tile_layout",
+    "tile_truth",
     "generate_city",
     "ensure_city",
     "category_embeddings",
     "main",
 ]
 
-# Bump when the generator's output changes, so ensure_city regenerates old cities.
-FORMAT_VERSION = 1
+# The city's rules, frozen: bump when the generator's output changes (ensure_city then regenerates
+# old cities; tables state which version they used). History in docs/synthetic_city.md.
+CITY_VERSION = 2
 TILE_M = 1000  # tile side in metres
 MARKER = ".complete"
+LOTS = 16  # lots per tile side (62.5 m)
+BLOCK = 4  # lots per block side (250 m blocks)
+LOT_M = TILE_M / LOTS
 
 LAND_USES = ("residential", "commercial", "industrial", "green", "water", "mixed")
 # Urban function types of the ground-truth distribution (func/NAME.txt), in file order.
 FUNC_TYPES = ("residential", "commercial", "industrial", "public_service", "green_space", "water")
 N_BUILT = 5  # the first five function types are what a block can be; water comes from the river
+
+
+class Kind(NamedTuple):
+    """One building kind: what a block of this kind holds, looks like and yields (docs/synthetic_city.md)."""
+
+    name: str
+    func: int  # index into FUNC_TYPES of the block's lots
+    floors: tuple[int, int]  # floor range of the block's buildings
+    storey_m: float  # storey height (sets the building height, hence the shadow length)
+    persons_per_m2: float  # residents per m2 of floor area (0: nobody lives there)
+    output_per_m2: float  # GDP, million yuan per year per m2 of floor area
+    roof: tuple[int, int, int]
+    ground: tuple[int, int, int]
+    trees: float  # tree cover of the open ground
+
+
+KINDS: tuple[Kind, ...] = (
+    # Residential: about 38 m2 of floor per person in new towers, less in older slabs, far less in
+    # an urban village, much more in villas (the spread of Chinese cities' housing stock).
+    Kind("highrise", 0, (11, 33), 3.0, 1 / 40, 0.0004, (214, 214, 218), (112, 138, 92), 0.35),
+    Kind("midrise", 0, (5, 9), 3.0, 1 / 32, 0.0004, (172, 92, 72), (160, 156, 146), 0.20),
+    Kind("villa", 0, (2, 3), 3.0, 1 / 70, 0.0004, (222, 150, 82), (104, 146, 80), 0.45),
+    Kind("informal", 0, (3, 5), 3.0, 1 / 28, 0.0004, (150, 100, 75), (138, 124, 108), 0.03),
+    # Commercial, industrial, public: no residents; output per m2 of floor differs by an order of
+    # magnitude between offices and factories (which have few, tall storeys).
+    Kind("office", 1, (8, 45), 3.8, 0.0, 0.008, (96, 142, 152), (186, 186, 182), 0.10),
+    Kind("retail", 1, (2, 5), 5.0, 0.0, 0.005, (224, 214, 194), (118, 118, 124), 0.05),
+    Kind("factory", 2, (1, 2), 8.0, 0.0, 0.0025, (164, 188, 212), (166, 160, 146), 0.05),
+    Kind("public", 3, (3, 7), 3.5, 0.0, 0.002, (206, 186, 142), (168, 164, 150), 0.30),
+    Kind("park", 4, (1, 1), 3.0, 0.0, 0.0, (160, 140, 120), (95, 135, 70), 0.60),
+    # Rural: farmland with scattered farmhouses (which have residents).
+    Kind("farm", 4, (2, 3), 3.0, 1 / 45, 0.0002, (150, 150, 156), (130, 150, 85), 0.06),
+)
+_K = {k.name: j for j, k in enumerate(KINDS)}
+_KIND_FUNC = np.array([k.func for k in KINDS])
+_PERSONS = np.array([k.persons_per_m2 for k in KINDS])
+_OUTPUT = np.array([k.output_per_m2 for k in KINDS])
+_STOREY = np.array([k.storey_m for k in KINDS])
+_ROOF = np.array([k.roof for k in KINDS], dtype=np.float32)
+_GROUND = np.array([k.ground for k in KINDS], dtype=np.float32)
+_TREES = np.array([k.trees for k in KINDS])
+
+# Invisible factors (log-scale standard deviations; docs/synthetic_city.md gives their variance
+# shares): occupancy multiplies population, productivity multiplies GDP. Each is a smooth activity
+# (and, for GDP, wealth) term plus an iid term per tile.
+OCCUPANCY_ACTIVITY, OCCUPANCY_NOISE = 0.12, 0.08
+PRODUCTIVITY_WEALTH, PRODUCTIVITY_ACTIVITY, PRODUCTIVITY_NOISE = 0.20, 0.12, 0.10
+OCCUPANCY_SIGMA = math.hypot(OCCUPANCY_ACTIVITY, OCCUPANCY_NOISE)
+PRODUCTIVITY_SIGMA = math.sqrt(PRODUCTIVITY_WEALTH**2 + PRODUCTIVITY_ACTIVITY**2 + PRODUCTIVITY_NOISE**2)
+# The sun stands in the south-east (late morning at 30 deg N): shadows point north-west, i.e. up-left
+# in a north-up tile, 0.8 x the building height long.
+SHADOW_PER_M = 0.8
+SHADOW_DARKEN = 0.45
 
 # Two-level POI taxonomy: coarse class -> fine categories (order fixes category ids).
 TAXONOMY: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -102,27 +164,9 @@ _LU_MIX = np.array(
     ]
 )
 
-# Per function type: probability a lot holds a building, building side range (fraction of the lot),
-# roof base colour, ground colour, tree cover of the open ground.
-_BUILD_P = np.array([0.80, 0.90, 0.85, 0.60, 0.03])
-_SIDE_LO = np.array([0.35, 0.55, 0.60, 0.40, 0.20])
-_SIDE_HI = np.array([0.65, 0.90, 0.95, 0.70, 0.35])
-_ROOF = np.array(
-    [[178, 120, 100], [150, 160, 170], [190, 195, 200], [200, 180, 150], [160, 140, 120]], dtype=np.float32
-)
-_GROUND = np.array(
-    [[170, 165, 150], [160, 158, 155], [150, 145, 135], [140, 150, 120], [95, 135, 70]], dtype=np.float32
-)
-_TREES = np.array([0.25, 0.10, 0.05, 0.30, 0.60])
-_ROAD = np.array([90, 90, 92], dtype=np.float32)
-_MAJOR_ROAD = np.array([70, 70, 75], dtype=np.float32)
-_WATER = np.array([45, 80, 110], dtype=np.float32)
-_TREE = np.array([40, 85, 40], dtype=np.float32)
-_SHADOW = np.array([45, 45, 50], dtype=np.float32)
-_FARM = np.array([[120, 150, 80], [150, 160, 90], [170, 155, 110], [100, 130, 60]], dtype=np.float32)
-
-# POI rate per lot of each function type, per fine category (rows: built function types).
-# Written as coarse-class weights times a within-class split so the table stays readable.
+# POI rate per lot of each function type, per coarse class (rows: built function types), and a
+# multiplier per building kind (an urban village has many eateries and shops and no property
+# management; villas have few POIs; retail has shops; offices have businesses).
 _COARSE_RATE = np.array(
     # food shopping residence business industry public
     [
@@ -131,6 +175,20 @@ _COARSE_RATE = np.array(
         [0.10, 0.03, 0.02, 0.15, 0.70, 0.05],  # industrial
         [0.15, 0.10, 0.05, 0.10, 0.00, 0.60],  # public_service
         [0.02, 0.01, 0.00, 0.00, 0.00, 0.06],  # green_space
+    ]
+)
+_KIND_POI = np.array(
+    [
+        [1.0, 1.0, 1.3, 1.0, 1.0, 1.0],  # highrise
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # midrise
+        [0.4, 0.4, 0.6, 0.3, 1.0, 0.6],  # villa
+        [1.8, 1.6, 0.3, 0.3, 1.0, 0.7],  # informal
+        [0.9, 0.6, 1.0, 1.6, 1.0, 1.0],  # office
+        [1.6, 2.0, 1.0, 0.6, 1.0, 1.0],  # retail
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # factory
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # public
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # park
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # farm (rural tiles get no POIs anyway)
     ]
 )
 _FINE_SPLIT = np.array(
@@ -143,10 +201,24 @@ _WEALTH_SLOPE = np.array(
     [0.2, 0.6, -0.4, 0.1] + [0.0, 0.6, -0.3, 0.5] + [-0.1, 0.2, 0.3]
     + [0.4, 0.5, 0.1] + [-0.3, -0.2, -0.1] + [0.1, 0.2, 0.1, -0.2, 0.3]
 )
+_POI_ACTIVITY = 0.5  # log-rate slope of every POI category on the (invisible) activity field
+_POI_FLOOR_REF = 6000.0  # m2 of floor area in a lot at which the floor-area factor is 1
 _CLASS_OF = np.array([COARSE.index(p) for p in PARENTS])
 
-LOTS = 16  # lots per tile side (62.5 m)
-BLOCK = 4  # lots per block side (250 m blocks)
+_TREE = np.array([40, 85, 40], dtype=np.float32)
+_ROAD = np.array([92, 92, 94], dtype=np.float32)
+_MAJOR_ROAD = np.array([70, 70, 75], dtype=np.float32)
+_WATER = np.array([45, 80, 110], dtype=np.float32)
+_FARM = np.array([[120, 150, 80], [150, 160, 90], [170, 155, 110], [100, 130, 60]], dtype=np.float32)
+_TRACK = np.array([176, 84, 66], dtype=np.float32)
+_PITCH = np.array([86, 150, 78], dtype=np.float32)
+# Urban village roofs: corrugated iron in rust, blue and grey, mixed cell by cell.
+_VILLAGE = np.array([[150, 96, 68], [82, 120, 168], [132, 132, 134], [176, 150, 118]], dtype=np.float32)
+_VILLAGE_CELL_M = 10.0
+_MINOR_HALF_M = 5.0  # minor roads on block edges, 10 m wide
+_MAJOR_HALF_M = 12.0  # major roads, 24 m wide
+_LOT_MARGIN = 0.1  # buildings keep 6.25 m from the lot edge (clear of the minor roads)
+_MIN_RENDER = 192  # tiles are painted at >= this many px (at most 4x the tile size) and box-averaged
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,8 +228,8 @@ BLOCK = 4  # lots per block side (250 m blocks)
 def category_embeddings(embed_dim: int = 64, seed: int = 0) -> np.ndarray:
     """Embeddings of the fine categories: coarse-class centre plus a small fine offset.
 
-    Stands in for the "semantics-preserved" POI category embeddings the paper uses (SPEC §3): what
-    matters downstream is that categories of one coarse class lie close together.
+    Stands in for the "semantics-preserved" POI category embeddings the paper uses: what matters
+    downstream is that categories of one coarse class lie close together.
 
     Returns:
         float32 ``[len(CATEGORIES), embed_dim]``; coarse centres have norm about 1, fine offsets
@@ -206,11 +278,11 @@ class _River:
         return np.abs(x - cx) < self.half_width
 
 
-def _plan_city(n_tiles: int, seed: int) -> dict:
+def plan_city(n_tiles: int, seed: int) -> dict:
     """Tile-level latent fields, land use and the city-wide river and road grid.
 
-    Returns a dict of ``[n_tiles]`` arrays (row, col, u, wealth, activity, water_frac, land_use,
-    floors) plus ``rows``, ``cols``, ``river`` and the major-road positions ``road_x``, ``road_y``.
+    Returns a dict of ``[n_tiles]`` arrays (row, col, u, wealth, activity, water_frac, land_use, rural)
+    plus ``rows``, ``cols``, ``river`` and the major-road positions ``road_x``, ``road_y`` (metres).
     """
     rows, cols = _grid_shape(n_tiles)
     rng = np.random.default_rng([seed, 1])
@@ -252,7 +324,6 @@ def _plan_city(n_tiles: int, seed: int) -> dict:
     rural = u < 0.12
     land_use[rural] = LAND_USES.index("green")
     land_use[water_frac > 0.5] = LAND_USES.index("water")
-    floors = 3.0 + 27.0 * u**2  # taller towards the centre
 
     # City-wide major roads every 1.5-3 km (both directions), jittered, so they continue across tiles.
     def road_lines(extent: float) -> np.ndarray:
@@ -267,155 +338,206 @@ def _plan_city(n_tiles: int, seed: int) -> dict:
     return dict(
         rows=rows, cols=cols, river=river, road_x=road_x, road_y=road_y,
         row=flat(rr), col=flat(cc), u=flat(u), wealth=flat(wealth), activity=flat(activity),
-        water_frac=flat(water_frac), land_use=flat(land_use), rural=flat(rural), floors=flat(floors),
+        water_frac=flat(water_frac), land_use=flat(land_use), rural=flat(rural),
     )
 
 
 # --------------------------------------------------------------------------------------------------
-# One tile
+# Layout of one tile: blocks, lots and the building list (no pixels; independent of the tile size)
 
 
-class _Painter:
-    """Pixel-geometry lookups shared by all tiles of one size (computed once)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        centres = (np.arange(size) + 0.5) * (LOTS / size)
-        self.lot = np.minimum(centres.astype(np.int64), LOTS - 1)  # [S] lot index of each pixel
-        self.frac = centres - self.lot  # [S] position inside the lot, [0, 1)
-        self.lot_id = self.lot[:, None] * LOTS + self.lot[None, :]  # [S, S] flat lot index
-        self.metres = (np.arange(size) + 0.5) * (TILE_M / size)  # [S] pixel centre, metres from tile edge
-        # Minor roads on block boundaries (every 250 m), ~10 m wide but at least one pixel.
-        hw = max(5.0, 0.5 * TILE_M / size)
-        block_m = TILE_M / (LOTS // BLOCK)
-        off = np.mod(self.metres, block_m)
-        self.minor = np.minimum(off, block_m - off) < hw  # [S]
-        # Bilinear upsampling (separable lerp, no BLAS: tiny matmuls thrash threads) of a coarse
-        # noise grid, for smooth tree and texture fields.
-        m = max(4, size // 8 + 2)
-        pos = np.linspace(0, m - 1, size)
-        self.m = m
-        self.lo = np.minimum(np.floor(pos).astype(np.int64), m - 2)
-        self.w = (pos - self.lo).astype(np.float32)
-
-    def px(self, a: np.ndarray) -> np.ndarray:
-        """Per-lot array ``[L, L, ...]`` -> per-pixel ``[S, S, ...]`` (row then column gather)."""
-        return a.take(self.lot, axis=0).take(self.lot, axis=1)
-
-    def smooth(self, rng: np.random.Generator) -> np.ndarray:
-        """Smooth, roughly standard-normal float32 field ``[S, S]`` (bilinearly upsampled noise)."""
-        c = rng.standard_normal((self.m, self.m), dtype=np.float32)
-        lo, w = self.lo, self.w
-        r = c[lo] * (1 - w)[:, None] + c[lo + 1] * w[:, None]  # [S, m]
-        f = r[:, lo] * (1 - w)[None, :] + r[:, lo + 1] * w[None, :]  # [S, S]
-        # Bilinear mixing of unit normals leaves a variance of about (2/3)^2; rescale to ~1.
-        return f * np.float32(1.5)
+def _tile_origin(plan: dict, i: int) -> tuple[float, float]:
+    """World coordinates (metres) of tile ``i``'s lower-left corner."""
+    return float(plan["col"][i]) * TILE_M, float(plan["rows"] - 1 - int(plan["row"][i])) * TILE_M
 
 
-def _draw_tile(
-    p: _Painter, rng: np.random.Generator, plan: dict, i: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Draw tile ``i``: its image and its lot layout.
+def _block_kinds(rng: np.random.Generator, block_type: np.ndarray, u: float, w: float) -> np.ndarray:
+    """Building kind of each block ``[B, B]`` from its function type, urbanity and wealth.
+
+    Residential blocks: towers in the centre, slabs in the middle ring, villas on the wealthy
+    outskirts, urban villages in poorer parts of the inner ring (a softmax over these scores).
+    """
+    logits = np.array([
+        4.0 * (u - 0.5) + 0.3 * w,  # highrise
+        0.5 - 6.0 * (u - 0.45) ** 2,  # midrise
+        1.0 * w - 3.0 * u + 0.3,  # villa
+        -1.0 * w - 5.0 * (u - 0.45) ** 2 - 0.3,  # informal
+    ])
+    p_res = np.exp(logits - logits.max())
+    p_res /= p_res.sum()
+    res = rng.choice(4, size=block_type.shape, p=p_res)
+    p_office = 1.0 / (1.0 + math.exp(-8.0 * (u - 0.55)))
+    com = np.where(rng.random(block_type.shape) < p_office, _K["office"], _K["retail"])
+    by_type = np.stack([res, com, np.full_like(res, _K["factory"]), np.full_like(res, _K["public"]),
+                        np.full_like(res, _K["park"])])
+    return np.take_along_axis(by_type, block_type[None], axis=0)[0]
+
+
+def _block_floors(rng: np.random.Generator, kind: np.ndarray, u: float) -> np.ndarray:
+    """Floor count of each block ``[B, B]`` (a residential estate or office cluster is built at once).
+
+    Towers and offices grow taller towards the centre; the other kinds draw uniformly in their range.
+    """
+    lo = np.array([k.floors[0] for k in KINDS])[kind]
+    hi = np.array([k.floors[1] for k in KINDS])[kind]
+    uni = rng.random(kind.shape)
+    tall = np.clip(u + rng.normal(0.0, 0.2, kind.shape), 0.0, 1.0)
+    # Few office towers are very tall: their height grows with the square of the centrality.
+    x = np.where(kind == _K["highrise"], tall, np.where(kind == _K["office"], tall**2, uni))
+    return np.floor(lo + x * (hi - lo + 0.999)).astype(np.int64)
+
+
+def tile_layout(plan: dict, i: int, seed: int) -> dict:
+    """Blocks, lots and buildings of tile ``i`` (drawn from its own stream; no pixels).
+
+    Coordinates are metres from the tile's top-left corner, ``x`` to the east, ``y`` to the south.
 
     Returns:
-        ``img`` uint8 ``[S, S, 3]``; ``lot_type`` int ``[L, L]`` (function type 0..4 of each lot, rows
-        top to bottom); ``lot_water`` bool ``[L, L]``; ``lot_built`` bool ``[L, L]`` (holds a
-        building); ``lot_area`` float ``[L, L]`` (building footprint as a fraction of the lot).
+        dict with ``block_kind`` int ``[4, 4]``; ``lot_type`` int ``[16, 16]`` (function type 0..4),
+        ``lot_kind`` int ``[16, 16]``, ``lot_water`` bool ``[16, 16]``; the building list as arrays
+        ``[N]``: ``kind``, ``lot`` (flat lot index), ``x0, y0, x1, y1`` (metres), ``floors``;
+        ``fields`` float ``[F, 4]`` (sports grounds, ``x0, y0, x1, y1``).
     """
-    S, L, B = p.size, LOTS, LOTS // BLOCK
-    row, col = int(plan["row"][i]), int(plan["col"][i])
-    minx, miny = col * TILE_M, (plan["rows"] - 1 - row) * TILE_M
-    lu, wealth = int(plan["land_use"][i]), float(plan["wealth"][i])
+    rng = np.random.default_rng([seed, 2, i])
+    L, B = LOTS, LOTS // BLOCK
+    lu, u, w = int(plan["land_use"][i]), float(plan["u"][i]), float(plan["wealth"][i])
     rural = bool(plan["rural"][i])
+    minx, miny = _tile_origin(plan, i)
 
     # Block function types drawn from the tile's land-use mix (Dirichlet around its profile).
     mix = rng.dirichlet(_LU_MIX[lu] * 12.0 + 0.05)
-    if rural:
-        mix = np.array([0.03, 0.0, 0.0, 0.0, 0.97])
     block_type = rng.choice(N_BUILT, size=(B, B), p=mix / mix.sum())
-    lot_type = np.repeat(np.repeat(block_type, BLOCK, axis=0), BLOCK, axis=1)  # [L, L]
+    block_kind = _block_kinds(rng, block_type, u, w)
+    floors = _block_floors(rng, block_kind, u)
+    if rural:
+        block_type = np.full((B, B), FUNC_TYPES.index("green_space"))
+        block_kind = np.full((B, B), _K["farm"])
+        floors = np.full((B, B), 2) + (rng.random((B, B)) < 0.5)
+    up = lambda a: np.repeat(np.repeat(a, BLOCK, axis=0), BLOCK, axis=1)  # noqa: E731  [B, B] -> [L, L]
+    lot_type, lot_kind, lot_floors = up(block_type), up(block_kind), up(floors)
 
-    # Lot centres in world metres (row 0 is the tile's top edge) -> water lots.
-    lot_c = (np.arange(L) + 0.5) * (TILE_M / L)
+    lot_c = (np.arange(L) + 0.5) * LOT_M
     lot_water = plan["river"].water(minx + lot_c[None, :], miny + TILE_M - lot_c[:, None])
 
-    # Buildings: wealthy residential areas build less densely with larger footprints (faint cue).
-    t = lot_type
-    p_build = _BUILD_P[t] * np.where(t == 0, np.exp(-0.15 * wealth), 1.0)
+    # Sports grounds (school tracks) on half of the public blocks: 3 x 2 lots without buildings.
+    field_lots = np.zeros((L, L), bool)
+    fields = []
+    has_field = rng.random((B, B)) < 0.5
+    fr, fc = rng.integers(0, 3, (B, B)), rng.integers(0, 2, (B, B))
+    for br, bc in zip(*np.nonzero((block_kind == _K["public"]) & has_field)):
+        r0, c0 = br * BLOCK + fr[br, bc], bc * BLOCK + fc[br, bc]
+        field_lots[r0:r0 + 2, c0:c0 + 3] = True
+        fields.append((c0 * LOT_M + 6.0, r0 * LOT_M + 6.0, (c0 + 3) * LOT_M - 6.0, (r0 + 2) * LOT_M - 6.0))
+
+    # Up to four building slots per lot, drawn for every lot whatever its kind (a fixed number of
+    # draws keeps the stream simple); each kind keeps and shapes the slots it uses.
+    k = lot_kind[..., None]  # [L, L, 1]
+    q = np.arange(4)
+    qx, qy = (q % 2)[None, None, :], (q // 2)[None, None, :]
+    keep, wid, hei = rng.random((L, L, 4)), rng.random((L, L, 4)), rng.random((L, L, 4))
+    jx, jy = rng.random((L, L, 4)), rng.random((L, L, 4))
+    jf = rng.normal(0.0, 1.0, (L, L, 4))
+    span = 1.0 - 2 * _LOT_MARGIN
+    # Defaults: one building per lot (slot 0), sides as fractions of the lot.
+    p_keep = np.select(
+        [k == _K["highrise"], k == _K["midrise"], k == _K["villa"], k == _K["informal"], k == _K["office"],
+         k == _K["retail"], k == _K["factory"], k == _K["public"], k == _K["park"]],
+        [0.75, 0.85, 0.70, 0.90, 0.75, 0.85, 0.85, 0.65, 0.03], 0.03,
+    ) * np.ones((1, 1, 4))
+    n_slots = np.where(k == _K["villa"], 4, np.where(k == _K["midrise"], 2, 1))
+    side_lo = np.select([k == _K["highrise"], k == _K["informal"], k == _K["office"], k == _K["retail"],
+                         k == _K["factory"], k == _K["public"]], [0.28, 0.65, 0.40, 0.55, 0.60, 0.35], 0.12)
+    side_hi = np.select([k == _K["highrise"], k == _K["informal"], k == _K["office"], k == _K["retail"],
+                         k == _K["factory"], k == _K["public"]], [0.40, 0.80, 0.65, 0.80, 0.80, 0.60], 0.25)
+    bw = side_lo + wid * (side_hi - side_lo)
+    bh = np.where(k == _K["highrise"], bw, side_lo + hei * (side_hi - side_lo))  # towers are square
+    bx = _LOT_MARGIN + jx * (span - bw)
+    by = _LOT_MARGIN + jy * (span - bh)
+    # Mid-rise: two parallel east-west slabs, one in each half of the lot.
+    slab = k == _K["midrise"]
+    bw = np.where(slab, 0.55 + wid * 0.25, bw)
+    bh = np.where(slab, 0.14 + hei * 0.06, bh)
+    bx = np.where(slab, _LOT_MARGIN + jx * (span - bw), bx)
+    by = np.where(slab, 0.12 + 0.43 * qx + jy * 0.06, by)  # slot 0 north half, slot 1 south half
+    # Villas: one small house per quadrant.
+    villa = k == _K["villa"]
+    bx = np.where(villa, _LOT_MARGIN + qx * span / 2 + jx * (span / 2 - bw), bx)
+    by = np.where(villa, _LOT_MARGIN + qy * span / 2 + jy * (span / 2 - bh), by)
+    jitter = np.select([k == _K["highrise"], k == _K["office"], k == _K["informal"], k == _K["public"]],
+                       [2.0, 3.0, 0.7, 0.7], 0.0)
+    lo = np.array([kk.floors[0] for kk in KINDS])[k]
+    hi = np.array([kk.floors[1] for kk in KINDS])[k]
+    fl = np.clip(np.rint(lot_floors[..., None] + jitter * jf), lo, hi).astype(np.int64)
     if rural:
-        p_build = np.full((L, L), 0.02)
-    lot_built = (rng.random((L, L)) < np.clip(p_build, 0, 1)) & ~lot_water
-    sw = rng.uniform(_SIDE_LO[t], _SIDE_HI[t]) * np.where(t == 0, np.exp(0.06 * wealth), 1.0)
-    sh = rng.uniform(_SIDE_LO[t], _SIDE_HI[t])
-    sw, sh = np.clip(sw, 0.15, 0.95), np.clip(sh, 0.15, 0.95)
-    x0 = rng.uniform(0.02, 1.0 - sw - 0.02 + 1e-9)
-    y0 = rng.uniform(0.02, 1.0 - sh - 0.02 + 1e-9)
-    lot_area = np.where(lot_built, sw * sh, 0.0)
-    roof = _ROOF[t] + rng.normal(0, 12, (L, L, 1)) + 8.0 * wealth * (t == 0)[..., None]
+        fl = np.broadcast_to(lot_floors[..., None], fl.shape).astype(np.int64)
 
-    # Per-pixel views of the lot attributes ([L, L] -> [S, S]) and of the position inside the lot.
-    fy, fx = p.frac[:, None], p.frac[None, :]
-    bx0, by0 = p.px(x0), p.px(y0)
-    building = p.px(lot_built) & (fx >= bx0) & (fx < bx0 + p.px(sw)) & (fy >= by0) & (fy < by0 + p.px(sh))
-    water = plan["river"].water(minx + p.metres[None, :], miny + TILE_M - p.metres[:, None])
-
-    # Ground colour per lot (farm plots at the rural edge), then trees where open ground is green.
-    if rural:
-        ground = _FARM[rng.integers(0, len(_FARM), (L, L))]
-    else:
-        ground = _GROUND[t]
-    texture = p.smooth(rng)
-    cover = np.clip(_TREES[t] * np.exp(0.2 * wealth), 0.01, 0.95)
-    if rural:
-        cover = np.full((L, L), 0.08)
-    trees = p.smooth(rng) > p.px(ndtri(1.0 - cover).astype(np.float32))
-
-    # Minor roads on block edges except in green blocks; major roads everywhere (bridges over water).
-    minor = p.minor[:, None] | p.minor[None, :]
-    minor &= p.px(t != 4) & (not rural)  # [S, S] bool
-    hw = max(12.0, 0.6 * TILE_M / S)
-    gx, gy = minx + p.metres, miny + TILE_M - p.metres
-    major_c = np.abs(gx[:, None] - plan["road_x"][None, :]).min(axis=1, initial=np.inf) < hw  # [S]
-    major_r = np.abs(gy[:, None] - plan["road_y"][None, :]).min(axis=1, initial=np.inf) < hw  # [S]
-    major = major_r[:, None] | major_c[None, :]
-
-    # Shadows fall down-right; their length (in pixels) grows with building height, the only cue
-    # to floor count in a nadir view.
-    shift = max(1, int(round(S / 256 * (1 + plan["floors"][i] / 3.0))))
-    shadow = np.zeros_like(building)
-    shadow[shift:, shift:] = building[:-shift, :-shift]
-
-    # Paint back to front into a palette-index map [S, S] (cheap 2-D work), then one colour gather.
-    # Palette: L*L lot ground colours, L*L lot roof colours, then the fixed colours.
-    n_lot = L * L
-    palette = np.concatenate(
-        [ground.reshape(n_lot, 3), roof.reshape(n_lot, 3), np.stack([_TREE, _ROAD, _SHADOW, _WATER, _MAJOR_ROAD])]
-    ).astype(np.float32)
-    TREE, ROAD, SHADOW, WATER, MAJOR = range(2 * n_lot, 2 * n_lot + 5)
-    idx = p.lot_id.copy()  # ground of the pixel's lot
-    idx[trees & ~building] = TREE
-    idx[minor] = ROAD
-    idx[shadow & ~building & ~minor] = SHADOW
-    idx[building] = p.lot_id[building] + n_lot
-    idx[water] = WATER
-    idx[major] = MAJOR
-    img = palette.take(idx, axis=0)  # float32 [S, S, 3]
-    # Grey brightness variation: low-frequency texture on open ground, sensor noise everywhere.
-    # (uniform noise of std 4: as good as Gaussian to the eye and three times cheaper to draw)
-    grey = np.float32(4.0 * math.sqrt(12.0)) * (rng.random((S, S), dtype=np.float32) - np.float32(0.5))
-    grey += np.float32(10.0) * texture * (idx < n_lot)
-    img += grey[..., None]
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    return img, lot_type, lot_water, lot_built, lot_area
+    present = (keep < p_keep) & (q[None, None, :] < n_slots) & ~lot_water[..., None] & ~field_lots[..., None]
+    rr, cc, ss = np.nonzero(present)
+    x0 = (cc + bx[rr, cc, ss]) * LOT_M
+    y0 = (rr + by[rr, cc, ss]) * LOT_M
+    x1 = x0 + bw[rr, cc, ss] * LOT_M
+    y1 = y0 + bh[rr, cc, ss] * LOT_M
+    # Drop buildings the river or a major road would cover (truth must count only what is visible).
+    ok = np.ones(rr.size, bool)
+    for ax, ay in ((x0, y0), (x1, y0), (x0, y1), (x1, y1), ((x0 + x1) / 2, (y0 + y1) / 2)):
+        ok &= ~plan["river"].water(minx + ax, miny + TILE_M - ay)
+    hw = _MAJOR_HALF_M + 2.0
+    for lines, a0, a1, origin, flip in ((plan["road_x"], x0, x1, minx, False), (plan["road_y"], y0, y1, miny, True)):
+        for g in lines:
+            t = g - origin
+            if flip:
+                t = TILE_M - t
+            ok &= (a1 < t - hw) | (a0 > t + hw)
+    rr, cc, ss = rr[ok], cc[ok], ss[ok]
+    return dict(
+        block_kind=block_kind, lot_type=lot_type, lot_kind=lot_kind, lot_water=lot_water,
+        kind=lot_kind[rr, cc], lot=rr * L + cc, x0=x0[ok], y0=y0[ok], x1=x1[ok], y1=y1[ok],
+        floors=fl[rr, cc, ss], fields=np.array(fields, dtype=np.float64).reshape(-1, 4),
+    )
 
 
-def _tile_pois(
-    rng: np.random.Generator, plan: dict, i: int, lot_type: np.ndarray, lot_water: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sample tile ``i``'s POIs.
+def tile_truth(layout: dict, plan: dict, i: int, seed: int) -> dict:
+    """Ground truth of tile ``i`` from its building list (docs/synthetic_city.md, rules 4-6).
 
-    Rate of fine category c in a lot of type t: ``_COARSE_RATE[t, class(c)] * _FINE_SPLIT[c] *
-    exp(slope_c * wealth + 0.5 * activity)`` scaled by urbanity. Water and rural tiles get none.
+    Returns:
+        dict of floats: ``population``, ``pop_visible`` (what the buildings show, before the
+        invisible occupancy factor), ``occupancy``; ``gdp``, ``gdp_visible``, ``productivity``;
+        ``func`` float ``[6]`` (area shares of FUNC_TYPES); ``floor_m2`` float ``[len(KINDS)]``
+        (floor area per kind); ``footprint_m2`` (all buildings); ``mean_floors`` (footprint-weighted).
+    """
+    rng = np.random.default_rng([seed, 6, i])
+    eps_pop, eps_gdp = rng.standard_normal(2)
+    kind = layout["kind"]
+    footprint = (layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"])  # [N] m2
+    floor = footprint * layout["floors"]
+    floor_m2 = np.bincount(kind, weights=floor, minlength=len(KINDS))
+    a, w = float(plan["activity"][i]), float(plan["wealth"][i])
+    pop_visible = float(floor_m2 @ _PERSONS)
+    occupancy = math.exp(OCCUPANCY_ACTIVITY * a + OCCUPANCY_NOISE * eps_pop)
+    gdp_visible = float(floor_m2 @ _OUTPUT)
+    productivity = math.exp(PRODUCTIVITY_WEALTH * w + PRODUCTIVITY_ACTIVITY * a + PRODUCTIVITY_NOISE * eps_gdp)
+    lot_type, lot_water = layout["lot_type"], layout["lot_water"]
+    counts = np.bincount(lot_type[~lot_water], minlength=N_BUILT).astype(np.float64)
+    func = np.append(counts, lot_water.sum()) / lot_type.size
+    fp = float(footprint.sum())
+    return dict(
+        population=pop_visible * occupancy, pop_visible=pop_visible, occupancy=occupancy,
+        gdp=gdp_visible * productivity, gdp_visible=gdp_visible, productivity=productivity,
+        func=func, floor_m2=floor_m2, footprint_m2=fp,
+        mean_floors=float((footprint * layout["floors"]).sum() / fp) if fp > 0 else 0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# POIs
+
+
+def _tile_pois(plan: dict, i: int, seed: int, layout: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Sample tile ``i``'s POIs (its own stream).
+
+    Rate of fine category c in a lot of function type t and kind k: ``_COARSE_RATE[t, class(c)] *
+    _KIND_POI[k, class(c)] * _FINE_SPLIT[c] * exp(slope_c * wealth + 0.5 * activity) * (0.15 + 0.6 u)
+    * (0.3 + 0.7 sqrt(floor area / 6000 m2))``. Water and rural tiles get none.
 
     Returns:
         ``(xy_cm, cat)``: int64 ``[N, 2]`` POI coordinates in centimetres (integers, so they print
@@ -424,25 +546,186 @@ def _tile_pois(
     lu = int(plan["land_use"][i])
     if lu == LAND_USES.index("water") or plan["rural"][i]:
         return np.zeros((0, 2), np.int64), np.zeros((0,), np.int64)
+    rng = np.random.default_rng([seed, 5, i])
     u, w, a = float(plan["u"][i]), float(plan["wealth"][i]), float(plan["activity"][i])
-    land = ~lot_water.reshape(-1)
-    t = lot_type.reshape(-1)
-    rate = _COARSE_RATE[t][:, _CLASS_OF] * _FINE_SPLIT[None, :]  # [L*L, C]
-    rate = rate * np.exp(_WEALTH_SLOPE * w + 0.5 * a)[None, :] * (0.15 + 0.6 * u) * land[:, None]
+    land = ~layout["lot_water"].reshape(-1)
+    t = layout["lot_type"].reshape(-1)
+    k = layout["lot_kind"].reshape(-1)
+    floor = (layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"]) * layout["floors"]
+    lot_floor = np.bincount(layout["lot"], weights=floor, minlength=LOTS * LOTS)
+    size = 0.3 + 0.7 * np.sqrt(lot_floor / _POI_FLOOR_REF)
+    rate = (_COARSE_RATE[t] * _KIND_POI[k])[:, _CLASS_OF] * _FINE_SPLIT[None, :]  # [L*L, C]
+    rate = rate * np.exp(_WEALTH_SLOPE * w + _POI_ACTIVITY * a)[None, :] * (0.15 + 0.6 * u)
+    rate = rate * (size * land)[:, None]
     counts = rng.poisson(rate)  # [L*L, C]
     lots, cats = np.nonzero(counts)
     reps = counts[lots, cats]
     lots, cats = np.repeat(lots, reps), np.repeat(cats, reps)
     n = lots.size
-    row, col = int(plan["row"][i]), int(plan["col"][i])
-    minx, miny = col * TILE_M, (plan["rows"] - 1 - row) * TILE_M
+    minx, miny = _tile_origin(plan, i)
     lot_cm = TILE_M * 100 // LOTS
     # Position inside the lot, in whole centimetres; lot row 0 is at the tile's top edge.
     ox = (lots % LOTS) * lot_cm + rng.integers(0, lot_cm, n)
     oy = (LOTS - 1 - lots // LOTS) * lot_cm + rng.integers(0, lot_cm, n)
-    xy = np.stack([minx * 100 + ox, miny * 100 + oy], axis=1).astype(np.int64)
+    xy = np.stack([int(minx) * 100 + ox, int(miny) * 100 + oy], axis=1).astype(np.int64)
     order = np.lexsort((xy[:, 1], xy[:, 0], cats))
     return xy[order], cats[order].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Painting
+
+
+class _Painter:
+    """Pixel geometry shared by all tiles of one size (computed once).
+
+    Tiles are painted at ``R = f * size`` px (``f = ceil(192 / size)``, at most 4) and box-averaged,
+    so a building smaller than an output pixel still darkens or tints it by its area, as a sensor's
+    pixel integrates the ground it sees.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.f = int(min(4, max(1, math.ceil(_MIN_RENDER / size))))
+        R = self.R = size * self.f
+        self.mpp = TILE_M / R  # metres per render pixel
+        self.metres = (np.arange(R) + 0.5) * self.mpp  # [R] pixel centre, metres from the tile edge
+        self.lot = np.minimum((self.metres // LOT_M).astype(np.int64), LOTS - 1)  # [R]
+        self.lot_id = self.lot[:, None] * LOTS + self.lot[None, :]  # [R, R]
+        block_m = LOT_M * BLOCK
+        off = np.mod(self.metres, block_m)
+        self.minor = np.minimum(off, block_m - off) < max(_MINOR_HALF_M, 0.5 * self.mpp)  # [R]
+        self.cell = (self.metres // _VILLAGE_CELL_M).astype(np.int64)  # [R] urban-village roof cells
+        self.n_cell = int(self.cell.max()) + 1
+        self.ridge = (self.metres // 6.0).astype(np.int64) % 2 == 0  # [R] factory roof ridges, 6 m
+        # Bilinear upsampling (separable lerp, no BLAS) of a coarse noise grid for smooth fields.
+        m = max(4, R // 8 + 2)
+        pos = np.linspace(0, m - 1, R)
+        self.m = m
+        self.lo = np.minimum(np.floor(pos).astype(np.int64), m - 2)
+        self.w = (pos - self.lo).astype(np.float32)
+
+    def px(self, a: np.ndarray) -> np.ndarray:
+        """Per-lot array ``[L, L, ...]`` -> per-pixel ``[R, R, ...]`` (row then column gather)."""
+        return a.take(self.lot, axis=0).take(self.lot, axis=1)
+
+    def span(self, a0: np.ndarray, a1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Metre intervals -> pixel index ranges ``[p0, p1)`` holding at least one pixel."""
+        p0 = np.clip(np.rint(a0 / self.mpp).astype(np.int64), 0, self.R - 1)
+        p1 = np.clip(np.maximum(np.rint(a1 / self.mpp).astype(np.int64), p0 + 1), 1, self.R)
+        return p0, p1
+
+    def smooth(self, rng: np.random.Generator) -> np.ndarray:
+        """Smooth, roughly standard-normal float32 field ``[R, R]`` (bilinearly upsampled noise)."""
+        c = rng.standard_normal((self.m, self.m), dtype=np.float32)
+        lo, w = self.lo, self.w
+        r = c[lo] * (1 - w)[:, None] + c[lo + 1] * w[:, None]  # [R, m]
+        f = r[:, lo] * (1 - w)[None, :] + r[:, lo + 1] * w[None, :]  # [R, R]
+        # Bilinear mixing of unit normals leaves a variance of about (2/3)^2; rescale to ~1.
+        return f * np.float32(1.5)
+
+
+def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.ndarray:
+    """Paint tile ``i`` from its layout -> uint8 ``[size, size, 3]`` (its own stream)."""
+    rng = np.random.default_rng([seed, 4, i])
+    R, L = p.R, LOTS
+    rural = bool(plan["rural"][i])
+    wealth = float(plan["wealth"][i])
+    minx, miny = _tile_origin(plan, i)
+    lot_kind = layout["lot_kind"]
+
+    # Open ground as a palette-index map [R, R] (cheap 2-D work), coloured by one gather at the end.
+    # Palette: the L*L lots' ground colours (farm plots at the rural edge), then the fixed colours.
+    ground = _GROUND[lot_kind] + rng.normal(0, 6, (L, L, 1)).astype(np.float32)
+    if rural:
+        ground = _FARM[rng.integers(0, len(_FARM), (L, L))]
+    n_lot = L * L
+    palette = np.concatenate([ground.reshape(n_lot, 3), np.stack([_TREE, _TRACK, _PITCH, _ROAD, _WATER, _MAJOR_ROAD])])
+    TREE, TRACK, PITCH, ROAD, WATER, MAJOR = range(n_lot, n_lot + 6)
+    idx = p.lot_id.copy()
+    texture = p.smooth(rng)
+    cover = np.clip(_TREES[lot_kind] * math.exp(0.2 * wealth), 0.01, 0.95)
+    trees = p.smooth(rng) > p.px(ndtri(1.0 - cover).astype(np.float32))
+    idx[trees] = TREE
+    for x0, y0, x1, y1 in layout["fields"]:  # sports grounds: a red track around a green pitch
+        (a0, b0), (a1, b1) = p.span(np.array([y0, x0]), np.array([y1, x1]))
+        idx[a0:a1, b0:b1] = TRACK
+        ix, iy = 0.18 * (x1 - x0), 0.25 * (y1 - y0)
+        (a0, b0), (a1, b1) = p.span(np.array([y0 + iy, x0 + ix]), np.array([y1 - iy, x1 - ix]))
+        idx[a0:a1, b0:b1] = PITCH
+    # Minor roads on block edges (not in parks or farmland); major roads (bridges over water).
+    minor = p.minor[:, None] | p.minor[None, :]
+    if not rural:
+        minor &= p.px(lot_kind != _K["park"])
+        idx[minor] = ROAD
+    else:
+        minor[:] = False
+    water = plan["river"].water(minx + p.metres[None, :], miny + TILE_M - p.metres[:, None])
+    idx[water] = WATER
+    hw = max(_MAJOR_HALF_M, 0.6 * p.mpp)
+    gx, gy = minx + p.metres, miny + TILE_M - p.metres
+    major_c = np.abs(gx[:, None] - plan["road_x"][None, :]).min(axis=1, initial=np.inf) < hw  # [R]
+    major_r = np.abs(gy[:, None] - plan["road_y"][None, :]).min(axis=1, initial=np.inf) < hw  # [R]
+    major = major_r[:, None] | major_c[None, :]
+    idx[major] = MAJOR
+
+    # Buildings, one pass: pixel boxes, height map (shadow reach in px along each axis) and roofs —
+    # the kind's colour with a per-building tint (richer estates have brighter roofs) and its detail.
+    kind, floors = layout["kind"], layout["floors"]
+    n = kind.size
+    r0, r1 = p.span(layout["y0"], layout["y1"])
+    c0, c1 = p.span(layout["x0"], layout["x1"])
+    reach = SHADOW_PER_M * floors * _STOREY[kind] / math.sqrt(2.0) / p.mpp  # [N]
+    tint = rng.normal(0, 9, (n, 1)).astype(np.float32) + rng.normal(0, 4, (n, 3)).astype(np.float32)
+    tint += np.float32(6.0 * wealth) * (_KIND_FUNC[kind] == 0)[:, None]
+    roof = _ROOF[kind] + tint  # [N, 3]
+    cells = _VILLAGE[rng.integers(0, len(_VILLAGE), (p.n_cell, p.n_cell))]  # [n_cell, n_cell, 3]
+    spot = rng.random((n, 2))
+    height = np.zeros((R, R), np.float32)
+    building = np.zeros((R, R), bool)
+    roofs = np.zeros((R, R, 3), np.float32)
+    tower, office, retail, factory, village = _K["highrise"], _K["office"], _K["retail"], _K["factory"], _K["informal"]
+    for j, (a0, a1, b0, b1, kj, h) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(),
+                                                     kind.tolist(), reach.tolist())):
+        height[a0:a1, b0:b1] = h
+        building[a0:a1, b0:b1] = True
+        box = roofs[a0:a1, b0:b1]
+        box[:] = roof[j]
+        hh, ww = a1 - a0, b1 - b0
+        if kj == tower and hh >= 3:  # lift core and machine room in the middle
+            d = max(1, hh // 3)
+            box[d:hh - d, d:ww - d] = roof[j] * np.float32(0.62)
+        elif kj == office and hh >= 3:  # glass roof inside a pale parapet
+            d = max(1, hh // 6)
+            box[d:hh - d, d:ww - d] = roof[j] * np.float32(0.75) + np.float32(10.0)
+        elif kj == retail and hh >= 4:  # rooftop plant
+            sh, sw = max(1, hh // 5), max(1, ww // 5)
+            ya, xa = int(spot[j, 0] * (hh - sh)), int(spot[j, 1] * (ww - sw))
+            box[ya:ya + sh, xa:xa + sw] = roof[j] * np.float32(0.55)
+        elif kj == factory:  # corrugated ridges
+            box[:, p.ridge[b0:b1]] *= np.float32(0.88)
+        elif kj == village:  # mixed corrugated roofs, cell by cell
+            box[:] = cells[p.cell[a0:a1]][:, p.cell[b0:b1]] + tint[j]
+    # Shadows swept up-left (north-west) from each roof, darkening the ground they fall on.
+    shadow = np.zeros((R, R), bool)
+    for t in range(1, int(math.ceil(float(reach.max(initial=0.0)))) + 1):
+        shadow[:-t, :-t] |= height[t:, t:] >= t - 0.5
+    shade = np.where(shadow & ~building & ~water, np.float32(SHADOW_DARKEN), np.float32(1.0))
+    img = palette.take(idx, axis=0) * shade[..., None]  # float32 [R, R, 3]
+    img = np.where(building[..., None], roofs, img)
+
+    # Sensor and texture: low-frequency brightness on open ground, noise everywhere.
+    # (uniform noise of std 4: as good as Gaussian to the eye and three times cheaper to draw)
+    grey = np.float32(4.0 * math.sqrt(12.0)) * (rng.random((R, R), dtype=np.float32) - np.float32(0.5))
+    grey += np.float32(10.0) * texture * (~trees & ~building & ~water & ~major & ~minor)
+    img += grey[..., None]
+    if p.f > 1:  # box average to the output size (a pixel integrates its ground), in a fixed order
+        f, acc = p.f, None
+        for a in range(f):
+            for b in range(f):
+                acc = img[a::f, b::f].copy() if acc is None else acc + img[a::f, b::f]
+        img = acc / np.float32(f * f)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,7 +762,7 @@ def _check_replaceable(out_dir: Path) -> None:
 
 def _params(n_tiles: int, tile_size: int, seed: int, embed_dim: int, val_fraction: float) -> dict:
     return dict(
-        format_version=FORMAT_VERSION, n_tiles=int(n_tiles), tile_size=int(tile_size), seed=int(seed),
+        city_version=CITY_VERSION, n_tiles=int(n_tiles), tile_size=int(tile_size), seed=int(seed),
         embed_dim=int(embed_dim), val_fraction=float(val_fraction),
     )
 
@@ -490,15 +773,20 @@ def _fmt(v: float) -> str:
 
 _README = """Synthetic city written by data/synthetic.py (MMGR). These data are SYNTHETIC: no real imagery,
 POIs, population or GDP. They exist so the pipeline can run before real data are prepared.
+City version {version} (its generative rules and their reasons: docs/synthetic_city.md).
 
-Modelled: a grid of 1 km tiles with spatially smooth latent fields (urbanity with a CBD and
-sub-centres, wealth, activity), a river, land use per tile (residential, commercial, industrial,
-green, water, mixed), VHR-like RGB tiles (roads, buildings with shadows, trees, water), POIs of a
-two-level taxonomy (categories.csv) whose counts depend on land use, wealth and activity (activity
-is invisible in the image; wealth only faintly visible), Delaunay POI graphs with inverse-distance
-edge weights, and ground truth: population (residential floor area x activity), GDP (commercial and
-industrial floor area x wealth) and the urban-function distribution (area shares, func_types.txt).
-Water and rural tiles have zero POIs on purpose. Parameters: see .complete (JSON).
+Modelled: a grid of 1 km tiles with spatially smooth latent fields (urbanity with a centre and
+sub-centres, wealth, activity), a river, land use per tile, blocks of one building kind each
+(high-rise towers, mid-rise slabs, villas, urban village, offices, retail, factories, public
+buildings, parks, farmland), VHR-like RGB tiles (roofs by kind, shadows by height, trees, roads,
+water), POIs of a two-level taxonomy (categories.csv) whose counts depend on land use, building
+kind and floor area, wealth and activity (activity is invisible in the image), Delaunay POI graphs
+with inverse-distance edge weights, and ground truth: population (persons per tile: residential
+floor area x persons per m2 of its kind x a small invisible occupancy factor), GDP (million yuan
+per year: floor area x output per m2 of its kind x a small invisible productivity factor) and the
+urban-function distribution (area shares, func_types.txt). truth_components.csv holds the visible
+parts and the invisible factors of each tile's truth. Water and rural tiles have zero POIs on
+purpose. Parameters: see .complete (JSON).
 """
 
 
@@ -513,7 +801,8 @@ def generate_city(
     """Generate the synthetic city into ``out_dir`` (replacing a previous synthetic city there).
 
     Writes into a temporary folder beside ``out_dir`` and renames it at the end, so an interrupted
-    run never leaves a folder that looks complete. Files: see the module docstring and SPEC.md.
+    run never leaves a folder that looks complete. Files: see the module docstring and
+    docs/synthetic_city.md.
 
     Args:
         out_dir: destination folder; must be new, empty, or an earlier synthetic city.
@@ -524,8 +813,8 @@ def generate_city(
         val_fraction: share of tiles listed in ``val-wuhan.txt`` (seeded split).
 
     Returns:
-        Summary dict: ``n_tiles, rows, cols, n_pois, n_zero_poi_tiles, n_categories, n_edges,
-        land_use_counts, out_dir, seconds``.
+        Summary dict: ``city_version, n_tiles, rows, cols, n_pois, n_zero_poi_tiles, n_categories,
+        n_edges, land_use_counts, out_dir, seconds``.
     """
     if n_tiles < 1 or tile_size < 8 or embed_dim < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError(
@@ -560,20 +849,20 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
     for sub in ("sub_shanghai_img", "sub_shanghai_emb", "sub_shanghai_edge", "sub_shanghai_weight",
                 "img", "pop1km", "gdp1km", "func"):
         (root / sub).mkdir()
-    plan = _plan_city(n_tiles, seed)
+    plan = plan_city(n_tiles, seed)
     emb = category_embeddings(embed_dim, seed)
     emb_t = torch.from_numpy(emb)
     painter = _Painter(size)
     can_link = True
 
-    names, pops, gdps, n_pois, func_rows = [], [], [], [], []
+    names, truths, n_pois = [], [], []
     poi_lines = ["poi_id,x,y,category,parent\n"]
     n_edges = 0
     for i in range(n_tiles):
-        rng = np.random.default_rng([seed, 2, i])  # per-tile stream: independent of loop order
         stem = f"tile_{int(plan['row'][i]):03d}_{int(plan['col'][i]):03d}"
         names.append(stem + ".png")
-        img, lot_type, lot_water, lot_built, lot_area = _draw_tile(painter, rng, plan, i)
+        layout = tile_layout(plan, i, seed)
+        img = _paint_tile(painter, plan, i, seed, layout)
         png = root / "sub_shanghai_img" / (stem + ".png")
         Image.fromarray(img, mode="RGB").save(png, format="PNG", compress_level=1)
         link = root / "img" / (stem + ".png")
@@ -585,7 +874,7 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
         if not can_link:
             shutil.copyfile(png, link)
 
-        xy_cm, cats = _tile_pois(rng, plan, i, lot_type, lot_water)
+        xy_cm, cats = _tile_pois(plan, i, seed, layout)
         xy = xy_cm / 100.0  # exact: the nearest double to each printed "%.2f" value
         edge_index, edge_weight = delaunay_edges(xy)
         n_edges += edge_index.shape[1]
@@ -600,23 +889,11 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
         )
         n_pois.append(int(cats.size))
 
-        # Ground truth from what was drawn: area shares, floor areas (in lots), latent factors.
-        counts = np.bincount(lot_type[~lot_water], minlength=N_BUILT).astype(np.float64)
-        func = np.append(counts, lot_water.sum()) / lot_type.size
-        func_rows.append(func)
-        floors = float(plan["floors"][i])
-        floor_area = np.bincount(lot_type.reshape(-1), weights=lot_area.reshape(-1), minlength=N_BUILT) * floors
-        w, a = float(plan["wealth"][i]), float(plan["activity"][i])
-        # Residents live mostly in residential floor area, some above shops and in institutions.
-        resid = floor_area[0] + 0.15 * floor_area[1] + 0.05 * floor_area[3]
-        pop = 40.0 * resid * math.exp(0.4 * a - 0.2 * w) * math.exp(rng.normal(0, 0.2))
-        gdp = (0.30 * floor_area[1] + 0.12 * floor_area[2] + 0.03 * floor_area[0] + 0.05 * floor_area[3])
-        gdp *= math.exp(0.5 * w + 0.2 * a) * math.exp(rng.normal(0, 0.25))
-        pops.append(pop)
-        gdps.append(gdp)
-        (root / "pop1km" / (stem + ".txt")).write_text(_fmt(pop) + "\n")
-        (root / "gdp1km" / (stem + ".txt")).write_text(_fmt(gdp) + "\n")
-        (root / "func" / (stem + ".txt")).write_text(" ".join(f"{v:.6f}" for v in func) + "\n")
+        truth = tile_truth(layout, plan, i, seed)
+        truths.append(truth)
+        (root / "pop1km" / (stem + ".txt")).write_text(_fmt(truth["population"]) + "\n")
+        (root / "gdp1km" / (stem + ".txt")).write_text(_fmt(truth["gdp"]) + "\n")
+        (root / "func" / (stem + ".txt")).write_text(" ".join(f"{v:.6f}" for v in truth["func"]) + "\n")
 
     (root / "func_types.txt").write_text("".join(f + "\n" for f in FUNC_TYPES))
     (root / "pois.csv").write_text("".join(poi_lines))
@@ -638,25 +915,35 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
     )
 
     rows = plan["rows"]
-    idx_lines, tile_lines = ["name,minx,miny,maxx,maxy\n"], [
-        "name,row,col,land_use,n_poi,population,gdp,urbanity,wealth,activity,floors,water_fraction\n"
+    idx_lines = ["name,minx,miny,maxx,maxy\n"]
+    tile_lines = ["name,row,col,land_use,n_poi,population,gdp,urbanity,wealth,activity,floors,water_fraction\n"]
+    comp_lines = [
+        "name,split," + ",".join(f"floor_m2_{k.name}" for k in KINDS)
+        + ",footprint_m2,pop_visible,occupancy,population,gdp_visible,productivity,gdp\n"
     ]
     for i, name in enumerate(names):
         r, c = int(plan["row"][i]), int(plan["col"][i])
         minx, miny = c * TILE_M, (rows - 1 - r) * TILE_M
+        t = truths[i]
         idx_lines.append(f"{name},{minx},{miny},{minx + TILE_M},{miny + TILE_M}\n")
         tile_lines.append(
-            f"{name},{r},{c},{LAND_USES[int(plan['land_use'][i])]},{n_pois[i]},{_fmt(pops[i])},{_fmt(gdps[i])},"
-            f"{_fmt(plan['u'][i])},{_fmt(plan['wealth'][i])},{_fmt(plan['activity'][i])},"
-            f"{_fmt(plan['floors'][i])},{_fmt(plan['water_frac'][i])}\n"
+            f"{name},{r},{c},{LAND_USES[int(plan['land_use'][i])]},{n_pois[i]},{_fmt(t['population'])},"
+            f"{_fmt(t['gdp'])},{_fmt(plan['u'][i])},{_fmt(plan['wealth'][i])},{_fmt(plan['activity'][i])},"
+            f"{_fmt(t['mean_floors'])},{_fmt(plan['water_frac'][i])}\n"
+        )
+        comp_lines.append(
+            f"{name},{'val' if is_val[i] else 'train'}," + ",".join(f"{v:.2f}" for v in t["floor_m2"])
+            + f",{t['footprint_m2']:.2f},{_fmt(t['pop_visible'])},{_fmt(t['occupancy'])},{_fmt(t['population'])},"
+            f"{_fmt(t['gdp_visible'])},{_fmt(t['productivity'])},{_fmt(t['gdp'])}\n"
         )
     (root / "tile_index.csv").write_text("".join(idx_lines))
     (root / "tiles.csv").write_text("".join(tile_lines))
-    (root / "README.txt").write_text(_README)
+    (root / "truth_components.csv").write_text("".join(comp_lines))
+    (root / "README.txt").write_text(_README.format(version=CITY_VERSION))
 
     lu_counts = np.bincount(plan["land_use"], minlength=len(LAND_USES))
     return dict(
-        n_tiles=n_tiles, rows=int(rows), cols=int(plan["cols"]), n_pois=int(sum(n_pois)),
+        city_version=CITY_VERSION, n_tiles=n_tiles, rows=int(rows), cols=int(plan["cols"]), n_pois=int(sum(n_pois)),
         n_zero_poi_tiles=int(sum(n == 0 for n in n_pois)), n_categories=len(CATEGORIES), n_edges=int(n_edges),
         land_use_counts={lu: int(k) for lu, k in zip(LAND_USES, lu_counts)},
     )
@@ -674,7 +961,7 @@ def ensure_city(
     """Return ``out_dir`` holding the synthetic city for these parameters, generating it only if needed.
 
     The city is reused when ``out_dir/.complete`` exists and records exactly these parameters (and
-    the current generator version); otherwise it is (re)generated with :func:`generate_city`.
+    the current :data:`CITY_VERSION`); otherwise it is (re)generated with :func:`generate_city`.
     """
     out_dir = Path(out_dir)
     want = _params(n_tiles, tile_size, seed, embed_dim, val_fraction)
@@ -689,7 +976,7 @@ def ensure_city(
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI: generate a city and print its summary as JSON."""
-    ap = argparse.ArgumentParser(description="Write the built-in deterministic synthetic city (both SPEC layouts).")
+    ap = argparse.ArgumentParser(description="Write the built-in deterministic synthetic city (both published layouts).")
     ap.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synthetic city)")
     ap.add_argument("--n_tiles", type=int, default=1000, help="number of 1 km tiles (default 1000)")
     ap.add_argument("--tile_size", type=int, default=256, help="tile side in pixels (default 256)")

@@ -1,4 +1,5 @@
-"""The synthetic city: layout of both SPEC layouts, determinism, consistency and plausibility."""
+"""The synthetic city: both published layouts, determinism, consistency, plausibility and its generative
+rules (docs/synthetic_city.md): population from dwelling floor area, small invisible factors."""
 
 import csv
 import json
@@ -14,7 +15,7 @@ from PIL import Image
 
 from data import synthetic
 from data.graph import delaunay_edges
-from data.synthetic import CATEGORIES, FUNC_TYPES, category_embeddings, ensure_city, generate_city
+from data.synthetic import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
 
 N, S, SEED = 24, 48, 3
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +64,8 @@ def test_layout_and_shapes(city):
         float((out / "gdp1km" / f"{stem}.txt").read_text())
     assert (out / "func_types.txt").read_text().split() == list(FUNC_TYPES)
     assert (out / ".complete").exists() and (out / "README.txt").read_text().lower().count("synthetic") >= 1
+    assert f"City version {CITY_VERSION} " in (out / "README.txt").read_text()
+    assert json.loads((out / ".complete").read_text())["city_version"] == CITY_VERSION == summary["city_version"]
     # No temporary folder is left beside the city.
     assert [p.name for p in out.parent.iterdir()] == ["c"]
 
@@ -245,3 +248,125 @@ def test_cli(tmp_path):
     summary = json.loads(r.stdout)
     assert summary["n_tiles"] == 5 and summary["n_categories"] == len(CATEGORIES)
     assert len(list((out / "sub_shanghai_img").glob("*.png"))) == 5
+
+
+# --------------------------------------------------------------------------------------------------
+# The generative rules (docs/synthetic_city.md), checked on layouts without painting (fast)
+
+PERSONS = np.array([k.persons_per_m2 for k in KINDS])
+OUTPUT = np.array([k.output_per_m2 for k in KINDS])
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    plan = synthetic.plan_city(196, 0)
+    lays = [synthetic.tile_layout(plan, i, 0) for i in range(196)]
+    return plan, lays, [synthetic.tile_truth(lay, plan, i, 0) for i, lay in enumerate(lays)]
+
+
+def floor_areas(lay):
+    """Floor area (m2) of every building of a layout, recomputed from its building list -> ``[N]``."""
+    return (lay["x1"] - lay["x0"]) * (lay["y1"] - lay["y0"]) * lay["floors"]
+
+
+def test_population_is_dwelling_floor_area_times_a_small_invisible_factor(layouts):
+    _, lays, truths = layouts
+    dwelling = np.array([floor_areas(lay)[PERSONS[lay["kind"]] > 0].sum() for lay in lays])
+    pop = np.array([t["population"] for t in truths])
+    for lay, t in zip(lays, truths):
+        assert t["pop_visible"] == pytest.approx(float((floor_areas(lay) * PERSONS[lay["kind"]]).sum()), rel=1e-9)
+        assert t["gdp_visible"] == pytest.approx(float((floor_areas(lay) * OUTPUT[lay["kind"]]).sum()), rel=1e-9)
+        assert t["population"] == pytest.approx(t["pop_visible"] * t["occupancy"], rel=1e-12)
+        # The invisible factor is small: within 4 documented standard deviations.
+        assert abs(np.log(t["occupancy"])) < 4 * synthetic.OCCUPANCY_SIGMA
+        assert abs(np.log(t["productivity"])) < 4 * synthetic.PRODUCTIVITY_SIGMA
+    # Nobody lives where no dwelling stands (water, parks, offices, factories), and such tiles exist.
+    assert (pop[dwelling == 0] == 0).all() and (dwelling == 0).sum() >= 3
+    assert (pop[dwelling > 0] > 0).all()
+    # Population ranks with the dwellings' floor area (kinds differ in persons per m2, hence not 1.0).
+    rank = lambda a: np.argsort(np.argsort(a))  # noqa: E731
+    assert np.corrcoef(rank(pop), rank(dwelling))[0, 1] > 0.95
+
+
+def test_population_grows_with_dwelling_floors_and_only_with_dwellings(layouts):
+    plan, lays, truths = layouts
+    i = next(j for j, lay in enumerate(lays)
+             if (lay["kind"] == synthetic._K["highrise"]).any() and (lay["kind"] == synthetic._K["office"]).any())
+    base = synthetic.tile_truth(lays[i], plan, i, 0)
+    assert base["population"] == truths[i]["population"]  # deterministic
+    prev = base["population"]
+    for extra in (1, 3, 8):  # more floors on the towers: strictly more residents
+        lay = dict(lays[i], floors=lays[i]["floors"] + extra * (lays[i]["kind"] == synthetic._K["highrise"]))
+        t = synthetic.tile_truth(lay, plan, i, 0)
+        assert t["population"] > prev
+        prev = t["population"]
+    lay = dict(lays[i], floors=lays[i]["floors"] + 5 * (lays[i]["kind"] == synthetic._K["office"]))
+    t = synthetic.tile_truth(lay, plan, i, 0)
+    assert t["population"] == base["population"] and t["gdp"] > base["gdp"]
+
+
+def test_invisible_share_is_below_the_documented_bound(layouts):
+    _, _, truths = layouts
+    pop = np.array([t["population"] for t in truths])
+    vis = np.array([t["pop_visible"] for t in truths])
+    occ = np.array([t["occupancy"] for t in truths])
+    gdp = np.array([t["gdp"] for t in truths])
+    gvis = np.array([t["gdp_visible"] for t in truths])
+    prod = np.array([t["productivity"] for t in truths])
+    # docs/synthetic_city.md: on tiles with >= 1,000 persons (GDP >= 100), the invisible factor
+    # explains under 5 % (GDP: 15 %) of the log variance; the visible part alone explains over 90 %
+    # of the raw variance.
+    big = pop >= 1000
+    assert np.var(np.log(occ[big])) / np.var(np.log(pop[big])) < 0.05
+    gbig = gdp >= 100
+    assert np.var(np.log(prod[gbig])) / np.var(np.log(gdp[gbig])) < 0.15
+    for y, v, f in ((pop, vis, occ), (gdp, gvis, prod)):
+        r2 = 1 - np.sum((y - f.mean() * v) ** 2) / np.sum((y - y.mean()) ** 2)
+        assert r2 > 0.9
+
+
+def test_targets_have_plausible_sizes(layouts):
+    _, _, truths = layouts
+    pop = np.array([t["population"] for t in truths])
+    gdp = np.array([t["gdp"] for t in truths])
+    # Persons per 1 km tile: up to about 50,000 (dense Chinese districts), many empty tiles.
+    assert pop.max() < 80_000 and 25_000 < np.percentile(pop, 95) < 60_000 and (pop == 0).mean() > 0.05
+    assert (gdp >= 0).all() and np.median(gdp) < np.percentile(gdp, 95) / 10  # heavy-tailed, as GDP is
+
+
+def test_truth_and_pois_do_not_depend_on_tile_size(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate_city(a, n_tiles=9, tile_size=16, seed=5, embed_dim=4)
+    generate_city(b, n_tiles=9, tile_size=40, seed=5, embed_dim=4)
+    for rel in ("pois.csv", "truth_components.csv", "tiles.csv", "train-wuhan.txt"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    for sub in ("pop1km", "gdp1km", "func"):
+        assert [p.read_bytes() for p in sorted((a / sub).iterdir())] == [p.read_bytes() for p in sorted((b / sub).iterdir())]
+    assert Image.open(next((b / "img").iterdir())).size == (40, 40)
+
+
+def test_truth_components_match_the_target_files(city):
+    out, _ = city
+    for r in read_csv(out / "truth_components.csv"):
+        stem = r["name"][:-4]
+        pop = float((out / "pop1km" / f"{stem}.txt").read_text())
+        gdp = float((out / "gdp1km" / f"{stem}.txt").read_text())
+        assert float(r["population"]) == pop and float(r["gdp"]) == gdp
+        assert pop == pytest.approx(float(r["pop_visible"]) * float(r["occupancy"]), rel=1e-5, abs=1e-5)
+        floor = np.array([float(r[f"floor_m2_{k.name}"]) for k in KINDS])
+        assert float(r["pop_visible"]) == pytest.approx(float(floor @ PERSONS), rel=1e-5, abs=1e-3)
+    val = set((out / "val-wuhan.txt").read_text().split())
+    assert {r["name"] for r in read_csv(out / "truth_components.csv") if r["split"] == "val"} == val
+
+
+def test_taller_buildings_cast_longer_shadows(layouts):
+    plan, lays, _ = layouts
+    i = next(j for j, lay in enumerate(lays) if (lay["kind"] == synthetic._K["highrise"]).sum() >= 20)
+    painter = synthetic._Painter(64)
+    dark = []
+    for extra in (0, 12):
+        lay = dict(lays[i], floors=lays[i]["floors"] + extra)
+        img = synthetic._paint_tile(painter, plan, i, 0, lay).astype(float)
+        dark.append(int((img.mean(axis=2) < 60).sum()))
+    # Same roofs, same stream: only the shadows changed, and they cover more ground.
+    assert dark[1] > 1.3 * dark[0] > 0

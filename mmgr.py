@@ -23,7 +23,7 @@ from engine.pretrain import Pretrainer, claim_run_folder, prepare_data
 from models.image_encoder import RESNETS
 from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS
-from utils.args import common_parser, parse_with_demo, resolve_device
+from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
 from utils.distributed import DistInfo, barrier, cleanup, init_from_env
 from utils.errors import run_main
 from utils.fileio import write_advice
@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore the pre-scan cache (MODEL_PATH/scan_cache.json) and check every file again, for files "
                         "edited in a way that kept their size and modification time (default off: tiles found good "
                         "before, with unchanged files, are not read again)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels and no cuDNN autotuning, for bit-identical reruns on GPU (default off; "
-                        "CPU runs are deterministic already)")
+    p.add_argument("--deterministic", type=str2bool, nargs="?", const=True, default=None,
+                   help="deterministic kernels and no cuDNN autotuning, for bit-identical reruns (default: on for CPU "
+                        "runs, where a busy machine otherwise changes the POI encoder's gradients in the last bits, at "
+                        "a cost of about 5-10 %% of a demo-sized step; off on GPU: docs/reliability.md)")
     p.add_argument("--backbone_weights", default=None,
                    help="local torchvision ResNet state dict to start the image backbone from (default: random init, published)")
     p.add_argument("--demo_tiles", type=int, default=400,
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     info, device = init_from_env(resolve_device(args.device))
     if args.channels_last is None:  # the default: where it is faster (utils/speed.py)
         args.channels_last = default_channels_last(device)
+    if args.deterministic is None:  # the default: on for CPU runs (utils/reproducibility.py)
+        args.deterministic = device.type == "cpu"
     run = None
     try:
         with write_advice("another --model_path", "continue with the same command plus --resume"):

@@ -58,8 +58,11 @@ def worker_init(worker_id: int) -> None:
 def enable_determinism() -> None:
     """``--deterministic``: deterministic kernels where torch has them, no cuDNN autotuning.
 
-    On CPU the kernels MMGR uses are already deterministic for a fixed thread count; this matters on
-    GPU. ``warn_only``: an op without a deterministic kernel warns instead of stopping a long run.
+    On GPU, ``--deterministic`` asks for it; on CPU it is ``mmgr.py``'s default: with two or more
+    intra-op threads on a busy machine, the gradients of the POI encoder's LSTM (upstream of Set2Set's
+    scatter operations) changed in the last bits in about one step in six (measured,
+    docs/reliability.md), and such differences grow over epochs; deterministic kernels removed them.
+    ``warn_only``: an op without a deterministic kernel warns instead of stopping a long run.
     Must run before CUDA is first used (cuBLAS reads its workspace setting then).
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

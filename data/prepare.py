@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from data import category_embed, mosaic, poi_io, splits, targets
 from data.gdal_errors import reason
+from data.layout import PUBLISHED_PRETRAIN_DIRS
 from data.graph import delaunay_edges
 from data.poi_io import InputError
 from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
@@ -53,8 +54,7 @@ from utils.runlock import FolderLock
 
 __all__ = ["assign_to_tiles", "PrepareConfig", "prepare"]
 
-SUBDIRS = {"img": "sub_shanghai_img", "emb": "sub_shanghai_emb", "edge": "sub_shanghai_edge",
-           "weight": "sub_shanghai_weight"}
+SUBDIRS = {k[: -len("_dir")]: v for k, v in PUBLISHED_PRETRAIN_DIRS.items()}  # img, emb, edge, weight
 SUMMARY = "prepare_summary.json"
 TABLE = "category_embeddings.csv"
 LISTS = {"train": "train.txt", "val": "val.txt"}

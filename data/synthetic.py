@@ -49,10 +49,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image
+from pyproj import CRS
 from scipy.ndimage import gaussian_filter
 from scipy.special import ndtri
 
 from data.graph import delaunay_edges
+from data.layout import PretrainLayout
+from data.tile_index import TileIndex, write_tile_index
 
 __all__ = [
     "CITY_VERSION",
@@ -75,6 +78,13 @@ __all__ = [
 # old cities; tables state which version they used). History in docs/synthetic_city.md.
 CITY_VERSION = 2
 TILE_M = 1000  # tile side in metres
+# The city's coordinates are metres from its lower-left corner. They are declared in a transverse Mercator
+# projection centred near Wuhan (where the paper's downstream data lie) with that corner at (0, 0), so that
+# GIS tools and the maps of res_pop.py / embed.py draw it in metres; the city itself is synthetic.
+CITY_CRS = CRS.from_json_dict({**CRS.from_proj4(
+    "+proj=tmerc +lat_0=30.55 +lon_0=114.3 +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs").to_json_dict(),
+    "name": "MMGR synthetic city (local transverse Mercator, metres)"}).to_wkt()
+FIXED_TIMESTAMP = "2000-01-01T00:00:00Z"  # the GeoPackage's date, so that the same arguments give the same bytes
 MARKER = ".complete"
 LOTS = 16  # lots per tile side (62.5 m)
 BLOCK = 4  # lots per block side (250 m blocks)
@@ -846,66 +856,17 @@ def generate_city(
 
 def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, val_fraction: float) -> dict:
     """Write every file of the city into ``root``; returns the summary (without timing)."""
-    for sub in ("sub_shanghai_img", "sub_shanghai_emb", "sub_shanghai_edge", "sub_shanghai_weight",
-                "img", "pop1km", "gdp1km", "func"):
+    PretrainLayout(root).make_dirs()
+    for sub in ("img", "pop1km", "gdp1km", "func"):
         (root / sub).mkdir()
     plan = plan_city(n_tiles, seed)
     emb = category_embeddings(embed_dim, seed)
-    emb_t = torch.from_numpy(emb)
-    painter = _Painter(size)
-    can_link = True
-
-    names, truths, n_pois = [], [], []
-    poi_lines = ["poi_id,x,y,category,parent\n"]
-    n_edges = 0
+    writer = _TileWriter(root, _Painter(size), torch.from_numpy(emb))
     for i in range(n_tiles):
-        stem = f"tile_{int(plan['row'][i]):03d}_{int(plan['col'][i]):03d}"
-        names.append(stem + ".png")
-        layout = tile_layout(plan, i, seed)
-        img = _paint_tile(painter, plan, i, seed, layout)
-        png = root / "sub_shanghai_img" / (stem + ".png")
-        Image.fromarray(img, mode="RGB").save(png, format="PNG", compress_level=1)
-        link = root / "img" / (stem + ".png")
-        if can_link:
-            try:
-                os.link(png, link)
-            except OSError:  # file systems without hard links
-                can_link = False
-        if not can_link:
-            shutil.copyfile(png, link)
-
-        xy_cm, cats = _tile_pois(plan, i, seed, layout)
-        xy = xy_cm / 100.0  # exact: the nearest double to each printed "%.2f" value
-        edge_index, edge_weight = delaunay_edges(xy)
-        n_edges += edge_index.shape[1]
-        torch.save(emb_t[torch.from_numpy(cats)].clone(), root / "sub_shanghai_emb" / (stem + ".tensor"))
-        torch.save(torch.from_numpy(edge_index), root / "sub_shanghai_edge" / (stem + ".tensor"))
-        torch.save(torch.from_numpy(edge_weight), root / "sub_shanghai_weight" / (stem + ".tensor"))
-        # Coordinates printed from integer centimetres, so the text parses back to exactly ``xy``.
-        base = len(poi_lines) - 1
-        poi_lines.extend(
-            f"{base + k},{x // 100}.{x % 100:02d},{y // 100}.{y % 100:02d},{CATEGORIES[c]},{PARENTS[c]}\n"
-            for k, (x, y, c) in enumerate(zip(xy_cm[:, 0].tolist(), xy_cm[:, 1].tolist(), cats.tolist()))
-        )
-        n_pois.append(int(cats.size))
-
-        truth = tile_truth(layout, plan, i, seed)
-        truths.append(truth)
-        (root / "pop1km" / (stem + ".txt")).write_text(_fmt(truth["population"]) + "\n")
-        (root / "gdp1km" / (stem + ".txt")).write_text(_fmt(truth["gdp"]) + "\n")
-        (root / "func" / (stem + ".txt")).write_text(" ".join(f"{v:.6f}" for v in truth["func"]) + "\n")
-
+        writer.write(plan, i, seed)
     (root / "func_types.txt").write_text("".join(f + "\n" for f in FUNC_TYPES))
-    (root / "pois.csv").write_text("".join(poi_lines))
-
-    split_rng = np.random.default_rng([seed, 3])
-    perm = split_rng.permutation(n_tiles)
-    n_val = int(round(val_fraction * n_tiles))
-    is_val = np.zeros(n_tiles, bool)
-    is_val[perm[:n_val]] = True
-    (root / "train-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val) if not v))
-    (root / "val-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val) if v))
-
+    (root / "pois.csv").write_text("".join(writer.poi_lines))
+    is_val = _write_split(root, writer.names, seed, val_fraction)
     (root / "categories.csv").write_text(
         "category,parent\n" + "".join(f"{c},{p}\n" for c, p in zip(CATEGORIES, PARENTS))
     )
@@ -913,21 +874,94 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
     (root / "category_embeddings.csv").write_text(
         header + "".join(c + "," + ",".join(f"{v:.8g}" for v in emb[k]) + "\n" for k, c in enumerate(CATEGORIES))
     )
+    _write_tables(root, plan, writer, is_val)
+    (root / "README.txt").write_text(_README.format(version=CITY_VERSION))
+    lu_counts = np.bincount(plan["land_use"], minlength=len(LAND_USES))
+    return dict(
+        city_version=CITY_VERSION, n_tiles=n_tiles, rows=int(plan["rows"]), cols=int(plan["cols"]),
+        n_pois=int(sum(writer.n_pois)), n_zero_poi_tiles=int(sum(n == 0 for n in writer.n_pois)),
+        n_categories=len(CATEGORIES), n_edges=int(writer.n_edges),
+        land_use_counts={lu: int(k) for lu, k in zip(LAND_USES, lu_counts)},
+    )
 
+
+class _TileWriter:
+    """Writes one tile after the other (image, POI tensors, targets) and keeps what the tables need."""
+
+    def __init__(self, root: Path, painter: _Painter, emb_t: torch.Tensor):
+        self.root, self.painter, self.emb_t = root, painter, emb_t
+        self.layout = PretrainLayout(root)
+        self.can_link = True
+        self.names: list[str] = []
+        self.truths: list[dict] = []
+        self.n_pois: list[int] = []
+        self.poi_lines = ["poi_id,x,y,category,parent\n"]
+        self.n_edges = 0
+
+    def write(self, plan: dict, i: int, seed: int) -> None:
+        root = self.root
+        stem = f"tile_{int(plan['row'][i]):03d}_{int(plan['col'][i]):03d}"
+        self.names.append(stem + ".png")
+        layout = tile_layout(plan, i, seed)
+        png = self.layout.img / (stem + ".png")
+        Image.fromarray(_paint_tile(self.painter, plan, i, seed, layout), mode="RGB").save(png, format="PNG",
+                                                                                            compress_level=1)
+        self._link(png, root / "img" / (stem + ".png"))
+        xy_cm, cats = _tile_pois(plan, i, seed, layout)
+        xy = xy_cm / 100.0  # exact: the nearest double to each printed "%.2f" value
+        edge_index, edge_weight = delaunay_edges(xy)
+        self.n_edges += edge_index.shape[1]
+        emb_file, edge_file, weight_file = self.layout.poi_files(png)
+        torch.save(self.emb_t[torch.from_numpy(cats)].clone(), emb_file)
+        torch.save(torch.from_numpy(edge_index), edge_file)
+        torch.save(torch.from_numpy(edge_weight), weight_file)
+        # Coordinates printed from integer centimetres, so the text parses back to exactly ``xy``.
+        base = len(self.poi_lines) - 1
+        self.poi_lines.extend(
+            f"{base + k},{x // 100}.{x % 100:02d},{y // 100}.{y % 100:02d},{CATEGORIES[c]},{PARENTS[c]}\n"
+            for k, (x, y, c) in enumerate(zip(xy_cm[:, 0].tolist(), xy_cm[:, 1].tolist(), cats.tolist()))
+        )
+        self.n_pois.append(int(cats.size))
+        truth = tile_truth(layout, plan, i, seed)
+        self.truths.append(truth)
+        (root / "pop1km" / (stem + ".txt")).write_text(_fmt(truth["population"]) + "\n")
+        (root / "gdp1km" / (stem + ".txt")).write_text(_fmt(truth["gdp"]) + "\n")
+        (root / "func" / (stem + ".txt")).write_text(" ".join(f"{v:.6f}" for v in truth["func"]) + "\n")
+
+    def _link(self, src: Path, dst: Path) -> None:
+        """The downstream layout's copy of a tile: a hard link where the file system has them."""
+        if self.can_link:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                self.can_link = False
+        shutil.copyfile(src, dst)
+
+
+def _write_split(root: Path, names: list[str], seed: int, val_fraction: float) -> np.ndarray:
+    """The seeded train/val lists (published names); returns ``[T]`` True for validation tiles."""
+    perm = np.random.default_rng([seed, 3]).permutation(len(names))
+    is_val = np.zeros(len(names), bool)
+    is_val[perm[: int(round(val_fraction * len(names)))]] = True
+    (root / "train-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val) if not v))
+    (root / "val-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val) if v))
+    return is_val
+
+
+def _write_tables(root: Path, plan: dict, writer: _TileWriter, is_val: np.ndarray) -> None:
+    """tile_index.gpkg/.csv (georeferenced, so that maps can be drawn), tiles.csv, truth_components.csv."""
     rows = plan["rows"]
-    idx_lines = ["name,minx,miny,maxx,maxy\n"]
     tile_lines = ["name,row,col,land_use,n_poi,population,gdp,urbanity,wealth,activity,floors,water_fraction\n"]
     comp_lines = [
         "name,split," + ",".join(f"floor_m2_{k.name}" for k in KINDS)
         + ",footprint_m2,pop_visible,occupancy,population,gdp_visible,productivity,gdp\n"
     ]
-    for i, name in enumerate(names):
+    for i, name in enumerate(writer.names):
         r, c = int(plan["row"][i]), int(plan["col"][i])
-        minx, miny = c * TILE_M, (rows - 1 - r) * TILE_M
-        t = truths[i]
-        idx_lines.append(f"{name},{minx},{miny},{minx + TILE_M},{miny + TILE_M}\n")
+        t = writer.truths[i]
         tile_lines.append(
-            f"{name},{r},{c},{LAND_USES[int(plan['land_use'][i])]},{n_pois[i]},{_fmt(t['population'])},"
+            f"{name},{r},{c},{LAND_USES[int(plan['land_use'][i])]},{writer.n_pois[i]},{_fmt(t['population'])},"
             f"{_fmt(t['gdp'])},{_fmt(plan['u'][i])},{_fmt(plan['wealth'][i])},{_fmt(plan['activity'][i])},"
             f"{_fmt(t['mean_floors'])},{_fmt(plan['water_frac'][i])}\n"
         )
@@ -936,17 +970,15 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
             + f",{t['footprint_m2']:.2f},{_fmt(t['pop_visible'])},{_fmt(t['occupancy'])},{_fmt(t['population'])},"
             f"{_fmt(t['gdp_visible'])},{_fmt(t['productivity'])},{_fmt(t['gdp'])}\n"
         )
-    (root / "tile_index.csv").write_text("".join(idx_lines))
+    r_idx, c_idx = plan["row"].astype(np.int64), plan["col"].astype(np.int64)
+    minx, miny = c_idx * TILE_M, (rows - 1 - r_idx) * TILE_M
+    bounds = np.stack([minx, miny, minx + TILE_M, miny + TILE_M], axis=1).astype(np.float64)
+    split = np.where(is_val, "val", "train").astype(object)
+    write_tile_index(root, TileIndex(names=list(writer.names), bounds=bounds, crs=CITY_CRS, rows=r_idx, cols=c_idx,
+                                     columns={"split": split, "n_poi": np.asarray(writer.n_pois, np.int64)}),
+                     timestamp=FIXED_TIMESTAMP)
     (root / "tiles.csv").write_text("".join(tile_lines))
     (root / "truth_components.csv").write_text("".join(comp_lines))
-    (root / "README.txt").write_text(_README.format(version=CITY_VERSION))
-
-    lu_counts = np.bincount(plan["land_use"], minlength=len(LAND_USES))
-    return dict(
-        city_version=CITY_VERSION, n_tiles=n_tiles, rows=int(rows), cols=int(plan["cols"]), n_pois=int(sum(n_pois)),
-        n_zero_poi_tiles=int(sum(n == 0 for n in n_pois)), n_categories=len(CATEGORIES), n_edges=int(n_edges),
-        land_use_counts={lu: int(k) for lu, k in zip(LAND_USES, lu_counts)},
-    )
 
 
 def ensure_city(

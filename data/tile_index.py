@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 
 from data.gdal_errors import reason
 from utils.errors import UserError
@@ -130,13 +131,23 @@ def grid_positions(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def write_tile_index(root: str | Path, index: TileIndex) -> None:
-    """Write ``ROOT/tile_index.gpkg`` and ``ROOT/tile_index.csv`` (each atomically)."""
+def write_tile_index(root: str | Path, index: TileIndex, timestamp: str | None = None) -> None:
+    """Write ``ROOT/tile_index.gpkg`` and ``ROOT/tile_index.csv`` (each atomically).
+
+    ``timestamp`` (ISO 8601): the date the GeoPackage records instead of now, for byte-identical files
+    from the same inputs (the synthetic city).
+    """
     root = Path(root)
     frame = index.to_frame()
-    with atomic_path(root / INDEX_GPKG, durable=False) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*crs.* was not provided")  # tiles of unknown CRS: say nothing
-        frame.to_file(tmp, driver="GPKG", layer=LAYER, engine="pyogrio")
+    if timestamp is not None:
+        pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": timestamp})
+    try:
+        with atomic_path(root / INDEX_GPKG, durable=False) as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*crs.* was not provided")  # tiles of unknown CRS: say nothing
+            frame.to_file(tmp, driver="GPKG", layer=LAYER, engine="pyogrio")
+    finally:
+        if timestamp is not None:
+            pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
     lines = ["name,minx,miny,maxx,maxy"]
     lines += [f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist())]
     atomic_write_text("\n".join(lines) + "\n", root / INDEX_CSV, durable=False)
@@ -149,8 +160,6 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
     Raises:
         UserError: the file exists but cannot be read or lacks the ``name`` column.
     """
-    import pyogrio
-
     path = Path(root) / INDEX_GPKG
     if not path.is_file():
         return _read_csv_index(Path(root) / INDEX_CSV)

@@ -15,6 +15,8 @@ from PIL import Image
 
 from data import synthetic
 from data.graph import delaunay_edges
+from data.tile_index import read_tile_index
+from pyproj import CRS
 from data.synthetic import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
 
 N, S, SEED = 24, 48, 3
@@ -77,9 +79,14 @@ def test_grid_bounds_and_names(city):
     for k, r in enumerate(read_csv(out / "tile_index.csv")):
         row, col = divmod(k, cols)
         assert r["name"] == f"tile_{row:03d}_{col:03d}.png"
-        assert [int(r[c]) for c in ("minx", "miny", "maxx", "maxy")] == [
+        assert [float(r[c]) for c in ("minx", "miny", "maxx", "maxy")] == [
             col * 1000, (rows - 1 - row) * 1000, (col + 1) * 1000, (rows - row) * 1000
         ]
+    # The same grid, georeferenced (a local projected CRS in metres), so that maps can be drawn.
+    index = read_tile_index(out)
+    assert index.crs is not None and "MMGR synthetic city" in index.crs and CRS(index.crs).is_projected
+    assert index.names == [r["name"] for r in read_csv(out / "tile_index.csv")]
+    assert set(index.columns["split"]) == {"train", "val"}
 
 
 def test_deterministic_bytes(tmp_path):

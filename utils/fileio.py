@@ -142,6 +142,24 @@ def _discard(tmp: str | Path | None) -> int:
     return size
 
 
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux reports it in /proc; elsewhere set and restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner alone; a published file gets the mode an ordinary
+# open() would give it (0o666 less the umask), so that shared data and checkpoints stay readable.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _fsync_dir(folder: Path) -> None:
     try:  # make the rename itself durable
         dfd = os.open(folder, os.O_RDONLY)
@@ -166,6 +184,7 @@ def atomic_path(path: str | Path, *, durable: bool = True, expected_bytes: int |
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)
         os.close(fd)
         tmp = Path(tmp_name)
         yield tmp
@@ -196,6 +215,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *, dura
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -184,3 +184,15 @@ def test_write_failed_crosses_a_process_boundary_unchanged(tmp_path):
     back = pickle.loads(pickle.dumps(err))  # as multiprocessing returns a worker's exception
     assert type(back) is WriteFailed and str(back) == str(err) and back.exit_code == EXIT_STORAGE
     assert (back.path, back.errno, back.written, back.expected) == (err.path, errno.ENOSPC, 10, 100)
+
+
+def test_published_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_write_bytes(b"x", tmp_path / "a.bin")
+    with atomic_path(tmp_path / "b.tif") as tmp:
+        tmp.write_bytes(b"y")
+    for name in ("a.bin", "b.tif"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pyproj import CRS
 
 from data.downstream import read_target
 from data.layout import DownstreamLayout
@@ -183,7 +184,8 @@ def write_reports(out: Outputs, task: Task, val_names: list[str], y_val: np.ndar
         seeds = f", mean of {len(preds)} seeds" if len(preds) > 1 else ""
         task.write_map(tiles.index, tiles.names, tiles.truth, np.mean(preds, axis=0), gpkg, png, tiles.split,
                        f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists", tiles.target)
-        print(f"map: {png} and {gpkg} (every tile of the tile index, {tiles.index.crs})", flush=True)
+        crs = tiles.index.crs if len(tiles.index.crs) < 40 else CRS(tiles.index.crs).name
+        print(f"map: {png} and {gpkg} (every tile of the tile index, CRS {crs})", flush=True)
 
 
 def baseline_intro(label: str, resnet: str, target_dir: str) -> str:

@@ -69,8 +69,7 @@ def delaunay_edges(xy: np.ndarray, max_length: float | None = None) -> tuple[np.
             if sv[1] <= 1e-12 * max(sv[0], 1e-300):
                 parts.append(_chain_edges(xy, reps))
             else:
-                from scipy.spatial import Delaunay
-                from scipy.spatial import QhullError
+                from scipy.spatial import Delaunay, QhullError
 
                 try:
                     tri = Delaunay(pts)

@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from data import category_embed, mosaic, poi_io, splits, targets
 from data.gdal_errors import reason
-from data.layout import PUBLISHED_PRETRAIN_DIRS
 from data.graph import delaunay_edges
+from data.layout import PUBLISHED_PRETRAIN_DIRS
 from data.poi_io import InputError
 from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
 from utils.errors import StorageError

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class PretrainBatch:
     view2: torch.Tensor
     graphs: Batch
 
-    def pin_memory(self) -> "PretrainBatch":
+    def pin_memory(self) -> PretrainBatch:
         return PretrainBatch(self.view1.pin_memory(), self.view2.pin_memory(), self.graphs.pin_memory())
 
 

@@ -52,7 +52,7 @@ class RawBatch:
     images: torch.Tensor
     graphs: Batch
 
-    def pin_memory(self) -> "RawBatch":
+    def pin_memory(self) -> RawBatch:
         return RawBatch(self.images.pin_memory(), self.graphs.pin_memory())
 
 

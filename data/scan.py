@@ -33,8 +33,8 @@ from PIL import Image
 from data.layout import PretrainLayout, tensor_name
 from data.pretrain import check_tensor, list_images, load_graph
 from data.scan_cache import RACY_SECONDS, Entry, load_cache, save_cache, signature
-from utils.fileio import load_file
 from utils.errors import UserError
+from utils.fileio import load_file
 
 __all__ = ["BadFile", "ScanReport", "scan_pretrain"]
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pyproj import CRS
 
 from data import synthetic
 from data.graph import delaunay_edges
-from data.tile_index import read_tile_index
-from pyproj import CRS
 from data.synthetic import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
+from data.tile_index import read_tile_index
 
 N, S, SEED = 24, 48, 3
 REPO = Path(__file__).resolve().parents[2]

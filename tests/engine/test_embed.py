@@ -13,8 +13,8 @@ from engine.embeddings import poi_checkpoint_for
 from models.image_encoder import ImageEncoder
 from models.loading import load_poi_encoder
 from models.poi_encoder import build_poi_encoder
-from tests.engine.test_downstream import add_tile_index
 from tests.conftest import ROOT, run_script
+from tests.engine.test_downstream import add_tile_index
 from utils.errors import UserError
 
 ARGS = ["--workers", "0", "--device", "cpu", "--batch_size", "5"]

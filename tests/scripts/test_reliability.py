@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import mmgr
-from tests.conftest import ROOT, make_layout, run_script
 from engine import pretrain
 from engine.checkpoints import assert_finite, prune_bare
-from utils.fileio import load_file
+from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import UserError
+from utils.fileio import load_file
 from utils.signals import StopOnSignal
 
 TINY = ["--batch_size", "4", "--resnet", "resnet18", "--img_size", "24", "--device", "cpu", "--workers", "0",

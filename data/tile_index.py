@@ -20,8 +20,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
+import shapely
 
 from data.gdal_errors import reason
 from utils.errors import UserError
@@ -65,15 +67,11 @@ class TileIndex:
 
     def polygons(self) -> np.ndarray:
         """``[T]`` shapely boxes of the tiles."""
-        import shapely
-
         b = self.bounds
         return shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
 
     def to_frame(self):
         """The index as a GeoDataFrame (name, row, col, extra columns, tile polygon)."""
-        import geopandas as gpd
-
         data = {"name": list(self.names), "row": self.rows.astype(np.int64), "col": self.cols.astype(np.int64)}
         data.update({k: np.asarray(v) for k, v in self.columns.items()})
         return gpd.GeoDataFrame(data, geometry=self.polygons(), crs=self.crs)

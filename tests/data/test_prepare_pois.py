@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, TiffImagePlugin, TiffTags
 
 from data.prepare import PrepareConfig, assign_to_tiles, prepare
 from prepare_pois import build_parser, main
@@ -176,8 +176,6 @@ def test_learned_embeddings_pull_siblings_together(tmp_path):
 
 
 def test_geotiff_tiles_without_index(tmp_path):
-    from PIL import TiffImagePlugin, TiffTags
-
     os.makedirs(tmp_path / "tiles")
     for k, x0 in enumerate([100.0, 300.0]):  # two 20 x 10 px tiles of 10 m pixels, side by side
         ifd = TiffImagePlugin.ImageFileDirectory_v2()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -10,7 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from data.resumable import EpochBatchSampler
 from models.loss import nt_xent, nt_xent_gathered
+from tests.conftest import ROOT, make_layout
 from utils import distributed as du
 
 WORLD, B, F_IN, D = 2, 3, 6, 5
@@ -120,12 +128,6 @@ def test_single_process_is_plain_nt_xent():
 
 def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
     # The real script under torchrun on CPU (gloo): 12 tiles, 2 processes x batch 2 -> 3 steps per epoch.
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         str(ROOT / "mmgr.py"), "--data_path", str(tiny_data), "--model_path", str(tmp_path / "ck"),
@@ -145,8 +147,6 @@ def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
 
 
 def test_rank_slices_partition_each_global_batch():
-    from data.resumable import EpochBatchSampler
-
     sampler = EpochBatchSampler(23, 6, seed=4)  # global batch 6 = 3 ranks x 2; 3 steps, 5 tiles dropped
     sampler.set_epoch(1, 1)  # resumed at step 1: every rank skips the same steps
     full = list(sampler)
@@ -180,14 +180,6 @@ def test_torchrun_stop_signal_on_one_rank_then_resume_is_bit_identical(tmp_path:
     # same step (no hang in the next collective), rank 0 must save, and a resumed job must end
     # bit-identical to an uninterrupted one, which needs each rank's own random state restored
     # (--augment gpu draws its crops and colours from it).
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT, make_layout
-
     data = make_layout(tmp_path / "data", n_tiles=24)  # 2 processes x batch 2: 6 steps per epoch
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 

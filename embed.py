@@ -103,7 +103,7 @@ def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> No
     """``name,b0,...,proj0,...,poi0,...`` one row per tile."""
     header = ["name"] + [f"{PREFIX[k]}{j}" for k, a in arrays.items() for j in range(a.shape[1])]
     joined = np.concatenate(list(arrays.values()), axis=1)
-    lines = [",".join(header)] + [name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined)]
+    lines = [",".join(header)] + [name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined, strict=True)]
     atomic_write_text("\n".join(lines) + "\n", path)
 
 

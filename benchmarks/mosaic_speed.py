@@ -173,7 +173,7 @@ def bench_census(root: str) -> None:
             .to_crs("EPSG:4326").to_file(path)
     r, c = np.divmod(np.arange(n_rows * n_cols), n_cols)
     bounds = np.stack([X0 + c * size, Y1 - (r + 1) * size, X0 + (c + 1) * size, Y1 - r * size], axis=1)
-    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c)]
+    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c, strict=True)]
     _fresh(os.path.join(root, "census_out"))
     t0, cpu0 = time.time(), _cpu_seconds()
     tg = targets.open_target(targets.parse_target(f"pop={path}:POP"), UTM, (X0, Y1 - h, X0 + w, Y1))
@@ -205,7 +205,7 @@ def bench_raster(root: str) -> None:
         make_pop_raster(same, size, UTM, (X0, Y1), 10.0)
     r, c = np.divmod(np.arange(10_000), 100)
     bounds = np.stack([X0 + c * 1000.0, Y1 - (r + 1) * 1000.0, X0 + (c + 1) * 1000.0, Y1 - r * 1000.0], axis=1)
-    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c)]
+    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c, strict=True)]
     for label, path, tiles in (("same CRS", same, bounds), ("lon/lat", None, None)):
         if path is None:  # a lon/lat raster of ~10 m pixels and UTM tiles of 1 km inside it
             path = os.path.join(root, "pop_lonlat.tif")

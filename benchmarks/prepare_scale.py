@@ -47,7 +47,7 @@ def make_city(root: str, n_pois: int, n_tiles: int, seed: int = 0) -> tuple[str,
     pois = os.path.join(root, "pois.csv")
     with open(pois, "w") as f:
         f.write("poi_id,x,y,category,parent\n")
-        f.writelines(f"{k},{x:.2f},{y:.2f},c{c},p{c // 10}\n" for k, ((x, y), c) in enumerate(zip(xy, cat)))
+        f.writelines(f"{k},{x:.2f},{y:.2f},c{c},p{c // 10}\n" for k, ((x, y), c) in enumerate(zip(xy, cat, strict=True)))
     return pois, tiles, index
 
 

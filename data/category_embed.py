@@ -106,7 +106,7 @@ def write_table(path: str, categories: list[str], vectors: np.ndarray) -> None:
     f = io.StringIO(newline="")
     w = csv.writer(f)
     w.writerow(["category"] + [f"v{k}" for k in range(vectors.shape[1])])
-    for cat, v in zip(categories, vectors):
+    for cat, v in zip(categories, vectors, strict=True):
         w.writerow([cat] + [repr(float(x)) for x in v])
     atomic_write_text(f.getvalue(), path, durable=False)
 

@@ -513,7 +513,7 @@ def _learned_embeddings(cfg: PrepareConfig, pts: _Points, cats: np.ndarray, code
     if pts.pois.parent is not None:
         # Parent of each category: its most frequent parent (a category listed under two parents
         # is a data error we tolerate rather than fail on).
-        pairs = Counter(zip(codes.tolist(), pts.pois.parent.tolist()))
+        pairs = Counter(zip(codes.tolist(), pts.pois.parent.tolist(), strict=True))
         best: dict[int, tuple[int, str]] = {}
         for (c, p), n in pairs.items():
             if c not in best or n > best[c][0]:

@@ -101,7 +101,7 @@ class PretrainBatch:
 
 def collate_pretrain(samples: list[tuple[torch.Tensor, torch.Tensor, Data]]) -> PretrainBatch:
     """Stack views and batch the POI graphs (zero-node graphs included)."""
-    v1, v2, graphs = zip(*samples)
+    v1, v2, graphs = zip(*samples, strict=True)
     return PretrainBatch(torch.stack(v1), torch.stack(v2), Batch.from_data_list(list(graphs)))
 
 

@@ -58,7 +58,7 @@ class RawBatch:
 
 def collate_raw(samples: list[tuple[torch.Tensor, Data]]) -> RawBatch:
     """Stack decoded tiles (they must share one size) and batch their POI graphs."""
-    images, graphs = zip(*samples)
+    images, graphs = zip(*samples, strict=True)
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
         raise UserError(f"tiles of different sizes in one batch ({sorted(sizes)[:2]}...); "

@@ -147,7 +147,7 @@ def write_tile_index(root: str | Path, index: TileIndex, timestamp: str | None =
         if timestamp is not None:
             pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
     lines = ["name,minx,miny,maxx,maxy"]
-    lines += [f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist())]
+    lines += [f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist(), strict=True)]
     atomic_write_text("\n".join(lines) + "\n", root / INDEX_CSV, durable=False)
 
 

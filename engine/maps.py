@@ -101,7 +101,7 @@ def distribution_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray
     for k, c in enumerate(classes):
         frame[f"pred_{c}"] = prediction[:, k]
     known = np.isfinite(truth).all(axis=1)  # tiles without a target (unlabelled) have NaN rows
-    frame["dominant_truth"] = [classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known)]
+    frame["dominant_truth"] = [classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known, strict=True)]
     frame["dominant_pred"] = [classes[k] for k in prediction.argmax(axis=1)]
     frame["l1"] = np.where(known, np.abs(prediction - truth).sum(axis=1), np.nan)
     return frame

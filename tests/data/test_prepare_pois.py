@@ -164,7 +164,7 @@ def test_learned_embeddings_pull_siblings_together(tmp_path):
     write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [["T", 0, 0, 1, 1]])
     cats = rng.integers(0, 6, size=600)
     write_csv(tmp_path / "pois.csv", ["x", "y", "category", "parent"],
-              [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats)])
+              [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats, strict=True)])
     main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--parent_col", "parent",
           "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out")])
     rows = [l.split(",") for l in (tmp_path / "out/category_embeddings.csv").read_text().splitlines()[1:]]

@@ -280,7 +280,7 @@ def test_population_is_dwelling_floor_area_times_a_small_invisible_factor(layout
     _, lays, truths = layouts
     dwelling = np.array([floor_areas(lay)[PERSONS[lay["kind"]] > 0].sum() for lay in lays])
     pop = np.array([t["population"] for t in truths])
-    for lay, t in zip(lays, truths):
+    for lay, t in zip(lays, truths, strict=True):
         assert t["pop_visible"] == pytest.approx(float((floor_areas(lay) * PERSONS[lay["kind"]]).sum()), rel=1e-9)
         assert t["gdp_visible"] == pytest.approx(float((floor_areas(lay) * OUTPUT[lay["kind"]]).sum()), rel=1e-9)
         assert t["population"] == pytest.approx(t["pop_visible"] * t["occupancy"], rel=1e-12)

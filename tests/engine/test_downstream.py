@@ -186,7 +186,7 @@ def test_cached_training_features_equal_the_loader_path(setup):
     full.train_feats = None
     losses = [train_one_epoch(r, 0, 1.0, False, torch.device("cpu")) for r in (cached, full)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    for a, b in zip(cached.model.encoder.fc.parameters(), full.model.encoder.fc.parameters()):
+    for a, b in zip(cached.model.encoder.fc.parameters(), full.model.encoder.fc.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -68,7 +68,7 @@ def test_gathered_loss_and_grads_match_single_process(tmp_path: Path):
         res = torch.load(f"{out}.{r}", weights_only=True)
         assert res["world"] == WORLD and res["rank"] == r
         assert torch.allclose(res["loss"], loss.detach(), atol=1e-5), (res["loss"], loss)
-        for g, g_ref in zip(res["grads"], ref):
+        for g, g_ref in zip(res["grads"], ref, strict=True):
             assert torch.allclose(g, g_ref, atol=1e-5), (g - g_ref).abs().max()
 
 
@@ -108,7 +108,7 @@ def test_published_gather_bug_is_detectable(tmp_path: Path):
     x1, _, xp = _data()
     nt_xent(img(x1), poi(xp), 0.5).backward()
     buggy = torch.load(f"{out}.0", weights_only=True)
-    assert not all(torch.allclose(g, p.grad, atol=1e-5) for g, p in zip(buggy, img.parameters()))
+    assert not all(torch.allclose(g, p.grad, atol=1e-5) for g, p in zip(buggy, img.parameters(), strict=True))
 
 
 def test_single_process_is_plain_nt_xent():

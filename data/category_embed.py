@@ -135,7 +135,7 @@ def read_table(path: str) -> tuple[list[str], np.ndarray]:
             try:
                 rows.append([float(v) for v in r[1:]])
             except ValueError:
-                raise InputError(f"line {k} of embedding table {path} has a non-numeric vector entry; fix it.")
+                raise InputError(f"line {k} of embedding table {path} has a non-numeric vector entry; fix it.") from None
             cats.append(r[0].strip())
     if not cats:
         raise InputError(f"embedding table {path} has no rows; give one row per category.")

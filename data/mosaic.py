@@ -126,7 +126,7 @@ def parse_bands(text: str | None, count: int, path: str) -> tuple[int, ...]:
     try:
         bands = tuple(int(b) for b in str(text).replace(" ", "").split(",") if b)
     except ValueError:
-        raise UserError(f"--bands {text!r} is not a list of band numbers; give e.g. --bands 3,2,1 for {path}.")
+        raise UserError(f"--bands {text!r} is not a list of band numbers; give e.g. --bands 3,2,1 for {path}.") from None
     if len(bands) not in (1, 3):
         raise UserError(f"--bands {text!r} names {len(bands)} bands; give 3 (RGB) or 1 (repeated to grey RGB) "
                         f"of the {count} bands of {path}.")
@@ -159,7 +159,7 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
                 lonlat_centre = (lon[0], lat[0])
     except RasterioIOError as e:
         raise UserError(f"cannot read mosaic {path} ({reason(e)}); check that the file is a complete "
-                        "raster GDAL reads (GeoTIFF, VRT, ...).")
+                        "raster GDAL reads (GeoTIFF, VRT, ...).") from None
     if crs is None:
         raise UserError(f"mosaic {path} has no CRS; assign the one it was made in (e.g. gdal_edit.py -a_srs "
                         "EPSG:32651) before tiling it.")

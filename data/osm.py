@@ -63,7 +63,7 @@ def read_osm_pois(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
                                     columns=[c for c in (*POI_KEYS, "other_tags") if c in fields])
     except Exception as e:  # DataSourceError for a file GDAL cannot open as OSM
         raise UserError(f"cannot read {path} as an OpenStreetMap PBF extract ({reason(e)}); "
-                        "download it again (e.g. from download.geofabrik.de) or give POIs in another format.")
+                        "download it again (e.g. from download.geofabrik.de) or give POIs in another format.") from None
     n = len(df)
     cat = np.full(n, "", dtype=object)
     par = np.full(n, "", dtype=object)

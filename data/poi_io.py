@@ -118,7 +118,7 @@ def crs_object(crs, what: str):
     try:
         return pyproj.CRS.from_user_input(crs if isinstance(crs, (str, int, pyproj.CRS)) else crs.to_wkt())
     except pyproj.exceptions.CRSError:
-        raise InputError(f"unknown CRS {crs!r} for {what}; give an EPSG code such as EPSG:4326 or EPSG:32651.")
+        raise InputError(f"unknown CRS {crs!r} for {what}; give an EPSG code such as EPSG:4326 or EPSG:32651.") from None
 
 
 def crs_name(crs, what: str = "a file") -> str | None:
@@ -198,9 +198,9 @@ def _read_csv(path: str, x_col: str, y_col: str, cat_col: str, parent_col: str |
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
                          encoding="utf-8-sig", skip_blank_lines=True)
     except pd.errors.EmptyDataError:
-        raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.")
+        raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not a readable CSV ({reason(e)}); fix or re-export it.")
+        raise InputError(f"{path} is not a readable CSV ({reason(e)}); fix or re-export it.") from None
     df.columns = [str(c).strip() for c in df.columns]
     want = [x_col, y_col, cat_col] + ([parent_col] if parent_col else [])
     _require_columns(path, list(df.columns), want)
@@ -216,7 +216,7 @@ def _layers(path: str) -> list[str]:
         return [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as e:  # pyogrio.errors.DataSourceError, or GDAL's own errors on a corrupt file
         raise InputError(f"cannot read {path} as a vector file ({reason(e)}); check the file is "
-                         "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...).")
+                         "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...).") from None
 
 
 def pick_layer(path: str, layer: str | None) -> str | None:
@@ -246,7 +246,7 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
             df = gpd.read_parquet(path)
         except Exception as e:  # pyarrow / geopandas errors for a corrupt or non-geo Parquet file
             raise InputError(f"cannot read {path} as GeoParquet ({reason(e)}); re-export it "
-                             "with its geometry column (e.g. geopandas to_parquet).")
+                             "with its geometry column (e.g. geopandas to_parquet).") from None
         if columns:
             _require_columns(path, [c for c in df.columns if c != df.geometry.name], columns)
         return df
@@ -254,14 +254,14 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
     try:
         fields = [str(f) for f in pyogrio.read_info(path, layer=layer)["fields"]]
     except Exception as e:
-        raise InputError(f"cannot read layer {layer!r} of {path} ({reason(e)}); check the file.")
+        raise InputError(f"cannot read layer {layer!r} of {path} ({reason(e)}); check the file.") from None
     if columns:
         _require_columns(path, fields, columns)
     try:
         return pyogrio.read_dataframe(path, layer=layer, columns=columns)
     except Exception as e:
         raise InputError(f"cannot read {path} ({reason(e)}); check the file is complete, or "
-                         "re-export it.")
+                         "re-export it.") from None
 
 
 def _points_of(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -404,9 +404,9 @@ def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
-        raise InputError(f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.")
+        raise InputError(f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.") from None
     except pd.errors.ParserError as e:
-        raise InputError(f"tile index {path} is not a readable CSV ({reason(e)}); fix it.")
+        raise InputError(f"tile index {path} is not a readable CSV ({reason(e)}); fix it.") from None
     df.columns = [str(c).strip() for c in df.columns]
     want = ["name", "minx", "miny", "maxx", "maxy"]
     missing = [c for c in want if c not in df.columns]
@@ -444,7 +444,7 @@ def _image_georef(path: str) -> tuple[tuple[float, float, float, float], str | N
             with rasterio.open(path) as src:
                 tr, crs, w, h = src.transform, src.crs, src.width, src.height
     except RasterioIOError as e:
-        raise InputError(f"cannot read tile {path} ({reason(e)}); re-export it or give a --tile_index.")
+        raise InputError(f"cannot read tile {path} ({reason(e)}); re-export it or give a --tile_index.") from None
     if tr.is_identity and crs is None:  # GDAL's answer for an image without georeferencing
         return None
     if tr.b != 0 or tr.d != 0:

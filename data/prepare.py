@@ -194,7 +194,7 @@ def _convert_tiff(src: str, dst: str) -> None:
                                  "--mosaic (one stretch for all tiles) or convert it (gdal_translate -ot Byte -scale).")
             data = ds.read([1, 2, 3] if ds.count >= 3 else [1])
     except RasterioIOError as e:
-        raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.")
+        raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.") from None
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
     with atomic_path(dst, durable=False) as tmp:

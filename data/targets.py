@@ -125,7 +125,7 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
         band = int(spec.column) if spec.column else 1
     except ValueError:
         raise UserError(f"target raster {spec.path} takes a band number after ':', not {spec.column!r}; "
-                        f"give e.g. --target {spec.name}={spec.path}:1.")
+                        f"give e.g. --target {spec.name}={spec.path}:1.") from None
     try:
         with rasterio.open(spec.path) as src:
             crs, bounds, count = src.crs, src.bounds, src.count
@@ -133,7 +133,7 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
                 extent = transform_bounds(crs, crs_object(tiles_crs, "the tiles").to_wkt(), *bounds)
     except RasterioIOError as e:
         raise UserError(f"cannot read target raster {spec.path} ({reason(e)}); check that the file is "
-                        "complete and a raster GDAL reads.")
+                        "complete and a raster GDAL reads.") from None
     if crs is None:
         raise UserError(f"target raster {spec.path} has no CRS; assign the one it was made in (e.g. gdal_edit.py "
                         "-a_srs EPSG:4326).")

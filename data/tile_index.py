@@ -165,7 +165,7 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
         df = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as e:  # corrupt or truncated GeoPackage
         raise UserError(f"cannot read the tile index {path} ({reason(e)}); re-run prepare_pois.py "
-                        "to write it again.")
+                        "to write it again.") from None
     if "name" not in df.columns:
         raise UserError(f"tile index {path} has no 'name' column; re-run prepare_pois.py to write it again.")
     b = df.geometry.bounds.to_numpy(np.float64) if len(df) else np.zeros((0, 4))

@@ -297,8 +297,8 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
             img = np.repeat(img, 3, axis=0)
         im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), mode="RGB")
         atomic_write(os.path.join(_CUT["out_dir"], g.name(row, col)),
-                     lambda f: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                                       compress_type=PNG_STRATEGY), durable=False)
+                     lambda f, im=im: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
+                                              compress_type=PNG_STRATEGY), durable=False)
         out.append((row, col, True))
     return out
 

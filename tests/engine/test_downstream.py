@@ -114,14 +114,16 @@ def test_finetune_moves_backbone_frozen_does_not(setup):
     data, ckpt = setup
     seen = {}
     before = torch.load(ckpt, weights_only=True)["encoder.layer1.0.conv1.weight"]
-    for ft in ("0", "1"):
-        captured = {}
-        real_adam = torch.optim.Adam
+    captured = {}
+    real_adam = torch.optim.Adam
 
-        class Spy(real_adam):
-            def __init__(self, groups, **kw):
-                super().__init__(groups, **kw)
-                captured["groups"] = self.param_groups
+    class Spy(real_adam):
+        def __init__(self, groups, **kw):
+            super().__init__(groups, **kw)
+            captured["groups"] = self.param_groups
+
+    for ft in ("0", "1"):
+        captured.clear()
         torch.optim.Adam = Spy
         try:
             res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--finetune", ft, "--plot", "none"])

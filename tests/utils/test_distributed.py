@@ -140,7 +140,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
     assert r.stdout.count("epoch 1/1") == 1 and r.stdout.count("done:") == 1  # rank 0 alone prints
     lines = (tmp_path / "train-records" / "rec.txt").read_text().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("Step [3/3]")
-    log = [json.loads(l) for l in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["loss"] > 0
     state = torch.load(tmp_path / "ck" / "wuhan_img_1.tar", weights_only=True)
     assert next(iter(state)) == "encoder.conv1.weight"  # no DDP "module." prefix
@@ -164,7 +164,7 @@ def _children(pid: int) -> dict[int, int]:
             continue
         try:
             status = (entry / "status").read_text()
-            ppid = int(next(l for l in status.splitlines() if l.startswith("PPid:")).split()[1])
+            ppid = int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
             if ppid != pid:
                 continue
             env = dict(kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv)

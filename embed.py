@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from data.layout import resolve_img_dir, resolve_list
 from data.tile_index import read_tile_index
-from engine.maps import write_embedding_map
 from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, tile_files, write_meta
+from engine.maps import write_embedding_map
 from engine.probes import probe_target, probe_target_cv
 from engine.run_folder import consistent_image_checkpoint
 from utils.args import parse_with_demo, resolve_device, str2bool
@@ -103,7 +103,7 @@ def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> No
     """``name,b0,...,proj0,...,poi0,...`` one row per tile."""
     header = ["name"] + [f"{PREFIX[k]}{j}" for k, a in arrays.items() for j in range(a.shape[1])]
     joined = np.concatenate(list(arrays.values()), axis=1)
-    lines = [",".join(header)] + [name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined)]
+    lines = [",".join(header)] + [name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined, strict=True)]
     atomic_write_text("\n".join(lines) + "\n", path)
 
 

@@ -14,10 +14,10 @@ import argparse
 
 import torch
 
+from data.gpu_augment import GPUAugment
 from data.layout import add_layout_flags
 from data.pretrain import PretrainBatch
 from data.raw import RawBatch
-from data.gpu_augment import GPUAugment
 from data.synthetic import ensure_city
 from engine.pretrain import Pretrainer, claim_run_folder, prepare_data
 from models.image_encoder import RESNETS

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -54,7 +53,7 @@ def write_layout(root: str, n: int, tile: int) -> None:
 
 def items_per_s(ds, passes: int = 2) -> float:
     n = len(ds)
-    for p in range(passes):
+    for _ in range(passes):
         t0 = time.perf_counter()
         for i in range(n):
             ds[i]

@@ -66,7 +66,7 @@ def main() -> None:
         ref_loss.backward()
         ref = [q.grad for q in [*ref_img.parameters(), *ref_poi.parameters()]]
         loss_diff = abs(mean_loss - ref_loss.item())
-        grad_diff = max((x - y).abs().max().item() for x, y in zip(grads, ref))
+        grad_diff = max((x - y).abs().max().item() for x, y in zip(grads, ref, strict=True))
         ok = loss_diff <= a.atol and grad_diff <= a.atol
         backend = torch.distributed.get_backend() if info.enabled else "none"
         print(f"ddp_check: {w} process(es), backend {backend}, device {device}, batch {b} per process: loss {mean_loss:.6f} vs "

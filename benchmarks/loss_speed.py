@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import time
+
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -25,11 +29,6 @@ from models.loss import nt_xent  # noqa: E402
 
 
 def _measure(loss_name: str, b: int, d: int, repeats: int, device: str) -> dict:
-    import resource
-    import statistics
-
-    import torch
-
     fn = {"ours": nt_xent, "broadcast": broadcast_nt_xent}[loss_name]
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,13 @@ import tempfile
 import threading
 import time
 
+import geopandas as gpd
 import numpy as np
+import rasterio
+import shapely
+from pyproj import Transformer
+from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -103,8 +110,6 @@ def _fresh(folder: str) -> None:
 
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and its finished (waited-for) children."""
-    import resource
-
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
@@ -112,10 +117,6 @@ def _cpu_seconds() -> float:
 def make_mosaic(path: str, size: int, res: float = 0.5) -> None:
     """A ``size`` x ``size`` RGB uint8 GeoTIFF that looks a little like imagery: smooth land-use patches,
     a street grid and sensor noise (PNG encoding time depends on the content)."""
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
     rng = np.random.default_rng(0)
     profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=UTM,
                    transform=from_origin(X0, Y1, res, res), tiled=True, blockxsize=256, blockysize=256,
@@ -160,9 +161,6 @@ def bench_tiling(root: str, size: int, tile: int, workers: int) -> None:
 
 
 def bench_census(root: str) -> None:
-    import geopandas as gpd
-    import shapely
-
     n_rows, n_cols, size = 250, 400, 100.0  # 100,000 tiles of 100 m: 40 km x 25 km
     path = os.path.join(root, "census.gpkg")
     w, h = n_cols * size, n_rows * size
@@ -175,7 +173,7 @@ def bench_census(root: str) -> None:
             .to_crs("EPSG:4326").to_file(path)
     r, c = np.divmod(np.arange(n_rows * n_cols), n_cols)
     bounds = np.stack([X0 + c * size, Y1 - (r + 1) * size, X0 + (c + 1) * size, Y1 - r * size], axis=1)
-    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c)]
+    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c, strict=True)]
     _fresh(os.path.join(root, "census_out"))
     t0, cpu0 = time.time(), _cpu_seconds()
     tg = targets.open_target(targets.parse_target(f"pop={path}:POP"), UTM, (X0, Y1 - h, X0 + w, Y1))
@@ -190,10 +188,6 @@ def bench_census(root: str) -> None:
 
 
 def make_pop_raster(path: str, size: int, crs: str, origin: tuple[float, float], res: float) -> None:
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
     rng = np.random.default_rng(1)
     with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="float32", crs=crs,
                        transform=from_origin(*origin, res, res), nodata=-99999.0, tiled=True, blockxsize=256,
@@ -204,8 +198,6 @@ def make_pop_raster(path: str, size: int, crs: str, origin: tuple[float, float],
 
 
 def bench_raster(root: str) -> None:
-    from pyproj import Transformer
-
     size = 10_000
     # In the tiles' CRS: 10 m pixels, 100 x 100 tiles of 1 km.
     same = os.path.join(root, "pop_utm.tif")
@@ -213,7 +205,7 @@ def bench_raster(root: str) -> None:
         make_pop_raster(same, size, UTM, (X0, Y1), 10.0)
     r, c = np.divmod(np.arange(10_000), 100)
     bounds = np.stack([X0 + c * 1000.0, Y1 - (r + 1) * 1000.0, X0 + (c + 1) * 1000.0, Y1 - r * 1000.0], axis=1)
-    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c)]
+    names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c, strict=True)]
     for label, path, tiles in (("same CRS", same, bounds), ("lon/lat", None, None)):
         if path is None:  # a lon/lat raster of ~10 m pixels and UTM tiles of 1 km inside it
             path = os.path.join(root, "pop_lonlat.tif")

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,8 +26,6 @@ from data.prepare import PrepareConfig, prepare  # noqa: E402
 
 
 def make_city(root: str, n_pois: int, n_tiles: int, seed: int = 0) -> tuple[str, str, str]:
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     side = int(np.ceil(np.sqrt(n_tiles)))
     size = 1000.0
@@ -48,7 +47,7 @@ def make_city(root: str, n_pois: int, n_tiles: int, seed: int = 0) -> tuple[str,
     pois = os.path.join(root, "pois.csv")
     with open(pois, "w") as f:
         f.write("poi_id,x,y,category,parent\n")
-        f.writelines(f"{k},{x:.2f},{y:.2f},c{c},p{c // 10}\n" for k, ((x, y), c) in enumerate(zip(xy, cat)))
+        f.writelines(f"{k},{x:.2f},{y:.2f},c{c},p{c // 10}\n" for k, ((x, y), c) in enumerate(zip(xy, cat, strict=True)))
     return pois, tiles, index
 
 

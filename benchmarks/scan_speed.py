@@ -53,18 +53,18 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     with tempfile.TemporaryDirectory() as tmp:
         for w in a.workers:
-            full = best_of(a.repeat, lambda: scan_pretrain(root, workers=w))
+            full = best_of(a.repeat, lambda w=w: scan_pretrain(root, workers=w))
             print(f"workers {w}, no cache:   {full.summary()}; {len(full.good) / full.seconds:.0f} tiles/s")
             cache = Path(tmp) / f"scan_cache_{w}.json"
 
-            def cold_scan():
+            def cold_scan(w=w, cache=cache):
                 cache.unlink(missing_ok=True)  # every repeat starts without a cache
                 return scan_pretrain(root, workers=w, cache=cache)
 
             cold = best_of(a.repeat, cold_scan)
             print(f"workers {w}, cold cache: {cold.summary()}; {len(cold.good) / cold.seconds:.0f} tiles/s; "
                   f"cache {cache.stat().st_size / 1e3:.0f} kB")
-            warm = best_of(a.repeat, lambda: scan_pretrain(root, workers=w, cache=cache))
+            warm = best_of(a.repeat, lambda w=w, cache=cache: scan_pretrain(root, workers=w, cache=cache))
             print(f"workers {w}, warm cache: {warm.summary()}; {len(warm.good) / warm.seconds:.0f} tiles/s "
                   f"({full.seconds / warm.seconds:.0f}x the full scan)")
 

@@ -46,10 +46,10 @@ from torch_geometric.data import Data
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.published_reference import broadcast_nt_xent  # noqa: E402
 import mmgr  # noqa: E402
-from data.graph import delaunay_edges  # noqa: E402
+from benchmarks.published_reference import broadcast_nt_xent  # noqa: E402
 from data.gpu_augment import GPUAugment  # noqa: E402
+from data.graph import delaunay_edges  # noqa: E402
 from data.pretrain import collate_pretrain  # noqa: E402
 from data.raw import collate_raw  # noqa: E402
 from data.transforms import pretrain_transform  # noqa: E402

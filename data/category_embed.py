@@ -106,7 +106,7 @@ def write_table(path: str, categories: list[str], vectors: np.ndarray) -> None:
     f = io.StringIO(newline="")
     w = csv.writer(f)
     w.writerow(["category"] + [f"v{k}" for k in range(vectors.shape[1])])
-    for cat, v in zip(categories, vectors):
+    for cat, v in zip(categories, vectors, strict=True):
         w.writerow([cat] + [repr(float(x)) for x in v])
     atomic_write_text(f.getvalue(), path, durable=False)
 
@@ -135,7 +135,7 @@ def read_table(path: str) -> tuple[list[str], np.ndarray]:
             try:
                 rows.append([float(v) for v in r[1:]])
             except ValueError:
-                raise InputError(f"line {k} of embedding table {path} has a non-numeric vector entry; fix it.")
+                raise InputError(f"line {k} of embedding table {path} has a non-numeric vector entry; fix it.") from None
             cats.append(r[0].strip())
     if not cats:
         raise InputError(f"embedding table {path} has no rows; give one row per category.")

@@ -10,8 +10,8 @@ The tiles' positions, where known, come from the folder's tile index (data/tile_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

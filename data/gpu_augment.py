@@ -20,7 +20,6 @@ uint8 after each one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

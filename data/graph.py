@@ -16,6 +16,7 @@ POIs get weight 1; the kernel is scale-free, so metres and degrees give the same
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import Delaunay, QhullError
 
 __all__ = ["delaunay_edges", "edge_weights"]
 
@@ -69,9 +70,6 @@ def delaunay_edges(xy: np.ndarray, max_length: float | None = None) -> tuple[np.
             if sv[1] <= 1e-12 * max(sv[0], 1e-300):
                 parts.append(_chain_edges(xy, reps))
             else:
-                from scipy.spatial import Delaunay
-                from scipy.spatial import QhullError
-
                 try:
                     tri = Delaunay(pts)
                     s = reps[tri.simplices]  # [T, 3] original indices

@@ -10,6 +10,7 @@ plus GDAL's block cache, whatever the mosaic's size.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 import warnings
@@ -17,6 +18,15 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
+from PIL import Image
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NodataShadowWarning, RasterioError, RasterioIOError
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
+from tqdm import tqdm
 
 from data.gdal_errors import reason
 from data.poi_io import crs_name
@@ -103,9 +113,6 @@ class CutResult:
 
 def utm_crs_for(lon: float, lat: float) -> tuple[str, str]:
     """``("EPSG:326zz", "WGS 84 / UTM zone zzN")``: the WGS 84 UTM zone of a lon/lat point (pyproj)."""
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
     lon = float(np.clip(lon, -179.999, 179.999))
     lat = float(np.clip(lat, -79.999, 83.999))
     info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
@@ -119,7 +126,7 @@ def parse_bands(text: str | None, count: int, path: str) -> tuple[int, ...]:
     try:
         bands = tuple(int(b) for b in str(text).replace(" ", "").split(",") if b)
     except ValueError:
-        raise UserError(f"--bands {text!r} is not a list of band numbers; give e.g. --bands 3,2,1 for {path}.")
+        raise UserError(f"--bands {text!r} is not a list of band numbers; give e.g. --bands 3,2,1 for {path}.") from None
     if len(bands) not in (1, 3):
         raise UserError(f"--bands {text!r} names {len(bands)} bands; give 3 (RGB) or 1 (repeated to grey RGB) "
                         f"of the {count} bands of {path}.")
@@ -138,9 +145,6 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
             of its centre to warp to), a rotated raster, bands out of range, or a mosaic smaller than
             one tile.
     """
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
     if not os.path.isfile(path):
         raise UserError(f"mosaic {path} does not exist; check --mosaic.")
     if not tile_size or tile_size <= 0:
@@ -150,14 +154,12 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
             crs, tr, w, h, count, dtype = src.crs, src.transform, src.width, src.height, src.count, src.dtypes[0]
             lonlat_centre = None
             if crs is not None and crs.is_geographic:
-                from rasterio.warp import transform as warp_transform
-
                 cx, cy = tr.c + tr.a * w / 2, tr.f + tr.e * h / 2
                 lon, lat = warp_transform(crs, "EPSG:4326", [cx], [cy])
                 lonlat_centre = (lon[0], lat[0])
     except RasterioIOError as e:
         raise UserError(f"cannot read mosaic {path} ({reason(e)}); check that the file is a complete "
-                        "raster GDAL reads (GeoTIFF, VRT, ...).")
+                        "raster GDAL reads (GeoTIFF, VRT, ...).") from None
     if crs is None:
         raise UserError(f"mosaic {path} has no CRS; assign the one it was made in (e.g. gdal_edit.py -a_srs "
                         "EPSG:32651) before tiling it.")
@@ -186,15 +188,11 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
 
 def _masks_needed(src, bands) -> bool:
     """False when GDAL says every pixel of the bands is valid (no nodata, no mask, no alpha)."""
-    from rasterio.enums import MaskFlags
-
     return any(src.mask_flag_enums[b - 1] != (MaskFlags.all_valid,) for b in bands)
 
 
 def _valid(src, bands, data: np.ndarray, need_masks: bool, **read) -> np.ndarray:
     """``[H, W]`` bool: pixels valid in every band (GDAL's masks, and finite for float data)."""
-    from rasterio.errors import NodataShadowWarning
-
     valid = np.ones(data.shape[1:], dtype=bool)
     if need_masks:
         with warnings.catch_warnings():
@@ -218,9 +216,6 @@ def estimate_stretch(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 
     Raises:
         UserError: no valid pixel in the sample.
     """
-    import rasterio
-    from rasterio.windows import Window
-
     if grid.dtype == "uint8":
         return None
     bands = list(grid.bands)
@@ -265,8 +260,6 @@ _CUT: dict = {}
 
 
 def _open_in_process():
-    import rasterio
-
     if "src" not in _CUT:
         env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
         env.__enter__()  # for the life of this process: every read below uses the capped cache
@@ -278,11 +271,6 @@ def _open_in_process():
 
 def _cut_row(row: int) -> list[tuple[int, int, bool]]:
     """Write the tiles of grid row ``row``; returns ``(row, col, written)`` per cell."""
-    from PIL import Image
-    from rasterio.enums import Resampling
-    from rasterio.errors import RasterioError
-    from rasterio.windows import Window
-
     src = _open_in_process()
     g: MosaicGrid = _CUT["grid"]
     p = g.tile_px
@@ -309,8 +297,8 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
             img = np.repeat(img, 3, axis=0)
         im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), mode="RGB")
         atomic_write(os.path.join(_CUT["out_dir"], g.name(row, col)),
-                     lambda f: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                                       compress_type=PNG_STRATEGY), durable=False)
+                     lambda f, im=im: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
+                                              compress_type=PNG_STRATEGY), durable=False)
         out.append((row, col, True))
     return out
 
@@ -330,8 +318,6 @@ def cut_mosaic(grid: MosaicGrid, out_dir: str, stretch: np.ndarray | None, max_n
     Returns:
         The written tiles, row-major, and the number skipped for nodata.
     """
-    from tqdm import tqdm
-
     t0 = time.time()
     _CUT.clear()
     _CUT.update(grid=grid, out_dir=out_dir, stretch=stretch, max_nodata=float(max_nodata))
@@ -340,8 +326,6 @@ def cut_mosaic(grid: MosaicGrid, out_dir: str, stretch: np.ndarray | None, max_n
                else not progress)
     try:
         if workers > 1 and grid.n_rows > 1:
-            import multiprocessing as mp
-
             with mp.get_context("fork").Pool(min(workers, grid.n_rows)) as pool:
                 for r in pool.imap_unordered(_cut_row, range(grid.n_rows)):
                     results.extend(r)

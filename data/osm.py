@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyogrio
+import shapely
 
 from data.gdal_errors import reason
 from utils.errors import UserError
@@ -55,16 +57,13 @@ def read_osm_pois(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         ``(x [N], y [N], category [N] str, parent [N] str, crs)``: lon/lat of the POI nodes, the value
         and the key of their first tag in :data:`POI_KEYS`, and ``"EPSG:4326"`` (OSM's CRS).
     """
-    import pyogrio
-    import shapely
-
     try:
         fields = [str(f) for f in pyogrio.read_info(path, layer="points")["fields"]]
         df = pyogrio.read_dataframe(path, layer="points",
                                     columns=[c for c in (*POI_KEYS, "other_tags") if c in fields])
     except Exception as e:  # DataSourceError for a file GDAL cannot open as OSM
         raise UserError(f"cannot read {path} as an OpenStreetMap PBF extract ({reason(e)}); "
-                        "download it again (e.g. from download.geofabrik.de) or give POIs in another format.")
+                        "download it again (e.g. from download.geofabrik.de) or give POIs in another format.") from None
     n = len(df)
     cat = np.full(n, "", dtype=object)
     par = np.full(n, "", dtype=object)

@@ -22,7 +22,14 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyogrio
+import pyproj
+import rasterio
+import shapely
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from data import osm
 from data.gdal_errors import reason
@@ -108,12 +115,10 @@ class Tiles:
 
 def crs_object(crs, what: str):
     """``pyproj.CRS`` of anything pyproj understands (``EPSG:4326``, WKT, a rasterio CRS...)."""
-    import pyproj
-
     try:
         return pyproj.CRS.from_user_input(crs if isinstance(crs, (str, int, pyproj.CRS)) else crs.to_wkt())
     except pyproj.exceptions.CRSError:
-        raise InputError(f"unknown CRS {crs!r} for {what}; give an EPSG code such as EPSG:4326 or EPSG:32651.")
+        raise InputError(f"unknown CRS {crs!r} for {what}; give an EPSG code such as EPSG:4326 or EPSG:32651.") from None
 
 
 def crs_name(crs, what: str = "a file") -> str | None:
@@ -140,8 +145,6 @@ def check_crs(crs: str | None, what: str) -> None:
 
 def reproject(xy: np.ndarray, src: str, dst: str) -> np.ndarray:
     """``[N, 2]`` coordinates from CRS ``src`` to ``dst`` (x = easting / longitude, always)."""
-    import pyproj
-
     tr = pyproj.Transformer.from_crs(crs_object(src, "--crs"), crs_object(dst, "the tiles"), always_xy=True)
     x, y = tr.transform(xy[:, 0], xy[:, 1])
     return np.stack([np.asarray(x, float), np.asarray(y, float)], axis=1)
@@ -189,17 +192,15 @@ def _text(values) -> np.ndarray:
 
 def _read_csv(path: str, x_col: str, y_col: str, cat_col: str, parent_col: str | None):
     """Columns of a CSV (TSV for ``.tsv``) as ``(x, y, category, parent, crs=None)``, row order kept."""
-    import pandas as pd
-
     sep = "\t" if path.lower().endswith(".tsv") else ","
     try:
         # Every field as text, nothing turned into NaN: an empty category must stay '' to be counted.
         df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
                          encoding="utf-8-sig", skip_blank_lines=True)
     except pd.errors.EmptyDataError:
-        raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.")
+        raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} is not a readable CSV ({reason(e)}); fix or re-export it.")
+        raise InputError(f"{path} is not a readable CSV ({reason(e)}); fix or re-export it.") from None
     df.columns = [str(c).strip() for c in df.columns]
     want = [x_col, y_col, cat_col] + ([parent_col] if parent_col else [])
     _require_columns(path, list(df.columns), want)
@@ -211,13 +212,11 @@ def _read_csv(path: str, x_col: str, y_col: str, cat_col: str, parent_col: str |
 
 
 def _layers(path: str) -> list[str]:
-    import pyogrio
-
     try:
         return [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as e:  # pyogrio.errors.DataSourceError, or GDAL's own errors on a corrupt file
         raise InputError(f"cannot read {path} as a vector file ({reason(e)}); check the file is "
-                         "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...).")
+                         "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...).") from None
 
 
 def pick_layer(path: str, layer: str | None) -> str | None:
@@ -241,16 +240,13 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
     restricts the attribute columns read (geometry is always read); a missing one is reported with the
     file's columns.
     """
-    import geopandas as gpd
-    import pyogrio
-
     ext = os.path.splitext(path)[1].lower()
     if ext in PARQUET_EXTS:
         try:
             df = gpd.read_parquet(path)
         except Exception as e:  # pyarrow / geopandas errors for a corrupt or non-geo Parquet file
             raise InputError(f"cannot read {path} as GeoParquet ({reason(e)}); re-export it "
-                             "with its geometry column (e.g. geopandas to_parquet).")
+                             "with its geometry column (e.g. geopandas to_parquet).") from None
         if columns:
             _require_columns(path, [c for c in df.columns if c != df.geometry.name], columns)
         return df
@@ -258,14 +254,14 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
     try:
         fields = [str(f) for f in pyogrio.read_info(path, layer=layer)["fields"]]
     except Exception as e:
-        raise InputError(f"cannot read layer {layer!r} of {path} ({reason(e)}); check the file.")
+        raise InputError(f"cannot read layer {layer!r} of {path} ({reason(e)}); check the file.") from None
     if columns:
         _require_columns(path, fields, columns)
     try:
         return pyogrio.read_dataframe(path, layer=layer, columns=columns)
     except Exception as e:
         raise InputError(f"cannot read {path} ({reason(e)}); check the file is complete, or "
-                         "re-export it.")
+                         "re-export it.") from None
 
 
 def _points_of(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -276,8 +272,6 @@ def _points_of(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         MultiPoint part in file order, the feature each came from, and per feature whether it was
         missing / empty / non-finite (``bad``) or of another geometry type (``not_point``).
     """
-    import shapely
-
     geoms = np.asarray(geoms, dtype=object)
     kind = shapely.get_type_id(geoms)  # -1 missing, 0 Point, 4 MultiPoint
     empty = shapely.is_empty(geoms) | (kind < 0)
@@ -301,14 +295,10 @@ def _read_vector_pois(path: str, x_col: str, y_col: str, cat_col: str, parent_co
         raise InputError(f"{path} has no features; give a file with at least one POI point.")
     cats = _text(df[cat_col].tolist())
     pars = _text(df[parent_col].tolist()) if parent_col else None
-    import geopandas as gpd
-
     if not isinstance(df, gpd.GeoDataFrame) or df.geometry.isna().all():
         # An attribute table without geometry (e.g. a GeoPackage table of lon/lat columns).
         full = read_vector(path, layer, None)
         _require_columns(path, list(full.columns), [x_col, y_col])
-        import pandas as pd
-
         x = pd.to_numeric(full[x_col], errors="coerce").to_numpy(np.float64)
         y = pd.to_numeric(full[y_col], errors="coerce").to_numpy(np.float64)
         feature = np.arange(len(df))
@@ -409,16 +399,14 @@ def _list_images(tile_dir: str) -> list[str]:
 
 def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
     """Tiles listed in an index CSV ``name,minx,miny,maxx,maxy``; names resolved in ``tile_dir``."""
-    import pandas as pd
-
     if not os.path.isfile(path):
         raise InputError(f"tile index {path} does not exist; check --tile_index.")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
-        raise InputError(f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.")
+        raise InputError(f"tile index {path} is empty; give a CSV with columns name,minx,miny,maxx,maxy.") from None
     except pd.errors.ParserError as e:
-        raise InputError(f"tile index {path} is not a readable CSV ({reason(e)}); fix it.")
+        raise InputError(f"tile index {path} is not a readable CSV ({reason(e)}); fix it.") from None
     df.columns = [str(c).strip() for c in df.columns]
     want = ["name", "minx", "miny", "maxx", "maxy"]
     missing = [c for c in want if c not in df.columns]
@@ -450,16 +438,13 @@ def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
 
 def _image_georef(path: str) -> tuple[tuple[float, float, float, float], str | None] | None:
     """Bounds and CRS of one image from its own georeferencing (rasterio), or None when it has none."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 tr, crs, w, h = src.transform, src.crs, src.width, src.height
     except RasterioIOError as e:
-        raise InputError(f"cannot read tile {path} ({reason(e)}); re-export it or give a --tile_index.")
+        raise InputError(f"cannot read tile {path} ({reason(e)}); re-export it or give a --tile_index.") from None
     if tr.is_identity and crs is None:  # GDAL's answer for an image without georeferencing
         return None
     if tr.b != 0 or tr.d != 0:

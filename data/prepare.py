@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from data import category_embed, mosaic, poi_io, splits, targets
 from data.gdal_errors import reason
-from data.layout import PUBLISHED_PRETRAIN_DIRS
 from data.graph import delaunay_edges
+from data.layout import PUBLISHED_PRETRAIN_DIRS
 from data.poi_io import InputError
 from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
 from utils.errors import StorageError
@@ -194,7 +194,7 @@ def _convert_tiff(src: str, dst: str) -> None:
                                  "--mosaic (one stretch for all tiles) or convert it (gdal_translate -ot Byte -scale).")
             data = ds.read([1, 2, 3] if ds.count >= 3 else [1])
     except RasterioIOError as e:
-        raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.")
+        raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.") from None
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
     with atomic_path(dst, durable=False) as tmp:
@@ -513,7 +513,7 @@ def _learned_embeddings(cfg: PrepareConfig, pts: _Points, cats: np.ndarray, code
     if pts.pois.parent is not None:
         # Parent of each category: its most frequent parent (a category listed under two parents
         # is a data error we tolerate rather than fail on).
-        pairs = Counter(zip(codes.tolist(), pts.pois.parent.tolist()))
+        pairs = Counter(zip(codes.tolist(), pts.pois.parent.tolist(), strict=True))
         best: dict[int, tuple[int, str]] = {}
         for (c, p), n in pairs.items():
             if c not in best or n > best[c][0]:

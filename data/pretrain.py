@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -95,13 +95,13 @@ class PretrainBatch:
     view2: torch.Tensor
     graphs: Batch
 
-    def pin_memory(self) -> "PretrainBatch":
+    def pin_memory(self) -> PretrainBatch:
         return PretrainBatch(self.view1.pin_memory(), self.view2.pin_memory(), self.graphs.pin_memory())
 
 
 def collate_pretrain(samples: list[tuple[torch.Tensor, torch.Tensor, Data]]) -> PretrainBatch:
     """Stack views and batch the POI graphs (zero-node graphs included)."""
-    v1, v2, graphs = zip(*samples)
+    v1, v2, graphs = zip(*samples, strict=True)
     return PretrainBatch(torch.stack(v1), torch.stack(v2), Batch.from_data_list(list(graphs)))
 
 

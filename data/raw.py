@@ -52,13 +52,13 @@ class RawBatch:
     images: torch.Tensor
     graphs: Batch
 
-    def pin_memory(self) -> "RawBatch":
+    def pin_memory(self) -> RawBatch:
         return RawBatch(self.images.pin_memory(), self.graphs.pin_memory())
 
 
 def collate_raw(samples: list[tuple[torch.Tensor, Data]]) -> RawBatch:
     """Stack decoded tiles (they must share one size) and batch their POI graphs."""
-    images, graphs = zip(*samples)
+    images, graphs = zip(*samples, strict=True)
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
         raise UserError(f"tiles of different sizes in one batch ({sorted(sizes)[:2]}...); "

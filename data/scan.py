@@ -33,8 +33,8 @@ from PIL import Image
 from data.layout import PretrainLayout, tensor_name
 from data.pretrain import check_tensor, list_images, load_graph
 from data.scan_cache import RACY_SECONDS, Entry, load_cache, save_cache, signature
-from utils.fileio import load_file
 from utils.errors import UserError
+from utils.fileio import load_file
 
 __all__ = ["BadFile", "ScanReport", "scan_pretrain"]
 
@@ -165,7 +165,7 @@ def _check_all(listing: _Listing, todo: list[int], poi_dim: int | None, workers:
             results = list(pool.map(_check_tiles, jobs))
     else:
         results = [_check_tiles(j) for j in jobs]
-    return {chunk[i]: (problems, n_poi) for chunk, res in zip(chunks, results) for i, problems, n_poi in res}
+    return {chunk[i]: (problems, n_poi) for chunk, res in zip(chunks, results, strict=True) for i, problems, n_poi in res}
 
 
 def scan_pretrain(layout: PretrainLayout | str | Path, workers: int = 4, cache: str | Path | None = None,

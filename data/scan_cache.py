@@ -72,7 +72,7 @@ def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None
         if not (isinstance(names, list) and isinstance(sig, list) and isinstance(zero, list)
                 and len(names) == len(sig) == len(zero)):
             return None
-        return dict(zip(names, zip(sig, zero)))
+        return dict(zip(names, zip(sig, zero, strict=True), strict=True))
     except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON / not UTF-8, odd content
         return None
 

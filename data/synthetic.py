@@ -434,7 +434,7 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     fields = []
     has_field = rng.random((B, B)) < 0.5
     fr, fc = rng.integers(0, 3, (B, B)), rng.integers(0, 2, (B, B))
-    for br, bc in zip(*np.nonzero((block_kind == _K["public"]) & has_field)):
+    for br, bc in zip(*np.nonzero((block_kind == _K["public"]) & has_field), strict=True):
         r0, c0 = br * BLOCK + fr[br, bc], bc * BLOCK + fc[br, bc]
         field_lots[r0:r0 + 2, c0:c0 + 3] = True
         fields.append((c0 * LOT_M + 6.0, r0 * LOT_M + 6.0, (c0 + 3) * LOT_M - 6.0, (r0 + 2) * LOT_M - 6.0))
@@ -696,7 +696,7 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
     roofs = np.zeros((R, R, 3), np.float32)
     tower, office, retail, factory, village = _K["highrise"], _K["office"], _K["retail"], _K["factory"], _K["informal"]
     for j, (a0, a1, b0, b1, kj, h) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(),
-                                                     kind.tolist(), reach.tolist())):
+                                                     kind.tolist(), reach.tolist(), strict=True)):
         height[a0:a1, b0:b1] = h
         building[a0:a1, b0:b1] = True
         box = roofs[a0:a1, b0:b1]
@@ -868,7 +868,7 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
     (root / "pois.csv").write_text("".join(writer.poi_lines))
     is_val = _write_split(root, writer.names, seed, val_fraction)
     (root / "categories.csv").write_text(
-        "category,parent\n" + "".join(f"{c},{p}\n" for c, p in zip(CATEGORIES, PARENTS))
+        "category,parent\n" + "".join(f"{c},{p}\n" for c, p in zip(CATEGORIES, PARENTS, strict=True))
     )
     header = "category," + ",".join(f"v{j}" for j in range(embed_dim)) + "\n"
     (root / "category_embeddings.csv").write_text(
@@ -881,7 +881,7 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
         city_version=CITY_VERSION, n_tiles=n_tiles, rows=int(plan["rows"]), cols=int(plan["cols"]),
         n_pois=int(sum(writer.n_pois)), n_zero_poi_tiles=int(sum(n == 0 for n in writer.n_pois)),
         n_categories=len(CATEGORIES), n_edges=int(writer.n_edges),
-        land_use_counts={lu: int(k) for lu, k in zip(LAND_USES, lu_counts)},
+        land_use_counts={lu: int(k) for lu, k in zip(LAND_USES, lu_counts, strict=True)},
     )
 
 
@@ -919,7 +919,7 @@ class _TileWriter:
         base = len(self.poi_lines) - 1
         self.poi_lines.extend(
             f"{base + k},{x // 100}.{x % 100:02d},{y // 100}.{y % 100:02d},{CATEGORIES[c]},{PARENTS[c]}\n"
-            for k, (x, y, c) in enumerate(zip(xy_cm[:, 0].tolist(), xy_cm[:, 1].tolist(), cats.tolist()))
+            for k, (x, y, c) in enumerate(zip(xy_cm[:, 0].tolist(), xy_cm[:, 1].tolist(), cats.tolist(), strict=True))
         )
         self.n_pois.append(int(cats.size))
         truth = tile_truth(layout, plan, i, seed)
@@ -944,8 +944,8 @@ def _write_split(root: Path, names: list[str], seed: int, val_fraction: float) -
     perm = np.random.default_rng([seed, 3]).permutation(len(names))
     is_val = np.zeros(len(names), bool)
     is_val[perm[: int(round(val_fraction * len(names)))]] = True
-    (root / "train-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val) if not v))
-    (root / "val-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val) if v))
+    (root / "train-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val, strict=True) if not v))
+    (root / "val-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val, strict=True) if v))
     return is_val
 
 

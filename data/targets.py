@@ -23,6 +23,15 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
+import rasterio
+import shapely
+from pyproj import Transformer
+from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.transform import Affine, from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
+from rasterio.windows import Window
+from tqdm import tqdm
 
 from data.gdal_errors import reason
 from data.poi_io import crs_name, crs_object, extent_overlaps, format_extent, read_vector, same_crs
@@ -112,15 +121,11 @@ def _short(crs: str) -> str:
 
 
 def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
-    import rasterio
-    from rasterio.errors import RasterioIOError
-    from rasterio.warp import transform_bounds
-
     try:
         band = int(spec.column) if spec.column else 1
     except ValueError:
         raise UserError(f"target raster {spec.path} takes a band number after ':', not {spec.column!r}; "
-                        f"give e.g. --target {spec.name}={spec.path}:1.")
+                        f"give e.g. --target {spec.name}={spec.path}:1.") from None
     try:
         with rasterio.open(spec.path) as src:
             crs, bounds, count = src.crs, src.bounds, src.count
@@ -128,7 +133,7 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
                 extent = transform_bounds(crs, crs_object(tiles_crs, "the tiles").to_wkt(), *bounds)
     except RasterioIOError as e:
         raise UserError(f"cannot read target raster {spec.path} ({reason(e)}); check that the file is "
-                        "complete and a raster GDAL reads.")
+                        "complete and a raster GDAL reads.") from None
     if crs is None:
         raise UserError(f"target raster {spec.path} has no CRS; assign the one it was made in (e.g. gdal_edit.py "
                         "-a_srs EPSG:4326).")
@@ -139,9 +144,6 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
 
 
 def _open_polygons(spec: TargetSpec, tiles_crs: str) -> Target:
-    import pandas as pd
-    import shapely
-
     if spec.column is None:
         raise UserError(f"target {spec.path} is a vector file and needs its count column: --target "
                         f"{spec.name}={spec.path}:COLUMN.")
@@ -181,8 +183,6 @@ def polygon_shares(polygons: np.ndarray, counts: np.ndarray, bounds: np.ndarray)
         ``(values [T], coverage [T])``: ``sum_p counts[p] * area(p & tile) / area(p)`` and
         ``sum_p area(p & tile) / area(tile)`` (clipped to 1; polygons are assumed not to overlap).
     """
-    import shapely
-
     t = bounds.shape[0]
     ok = np.flatnonzero(np.isfinite(counts) & ~shapely.is_missing(polygons))
     polys, cnt = polygons[ok], counts[ok]
@@ -251,10 +251,6 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
     Returns:
         ``(values [T], coverage [T])`` float64.
     """
-    import rasterio
-    from rasterio.errors import RasterioError
-    from tqdm import tqdm
-
     t = bounds.shape[0]
     values, valid_area = np.zeros(t), np.zeros(t)
     with rasterio.open(path) as src:
@@ -297,8 +293,6 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
 
 def _read_strip(src, band: int, col_lo: int, row_lo: int, col_hi: int, row_hi: int):
     """``(values, valid)`` ``[h, w]`` float64 of a window of the raster itself; invalid pixels hold 0."""
-    from rasterio.windows import Window
-
     data = src.read(band, window=Window(col_lo, row_lo, col_hi - col_lo, row_hi - row_lo), masked=True)
     data = data.astype(np.float64)
     valid = ~np.ma.getmaskarray(data) & np.isfinite(data.filled(np.nan))
@@ -320,9 +314,6 @@ def _warp_strip(src, band: int, dst_crs, tr, col_lo: int, row_lo: int, col_hi: i
     raster's total in a UTM test; this average-and-scale way kept it to 2e-5 at grid pixels of half,
     one and two source pixels.
     """
-    from rasterio.warp import Resampling, reproject, transform_bounds
-    from rasterio.windows import Window
-
     h, w = row_hi - row_lo, col_hi - col_lo
     dst_tr = _shift(tr, col_lo, row_lo)
     left, top = dst_tr.c, dst_tr.f
@@ -354,8 +345,6 @@ def _warp_strip(src, band: int, dst_crs, tr, col_lo: int, row_lo: int, col_hi: i
 
 def _shift(tr, col: int, row: int):
     """The affine transform of a window whose top-left pixel is ``(col, row)`` of ``tr``'s grid."""
-    from rasterio.transform import Affine
-
     return Affine(tr.a, tr.b, tr.c + col * tr.a + row * tr.b, tr.d, tr.e, tr.f + col * tr.d + row * tr.e)
 
 
@@ -365,8 +354,6 @@ def _source_pixels_per_pixel(src, dst_crs, tr, bounds: np.ndarray) -> np.ndarray
     The ratio varies smoothly (a few 1e-3 over a UTM zone); one value per tile is exact to ~1e-5 for
     tiles of a few km.
     """
-    from pyproj import Transformer
-
     to_src = Transformer.from_crs(dst_crs, crs_object(src.crs.to_wkt(), "the target raster"), always_xy=True)
     inv = ~src.transform
     x, y = (bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2
@@ -398,9 +385,6 @@ def _groups(rows: np.ndarray, c0: np.ndarray, c1: np.ndarray, max_px: int = 4096
 def _warp_grid(src, dst_crs: str, bounds: np.ndarray):
     """A grid in the tiles' CRS over the tiles' extent, pixels about the source's size and a whole number
     of them per tile side, aligned to the tiles' upper-left corner."""
-    from rasterio.transform import from_origin
-    from rasterio.warp import calculate_default_transform
-
     default, _, _ = calculate_default_transform(src.crs, dst_crs, src.width, src.height, *src.bounds)
     res = abs(default.a)
     size = float(np.median(bounds[:, 2] - bounds[:, 0]))
@@ -438,8 +422,6 @@ def write_values(folder: str, names: list[str], values: np.ndarray, progress: bo
     Returns:
         The number of files written.
     """
-    from tqdm import tqdm
-
     os.makedirs(folder, exist_ok=True)
     ok = np.flatnonzero(np.isfinite(values))
     for k in tqdm(ok, desc=f"write {os.path.basename(folder)}", unit="tile", disable=None if progress is None

@@ -20,8 +20,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pyogrio
+import shapely
 
 from data.gdal_errors import reason
 from utils.errors import UserError
@@ -65,15 +67,11 @@ class TileIndex:
 
     def polygons(self) -> np.ndarray:
         """``[T]`` shapely boxes of the tiles."""
-        import shapely
-
         b = self.bounds
         return shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
 
     def to_frame(self):
         """The index as a GeoDataFrame (name, row, col, extra columns, tile polygon)."""
-        import geopandas as gpd
-
         data = {"name": list(self.names), "row": self.rows.astype(np.int64), "col": self.cols.astype(np.int64)}
         data.update({k: np.asarray(v) for k, v in self.columns.items()})
         return gpd.GeoDataFrame(data, geometry=self.polygons(), crs=self.crs)
@@ -149,7 +147,7 @@ def write_tile_index(root: str | Path, index: TileIndex, timestamp: str | None =
         if timestamp is not None:
             pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
     lines = ["name,minx,miny,maxx,maxy"]
-    lines += [f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist())]
+    lines += [f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist(), strict=True)]
     atomic_write_text("\n".join(lines) + "\n", root / INDEX_CSV, durable=False)
 
 
@@ -167,7 +165,7 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
         df = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as e:  # corrupt or truncated GeoPackage
         raise UserError(f"cannot read the tile index {path} ({reason(e)}); re-run prepare_pois.py "
-                        "to write it again.")
+                        "to write it again.") from None
     if "name" not in df.columns:
         raise UserError(f"tile index {path} has no 'name' column; re-run prepare_pois.py to write it again.")
     b = df.geometry.bounds.to_numpy(np.float64) if len(df) else np.zeros((0, 4))

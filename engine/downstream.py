@@ -45,11 +45,11 @@ from data.transforms import downstream_train_transform, eval_transform
 from engine.embeddings import TileImages
 from engine.reports import (
     MapTiles,
-    map_tiles,
     Outputs,
     SeedResult,
     baseline_intro,
     comparison_lines,
+    map_tiles,
     metric_text,
     summarize,
     summary_lines,

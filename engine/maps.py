@@ -21,10 +21,23 @@ polygons. Axes are in the CRS's units, with a scale bar.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyproj
+from matplotlib import colormaps, colors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 
 from data.tile_index import TileIndex
 from utils.fileio import atomic_path
@@ -39,8 +52,6 @@ __all__ = ["prediction_frame", "distribution_frame", "embedding_frame", "write_f
 
 
 def _base(index: TileIndex, names: Sequence[str], split: Sequence[str] | None):
-    import geopandas as gpd
-
     pos = index.locate(list(names))
     split = [""] * len(pos) if split is None else [str(s) for s in split]
     if len(split) != len(pos):
@@ -90,7 +101,7 @@ def distribution_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray
     for k, c in enumerate(classes):
         frame[f"pred_{c}"] = prediction[:, k]
     known = np.isfinite(truth).all(axis=1)  # tiles without a target (unlabelled) have NaN rows
-    frame["dominant_truth"] = [classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known)]
+    frame["dominant_truth"] = [classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known, strict=True)]
     frame["dominant_pred"] = [classes[k] for k in prediction.argmax(axis=1)]
     frame["l1"] = np.where(known, np.abs(prediction - truth).sum(axis=1), np.nan)
     return frame
@@ -109,9 +120,6 @@ def embedding_frame(index: TileIndex, names: Sequence[str], embeddings: np.ndarr
     Returns:
         GeoDataFrame with ``name, split, pc1, pc2, pc3`` (and ``cluster``, and ``e*``), geometry.
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-
     frame, _ = _base(index, names, None)
     x = np.asarray(embeddings, np.float64).reshape(len(frame), -1)
     n_comp = min(3, x.shape[0], x.shape[1])
@@ -124,8 +132,6 @@ def embedding_frame(index: TileIndex, names: Sequence[str], embeddings: np.ndarr
         k = min(int(clusters), x.shape[0])
         frame["cluster"] = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x).astype(np.int64)
     if keep_vectors:
-        import pandas as pd
-
         vec = pd.DataFrame(x.astype(np.float32), columns=[f"e{k}" for k in range(x.shape[1])], index=frame.index)
         frame = frame.join(vec)
     return frame
@@ -133,8 +139,6 @@ def embedding_frame(index: TileIndex, names: Sequence[str], embeddings: np.ndarr
 
 def write_frame(frame, path: str | Path) -> None:
     """Write a GeoDataFrame as GeoPackage (``.gpkg``) or GeoParquet (``.parquet``), atomically."""
-    import warnings
-
     path = Path(path)
     ext = path.suffix.lower()
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -153,9 +157,6 @@ def write_frame(frame, path: str | Path) -> None:
 
 def _figure(n_panels: int, title: str, frame, context=None):
     """A figure of ``n_panels`` maps side by side, each panel shaped like the tiles' extent."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     b = frame.geometry.bounds.to_numpy(np.float64)
     if context is not None and len(context):
         b = np.concatenate([b, context])
@@ -198,8 +199,6 @@ def _draw(ax, frame, values: np.ndarray, cmap, norm=None, context=None):
 
     ``context``: ``[M, 4]`` bounds of other tiles of the index, drawn in light grey underneath.
     """
-    from matplotlib.collections import PolyCollection
-
     bounds = frame.geometry.bounds.to_numpy(np.float64)
     everything = bounds if context is None or len(context) == 0 else np.concatenate([bounds, context])
     g = _grid(everything)
@@ -239,22 +238,16 @@ def _draw(ax, frame, values: np.ndarray, cmap, norm=None, context=None):
 
 def _axes_in_crs(ax, crs, title: str) -> None:
     """Equal aspect, axis labels with the CRS's units, and a scale bar of a round length."""
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
     ax.set_aspect("equal")
     ax.set_title(title)
     unit, names = "", ("x", "y")
     if crs is not None:
-        import pyproj
-
         c = pyproj.CRS.from_user_input(crs)
         if len(c.axis_info) >= 2:
             unit = c.axis_info[0].unit_name
             names = ("easting", "northing") if c.is_projected else ("longitude", "latitude")
     ax.set_xlabel(f"{names[0]} ({unit})" if unit else names[0])
     ax.set_ylabel(f"{names[1]} ({unit})" if unit else names[1])
-    from matplotlib.ticker import MaxNLocator
-
     ax.ticklabel_format(style="plain", useOffset=False)
     ax.xaxis.set_major_locator(MaxNLocator(4))  # easting labels are long: few of them
     ax.yaxis.set_major_locator(MaxNLocator(5))
@@ -285,8 +278,6 @@ def plot_prediction_map(frame, path: str | Path, title: str = "", label: str = "
 
     ``frame`` from :func:`prediction_frame`; ``index`` (optional) draws the other tiles in grey.
     """
-    from matplotlib import colors
-
     ctx = _context(index, frame)
     fig, (a0, a1, a2) = _figure(3, title, frame, ctx)
     both = np.concatenate([frame["truth"].to_numpy(), frame["prediction"].to_numpy()])
@@ -306,8 +297,6 @@ def plot_prediction_map(frame, path: str | Path, title: str = "", label: str = "
 
 
 def _class_colours(classes: Sequence[str]):
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
     return {c: cmap(k % cmap.N) for k, c in enumerate(classes)}
 
@@ -318,8 +307,6 @@ def plot_distribution_map(frame, path: str | Path, classes: Sequence[str], title
 
     ``frame`` from :func:`distribution_frame`.
     """
-    from matplotlib.patches import Patch
-
     classes = [str(c) for c in classes]
     col = _class_colours(classes)
     ctx = _context(index, frame)
@@ -352,8 +339,6 @@ def plot_embedding_map(frame, path: str | Path, title: str = "", index: TileInde
     _draw(axes[0], frame, _rgb(frame[["pc1", "pc2", "pc3"]].to_numpy(np.float64)), None, None, ctx)
     _axes_in_crs(axes[0], frame.crs, "principal components 1-3 as RGB")
     if has_k:
-        from matplotlib.patches import Patch
-
         ks = sorted(int(k) for k in np.unique(frame["cluster"]))
         col = _class_colours([str(k) for k in ks])
         _draw(axes[1], frame, np.array([col[str(int(k))][:3] for k in frame["cluster"]]).reshape(-1, 3), None, None,

@@ -41,17 +41,25 @@ from data.pack import is_packed
 from data.resumable import EpochBatchSampler, SeededSamples, epoch_seed
 from data.scan import apply_bad_samples_policy, scan_pretrain
 from data.scan_cache import CACHE_NAME
-from engine.checkpoints import (ARCH_FLAGS, RESUME_FORMAT, RESUME_NAME, assert_finite, read_resumable,
-                                resume_checkpoint_path, save_bare, save_resumable)
+from engine.checkpoints import (
+    ARCH_FLAGS,
+    RESUME_FORMAT,
+    RESUME_NAME,
+    assert_finite,
+    read_resumable,
+    resume_checkpoint_path,
+    save_bare,
+    save_resumable,
+)
 from engine.run_folder import RunFolder, estimate_pretrain_space
 from models.image_encoder import ImageEncoder
 from models.poi_encoder import build_poi_encoder
 from utils.distributed import DistInfo, NullRecord, RankSlice, all_reduce_mean, gather_objects, max_over_ranks
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
-from utils.runlock import FolderLock
 from utils.records import RecordFile
 from utils.reproducibility import rng_state, seed_everything, set_rng_state, worker_init
+from utils.runlock import FolderLock
 from utils.schedule import lr_at, set_lr
 from utils.signals import StopOnSignal
 from utils.speed import convert_before_optim, make_scaler, prepare_models

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pyproj import CRS
 
 from data.downstream import read_target
@@ -97,13 +99,10 @@ def write_predictions(path: Path, names: list[str], y_true: np.ndarray, results:
 
 
 def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], title: str, log: bool) -> None:
-    """Predicted vs true (last epoch, every seed), with the identity line; PNG via the Agg backend."""
-    import matplotlib  # optional at import time: only runs that draw need it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    """Predicted vs true (last epoch, every seed), with the identity line; PNG on an Agg canvas (no global backend)."""
+    fig = Figure(figsize=(4.5, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     lo, hi = float(np.min(y_true)), float(np.max(y_true))
     for r in results:
         if r.pred is not None:
@@ -120,7 +119,6 @@ def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], titl
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     atomic_write_bytes(buf.getvalue(), path)
 
 

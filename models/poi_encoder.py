@@ -84,7 +84,7 @@ class GCNPOIEncoder(Set2SetPOIEncoder):
         super().__init__(hidden_dim, projection_dim, processing_steps)
         self.in_dim = in_dim
         dims = [in_dim] + [hidden_dim] * num_layers
-        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def node_features(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None) -> torch.Tensor:
         for conv in self.convs:

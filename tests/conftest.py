@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,7 +56,5 @@ def tiny_data(tmp_path: Path) -> Path:
 
 def run_script(args: list[str], cwd: Path, timeout: int = 300):
     """Run one of the repository's scripts as a user would, from ``cwd``."""
-    import subprocess
-
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -45,7 +45,7 @@ class StopOnSignal:
             signal.signal(s, h)  # type: ignore[arg-type]
         self._old = {}
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
             for s in STOP_SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)

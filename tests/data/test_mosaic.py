@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 from PIL import Image
+from pyproj import Transformer
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
@@ -80,8 +81,6 @@ def test_nodata_tiles_skipped_and_bands_picked(tmp_path):
 def test_reprojected_mosaic_lands_where_it_should(tmp_path):
     # A lon/lat raster with one bright 0.001 deg square, warped to UTM 51N as the error message advises:
     # the tile whose bounds contain the square's centre (projected with pyproj) holds the bright pixels.
-    from pyproj import Transformer
-
     a = np.full((1, 200, 200), 50, np.uint8)
     a[0, 8:12, 10:14] = 250  # rows 8..12, cols 10..14 of 0.0001 deg pixels: about 110 m east, 110 m south
     lon0, lat1 = 121.40, 31.25

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, TiffImagePlugin, TiffTags
 
 from data.prepare import PrepareConfig, assign_to_tiles, prepare
 from prepare_pois import build_parser, main
@@ -135,12 +135,12 @@ def test_delaunay_edges_of_known_points(tmp_path):
 
 def test_unseen_categories_reported(city):
     lines = (city / "table.csv").read_text().splitlines()
-    (city / "table.csv").write_text("\n".join(l for l in lines if not l.startswith("c6,")) + "\n")
+    (city / "table.csv").write_text("\n".join(line for line in lines if not line.startswith("c6,")) + "\n")
     summary, out = run(city, "--embeddings", str(city / "table.csv"))
     assert summary["categories_unseen_in_table"] == {"c6": 1}
     assert load(out, "emb", "A")[1].abs().sum() == 0  # POI 6 (second in A) gets the zero vector
     table = (out / "category_embeddings.csv").read_text().splitlines()
-    assert table[0].startswith("category,v0,") and any(l.startswith("c6,") for l in table)
+    assert table[0].startswith("category,v0,") and any(line.startswith("c6,") for line in table)
 
 
 def test_learned_table_roundtrip_and_nan_rows(city):
@@ -164,10 +164,10 @@ def test_learned_embeddings_pull_siblings_together(tmp_path):
     write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [["T", 0, 0, 1, 1]])
     cats = rng.integers(0, 6, size=600)
     write_csv(tmp_path / "pois.csv", ["x", "y", "category", "parent"],
-              [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats)])
+              [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats, strict=True)])
     main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--parent_col", "parent",
           "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out")])
-    rows = [l.split(",") for l in (tmp_path / "out/category_embeddings.csv").read_text().splitlines()[1:]]
+    rows = [line.split(",") for line in (tmp_path / "out/category_embeddings.csv").read_text().splitlines()[1:]]
     vec = {r[0]: np.array(r[1:], dtype=float) for r in rows}
     cos = lambda a, b: vec[a] @ vec[b]  # noqa: E731 (unit vectors)
     sib = [cos(f"c{a}", f"c{b}") for a in range(6) for b in range(a + 1, 6) if a // 3 == b // 3]
@@ -176,8 +176,6 @@ def test_learned_embeddings_pull_siblings_together(tmp_path):
 
 
 def test_geotiff_tiles_without_index(tmp_path):
-    from PIL import TiffImagePlugin, TiffTags
-
     os.makedirs(tmp_path / "tiles")
     for k, x0 in enumerate([100.0, 300.0]):  # two 20 x 10 px tiles of 10 m pixels, side by side
         ifd = TiffImagePlugin.ImageFileDirectory_v2()

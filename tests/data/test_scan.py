@@ -262,8 +262,8 @@ def test_check_data_twice_uses_the_cache_in_model_path(aged, tmp_path, capsys):
     assert sorted(p.name for p in model.iterdir()) == [".mmgr.lock", "scan_cache.json"]  # no run file in the folder
     second = run_script([str(ROOT / "mmgr.py"), *args], cwd=tmp_path)
     assert second.returncode == 2 and "1 tiles checked (4 files read), 11 unchanged tiles from the scan cache" in second.stdout
-    assert [l for l in second.stdout.splitlines() if l.startswith("bad: ")] == \
-           [l for l in first.splitlines() if l.startswith("bad: ")]
+    assert [line for line in second.stdout.splitlines() if line.startswith("bad: ")] == \
+           [line for line in first.splitlines() if line.startswith("bad: ")]
     # --rescan reads every tile again.
     with pytest.raises(UserError, match="1 problems in 1 tiles"):
         mmgr.main(args + ["--rescan"])

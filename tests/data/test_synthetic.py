@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pyproj import CRS
 
 from data import synthetic
 from data.graph import delaunay_edges
-from data.tile_index import read_tile_index
-from pyproj import CRS
 from data.synthetic import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
+from data.tile_index import read_tile_index
 
 N, S, SEED = 24, 48, 3
 REPO = Path(__file__).resolve().parents[2]
@@ -280,7 +280,7 @@ def test_population_is_dwelling_floor_area_times_a_small_invisible_factor(layout
     _, lays, truths = layouts
     dwelling = np.array([floor_areas(lay)[PERSONS[lay["kind"]] > 0].sum() for lay in lays])
     pop = np.array([t["population"] for t in truths])
-    for lay, t in zip(lays, truths):
+    for lay, t in zip(lays, truths, strict=True):
         assert t["pop_visible"] == pytest.approx(float((floor_areas(lay) * PERSONS[lay["kind"]]).sum()), rel=1e-9)
         assert t["gdp_visible"] == pytest.approx(float((floor_areas(lay) * OUTPUT[lay["kind"]]).sum()), rel=1e-9)
         assert t["population"] == pytest.approx(t["pop_visible"] * t["occupancy"], rel=1e-12)

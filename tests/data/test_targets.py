@@ -5,6 +5,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from pyproj import Transformer
 
 from data.targets import TargetSpec, compute_target, open_target, parse_target, polygon_shares, raster_sums
 from tests.data.geo_helpers import grid_bounds, write_raster
@@ -67,8 +68,6 @@ def test_raster_nodata_lowers_coverage(tmp_path):
 
 
 def test_reprojected_sources_keep_their_totals(tmp_path):
-    from pyproj import Transformer
-
     x, y = Transformer.from_crs("EPSG:4326", UTM, always_xy=True).transform(121.45, 31.25)
     x0, y1 = np.floor(x / 100) * 100 - 1000, np.ceil(y / 100) * 100 + 1000
     bounds = grid_bounds(x0, y1, 100, 30, 30)  # 3 km x 3 km of UTM tiles around the point

@@ -11,7 +11,7 @@ from utils.errors import UserError
 def test_roundtrip_with_crs_and_columns(tmp_path):
     bounds = grid_bounds(500_000, 3_400_000, 250, 2, 3)
     rows, cols = np.divmod(np.arange(6), 3)
-    names = [f"r{r:04d}_c{c:04d}.png" for r, c in zip(rows, cols)]
+    names = [f"r{r:04d}_c{c:04d}.png" for r, c in zip(rows, cols, strict=True)]
     idx = TileIndex(names=names, bounds=bounds, crs="EPSG:32651", rows=rows, cols=cols,
                     columns={"split": np.array(["train", "", "val", "train", "", ""], dtype=object),
                              "pop": np.array([1.5, np.nan, 3, 4, 5, 6])})

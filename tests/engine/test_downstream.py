@@ -114,14 +114,16 @@ def test_finetune_moves_backbone_frozen_does_not(setup):
     data, ckpt = setup
     seen = {}
     before = torch.load(ckpt, weights_only=True)["encoder.layer1.0.conv1.weight"]
-    for ft in ("0", "1"):
-        captured = {}
-        real_adam = torch.optim.Adam
+    captured = {}
+    real_adam = torch.optim.Adam
 
-        class Spy(real_adam):
-            def __init__(self, groups, **kw):
-                super().__init__(groups, **kw)
-                captured["groups"] = self.param_groups
+    class Spy(real_adam):
+        def __init__(self, groups, **kw):
+            super().__init__(groups, **kw)
+            captured["groups"] = self.param_groups
+
+    for ft in ("0", "1"):
+        captured.clear()
         torch.optim.Adam = Spy
         try:
             res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--finetune", ft, "--plot", "none"])
@@ -186,7 +188,7 @@ def test_cached_training_features_equal_the_loader_path(setup):
     full.train_feats = None
     losses = [train_one_epoch(r, 0, 1.0, False, torch.device("cpu")) for r in (cached, full)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    for a, b in zip(cached.model.encoder.fc.parameters(), full.model.encoder.fc.parameters()):
+    for a, b in zip(cached.model.encoder.fc.parameters(), full.model.encoder.fc.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 import embed
+from data.pretrain import PretrainDataset, open_rgb
+from data.transforms import eval_transform
 from engine.embeddings import poi_checkpoint_for
 from models.image_encoder import ImageEncoder
 from models.loading import load_poi_encoder
 from models.poi_encoder import build_poi_encoder
-from tests.engine.test_downstream import add_tile_index
 from tests.conftest import ROOT, run_script
+from tests.engine.test_downstream import add_tile_index
 from utils.errors import UserError
 
 ARGS = ["--workers", "0", "--device", "cpu", "--batch_size", "5"]
@@ -41,15 +43,12 @@ def test_export_matches_models_and_formats(tmp_path, tiny_data):
     b = np.load(tmp_path / "e" / "backbone.npy")
     assert b.shape == (12, 512) and np.load(tmp_path / "e" / "projection.npy").shape == (12, 16)
     # Batched export (batch 5, last batch partial) equals one tile at a time through the model.
-    from data.pretrain import open_rgb
-    from data.transforms import eval_transform
     x = eval_transform()(open_rgb(tiny_data / "img" / "t007.png"))[None]
     with torch.no_grad():
         np.testing.assert_allclose(b[7], img.features(x)[0].numpy(), rtol=1e-4, atol=1e-5)
         proj = np.load(tmp_path / "e" / "projection.npy")
         np.testing.assert_allclose(proj[7], img(x)[0].numpy(), rtol=1e-4, atol=1e-5)
     # POI embedding of a zero-POI tile (t000) and a normal one, against the encoder run on that graph alone.
-    from data.pretrain import PretrainDataset
     ds = PretrainDataset(tiny_data, eval_transform())
     p = np.load(tmp_path / "e" / "poi.npy")
     for i in (0, 3):

@@ -14,7 +14,7 @@ from utils.errors import UserError
 @pytest.fixture
 def index():
     rows, cols = np.divmod(np.arange(12), 4)
-    return TileIndex(names=[f"r{r:04d}_c{c:04d}.png" for r, c in zip(rows, cols)],
+    return TileIndex(names=[f"r{r:04d}_c{c:04d}.png" for r, c in zip(rows, cols, strict=True)],
                      bounds=grid_bounds(500_000, 3_400_000, 500, 3, 4), crs="EPSG:32651", rows=rows, cols=cols)
 
 

@@ -55,7 +55,7 @@ def test_gradients_match_published():
     za, zb = torch.randn(6, 8, generator=g, requires_grad=True), torch.randn(6, 8, generator=g, requires_grad=True)
     ga = torch.autograd.grad(nt_xent(za, zb, 0.5), (za, zb))
     gb = torch.autograd.grad(nt_xent_broadcast(za, zb, 0.5), (za, zb))
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
         assert torch.allclose(x, y, atol=1e-6)
 
 
@@ -98,7 +98,7 @@ def test_hand_written_backward_matches_autograd(b, t):
     ref = nt_xent_autograd(za, zb, t)
     ref_grads = torch.autograd.grad(3.0 * ref, (za, zb))
     assert torch.allclose(ours.double(), ref, atol=1e-5)
-    for x, y in zip(grads, ref_grads):
+    for x, y in zip(grads, ref_grads, strict=True):
         assert x.dtype == torch.float32
         assert torch.allclose(x, y, atol=1e-5, rtol=1e-4)
 

@@ -35,7 +35,7 @@ def test_pretrain_resume_and_evaluate(tmp_path, tiny_data):
     lines = (tmp_path / "train-records" / "rec.txt").read_text().splitlines()
     assert len(lines) == 6
     assert re.fullmatch(r"Step \[3/3\]\t Loss1: [0-9.e-]+\t Loss2: [0-9.e-]+", lines[2])
-    log = [json.loads(l) for l in (full / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (full / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2] and all(e["loss"] > 0 for e in log)
     assert json.loads((full / "args.json").read_text())["resnet"] == "resnet18"
 
@@ -54,7 +54,7 @@ def test_pretrain_resume_and_evaluate(tmp_path, tiny_data):
     assert r.returncode == 0, r.stderr
     assert len(re.findall(r"val MAE [0-9.]+  RMSE [0-9.]+  R2 -?[0-9.]+", r.stdout)) == 2
     assert re.search(r"best epoch [23]: MAE", r.stdout) and "last epoch 3: MAE" in r.stdout
-    recs = [json.loads(l) for l in (tmp_path / "train-records" / "pop.txt").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "train-records" / "pop.txt").read_text().splitlines()]
     assert [x["epoch"] for x in recs] == [2, 3] and {"MAE", "RMSE", "R2"} <= set(recs[0])
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import mmgr
-from tests.conftest import ROOT, make_layout, run_script
 from engine import pretrain
 from engine.checkpoints import assert_finite, prune_bare
-from utils.fileio import load_file
+from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import UserError
+from utils.fileio import load_file
 from utils.signals import StopOnSignal
 
 TINY = ["--batch_size", "4", "--resnet", "resnet18", "--img_size", "24", "--device", "cpu", "--workers", "0",
@@ -54,7 +54,7 @@ def test_check_data_lists_every_bad_file_and_exits_2(tmp_path):
     (data / "sub_shanghai_weight" / "t003.tensor").unlink()
     r = run_script([str(ROOT / "mmgr.py"), "--data_path", str(data), "--check_data", "--workers", "0"], cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    bad = [l for l in r.stdout.splitlines() if l.startswith("bad: ")]
+    bad = [line for line in r.stdout.splitlines() if line.startswith("bad: ")]
     assert len(bad) == 3 and "t001.png is not an image" in bad[1] + bad[0] + bad[2]
     assert "scan: 5 good tiles, 3 bad tiles" in r.stdout
     assert r.stderr.strip().startswith("error: 3 problems in 3 tiles")
@@ -163,7 +163,7 @@ def test_collapse_warning_with_figures(capsys):
 def test_log_has_collapse_figures_each_epoch(work):
     data = make_layout(work / "d", n_tiles=8, size=16)
     train(data, work / "m", "--total_epoch", "2")
-    log = [json.loads(l) for l in (work / "m" / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (work / "m" / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
     assert all(e["emb_std"] > 0 and e["loss_uniform"] == pytest.approx(torch.log(torch.tensor(7.0)).item()) for e in log)
 

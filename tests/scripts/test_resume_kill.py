@@ -61,8 +61,8 @@ def assert_same_as_reference(ref: Path, run: Path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{name} differs"
     # Records: the same lines, none lost or duplicated (losses are bit-identical, so are the lines).
     assert (run / "train-records" / "rec.txt").read_text() == (ref / "train-records" / "rec.txt").read_text()
-    log = [json.loads(l) for l in (run / "model" / "train_log.jsonl").read_text().splitlines()]
-    ref_log = [json.loads(l) for l in (ref / "model" / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (run / "model" / "train_log.jsonl").read_text().splitlines()]
+    ref_log = [json.loads(line) for line in (ref / "model" / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, EPOCHS + 1))
     assert [e["loss"] for e in log] == [e["loss"] for e in ref_log]
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -10,7 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from data.resumable import EpochBatchSampler
 from models.loss import nt_xent, nt_xent_gathered
+from tests.conftest import ROOT, make_layout
 from utils import distributed as du
 
 WORLD, B, F_IN, D = 2, 3, 6, 5
@@ -60,7 +68,7 @@ def test_gathered_loss_and_grads_match_single_process(tmp_path: Path):
         res = torch.load(f"{out}.{r}", weights_only=True)
         assert res["world"] == WORLD and res["rank"] == r
         assert torch.allclose(res["loss"], loss.detach(), atol=1e-5), (res["loss"], loss)
-        for g, g_ref in zip(res["grads"], ref):
+        for g, g_ref in zip(res["grads"], ref, strict=True):
             assert torch.allclose(g, g_ref, atol=1e-5), (g - g_ref).abs().max()
 
 
@@ -100,7 +108,7 @@ def test_published_gather_bug_is_detectable(tmp_path: Path):
     x1, _, xp = _data()
     nt_xent(img(x1), poi(xp), 0.5).backward()
     buggy = torch.load(f"{out}.0", weights_only=True)
-    assert not all(torch.allclose(g, p.grad, atol=1e-5) for g, p in zip(buggy, img.parameters()))
+    assert not all(torch.allclose(g, p.grad, atol=1e-5) for g, p in zip(buggy, img.parameters(), strict=True))
 
 
 def test_single_process_is_plain_nt_xent():
@@ -120,12 +128,6 @@ def test_single_process_is_plain_nt_xent():
 
 def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
     # The real script under torchrun on CPU (gloo): 12 tiles, 2 processes x batch 2 -> 3 steps per epoch.
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                         str(ROOT / "mmgr.py"), "--data_path", str(tiny_data), "--model_path", str(tmp_path / "ck"),
@@ -138,15 +140,13 @@ def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
     assert r.stdout.count("epoch 1/1") == 1 and r.stdout.count("done:") == 1  # rank 0 alone prints
     lines = (tmp_path / "train-records" / "rec.txt").read_text().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("Step [3/3]")
-    log = [json.loads(l) for l in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "ck" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["loss"] > 0
     state = torch.load(tmp_path / "ck" / "wuhan_img_1.tar", weights_only=True)
     assert next(iter(state)) == "encoder.conv1.weight"  # no DDP "module." prefix
 
 
 def test_rank_slices_partition_each_global_batch():
-    from data.resumable import EpochBatchSampler
-
     sampler = EpochBatchSampler(23, 6, seed=4)  # global batch 6 = 3 ranks x 2; 3 steps, 5 tiles dropped
     sampler.set_epoch(1, 1)  # resumed at step 1: every rank skips the same steps
     full = list(sampler)
@@ -164,7 +164,7 @@ def _children(pid: int) -> dict[int, int]:
             continue
         try:
             status = (entry / "status").read_text()
-            ppid = int(next(l for l in status.splitlines() if l.startswith("PPid:")).split()[1])
+            ppid = int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
             if ppid != pid:
                 continue
             env = dict(kv.split("=", 1) for kv in (entry / "environ").read_text().split("\0") if "=" in kv)
@@ -180,14 +180,6 @@ def test_torchrun_stop_signal_on_one_rank_then_resume_is_bit_identical(tmp_path:
     # same step (no hang in the next collective), rank 0 must save, and a resumed job must end
     # bit-identical to an uninterrupted one, which needs each rank's own random state restored
     # (--augment gpu draws its crops and colours from it).
-    import shutil
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import ROOT, make_layout
-
     data = make_layout(tmp_path / "data", n_tiles=24)  # 2 processes x batch 2: 6 steps per epoch
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 

@@ -4,6 +4,7 @@ temporary file and says in one sentence which file, how much, why and what to do
 import errno
 import io
 import os
+import pickle
 import resource
 import signal
 import tempfile
@@ -177,8 +178,6 @@ def test_real_kernel_refusal_through_torch_save(tmp_path):
 
 
 def test_write_failed_crosses_a_process_boundary_unchanged(tmp_path):
-    import pickle
-
     with write_advice("another --out", "run the command again with --overwrite"):
         err = WriteFailed(tmp_path / "t.tensor", errno=errno.ENOSPC, written=10, expected=100)
     back = pickle.loads(pickle.dumps(err))  # as multiprocessing returns a worker's exception

@@ -2,10 +2,13 @@
 
 import argparse
 import math
+import os
 
 import pytest
 
-from utils.args import str2bool
+import mmgr
+from utils import args as args_mod
+from utils.args import default_workers, str2bool
 from utils.schedule import lr_at
 
 
@@ -35,10 +38,6 @@ def test_str2bool_rejects_garbage():
 @pytest.mark.parametrize("cpus,local,expected", [(2, None, 1), (16, None, 8), (16, "1", 8), (16, "4", 3), (96, "8", 8),
                                                  (1, None, 0), (8, "8", 0)])
 def test_default_workers_share_the_cpus_among_local_processes(monkeypatch, cpus, local, expected):
-    import os
-
-    from utils.args import default_workers
-
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     if local is None:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -48,9 +47,6 @@ def test_default_workers_share_the_cpus_among_local_processes(monkeypatch, cpus,
 
 
 def test_workers_flag_default_is_resolved_and_explicit_values_win(monkeypatch):
-    import mmgr
-    from utils import args as args_mod
-
     monkeypatch.setattr(args_mod, "default_workers", lambda: 5)
     assert mmgr.parse_args([]).workers == 5
     assert mmgr.parse_args(["--workers", "0"]).workers == 0

@@ -7,6 +7,7 @@ import os
 import pickle
 import resource
 import signal
+import stat
 import tempfile
 
 import numpy as np
@@ -186,8 +187,6 @@ def test_write_failed_crosses_a_process_boundary_unchanged(tmp_path):
 
 
 def test_published_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
-    import stat
-
     mask = os.umask(0o022)
     os.umask(mask)
     atomic_write_bytes(b"x", tmp_path / "a.bin")

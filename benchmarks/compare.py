@@ -88,7 +88,7 @@ from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_save, atomic_write_text, load_file  # noqa: E402
 from utils.reproducibility import seed_everything  # noqa: E402
 from utils.schedule import lr_at  # noqa: E402
-from utils.speed import PRECISIONS, autocast  # noqa: E402
+from utils.speed import PRECISIONS, autocast, default_channels_last  # noqa: E402
 
 # variant -> extra mmgr.py flags
 PRETRAINED = {
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="autocast precision of pretraining and of the bound's training (default fp32; bf16 on GPUs)")
     p.add_argument("--channels_last", type=int, default=None,
-                   help="1/0: channels-last layout for pretraining and bound (default: mmgr.py's rule for the device)")
+                   help="1/0: channels-last layout for pretraining and bound (default: mmgr.py's rule, "
+                        "utils.speed.default_channels_last: on for CUDA and AVX-512 CPUs)")
     p.add_argument("--augment", default="cpu", choices=("cpu", "gpu"),
                    help="mmgr.py --augment: cpu (PIL in workers, default) or gpu (batched on --device)")
     return p
@@ -682,7 +683,7 @@ class Comparison:
                                        batch_size=a.batch_size, epochs=a.bound_epochs, lr=a.bound_lr, seed=seed,
                                        device=self.device, schedule=a.schedule, cos=a.cos, precision=a.precision,
                                        channels_last=bool(a.channels_last) if a.channels_last is not None
-                                       else self.device.type == "cuda", log=False)
+                                       else default_channels_last(self.device), log=False)
                 res.pop("predictions")
                 atomic_write_text(json.dumps({"config": config, **res}) + "\n", cache)
             for k, v in res.items():

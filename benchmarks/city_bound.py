@@ -1,23 +1,28 @@
 """Supervised upper bound on the synthetic city: do its images carry its targets?
 
-    OMP_NUM_THREADS=2 python benchmarks/city_bound.py                       # the proposed CPU configuration
-                                                                            # (3 tasks x 1 seed: ~10 min on 2 quiet cores)
+    OMP_NUM_THREADS=1 python benchmarks/city_bound.py                       # the CPU configuration, 20 epochs
+                                                                            # (3 tasks x 1 seed: ~6 min, 2 shared cores)
     python benchmarks/city_bound.py --tasks pop1km --seeds 0 1 2            # population only, 3 seeds
     python benchmarks/city_bound.py --data_path DATA --tasks pop1km         # any data in the downstream layout
 
-For each task the same backbone as the comparison (torchvision ResNet via
-``models.image_encoder.ImageEncoder``, random initialisation, the published downstream head
-``Linear(d, d/2) -> ReLU -> Linear(d/2, K)`` in place of the projection) is trained end to end on the
-labels of the training list and scored on the validation list after a fixed budget of epochs (the
-last epoch, no selection on the validation tiles). Data: ``data.downstream.TileTargetDataset`` with
-the downstream transforms (``RandomResizedCrop(--img_size, scale=(0.2, 1))`` + flip for training, the
-full tile for evaluation). Optimiser: Adam ``--lr`` with a cosine decay to zero over the budget.
+For each task the comparison's supervised upper bound (``benchmarks.compare.train_supervised``: one
+implementation for both scripts) is trained and scored: the same backbone as the comparison (torchvision
+ResNet via ``models.image_encoder.ImageEncoder``, random initialisation, the published downstream head
+``Linear(d, d/2) -> ReLU -> Linear(d/2, K)`` in place of the projection), trained end to end on the labels
+of the training list and scored on the validation list after a fixed budget of epochs (the last epoch,
+no selection on the validation tiles). Training views: ``RandomResizedCrop(--img_size, scale=(0.2, 1))``
++ flip, drawn per image and applied to the decoded tiles as a batch; evaluation on the full tile.
+Optimiser: Adam ``--lr`` with a cosine decay over the epochs.
 
-Targets: scalar targets are z-scored on the training tiles (MSE on ``(y - mu) / sigma``), and the
-prediction in original units is ``ReLU(mu + sigma * h)``; ``--log_target`` trains on ``log1p(y)``
-instead (predictions mapped back with ``expm1``). Metrics are always in original units (R², MAE,
-RMSE; scikit-learn); for ``func`` the head ends in a softmax, the loss is KL(true || predicted) and the
-metrics are KL, L1 and cosine (``utils.metrics.distribution_metrics``).
+Targets (engine/tasks.py, as res_pop.py and res_func.py): scalar targets are z-scored on the training
+tiles (MSE on ``(y - mu) / sigma``), and the prediction in original units is ``ReLU(mu + sigma * h)``;
+``--log_target`` trains on ``log1p(y)`` instead (predictions mapped back with ``expm1``). Metrics are
+always in original units (R², MAE, RMSE; scikit-learn); for ``func`` the head ends in a softmax, the loss
+is KL(true || predicted) and the metrics are KL, L1 and cosine (``utils.metrics.distribution_metrics``).
+
+The figures of benchmarks/RESULTS_city.md were measured with this script's first trainer (PIL crops in a
+DataLoader, the cosine decay per step); the comparison (benchmarks/RESULTS_compare.md) measures the bound
+again with the shared trainer.
 
 On the synthetic city (it writes ``truth_components.csv``) the script also prints the *visible-only
 oracle*: the R² of the true visible part of each target (floor area x persons or output per m2 of
@@ -34,27 +39,22 @@ import csv
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.downstream import TileTargetDataset, read_list  # noqa: E402
+from benchmarks.compare import load_tiles, task_for, train_supervised  # noqa: E402
+from data.downstream import read_list  # noqa: E402
 from data.synthetic import CITY_VERSION, ensure_city  # noqa: E402
-from data.transforms import downstream_train_transform, eval_transform  # noqa: E402
-from models.heads import with_task_head  # noqa: E402
-from models.image_encoder import RESNETS, ImageEncoder  # noqa: E402
+from engine.probes import load_targets  # noqa: E402
+from models.image_encoder import RESNETS  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_write_text  # noqa: E402
-from utils.metrics import distribution_metrics  # noqa: E402
-from utils.reproducibility import seed_everything  # noqa: E402
 
 # Proposed CPU configuration of the comparison (docs/synthetic_city.md); every value is a flag.
 CPU = {"n_tiles": 400, "tile_size": 96, "img_size": 64, "epochs": 20, "batch_size": 32, "lr": 1e-3,
@@ -83,71 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_distribution(task: str, targets: torch.Tensor) -> bool:
-    return targets.shape[1] > 1 or task == "func"
-
-
-def train_and_score(args: argparse.Namespace, data: Path, task: str, seed: int) -> dict:
-    """Train one end-to-end model on ``task`` and score the last epoch on the validation list."""
-    seed_everything(seed)
-    train = TileTargetDataset(data, "train-wuhan.txt", downstream_train_transform(args.img_size), target_dir=task)
-    val = TileTargetDataset(data, "val-wuhan.txt", eval_transform(), target_dir=task)
-    if len(train) < args.batch_size:
-        raise UserError(f"{data / 'train-wuhan.txt'} lists {len(train)} tiles, fewer than --batch_size {args.batch_size}; lower it")
-    dist = _is_distribution(task, train.targets)
-    y = train.targets.double()
-    if not dist and args.log_target:
-        y = torch.log1p(y)
-    mu, sigma = y.mean(0), y.std(0).clamp_min(1e-12)
-    k = train.targets.shape[1]
-    model = with_task_head(ImageEncoder(args.resnet), k, freeze_backbone=False)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    g = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=g,
-                        num_workers=args.workers)
-    steps = args.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
-        total = 0.0
-        for x, t, _ in loader:
-            h = model(x)
-            if dist:
-                loss = F.kl_div(F.log_softmax(h, 1), t, reduction="batchmean")
-            else:
-                z = ((torch.log1p(t.double()) if args.log_target else t.double()) - mu) / sigma
-                loss = F.mse_loss(h, z.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        print(f"  {task} seed {seed} epoch {epoch + 1}/{args.epochs} loss {total / len(loader):.4f}", flush=True)
-    seconds = time.perf_counter() - t0
-
-    model.eval()
-    preds = []
-    with torch.no_grad():
-        for x, _, _ in DataLoader(val, batch_size=64, num_workers=args.workers):
-            h = model(x).double()
-            if dist:
-                preds.append(F.softmax(h, 1))
-            else:
-                v = mu + sigma * h
-                preds.append(torch.expm1(v).clamp_min(0) if args.log_target else F.relu(v))
-    pred = torch.cat(preds).numpy()
-    true = val.targets.double().numpy()
-    out = {"task": task, "seed": seed, "train_seconds": round(seconds, 1), "n_train": len(train), "n_val": len(val)}
-    if dist:
-        out.update(distribution_metrics(true, pred))
-    else:
-        out.update(_regression(true[:, 0], pred[:, 0]))
-        out["pred_std_over_true_std"] = float(pred[:, 0].std() / max(true[:, 0].std(), 1e-12))
-    out["predictions"] = {n: [round(float(v), 6) for v in row] for n, row in zip(val.names, pred)}
+def train_and_score(args: argparse.Namespace, data: Path, task: str, seed: int, tiles: dict) -> dict:
+    """Train one end-to-end model on ``task`` (benchmarks.compare.train_supervised, the comparison's own
+    bound) and score the last epoch on the validation list."""
+    names = {"train": read_list(data / "train-wuhan.txt"), "val": read_list(data / "val-wuhan.txt")}
+    y_tr = load_targets(data, task, names["train"])
+    y_va = load_targets(data, task, names["val"])
+    out = train_supervised(tiles["train"], torch.from_numpy(y_tr).float(), tiles["val"], y_va,
+                           task_for(y_tr, task, args.log_target), resnet=args.resnet, img_size=args.img_size,
+                           batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=seed,
+                           device=torch.device("cpu"))
+    pred = out.pop("predictions")
+    out = {"task": task, "seed": seed, "n_train": len(y_tr), "n_val": len(y_va), **out}
+    out["predictions"] = {n: [round(float(v), 6) for v in row] for n, row in zip(names["val"], pred)}
     print(f"  {task} seed {seed}: " + "  ".join(f"{k} {out[k]:.4g}" for k in ("R2", "MAE", "RMSE", "KL", "L1", "cos",
                                                                            "pred_std_over_true_std") if k in out)
-          + f"  ({seconds:.0f} s)", flush=True)
+          + f"  ({out['train_seconds']:.0f} s)", flush=True)
     return out
 
 
@@ -245,7 +196,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.batch_size}, {args.epochs} epochs, Adam lr {args.lr:g} (cosine), "
           f"{'log1p' if args.log_target else 'z-scored raw'} scalar targets, threads {torch.get_num_threads()}", flush=True)
 
-    runs = [train_and_score(args, data, task, seed) for task in args.tasks for seed in args.seeds]
+    runs = []
+    if args.tasks:
+        tiles = {split: load_tiles([data / "img" / n for n in read_list(data / f"{split}-wuhan.txt")], args.workers)
+                 for split in ("train", "val")}
+        runs = [train_and_score(args, data, task, seed, tiles) for task in args.tasks for seed in args.seeds]
     orc = oracle(data)
     poi = poi_counts_probe(data)
 

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The comparison of benchmarks/compare.py at GPU scale, in one go, for a lent H100/H200 (issue 12 §4):
+# bounds (mean predictor, random init, supervised end to end), image-only, image–POI only and MMGR
+# pretraining, 5 seeds each, ridge and kNN probes, paired tests; prints one table. Run from anywhere:
+#
+#     bash benchmarks/gpu_compare.sh                      # on a GPU: ~5-7 min estimated (see below), one table
+#     GPU_COMPARE_TINY=1 bash benchmarks/gpu_compare.sh   # the same flow, tiny, on CPU in ~20 s (tested by
+#                                                         # tests/scripts/test_compare.py)
+#     GPU_COMPARE_EPOCHS=15 bash benchmarks/gpu_compare.sh  # fewer epochs if the first run was too slow
+#
+# Configuration (GPU): synthetic city version 2, 4,000 tiles of 256 px (seed 0; 3,200 training and 800
+# validation tiles), ResNet-18, 128 px crops, batch 256, 25 epochs, Adam lr 1e-3 with cosine decay, bf16,
+# channels-last, augmentation on the GPU (data/gpu_augment.py), pretraining from a pack of the city
+# (data/pack.py: memory-mapped shards); 5 pretraining runs at once on the one GPU (--jobs 5, each an
+# mmgr.py process with 2 decode workers), while the supervised bound (one model per task and seed, the
+# same budget: 25 epochs of 128 px crops) trains in the main process.
+#
+# Time: NOT MEASURED (no GPU was lent when this script was written); an estimate from the H200 figures of
+# benchmarks/RESULTS.md (ResNet-50 at 224 px, bf16, device augmentation: about 1,900-2,400 pretraining
+# samples/s, two views each). ResNet-18 at 128 px costs about 1/7 of those FLOPs per view; assuming only
+# a 4-5x speed-up (small kernels fill a GPU less well; several processes at once help) gives 8,000-10,000
+# samples/s: 15 pretraining runs x 25 epochs x 4,000 tiles = 1.5 M samples, 150-190 s; the supervised
+# bound (15 runs x 25 epochs x 3,200 single views, about 1/2 the work per sample) 60-75 s of the same GPU,
+# overlapping; city generation about 65 s (16 s per 1,000 tiles of 256 px measured on the project's CPU);
+# packing, decoding, process start-ups and probes 40-60 s. Total 5-7 min, under the 8 min asked for. If a
+# run is slower, rerun with GPU_COMPARE_EPOCHS lower: finished pretraining runs of the same settings
+# are reused, so an interrupted run continues (in the same GPU_COMPARE_WORK).
+#
+# Writes $OUT/gpu_compare.txt (everything printed), $OUT/results.md, results.json and compare.png if $OUT
+# is set, else ./gpu_compare_out/. Needs torch, torchvision, torch_geometric, scikit-learn, scipy,
+# matplotlib; nothing is downloaded.
+set -u
+cd "$(dirname "$0")/.."
+RES_DIR="${OUT:-./gpu_compare_out}"
+mkdir -p "$RES_DIR"
+RES="$RES_DIR/gpu_compare.txt"
+: > "$RES"
+WORK="${GPU_COMPARE_WORK:-$(mktemp -d)}"
+START=$(date +%s)
+log() { echo "$*" | tee -a "$RES"; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore
+
+log "== MMGR gpu_compare $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  work $WORK"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$RES" 2>&1
+if [ "${GPU_COMPARE_TINY:-0}" = 1 ]; then
+  # Every step of the GPU flow (pack, device augmentation, channels-last, several seeds, bounds, paired
+  # tests), tiny and on CPU. fp32: bf16 is emulated on most CPUs, and the flow, not the precision, is tested.
+  ARGS=(--device cpu --n_tiles 36 --tile_size 24 --img_size 16 --batch_size 8 --epochs "${GPU_COMPARE_EPOCHS:-1}"
+        --seeds 0 1 --jobs 0 --workers 0 --knn 3 --precision fp32)
+else
+  python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { log "no CUDA device visible: stopped (GPU_COMPARE_TINY=1 runs the tiny CPU version)"; exit 1; }
+  ARGS=(--device cuda --n_tiles 4000 --tile_size 256 --img_size 128 --batch_size 256 --epochs "${GPU_COMPARE_EPOCHS:-25}"
+        --seeds 0 1 2 3 4 --jobs "${GPU_COMPARE_JOBS:-5}" --workers 2 --precision bf16)
+fi
+ARGS+=(--resnet resnet18 --lr 1e-3 --cos 1 --channels_last 1 --augment gpu --pack 1 --out "$WORK/compare")
+log "python benchmarks/compare.py ${ARGS[*]}"
+python benchmarks/compare.py "${ARGS[@]}" 2>&1 | tee -a "$RES"
+rc=${PIPESTATUS[0]}
+for f in results.md results.json compare.png; do
+  [ -f "$WORK/compare/$f" ] && cp "$WORK/compare/$f" "$RES_DIR/$f"
+done
+log "== gpu_compare exit $rc, total $(( $(date +%s) - START )) s"
+exit "$rc"

@@ -20,7 +20,7 @@ tiles (MSE on ``(y - mu) / sigma``), and the prediction in original units is ``R
 always in original units (R², MAE, RMSE; scikit-learn); for ``func`` the head ends in a softmax, the loss
 is KL(true || predicted) and the metrics are KL, L1 and cosine (``utils.metrics.distribution_metrics``).
 
-The figures of benchmarks/RESULTS_city.md were measured with this script's first trainer (PIL crops in a
+The figures of benchmarks/RESULTS.md were measured with this script's first trainer (PIL crops in a
 DataLoader, the cosine decay per step); the comparison (benchmarks/RESULTS_compare.md) measures the bound
 again with the shared trainer.
 
@@ -29,7 +29,7 @@ oracle*: the R² of the true visible part of each target (floor area x persons o
 each building kind, times the training tiles' mean invisible factor) -- the ceiling for any image
 model -- the share of each target's log variance that is invisible, and, for reference, a ridge probe
 on POI category counts (log1p of the count of each category in the tile), to show what POIs alone
-carry. Figures and the configuration used are recorded in benchmarks/RESULTS_city.md.
+carry. Figures and the configuration used are recorded in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -55,6 +57,7 @@ from engine.probes import load_targets  # noqa: E402
 from models.image_encoder import RESNETS  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_write_text  # noqa: E402
+from utils.metrics import regression_metrics  # noqa: E402
 
 # Proposed CPU configuration of the comparison (docs/synthetic_city.md); every value is a flag.
 CPU = {"n_tiles": 400, "tile_size": 96, "img_size": 64, "epochs": 20, "batch_size": 32, "lr": 1e-3,
@@ -95,18 +98,11 @@ def train_and_score(args: argparse.Namespace, data: Path, task: str, seed: int, 
                            device=torch.device("cpu"))
     pred = out.pop("predictions")
     out = {"task": task, "seed": seed, "n_train": len(y_tr), "n_val": len(y_va), **out}
-    out["predictions"] = {n: [round(float(v), 6) for v in row] for n, row in zip(names["val"], pred)}
+    out["predictions"] = {n: [round(float(v), 6) for v in row] for n, row in zip(names["val"], pred, strict=True)}
     print(f"  {task} seed {seed}: " + "  ".join(f"{k} {out[k]:.4g}" for k in ("R2", "MAE", "RMSE", "KL", "L1", "cos",
                                                                            "pred_std_over_true_std") if k in out)
           + f"  ({out['train_seconds']:.0f} s)", flush=True)
     return out
-
-
-def _regression(true: np.ndarray, pred: np.ndarray) -> dict:
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
-    return {"R2": float(r2_score(true, pred)), "MAE": float(mean_absolute_error(true, pred)),
-            "RMSE": float(math.sqrt(mean_squared_error(true, pred)))}
 
 
 def oracle(data: Path) -> dict | None:
@@ -133,10 +129,10 @@ def oracle(data: Path) -> dict | None:
         shares = {}
         for key, keep in (("invisible_log_var_share", y > 0), ("invisible_log_var_share_large", y >= floor)):
             shares[key] = float(np.var(np.log(fac[keep])) / np.var(np.log(y[keep]))) if keep.sum() > 1 else float("nan")
-        out[target] = {**_regression(y[is_val], c * vis[is_val]), **shares, "large_from": floor,
+        out[target] = {**regression_metrics(y[is_val], c * vis[is_val]), **shares, "large_from": floor,
                        "zero_share": float((y == 0).mean()),
                        "percentiles": dict(zip(("p25", "p50", "p75", "p90", "p95", "p99", "max"),
-                                               np.percentile(y, [25, 50, 75, 90, 95, 99, 100]).round(1).tolist()))}
+                                               np.percentile(y, [25, 50, 75, 90, 95, 99, 100]).round(1).tolist(), strict=True))}
     return out
 
 
@@ -144,10 +140,6 @@ def poi_counts_probe(data: Path) -> dict | None:
     """Ridge probe (leave-one-out penalty) on log1p POI category counts per tile, for reference."""
     if not (data / "pois.csv").is_file() or not (data / "tile_index.csv").is_file():
         return None
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     with open(data / "tile_index.csv", newline="") as f:
         index = list(csv.DictReader(f))
     with open(data / "pois.csv", newline="") as f:
@@ -168,7 +160,7 @@ def poi_counts_probe(data: Path) -> dict | None:
         y = np.array([float((data / task / (Path(n).stem + ".txt")).read_text()) for n in names])
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13) * len(tr)))
         model.fit(x[tr], y[tr])
-        out[task] = _regression(y[va], np.clip(model.predict(x[va]), 0, None))
+        out[task] = regression_metrics(y[va], np.clip(model.predict(x[va]), 0, None))
     return out
 
 

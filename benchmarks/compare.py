@@ -64,6 +64,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +112,7 @@ PROTOCOL = {"mean": "mean", "supervised": "end_to_end"}
 LOWER_IS_BETTER = {"KL", "L1", "MAE", "RMSE"}
 
 # The CPU configuration (ours; docs/downstream.md, "The comparison"): city version 2 at the size whose
-# supervised bound was measured (benchmarks/RESULTS_city.md), pretraining epochs chosen so that the whole
+# supervised bound was measured (benchmarks/RESULTS.md), pretraining epochs chosen so that the whole
 # default comparison takes about 60-90 min on 2 cores (benchmarks/RESULTS_compare.md).
 CPU = {"n_tiles": 400, "tile_size": 96, "resnet": "resnet18", "img_size": 64, "batch_size": 32, "epochs": 15,
        "schedule": [], "cos": True, "lr": 1e-3, "seeds": [0, 1, 2, 3, 4]}
@@ -470,7 +472,7 @@ def paired_tests(results: dict, targets: list[str], method: str = "ridge") -> di
             y = [results[b][s][key] for s in seeds]
             cmp = paired_comparison(x, y)
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-            diffs = [xi - yi for xi, yi in zip(x, y)]
+            diffs = [xi - yi for xi, yi in zip(x, y, strict=True)]
             cmp.update({"metric": metric, "seeds": [int(s) for s in seeds], "diffs": diffs,
                         "better": int(sum(sign * d > 0 for d in diffs))})
             cmp["verdict"] = verdict(cmp)
@@ -559,15 +561,12 @@ def per_seed_table(results: dict, targets: list[str], variants: list[str]) -> st
 
 def plot(summary: dict, targets: list[str], variants: list[str], path: Path, title: str) -> None:
     """One panel per target: the primary metric of each row, with its 95 % interval as an error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     vs = [v for v in variants if v in summary]
-    fig, axes = plt.subplots(1, len(targets), figsize=(3.6 * len(targets), 4.2), dpi=110, squeeze=False)
+    fig = Figure(figsize=(3.6 * len(targets), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(targets), squeeze=False)
     colours = {"mean": "0.75", "random": "0.55", "supervised": "0.25", "poi_encoder": "C7", "poi_counts": "C7"}
-    for ax, t in zip(axes[0], targets):
+    for ax, t in zip(axes[0], targets, strict=True):
         rows = [v for v in vs if t in summary[v]]
         if not rows:
             continue
@@ -585,7 +584,6 @@ def plot(summary: dict, targets: list[str], variants: list[str], path: Path, tit
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def machine() -> dict:

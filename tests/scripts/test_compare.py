@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import compare
 from tests.conftest import ROOT
+from utils.errors import UserError
 
 ROWS = ("mean predictor (lower bound)", "random init (lower bound)", "image only (λ=1)", "image–POI only (λ=0)",
         "MMGR (λ=0.5)", "supervised end to end (upper bound)")
@@ -103,8 +104,6 @@ def test_kl_lower_is_better_in_verdicts():
 
 
 def test_bad_jobs_and_missing_data_are_one_sentence(tmp_path):
-    from utils.errors import UserError
-
     with pytest.raises(UserError, match="--jobs"):
         compare.parse_args(["--jobs", "-1"])
     with pytest.raises(UserError, match="does not exist"):

@@ -43,53 +43,108 @@ PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Export MMGR region embeddings (one row per tile) and probe them.")
-    p.add_argument("--ckpt", default=None,
-                   help="image checkpoint (*_img_<epoch>.tar or checkpoint_last.pt); default: the newest *_img_*.tar "
-                        "in --model_path")
-    p.add_argument("--model_path", default="./checkpoints",
-                   help="where to look when --ckpt is not given (default './checkpoints')")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="image checkpoint (*_img_<epoch>.tar or checkpoint_last.pt); default: the newest *_img_*.tar "
+        "in --model_path",
+    )
+    p.add_argument(
+        "--model_path", default="./checkpoints", help="where to look when --ckpt is not given (default './checkpoints')"
+    )
     p.add_argument("--data_path", default="./DATA", help="data root in either published layout (default './DATA')")
-    p.add_argument("--img_dir", default=None,
-                   help="tile directory under --data_path (default: 'img' if present, else 'sub_shanghai_img')")
-    p.add_argument("--lists", nargs="*", default=None,
-                   help="export only the tiles named in these list files under --data_path (default: every tile of "
-                        "--img_dir)")
+    p.add_argument(
+        "--img_dir",
+        default=None,
+        help="tile directory under --data_path (default: 'img' if present, else 'sub_shanghai_img')",
+    )
+    p.add_argument(
+        "--lists",
+        nargs="*",
+        default=None,
+        help="export only the tiles named in these list files under --data_path (default: every tile of --img_dir)",
+    )
     p.add_argument("--out", default="embeddings", help="output directory (default './embeddings')")
-    p.add_argument("--projected", type=str2bool, nargs="?", const=True, default=False,
-                   help="also export the image projection head's output (default off)")
-    p.add_argument("--poi", type=str2bool, nargs="?", const=True, default=False,
-                   help="also export the POI-encoder embedding of each tile's POI graph (default off)")
-    p.add_argument("--poi_ckpt", default=None,
-                   help="POI checkpoint (default: <prefix>_poi_<epoch>.tar beside --ckpt, or --ckpt itself if it is "
-                        "checkpoint_last.pt)")
-    p.add_argument("--csv", type=str2bool, nargs="?", const=True, default=True,
-                   help="write embeddings.csv (default on)")
+    p.add_argument(
+        "--projected",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="also export the image projection head's output (default off)",
+    )
+    p.add_argument(
+        "--poi",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="also export the POI-encoder embedding of each tile's POI graph (default off)",
+    )
+    p.add_argument(
+        "--poi_ckpt",
+        default=None,
+        help="POI checkpoint (default: <prefix>_poi_<epoch>.tar beside --ckpt, or --ckpt itself if it is "
+        "checkpoint_last.pt)",
+    )
+    p.add_argument(
+        "--csv", type=str2bool, nargs="?", const=True, default=True, help="write embeddings.csv (default on)"
+    )
     p.add_argument("--batch_size", type=int, default=64, help="tiles per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available, else cpu)")
-    p.add_argument("--probe", nargs="*", default=None,
-                   help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km "
-                        "gdp1km func (default: no probe)")
-    p.add_argument("--probe_features", default="backbone", choices=tuple(PREFIX),
-                   help="which exported embedding the probes and the map read (default backbone)")
-    p.add_argument("--clusters", type=int, default=0,
-                   help="with a tile index with a CRS in --data_path, also colour the embedding map by K k-means "
-                        "clusters (default 0: the principal-components map only)")
+    p.add_argument(
+        "--probe",
+        nargs="*",
+        default=None,
+        help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km "
+        "gdp1km func (default: no probe)",
+    )
+    p.add_argument(
+        "--probe_features",
+        default="backbone",
+        choices=tuple(PREFIX),
+        help="which exported embedding the probes and the map read (default backbone)",
+    )
+    p.add_argument(
+        "--clusters",
+        type=int,
+        default=0,
+        help="with a tile index with a CRS in --data_path, also colour the embedding map by K k-means "
+        "clusters (default 0: the principal-components map only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the k-means clustering (default 0)")
-    p.add_argument("--train_list", default=None,
-                   help="probe training list (default 'train-wuhan.txt' when present (published), else 'train.txt', "
-                        "what prepare_pois.py writes)")
-    p.add_argument("--val_list", default=None,
-                   help="probe validation list (default 'val-wuhan.txt' when present (published), else 'val.txt')")
-    p.add_argument("--cv", type=int, default=0,
-                   help="also score the probes by K-fold cross-validation over every labelled tile (train and val "
-                        "lists), folds grouped by spatial blocks when the data folder has a tile index; mean ± std "
-                        "over folds (default 0: off)")
-    p.add_argument("--block_tiles", type=int, default=4,
-                   help="side of the spatial blocks of --cv, in tiles (default 4, ours)")
+    p.add_argument(
+        "--train_list",
+        default=None,
+        help="probe training list (default 'train-wuhan.txt' when present (published), else 'train.txt', "
+        "what prepare_pois.py writes)",
+    )
+    p.add_argument(
+        "--val_list",
+        default=None,
+        help="probe validation list (default 'val-wuhan.txt' when present (published), else 'val.txt')",
+    )
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        help="also score the probes by K-fold cross-validation over every labelled tile (train and val "
+        "lists), folds grouped by spatial blocks when the data folder has a tile index; mean ± std "
+        "over folds (default 0: off)",
+    )
+    p.add_argument(
+        "--block_tiles", type=int, default=4, help="side of the spatial blocks of --cv, in tiles (default 4, ours)"
+    )
     p.add_argument("--knn", type=int, default=10, help="neighbours of the kNN probe (default 10)")
-    p.add_argument("--log_target", type=str2bool, nargs="?", const=True, default=False,
-                   help="probes fit log1p of scalar targets, metrics in original units (default off)")
+    p.add_argument(
+        "--log_target",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="probes fit log1p of scalar targets, metrics in original units (default off)",
+    )
     p.add_argument("--demo", action="store_true", help="use the demo city and checkpoints of `python mmgr.py --demo`")
     p.add_argument("--demo_dir", default="mmgr_demo", help="where --demo keeps its files (default 'mmgr_demo')")
     return p
@@ -103,7 +158,9 @@ def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> No
     """``name,b0,...,proj0,...,poi0,...`` one row per tile."""
     header = ["name"] + [f"{PREFIX[k]}{j}" for k, a in arrays.items() for j in range(a.shape[1])]
     joined = np.concatenate(list(arrays.values()), axis=1)
-    lines = [",".join(header)] + [name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined, strict=True)]
+    lines = [",".join(header)] + [
+        name + "," + ",".join(f"{v:.6g}" for v in row) for name, row in zip(names, joined, strict=True)
+    ]
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
@@ -127,8 +184,16 @@ def write_map(args: argparse.Namespace, names: list[str], arrays: dict[str, np.n
     out = Path(args.out)
     kind = args.probe_features if args.probe_features in arrays else "backbone"
     clusters = args.clusters or None
-    write_embedding_map(index, names, arrays[kind], out / "embeddings_map.parquet", out / "embeddings_map.png",
-                        clusters=clusters, seed=args.seed, title=f"{kind} embeddings of {len(names)} tiles")
+    write_embedding_map(
+        index,
+        names,
+        arrays[kind],
+        out / "embeddings_map.parquet",
+        out / "embeddings_map.png",
+        clusters=clusters,
+        seed=args.seed,
+        title=f"{kind} embeddings of {len(names)} tiles",
+    )
     return ["embeddings_map.parquet", "embeddings_map.png"]
 
 
@@ -162,11 +227,22 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
         written.append("embeddings.csv")
     write_parquet(out / "embeddings.parquet", names, arrays)
     written += ["embeddings.parquet", *write_map(args, names, arrays)]
-    write_meta(out / "meta.json", {"ckpt": str(ckpt), "poi_ckpt": str(poi_ckpt) if poi_ckpt else None, "resnet": resnet,
-                                   "data_path": str(root), "img_dir": img_dir, "n_tiles": len(names),
-                                   "dims": {k: int(a.shape[1]) for k, a in arrays.items()}})
-    print(f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}",
-          flush=True)
+    write_meta(
+        out / "meta.json",
+        {
+            "ckpt": str(ckpt),
+            "poi_ckpt": str(poi_ckpt) if poi_ckpt else None,
+            "resnet": resnet,
+            "data_path": str(root),
+            "img_dir": img_dir,
+            "n_tiles": len(names),
+            "dims": {k: int(a.shape[1]) for k, a in arrays.items()},
+        },
+    )
+    print(
+        f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}",
+        flush=True,
+    )
     return names, arrays
 
 
@@ -185,14 +261,26 @@ def probe(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarr
             text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
             print(f"probe {target:>8} {method:>5} ({args.probe_features}): {text}", flush=True)
         if args.cv:
-            cv = probe_target_cv(feats, names, root, target, lists, args.cv, k=args.knn, log_target=args.log_target,
-                                 block_tiles=args.block_tiles)
+            cv = probe_target_cv(
+                feats,
+                names,
+                root,
+                target,
+                lists,
+                args.cv,
+                k=args.knn,
+                log_target=args.log_target,
+                block_tiles=args.block_tiles,
+            )
             probes[target]["cv"] = cv
             for method in ("ridge", "knn"):
                 text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in cv[method].items())
                 pooled = "  ".join(f"{k} {v:.4f}" for k, v in cv["pooled"][method].items())
-                print(f"probe {target:>8} {method:>5} ({args.probe_features}, {args.cv}-fold CV): {text}  |  "
-                      f"pooled out-of-fold: {pooled}", flush=True)
+                print(
+                    f"probe {target:>8} {method:>5} ({args.probe_features}, {args.cv}-fold CV): {text}  |  "
+                    f"pooled out-of-fold: {pooled}",
+                    flush=True,
+                )
             print(f"  ({cv['grouping']}; mean ± std over folds, then all folds' predictions together)", flush=True)
     atomic_write_text(json.dumps(probes, indent=2) + "\n", Path(args.out) / "probe.json")
     return probes

@@ -33,55 +33,135 @@ from utils.speed import add_speed_flags, autocast, default_channels_last
 # --demo: a configuration that pretrains on 2 CPU cores in a few minutes. Flags given on the
 # command line still win over these.
 DEMO_CITY = {"tile_size": 128, "seed": 0}  # n_tiles: --demo_tiles (default 400)
-DEMO_DEFAULTS = {"resnet": "resnet18", "img_size": 64, "batch_size": 32, "total_epoch": 8, "lr": 1e-3,
-                 "schedule": [6], "workers": 2, "train_record": "demo_pretrain.txt", "save_every": 4}
+DEMO_DEFAULTS = {
+    "resnet": "resnet18",
+    "img_size": 64,
+    "batch_size": 32,
+    "total_epoch": 8,
+    "lr": 1e-3,
+    "schedule": [6],
+    "workers": 2,
+    "train_record": "demo_pretrain.txt",
+    "save_every": 4,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = common_parser(data_path="./DATA", model_path="./checkpoints", batch_size=128, lr=1e-2,
-                           total_epoch=120, schedule=[90, 110], img_size=224, origin="published")
-    p = argparse.ArgumentParser(description="MMGR multi-modal contrastive pretraining (Bai et al., 2023).",
-                                parents=[common])
+    common = common_parser(
+        data_path="./DATA",
+        model_path="./checkpoints",
+        batch_size=128,
+        lr=1e-2,
+        total_epoch=120,
+        schedule=[90, 110],
+        img_size=224,
+        origin="published",
+    )
+    p = argparse.ArgumentParser(
+        description="MMGR multi-modal contrastive pretraining (Bai et al., 2023).", parents=[common]
+    )
     p.add_argument("--resnet", default="resnet50", choices=RESNETS, help="image backbone (default resnet50, published)")
-    p.add_argument("--projection_dim", type=int, default=128, help="projection width of both encoders (default 128, published)")
+    p.add_argument(
+        "--projection_dim", type=int, default=128, help="projection width of both encoders (default 128, published)"
+    )
     p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature (default 0.5, published)")
-    p.add_argument("--img_lmd", type=float, default=0.5,
-                   help="λ: loss = (1-λ)·NTXent(image, POI) + λ·NTXent(image, image) (default 0.5, published)")
-    p.add_argument("--poi_encoder", default="set2set", choices=POI_ENCODERS,
-                   help="set2set = released encoder (default); gcn = GCN layers over the POI graph (paper's description)")
-    p.add_argument("--world_size", type=int, default=1,
-                   help="published flag, ignored: the number of processes is taken from torchrun's environment "
-                        "(torchrun --nproc_per_node N mmgr.py ...); default 1")
-    p.add_argument("--train_record", default="mmgr_pretrain.txt",
-                   help="per-step record file name under ./train-records/ (default 'mmgr_pretrain.txt')")
-    p.add_argument("--ckpt_prefix", default="wuhan", help="checkpoint names <prefix>_img_<epoch>.tar (default 'wuhan', published)")
-    p.add_argument("--save_every", type=int, default=20, help="write the bare state dicts every N epochs and at the end (default 20, published)")
-    p.add_argument("--resume", default=None, nargs="?", const="last",
-                   help="continue a run: a checkpoint path, 'last' (the flag alone: MODEL_PATH/checkpoint_last.pt, must exist) "
-                        "or 'auto' (resume if it exists, else start fresh); default: start fresh")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --model_path: its checkpoints, logs and per-step record are removed "
-                        "before anything new is written (default off: a folder holding a run is refused unless --resume)")
-    p.add_argument("--save_every_steps", type=int, default=0,
-                   help="also write the resumable checkpoint every N steps within an epoch (default 0: only after each epoch)")
-    p.add_argument("--keep_last", type=int, default=0,
-                   help="keep only the K newest epochs of bare state dicts (default 0: keep all, as published)")
-    p.add_argument("--bad_samples", default="error", choices=("error", "skip"),
-                   help="bad or missing tile files found by the pre-scan: error = stop and list them all (default); "
-                        "skip = train on the other tiles")
-    p.add_argument("--check_data", action="store_true", help="only scan the data, list every bad file and exit (2 if any)")
-    p.add_argument("--rescan", action="store_true",
-                   help="ignore the pre-scan cache (MODEL_PATH/scan_cache.json) and check every file again, for files "
-                        "edited in a way that kept their size and modification time (default off: tiles found good "
-                        "before, with unchanged files, are not read again)")
-    p.add_argument("--deterministic", type=str2bool, nargs="?", const=True, default=None,
-                   help="deterministic kernels and no cuDNN autotuning, for bit-identical reruns (default: on for CPU "
-                        "runs, where a busy machine otherwise changes the POI encoder's gradients in the last bits, at "
-                        "a cost of about 5-10 %% of a demo-sized step; off on GPU: docs/reliability.md)")
-    p.add_argument("--backbone_weights", default=None,
-                   help="local torchvision ResNet state dict to start the image backbone from (default: random init, published)")
-    p.add_argument("--demo_tiles", type=int, default=400,
-                   help="with --demo: tiles of the synthetic city (default 400, generated once into DEMO_DIR/city)")
+    p.add_argument(
+        "--img_lmd",
+        type=float,
+        default=0.5,
+        help="λ: loss = (1-λ)·NTXent(image, POI) + λ·NTXent(image, image) (default 0.5, published)",
+    )
+    p.add_argument(
+        "--poi_encoder",
+        default="set2set",
+        choices=POI_ENCODERS,
+        help="set2set = released encoder (default); gcn = GCN layers over the POI graph (paper's description)",
+    )
+    p.add_argument(
+        "--world_size",
+        type=int,
+        default=1,
+        help="published flag, ignored: the number of processes is taken from torchrun's environment "
+        "(torchrun --nproc_per_node N mmgr.py ...); default 1",
+    )
+    p.add_argument(
+        "--train_record",
+        default="mmgr_pretrain.txt",
+        help="per-step record file name under ./train-records/ (default 'mmgr_pretrain.txt')",
+    )
+    p.add_argument(
+        "--ckpt_prefix", default="wuhan", help="checkpoint names <prefix>_img_<epoch>.tar (default 'wuhan', published)"
+    )
+    p.add_argument(
+        "--save_every",
+        type=int,
+        default=20,
+        help="write the bare state dicts every N epochs and at the end (default 20, published)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        nargs="?",
+        const="last",
+        help="continue a run: a checkpoint path, 'last' (the flag alone: MODEL_PATH/checkpoint_last.pt, must exist) "
+        "or 'auto' (resume if it exists, else start fresh); default: start fresh",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --model_path: its checkpoints, logs and per-step record are removed "
+        "before anything new is written (default off: a folder holding a run is refused unless --resume)",
+    )
+    p.add_argument(
+        "--save_every_steps",
+        type=int,
+        default=0,
+        help="also write the resumable checkpoint every N steps within an epoch (default 0: only after each epoch)",
+    )
+    p.add_argument(
+        "--keep_last",
+        type=int,
+        default=0,
+        help="keep only the K newest epochs of bare state dicts (default 0: keep all, as published)",
+    )
+    p.add_argument(
+        "--bad_samples",
+        default="error",
+        choices=("error", "skip"),
+        help="bad or missing tile files found by the pre-scan: error = stop and list them all (default); "
+        "skip = train on the other tiles",
+    )
+    p.add_argument(
+        "--check_data", action="store_true", help="only scan the data, list every bad file and exit (2 if any)"
+    )
+    p.add_argument(
+        "--rescan",
+        action="store_true",
+        help="ignore the pre-scan cache (MODEL_PATH/scan_cache.json) and check every file again, for files "
+        "edited in a way that kept their size and modification time (default off: tiles found good "
+        "before, with unchanged files, are not read again)",
+    )
+    p.add_argument(
+        "--deterministic",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=None,
+        help="deterministic kernels and no cuDNN autotuning, for bit-identical reruns (default: on for CPU "
+        "runs, where a busy machine otherwise changes the POI encoder's gradients in the last bits, at "
+        "a cost of about 5-10 %% of a demo-sized step; off on GPU: docs/reliability.md)",
+    )
+    p.add_argument(
+        "--backbone_weights",
+        default=None,
+        help="local torchvision ResNet state dict to start the image backbone from (default: random init, published)",
+    )
+    p.add_argument(
+        "--demo_tiles",
+        type=int,
+        default=400,
+        help="with --demo: tiles of the synthetic city (default 400, generated once into DEMO_DIR/city)",
+    )
     add_layout_flags(p)
     add_speed_flags(p)
     return p
@@ -91,9 +171,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
 
 
-def training_step(batch: PretrainBatch | RawBatch, img_model: torch.nn.Module, poi_model: torch.nn.Module,
-                  args: argparse.Namespace, device: torch.device,
-                  augment: GPUAugment | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_step(
+    batch: PretrainBatch | RawBatch,
+    img_model: torch.nn.Module,
+    poi_model: torch.nn.Module,
+    args: argparse.Namespace,
+    device: torch.device,
+    augment: GPUAugment | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The MMGR objective on one batch -> ``(loss, loss_inter, loss_intra, z_img1 [B, P])``.
 
     A :class:`RawBatch` (``--augment gpu``) holds decoded uint8 tiles: both views are drawn here, on
@@ -149,9 +234,12 @@ def main(argv: list[str] | None = None) -> None:
 def make_demo_city(args: argparse.Namespace, info: DistInfo) -> None:
     """``--demo``: the synthetic city in DEMO_DIR/city, written once by the main process."""
     if info.is_main:  # one writer (and one banner); the other processes wait for the city
-        print(f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
-              f"{args.resnet}, {args.img_size} px crops, batch {args.batch_size}, {args.total_epoch} epochs, lr {args.lr:g} "
-              f"(not the published configuration: sized for a CPU)", flush=True)
+        print(
+            f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
+            f"{args.resnet}, {args.img_size} px crops, batch {args.batch_size}, {args.total_epoch} epochs, lr {args.lr:g} "
+            f"(not the published configuration: sized for a CPU)",
+            flush=True,
+        )
         ensure_city(args.data_path, n_tiles=args.demo_tiles, **DEMO_CITY)
     barrier()
 

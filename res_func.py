@@ -27,12 +27,16 @@ DEMO_DEFAULTS = {**DOWNSTREAM_DEMO, "train_record": "demo_res_func.txt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = downstream_parser(target_dir="func", train_record="res_func.txt",
-                          description="Urban function distributions (softmax head, KL loss) with a (frozen) MMGR "
-                                      "image encoder.")
-    p.add_argument("--types_file", default="func_types.txt",
-                   help="names of the K function types under --data_path, one per line (default 'func_types.txt'; "
-                        "optional)")
+    p = downstream_parser(
+        target_dir="func",
+        train_record="res_func.txt",
+        description="Urban function distributions (softmax head, KL loss) with a (frozen) MMGR image encoder.",
+    )
+    p.add_argument(
+        "--types_file",
+        default="func_types.txt",
+        help="names of the K function types under --data_path, one per line (default 'func_types.txt'; optional)",
+    )
     return p
 
 
@@ -47,16 +51,19 @@ def function_types(args: argparse.Namespace) -> tuple[str, ...]:
         return tuple(f"type_{i}" for i in range(k))
     types = tuple(line.strip() for line in types_path.read_text().splitlines() if line.strip())
     if len(types) != k:
-        raise UserError(f"{types_path} names {len(types)} function types but the files in {root / args.target_dir} "
-                        f"hold {k} proportions; make them agree")
+        raise UserError(
+            f"{types_path} names {len(types)} function types but the files in {root / args.target_dir} "
+            f"hold {k} proportions; make them agree"
+        )
     return types
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if not Path(args.data_path).is_dir():
-        raise UserError(f"data directory {args.data_path} does not exist; pass --data_path (or run "
-                        "`python mmgr.py --demo` first)")
+        raise UserError(
+            f"data directory {args.data_path} does not exist; pass --data_path (or run `python mmgr.py --demo` first)"
+        )
     return run_downstream(args, distribution_task(function_types(args)))
 
 

@@ -27,16 +27,29 @@ DEMO_DEFAULTS = {**DOWNSTREAM_DEMO, "train_record": "demo_res_pop.txt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = downstream_parser(target_dir="pop1km", train_record="res_pop.txt",
-                          description="Population/GDP regression with a (frozen) MMGR image encoder.")
-    p.add_argument("--target_norm", default="zscore", choices=TARGET_NORMS,
-                   help="zscore: the head learns (y - mean) / std of the training targets and predicts "
-                        "ReLU(mean + std * output) (default, ours: on raw targets of thousands the published head "
-                        "barely moves from a constant; docs/downstream.md); none: prediction = ReLU(output) on raw "
-                        "targets (published)")
-    p.add_argument("--log_target", type=str2bool, nargs="?", const=True, default=False,
-                   help="train on log1p(target) and map predictions back with expm1; metrics stay in original units "
-                        "(default off, published)")
+    p = downstream_parser(
+        target_dir="pop1km",
+        train_record="res_pop.txt",
+        description="Population/GDP regression with a (frozen) MMGR image encoder.",
+    )
+    p.add_argument(
+        "--target_norm",
+        default="zscore",
+        choices=TARGET_NORMS,
+        help="zscore: the head learns (y - mean) / std of the training targets and predicts "
+        "ReLU(mean + std * output) (default, ours: on raw targets of thousands the published head "
+        "barely moves from a constant; docs/downstream.md); none: prediction = ReLU(output) on raw "
+        "targets (published)",
+    )
+    p.add_argument(
+        "--log_target",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="train on log1p(target) and map predictions back with expm1; metrics stay in original units "
+        "(default off, published)",
+    )
     return p
 
 

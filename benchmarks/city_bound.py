@@ -60,29 +60,66 @@ from utils.fileio import atomic_write_text  # noqa: E402
 from utils.metrics import regression_metrics  # noqa: E402
 
 # Proposed CPU configuration of the comparison (docs/synthetic_city.md); every value is a flag.
-CPU = {"n_tiles": 400, "tile_size": 96, "img_size": 64, "epochs": 20, "batch_size": 32, "lr": 1e-3,
-       "resnet": "resnet18"}
+CPU = {
+    "n_tiles": 400,
+    "tile_size": 96,
+    "img_size": 64,
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "resnet": "resnet18",
+}
 TASKS = ("pop1km", "gdp1km", "func")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Supervised upper bound (end-to-end ResNet) and visible-only oracle on the city.")
-    p.add_argument("--data_path", default=None,
-                   help="downstream layout root (default: the synthetic city, generated in OUT/city)")
-    p.add_argument("--out", default="city_bound_out", help="output folder: city, results.json (default 'city_bound_out')")
-    p.add_argument("--n_tiles", type=int, default=CPU["n_tiles"], help=f"synthetic city tiles (default {CPU['n_tiles']}, ours)")
-    p.add_argument("--tile_size", type=int, default=CPU["tile_size"], help=f"synthetic tile px (default {CPU['tile_size']}, ours)")
+    p = argparse.ArgumentParser(
+        description="Supervised upper bound (end-to-end ResNet) and visible-only oracle on the city."
+    )
+    p.add_argument(
+        "--data_path", default=None, help="downstream layout root (default: the synthetic city, generated in OUT/city)"
+    )
+    p.add_argument(
+        "--out", default="city_bound_out", help="output folder: city, results.json (default 'city_bound_out')"
+    )
+    p.add_argument(
+        "--n_tiles", type=int, default=CPU["n_tiles"], help=f"synthetic city tiles (default {CPU['n_tiles']}, ours)"
+    )
+    p.add_argument(
+        "--tile_size", type=int, default=CPU["tile_size"], help=f"synthetic tile px (default {CPU['tile_size']}, ours)"
+    )
     p.add_argument("--city_seed", type=int, default=0, help="synthetic city seed (default 0)")
-    p.add_argument("--tasks", nargs="*", default=list(TASKS),
-                   help="target folders to train on (default pop1km gdp1km func; none: only the oracle and the POI reference)")
-    p.add_argument("--resnet", choices=RESNETS, default=CPU["resnet"], help=f"backbone (default {CPU['resnet']}, the CPU comparison's)")
-    p.add_argument("--img_size", type=int, default=CPU["img_size"], help=f"training crop px (default {CPU['img_size']}, ours)")
-    p.add_argument("--epochs", type=int, default=CPU["epochs"], help=f"fixed training budget (default {CPU['epochs']}, ours)")
-    p.add_argument("--batch_size", type=int, default=CPU["batch_size"], help=f"batch size (default {CPU['batch_size']}, ours)")
-    p.add_argument("--lr", type=float, default=CPU["lr"], help=f"Adam lr, cosine decay to 0 (default {CPU['lr']:g}, ours)")
-    p.add_argument("--log_target", action="store_true", help="train scalar targets on log1p(y) (default off: z-scored raw y)")
+    p.add_argument(
+        "--tasks",
+        nargs="*",
+        default=list(TASKS),
+        help="target folders to train on (default pop1km gdp1km func; none: only the oracle and the POI reference)",
+    )
+    p.add_argument(
+        "--resnet",
+        choices=RESNETS,
+        default=CPU["resnet"],
+        help=f"backbone (default {CPU['resnet']}, the CPU comparison's)",
+    )
+    p.add_argument(
+        "--img_size", type=int, default=CPU["img_size"], help=f"training crop px (default {CPU['img_size']}, ours)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=CPU["epochs"], help=f"fixed training budget (default {CPU['epochs']}, ours)"
+    )
+    p.add_argument(
+        "--batch_size", type=int, default=CPU["batch_size"], help=f"batch size (default {CPU['batch_size']}, ours)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=CPU["lr"], help=f"Adam lr, cosine decay to 0 (default {CPU['lr']:g}, ours)"
+    )
+    p.add_argument(
+        "--log_target", action="store_true", help="train scalar targets on log1p(y) (default off: z-scored raw y)"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, one run each (default 0)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0: decoding is cheap next to the ResNet)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="DataLoader workers (default 0: decoding is cheap next to the ResNet)"
+    )
     return p
 
 
@@ -92,16 +129,31 @@ def train_and_score(args: argparse.Namespace, data: Path, task: str, seed: int, 
     names = {"train": read_list(data / "train-wuhan.txt"), "val": read_list(data / "val-wuhan.txt")}
     y_tr = load_targets(data, task, names["train"])
     y_va = load_targets(data, task, names["val"])
-    out = train_supervised(tiles["train"], torch.from_numpy(y_tr).float(), tiles["val"], y_va,
-                           task_for(y_tr, task, args.log_target), resnet=args.resnet, img_size=args.img_size,
-                           batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=seed,
-                           device=torch.device("cpu"))
+    out = train_supervised(
+        tiles["train"],
+        torch.from_numpy(y_tr).float(),
+        tiles["val"],
+        y_va,
+        task_for(y_tr, task, args.log_target),
+        resnet=args.resnet,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=seed,
+        device=torch.device("cpu"),
+    )
     pred = out.pop("predictions")
     out = {"task": task, "seed": seed, "n_train": len(y_tr), "n_val": len(y_va), **out}
     out["predictions"] = {n: [round(float(v), 6) for v in row] for n, row in zip(names["val"], pred, strict=True)}
-    print(f"  {task} seed {seed}: " + "  ".join(f"{k} {out[k]:.4g}" for k in ("R2", "MAE", "RMSE", "KL", "L1", "cos",
-                                                                           "pred_std_over_true_std") if k in out)
-          + f"  ({out['train_seconds']:.0f} s)", flush=True)
+    print(
+        f"  {task} seed {seed}: "
+        + "  ".join(
+            f"{k} {out[k]:.4g}" for k in ("R2", "MAE", "RMSE", "KL", "L1", "cos", "pred_std_over_true_std") if k in out
+        )
+        + f"  ({out['train_seconds']:.0f} s)",
+        flush=True,
+    )
     return out
 
 
@@ -117,8 +169,10 @@ def oracle(data: Path) -> dict | None:
     out = {}
     # Shares over the tiles with a positive target, and over those with at least 1,000 persons (GDP:
     # 100 million yuan), where near-empty tiles no longer stretch the log scale.
-    for target, visible, factor, floor in (("pop1km", "pop_visible", "occupancy", 1000.0),
-                                           ("gdp1km", "gdp_visible", "productivity", 100.0)):
+    for target, visible, factor, floor in (
+        ("pop1km", "pop_visible", "occupancy", 1000.0),
+        ("gdp1km", "gdp_visible", "productivity", 100.0),
+    ):
         col = "population" if target == "pop1km" else "gdp"
         vis = np.array([float(r[visible]) for r in rows])
         fac = np.array([float(r[factor]) for r in rows])
@@ -129,10 +183,19 @@ def oracle(data: Path) -> dict | None:
         shares = {}
         for key, keep in (("invisible_log_var_share", y > 0), ("invisible_log_var_share_large", y >= floor)):
             shares[key] = float(np.var(np.log(fac[keep])) / np.var(np.log(y[keep]))) if keep.sum() > 1 else float("nan")
-        out[target] = {**regression_metrics(y[is_val], c * vis[is_val]), **shares, "large_from": floor,
-                       "zero_share": float((y == 0).mean()),
-                       "percentiles": dict(zip(("p25", "p50", "p75", "p90", "p95", "p99", "max"),
-                                               np.percentile(y, [25, 50, 75, 90, 95, 99, 100]).round(1).tolist(), strict=True))}
+        out[target] = {
+            **regression_metrics(y[is_val], c * vis[is_val]),
+            **shares,
+            "large_from": floor,
+            "zero_share": float((y == 0).mean()),
+            "percentiles": dict(
+                zip(
+                    ("p25", "p50", "p75", "p90", "p95", "p99", "max"),
+                    np.percentile(y, [25, 50, 75, 90, 95, 99, 100]).round(1).tolist(),
+                    strict=True,
+                )
+            ),
+        }
     return out
 
 
@@ -181,17 +244,24 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         data = Path(args.data_path)
         if not data.is_dir():
-            raise UserError(f"data directory {data} does not exist; pass a folder in the downstream layout to "
-                            "--data_path, or leave it out for the synthetic city")
+            raise UserError(
+                f"data directory {data} does not exist; pass a folder in the downstream layout to "
+                "--data_path, or leave it out for the synthetic city"
+            )
         where = str(data)
-    print(f"data: {where}; {args.resnet} from random init, end to end, {args.img_size} px crops, batch "
-          f"{args.batch_size}, {args.epochs} epochs, Adam lr {args.lr:g} (cosine), "
-          f"{'log1p' if args.log_target else 'z-scored raw'} scalar targets, threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"data: {where}; {args.resnet} from random init, end to end, {args.img_size} px crops, batch "
+        f"{args.batch_size}, {args.epochs} epochs, Adam lr {args.lr:g} (cosine), "
+        f"{'log1p' if args.log_target else 'z-scored raw'} scalar targets, threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     runs = []
     if args.tasks:
-        tiles = {split: load_tiles([data / "img" / n for n in read_list(data / f"{split}-wuhan.txt")], args.workers)
-                 for split in ("train", "val")}
+        tiles = {
+            split: load_tiles([data / "img" / n for n in read_list(data / f"{split}-wuhan.txt")], args.workers)
+            for split in ("train", "val")
+        }
         runs = [train_and_score(args, data, task, seed, tiles) for task in args.tasks for seed in args.seeds]
     orc = oracle(data)
     poi = poi_counts_probe(data)
@@ -202,16 +272,23 @@ def main(argv: list[str] | None = None) -> dict:
     for task in args.tasks:
         rs = [r for r in runs if r["task"] == task]
         keys = ("KL", "L1", "cos") if "KL" in rs[0] else ("R2", "MAE", "RMSE")
-        lines.append(f"  {task:8s} " + "  ".join(f"{k} {_mean_ci([r[k] for r in rs])}" for k in keys)
-                     + f"  (seeds {', '.join(str(r['seed']) for r in rs)}; {np.mean([r['train_seconds'] for r in rs]):.0f} s training each)")
+        lines.append(
+            f"  {task:8s} "
+            + "  ".join(f"{k} {_mean_ci([r[k] for r in rs])}" for k in keys)
+            + f"  (seeds {', '.join(str(r['seed']) for r in rs)}; {np.mean([r['train_seconds'] for r in rs]):.0f} s training each)"
+        )
     if orc:
         lines.append("visible-only oracle (true visible part x mean training invisible factor), validation list:")
         for task, m in orc.items():
-            lines.append(f"  {task:8s} R2 {m['R2']:.3f}  MAE {m['MAE']:.1f}  RMSE {m['RMSE']:.1f}  invisible share of the "
-                         f"log variance over all tiles: {m['invisible_log_var_share']:.3f} (y > 0), "
-                         f"{m['invisible_log_var_share_large']:.3f} (y >= {m['large_from']:g})")
-            lines.append(f"  {'':8s} all tiles: zero {m['zero_share']:.3f}, "
-                         + ", ".join(f"{k} {v:,.0f}" for k, v in m["percentiles"].items()))
+            lines.append(
+                f"  {task:8s} R2 {m['R2']:.3f}  MAE {m['MAE']:.1f}  RMSE {m['RMSE']:.1f}  invisible share of the "
+                f"log variance over all tiles: {m['invisible_log_var_share']:.3f} (y > 0), "
+                f"{m['invisible_log_var_share_large']:.3f} (y >= {m['large_from']:g})"
+            )
+            lines.append(
+                f"  {'':8s} all tiles: zero {m['zero_share']:.3f}, "
+                + ", ".join(f"{k} {v:,.0f}" for k, v in m["percentiles"].items())
+            )
     if poi:
         lines.append("reference: ridge on log1p POI category counts, validation list:")
         for task, m in poi.items():
@@ -221,8 +298,14 @@ def main(argv: list[str] | None = None) -> dict:
         ok = min(pops) >= 0.7
         lines.append(f"population bound R2 >= 0.7: {'yes' if ok else 'NO'} (min over seeds {min(pops):.3f})")
     print("\n".join(lines))
-    result = {"data": where, "config": vars(args), "runs": runs, "oracle": orc, "poi_counts": poi,
-              "city_version": CITY_VERSION if args.data_path is None else None}
+    result = {
+        "data": where,
+        "config": vars(args),
+        "runs": runs,
+        "oracle": orc,
+        "poi_counts": poi,
+        "city_version": CITY_VERSION if args.data_path is None else None,
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "results.json")
     return result

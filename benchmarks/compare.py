@@ -101,10 +101,17 @@ PRETRAINED = {
 }
 VARIANTS = ("mean", "random", "simclr", "img_poi", "mmgr", "mmgr_gcn", "poi_encoder", "poi_counts", "supervised")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "mmgr_gcn")
-LABELS = {"mean": "mean predictor (lower bound)", "random": "random init (lower bound)",
-          "simclr": "image only (λ=1)", "img_poi": "image–POI only (λ=0)", "mmgr": "MMGR (λ=0.5)",
-          "mmgr_gcn": "MMGR, GCN POI encoder", "poi_encoder": "POI only: MMGR POI encoder (ref.)",
-          "poi_counts": "POI only: category counts (ref.)", "supervised": "supervised end to end (upper bound)"}
+LABELS = {
+    "mean": "mean predictor (lower bound)",
+    "random": "random init (lower bound)",
+    "simclr": "image only (λ=1)",
+    "img_poi": "image–POI only (λ=0)",
+    "mmgr": "MMGR (λ=0.5)",
+    "mmgr_gcn": "MMGR, GCN POI encoder",
+    "poi_encoder": "POI only: MMGR POI encoder (ref.)",
+    "poi_counts": "POI only: category counts (ref.)",
+    "supervised": "supervised end to end (upper bound)",
+}
 # MMGR against each of these, seed by seed (when both rows ran).
 PAIRS = (("mmgr", "simclr"), ("mmgr", "img_poi"), ("mmgr", "random"))
 # Rows not read through a probe: the same values in the ridge and the kNN table.
@@ -114,76 +121,186 @@ LOWER_IS_BETTER = {"KL", "L1", "MAE", "RMSE"}
 # The CPU configuration (ours; docs/downstream.md, "The comparison"): city version 2 at the size whose
 # supervised bound was measured (benchmarks/RESULTS.md), pretraining epochs chosen so that the whole
 # default comparison takes about 60-90 min on 2 cores (benchmarks/RESULTS_compare.md).
-CPU = {"n_tiles": 400, "tile_size": 96, "resnet": "resnet18", "img_size": 64, "batch_size": 32, "epochs": 15,
-       "schedule": [], "cos": True, "lr": 1e-3, "seeds": [0, 1, 2, 3, 4]}
-FULL = {"n_tiles": 1000, "tile_size": 256, "resnet": "resnet50", "img_size": 224, "batch_size": 128, "epochs": 120,
-        "schedule": [90, 110], "cos": False, "lr": 1e-2, "seeds": [0, 1, 2, 3, 4]}
+CPU = {
+    "n_tiles": 400,
+    "tile_size": 96,
+    "resnet": "resnet18",
+    "img_size": 64,
+    "batch_size": 32,
+    "epochs": 15,
+    "schedule": [],
+    "cos": True,
+    "lr": 1e-3,
+    "seeds": [0, 1, 2, 3, 4],
+}
+FULL = {
+    "n_tiles": 1000,
+    "tile_size": 256,
+    "resnet": "resnet50",
+    "img_size": 224,
+    "batch_size": 128,
+    "epochs": 120,
+    "schedule": [90, 110],
+    "cos": False,
+    "lr": 1e-2,
+    "seeds": [0, 1, 2, 3, 4],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MMGR vs its baselines and bounds on population, GDP and urban functions.")
     p.add_argument("--out", default="compare_out", help="output directory (default './compare_out')")
-    p.add_argument("--data_path", default=None,
-                   help="data root holding both published layouts (default: the synthetic city, generated in OUT/city)")
-    p.add_argument("--pretrain_data", default=None,
-                   help="what mmgr.py reads for pretraining, e.g. a pack of --data_path (python -m data.pack) "
-                        "(default: --data_path)")
-    p.add_argument("--pack", type=int, default=0,
-                   help="1: pack the pretraining layout of the data into OUT/packed (data.pack: memory-mapped shards, "
-                        "no file opened per tile) and pretrain from it (default 0; the GPU script uses 1)")
-    p.add_argument("--full", action="store_true",
-                   help=f"published sizes instead of the CPU configuration ({FULL}); explicit flags still win")
-    p.add_argument("--n_tiles", type=int, default=None,
-                   help=f"synthetic city tiles (default {CPU['n_tiles']}; --full {FULL['n_tiles']})")
-    p.add_argument("--tile_size", type=int, default=None,
-                   help=f"synthetic tile pixels (default {CPU['tile_size']}; --full {FULL['tile_size']})")
+    p.add_argument(
+        "--data_path",
+        default=None,
+        help="data root holding both published layouts (default: the synthetic city, generated in OUT/city)",
+    )
+    p.add_argument(
+        "--pretrain_data",
+        default=None,
+        help="what mmgr.py reads for pretraining, e.g. a pack of --data_path (python -m data.pack) "
+        "(default: --data_path)",
+    )
+    p.add_argument(
+        "--pack",
+        type=int,
+        default=0,
+        help="1: pack the pretraining layout of the data into OUT/packed (data.pack: memory-mapped shards, "
+        "no file opened per tile) and pretrain from it (default 0; the GPU script uses 1)",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help=f"published sizes instead of the CPU configuration ({FULL}); explicit flags still win",
+    )
+    p.add_argument(
+        "--n_tiles",
+        type=int,
+        default=None,
+        help=f"synthetic city tiles (default {CPU['n_tiles']}; --full {FULL['n_tiles']})",
+    )
+    p.add_argument(
+        "--tile_size",
+        type=int,
+        default=None,
+        help=f"synthetic tile pixels (default {CPU['tile_size']}; --full {FULL['tile_size']})",
+    )
     p.add_argument("--city_seed", type=int, default=0, help="synthetic city seed (default 0)")
-    p.add_argument("--resnet", default=None, choices=RESNETS,
-                   help=f"image backbone (default {CPU['resnet']}; --full {FULL['resnet']}, published)")
-    p.add_argument("--img_size", type=int, default=None,
-                   help=f"crop size of pretraining and of the supervised bound (default {CPU['img_size']}; --full 224, "
-                        "published)")
-    p.add_argument("--batch_size", type=int, default=None,
-                   help=f"batch of pretraining and of the supervised bound (default {CPU['batch_size']}; --full 128, "
-                        "published)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"pretraining epochs (default {CPU['epochs']}, ours; --full 120, published)")
-    p.add_argument("--schedule", type=int, nargs="*", default=None,
-                   help="lr drop epochs (x0.1) when --cos is off (default none; --full 90 110, published)")
-    p.add_argument("--cos", type=int, default=None,
-                   help="1: cosine lr decay over the epochs (default 1, ours; --full 0)")
-    p.add_argument("--lr", type=float, default=None,
-                   help=f"pretraining Adam lr (default {CPU['lr']:g}: the published 1e-2 collapses small CPU runs; "
-                        "--full 1e-2, published)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help=f"seeds of every seeded row: pretraining, random init, supervised (default {CPU['seeds']})")
-    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS,
-                   help=f"rows to run (default {' '.join(DEFAULT_VARIANTS)}; mmgr_gcn on request)")
-    p.add_argument("--targets", nargs="+", default=["pop1km", "gdp1km", "func"],
-                   help="target directories (default pop1km gdp1km func; one value = regression, several = "
-                        "distribution)")
-    p.add_argument("--bound_epochs", type=int, default=None,
-                   help="epochs of the supervised bound (default: --epochs, the same budget as pretraining)")
-    p.add_argument("--bound_lr", type=float, default=1e-3,
-                   help="Adam lr of the supervised bound (default 1e-3, ours: the lr its city check used)")
-    p.add_argument("--log_target", type=int, default=0,
-                   help="1: probes fit log1p of scalar targets (metrics in original units); default 0: raw values")
+    p.add_argument(
+        "--resnet",
+        default=None,
+        choices=RESNETS,
+        help=f"image backbone (default {CPU['resnet']}; --full {FULL['resnet']}, published)",
+    )
+    p.add_argument(
+        "--img_size",
+        type=int,
+        default=None,
+        help=f"crop size of pretraining and of the supervised bound (default {CPU['img_size']}; --full 224, published)",
+    )
+    p.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help=f"batch of pretraining and of the supervised bound (default {CPU['batch_size']}; --full 128, published)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"pretraining epochs (default {CPU['epochs']}, ours; --full 120, published)",
+    )
+    p.add_argument(
+        "--schedule",
+        type=int,
+        nargs="*",
+        default=None,
+        help="lr drop epochs (x0.1) when --cos is off (default none; --full 90 110, published)",
+    )
+    p.add_argument(
+        "--cos", type=int, default=None, help="1: cosine lr decay over the epochs (default 1, ours; --full 0)"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"pretraining Adam lr (default {CPU['lr']:g}: the published 1e-2 collapses small CPU runs; "
+        "--full 1e-2, published)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"seeds of every seeded row: pretraining, random init, supervised (default {CPU['seeds']})",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(DEFAULT_VARIANTS),
+        choices=VARIANTS,
+        help=f"rows to run (default {' '.join(DEFAULT_VARIANTS)}; mmgr_gcn on request)",
+    )
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        default=["pop1km", "gdp1km", "func"],
+        help="target directories (default pop1km gdp1km func; one value = regression, several = distribution)",
+    )
+    p.add_argument(
+        "--bound_epochs",
+        type=int,
+        default=None,
+        help="epochs of the supervised bound (default: --epochs, the same budget as pretraining)",
+    )
+    p.add_argument(
+        "--bound_lr",
+        type=float,
+        default=1e-3,
+        help="Adam lr of the supervised bound (default 1e-3, ours: the lr its city check used)",
+    )
+    p.add_argument(
+        "--log_target",
+        type=int,
+        default=0,
+        help="1: probes fit log1p of scalar targets (metrics in original units); default 0: raw values",
+    )
     p.add_argument("--knn", type=int, default=10, help="kNN neighbours of the secondary probe (default 10)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="pretraining runs at once, each an mmgr.py process (default 1); 0: one after another in this "
-                        "process (no start-up cost, for tiny runs); with 2 or more the supervised bound trains in "
-                        "this process meanwhile")
-    p.add_argument("--workers", type=int, default=0,
-                   help="DataLoader workers of each pretraining run and of tile decoding (default 0: measured fastest "
-                        "on the shared 2-core machine)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="pretraining runs at once, each an mmgr.py process (default 1); 0: one after another in this "
+        "process (no start-up cost, for tiny runs); with 2 or more the supervised bound trains in "
+        "this process meanwhile",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader workers of each pretraining run and of tile decoding (default 0: measured fastest "
+        "on the shared 2-core machine)",
+    )
     p.add_argument("--device", default="cpu", help="device of pretraining, bound and embeddings (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                   help="autocast precision of pretraining and of the bound's training (default fp32; bf16 on GPUs)")
-    p.add_argument("--channels_last", type=int, default=None,
-                   help="1/0: channels-last layout for pretraining and bound (default: mmgr.py's rule, "
-                        "utils.speed.default_channels_last: on for CUDA and AVX-512 CPUs)")
-    p.add_argument("--augment", default="cpu", choices=("cpu", "gpu"),
-                   help="mmgr.py --augment: cpu (PIL in workers, default) or gpu (batched on --device)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=tuple(PRECISIONS),
+        help="autocast precision of pretraining and of the bound's training (default fp32; bf16 on GPUs)",
+    )
+    p.add_argument(
+        "--channels_last",
+        type=int,
+        default=None,
+        help="1/0: channels-last layout for pretraining and bound (default: mmgr.py's rule, "
+        "utils.speed.default_channels_last: on for CUDA and AVX-512 CPUs)",
+    )
+    p.add_argument(
+        "--augment",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="mmgr.py --augment: cpu (PIL in workers, default) or gpu (batched on --device)",
+    )
     return p
 
 
@@ -227,8 +344,10 @@ def load_tiles(files: list[Path], workers: int = 0) -> torch.Tensor:
     tiles = list(DataLoader(_DecodedTiles(files), batch_size=None, shuffle=False, num_workers=workers))
     shapes = {tuple(t.shape) for t in tiles}
     if len(shapes) != 1:
-        raise UserError(f"the tiles in {files[0].parent} have {len(shapes)} different sizes ({sorted(shapes)[:3]}); "
-                        "tiles of one comparison must share one size")
+        raise UserError(
+            f"the tiles in {files[0].parent} have {len(shapes)} different sizes ({sorted(shapes)[:3]}); "
+            "tiles of one comparison must share one size"
+        )
     return torch.stack(tiles)
 
 
@@ -240,12 +359,15 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def backbone_embeddings(model: ImageEncoder, images: torch.Tensor, device: torch.device,
-                        batch_size: int = 256) -> np.ndarray:
+def backbone_embeddings(
+    model: ImageEncoder, images: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
     """Eval-mode backbone features of whole tiles ``uint8 [N, 3, H, W]`` -> ``[N, d]`` (fp32)."""
     model = model.to(device).eval()
-    out = [model.features(normalise(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    out = [
+        model.features(normalise(images[i : i + batch_size].to(device))).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -262,10 +384,26 @@ def task_for(y: np.ndarray | torch.Tensor, target: str, log_target: bool = False
     return regression_task(log_target=log_target, target_norm="zscore")
 
 
-def train_supervised(train_images: torch.Tensor, y_train: torch.Tensor, val_images: torch.Tensor, y_val: np.ndarray,
-                     task: Task, *, resnet: str, img_size: int, batch_size: int, epochs: int, lr: float, seed: int,
-                     device: torch.device, schedule: list[int] | tuple[int, ...] = (), cos: bool = True,
-                     precision: str = "fp32", channels_last: bool = False, log: bool = True) -> dict:
+def train_supervised(
+    train_images: torch.Tensor,
+    y_train: torch.Tensor,
+    val_images: torch.Tensor,
+    y_val: np.ndarray,
+    task: Task,
+    *,
+    resnet: str,
+    img_size: int,
+    batch_size: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    schedule: list[int] | tuple[int, ...] = (),
+    cos: bool = True,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    log: bool = True,
+) -> dict:
     """Train one backbone + head end to end on labelled tiles and score the last epoch on the validation tiles.
 
     Args:
@@ -315,8 +453,14 @@ def train_supervised(train_images: torch.Tensor, y_train: torch.Tensor, val_imag
     seconds = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([task.predict(model(normalise(val_images[i:i + 256].to(device)).contiguous(
-            memory_format=memory)).float()).cpu() for i in range(0, len(val_images), 256)]).numpy()
+        pred = torch.cat(
+            [
+                task.predict(
+                    model(normalise(val_images[i : i + 256].to(device)).contiguous(memory_format=memory)).float()
+                ).cpu()
+                for i in range(0, len(val_images), 256)
+            ]
+        ).numpy()
     pred = task.to_original(pred.astype(np.float64))
     out = {**task.metrics(y_val, pred), "train_seconds": round(seconds, 1)}
     if y_val.shape[1] == 1:
@@ -331,12 +475,38 @@ def train_supervised(train_images: torch.Tensor, y_train: torch.Tensor, val_imag
 
 def pretrain_argv(args: argparse.Namespace, data: Path, out: Path, variant: str, seed: int) -> list[str]:
     """mmgr.py's flags for one (variant, seed)."""
-    argv = ["--data_path", str(data.resolve()), "--model_path", str((out / "ckpt" / f"{variant}_s{seed}").resolve()),
-            "--resnet", args.resnet, "--img_size", str(args.img_size), "--batch_size", str(args.batch_size),
-            "--total_epoch", str(args.epochs), "--lr", str(args.lr), "--seed", str(seed),
-            "--workers", str(args.workers), "--device", args.device, "--save_every", str(args.epochs),
-            "--train_record", str((out / "train-records" / f"{variant}_s{seed}.txt").resolve()),
-            "--resume", "auto", "--precision", args.precision, "--augment", args.augment]
+    argv = [
+        "--data_path",
+        str(data.resolve()),
+        "--model_path",
+        str((out / "ckpt" / f"{variant}_s{seed}").resolve()),
+        "--resnet",
+        args.resnet,
+        "--img_size",
+        str(args.img_size),
+        "--batch_size",
+        str(args.batch_size),
+        "--total_epoch",
+        str(args.epochs),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(seed),
+        "--workers",
+        str(args.workers),
+        "--device",
+        args.device,
+        "--save_every",
+        str(args.epochs),
+        "--train_record",
+        str((out / "train-records" / f"{variant}_s{seed}.txt").resolve()),
+        "--resume",
+        "auto",
+        "--precision",
+        args.precision,
+        "--augment",
+        args.augment,
+    ]
     argv += ["--cos", "true"] if args.cos else ["--schedule", *map(str, args.schedule)]
     if args.channels_last is not None:
         argv += ["--channels_last", "true" if args.channels_last else "false"]
@@ -367,8 +537,9 @@ def pretrain(args: argparse.Namespace, data: Path, out: Path, variant: str, seed
         text = log.read_text()
     else:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        r = subprocess.run([sys.executable, str(ROOT / "mmgr.py"), *argv], cwd=out, env=env, capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [sys.executable, str(ROOT / "mmgr.py"), *argv], cwd=out, env=env, capture_output=True, text=True
+        )
         text = r.stdout + r.stderr
         log.write_text(text)
         ok = r.returncode == 0
@@ -451,8 +622,13 @@ def summarise(results: dict, targets: list[str], variants: list[str], method: st
             if not vals:
                 continue
             m, ci = mean_ci(vals)
-            out.setdefault(v, {})[t] = {"metric": metric, "n": len(vals), "mean": m, "ci": ci,
-                                        "gap_closed": gap_closed(m, lo, hi)}
+            out.setdefault(v, {})[t] = {
+                "metric": metric,
+                "n": len(vals),
+                "mean": m,
+                "ci": ci,
+                "gap_closed": gap_closed(m, lo, hi),
+            }
     return out
 
 
@@ -473,8 +649,14 @@ def paired_tests(results: dict, targets: list[str], method: str = "ridge") -> di
             cmp = paired_comparison(x, y)
             sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
             diffs = [xi - yi for xi, yi in zip(x, y, strict=True)]
-            cmp.update({"metric": metric, "seeds": [int(s) for s in seeds], "diffs": diffs,
-                        "better": int(sum(sign * d > 0 for d in diffs))})
+            cmp.update(
+                {
+                    "metric": metric,
+                    "seeds": [int(s) for s in seeds],
+                    "diffs": diffs,
+                    "better": int(sum(sign * d > 0 for d in diffs)),
+                }
+            )
             cmp["verdict"] = verdict(cmp)
             out.setdefault(f"{a}-{b}", {})[t] = cmp
     return out
@@ -495,8 +677,13 @@ def verdict(cmp: dict) -> str:
 def main_table(summary: dict, targets: list[str], variants: list[str]) -> str:
     """Rows x targets: mean ± 95 % CI of the primary metric, and the gap closed."""
     cols = [(t, next((summary[v][t]["metric"] for v in summary if t in summary[v]), "R2")) for t in targets]
-    head = "| row | n | " + " | ".join(f"{t} {'R²' if m == 'R2' else m} {'↓' if m in LOWER_IS_BETTER else '↑'} "
-                                       f"| {t} gap closed" for t, m in cols) + " |"
+    head = (
+        "| row | n | "
+        + " | ".join(
+            f"{t} {'R²' if m == 'R2' else m} {'↓' if m in LOWER_IS_BETTER else '↑'} | {t} gap closed" for t, m in cols
+        )
+        + " |"
+    )
     lines = [head, "|---|---:|" + "---:|---:|" * len(cols)]
     for v in variants:
         if v not in summary:
@@ -508,25 +695,31 @@ def main_table(summary: dict, targets: list[str], variants: list[str]) -> str:
             if c is None:
                 cells += ["–", "–"]
                 continue
-            g = {"random": "0 (def.)", "supervised": "1 (def.)"}.get(v, f"{c['gap_closed']:.2f}" if np.isfinite(
-                c["gap_closed"]) else "–")
+            g = {"random": "0 (def.)", "supervised": "1 (def.)"}.get(
+                v, f"{c['gap_closed']:.2f}" if np.isfinite(c["gap_closed"]) else "–"
+            )
             cells += [format_ci(c["mean"], c["ci"]), g]
         lines.append(f"| {LABELS[v]} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def paired_table(paired: dict) -> str:
-    lines = ["| comparison | target | metric | per-seed difference (seeds) | mean diff ± 95 % CI | seeds better | "
-             "paired t p | Wilcoxon p | verdict |", "|---|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| comparison | target | metric | per-seed difference (seeds) | mean diff ± 95 % CI | seeds better | "
+        "paired t p | Wilcoxon p | verdict |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
     for pair, per_target in paired.items():
         a, b = pair.split("-")
         for t, c in per_target.items():
             diffs = ", ".join(f"{d:+.3f}" for d in c["diffs"])
             metric = "R²" if c["metric"] == "R2" else c["metric"]
             seeds = ", ".join(map(str, c["seeds"]))
-            lines.append(f"| {LABELS[a]} − {LABELS[b]} | {t} | {metric} | {diffs} ({seeds}) "
-                         f"| {format_ci(c['diff'], c['ci'])} | {c['better']}/{c['n']} "
-                         f"| {c['p_t']:.3g} | {c['p_wilcoxon']:.3g} | {c['verdict']} |")
+            lines.append(
+                f"| {LABELS[a]} − {LABELS[b]} | {t} | {metric} | {diffs} ({seeds}) "
+                f"| {format_ci(c['diff'], c['ci'])} | {c['better']}/{c['n']} "
+                f"| {c['p_t']:.3g} | {c['p_wilcoxon']:.3g} | {c['verdict']} |"
+            )
     return "\n".join(lines)
 
 
@@ -573,8 +766,9 @@ def plot(summary: dict, targets: list[str], variants: list[str], path: Path, tit
         metric = summary[rows[0]][t]["metric"]
         means = [summary[v][t]["mean"] for v in rows]
         cis = [summary[v][t]["ci"] if np.isfinite(summary[v][t]["ci"]) else 0.0 for v in rows]
-        ax.bar(range(len(rows)), means, yerr=cis, capsize=3,
-               color=[colours.get(v, f"C{i}") for i, v in enumerate(rows)])
+        ax.bar(
+            range(len(rows)), means, yerr=cis, capsize=3, color=[colours.get(v, f"C{i}") for i, v in enumerate(rows)]
+        )
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(rows, rotation=60, ha="right", fontsize=7)
         ax.axhline(0, color="black", linewidth=0.5)
@@ -588,9 +782,14 @@ def plot(summary: dict, targets: list[str], variants: list[str], path: Path, tit
 
 def machine() -> dict:
     """What ran it: CPU model and the flags that matter, GPU, versions, load."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         text = Path("/proc/cpuinfo").read_text()
         model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
@@ -618,8 +817,16 @@ def _load() -> str:
 class Comparison:
     """State of one comparison: data, decoded tiles, results so far, written after every row."""
 
-    def __init__(self, args: argparse.Namespace, data: Path, out: Path, where: str, argv: list[str] | None,
-                 started: float, phases: dict[str, float]):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        data: Path,
+        out: Path,
+        where: str,
+        argv: list[str] | None,
+        started: float,
+        phases: dict[str, float],
+    ):
         self.args, self.data, self.out, self.where, self.argv = args, data, out, where, argv
         self.started, self.phases = started, phases
         self.device = torch.device(args.device)
@@ -636,19 +843,33 @@ class Comparison:
         wanted = read_list(self.data / list_file)
         missing = [n for n in wanted if n not in self.index]
         if missing:
-            raise UserError(f"{len(missing)} tiles of {self.data / list_file} are missing from {self.data / 'img'} "
-                            f"(first: {missing[0]}); fix the list")
+            raise UserError(
+                f"{len(missing)} tiles of {self.data / list_file} are missing from {self.data / 'img'} "
+                f"(first: {missing[0]}); fix the list"
+            )
         return [self.index[n] for n in wanted]
 
     def record(self, variant: str, seed: int, values: dict[str, float]) -> None:
         self.results.setdefault(variant, {})[str(seed)] = values
-        shown = {k: round(v, 3) for k, v in values.items() if k.split("/")[2] in ("R2", "KL")
-                 and k.split("/")[1] != "knn"}
+        shown = {
+            k: round(v, 3) for k, v in values.items() if k.split("/")[2] in ("R2", "KL") and k.split("/")[1] != "knn"
+        }
         print(f"  {variant} seed {seed}: {shown}", flush=True)
 
     def probe(self, variant: str, seed: int, feats: np.ndarray) -> None:
-        probe = {t: probe_target(feats, self.names, self.data, t, "train-wuhan.txt", "val-wuhan.txt",
-                                 k=self.args.knn, log_target=bool(self.args.log_target)) for t in self.args.targets}
+        probe = {
+            t: probe_target(
+                feats,
+                self.names,
+                self.data,
+                t,
+                "train-wuhan.txt",
+                "val-wuhan.txt",
+                k=self.args.knn,
+                log_target=bool(self.args.log_target),
+            )
+            for t in self.args.targets
+        }
         self.record(variant, seed, flatten(probe))
 
     def mean_predictor(self) -> None:
@@ -663,8 +884,22 @@ class Comparison:
     def supervised(self, seed: int) -> None:
         """One end-to-end model per target for this seed (cached in OUT/supervised/)."""
         a = self.args
-        config = {"data": self.where, **{k: getattr(a, k) for k in ("resnet", "img_size", "batch_size", "bound_epochs",
-                                                                    "bound_lr", "schedule", "cos", "precision")}}
+        config = {
+            "data": self.where,
+            **{
+                k: getattr(a, k)
+                for k in (
+                    "resnet",
+                    "img_size",
+                    "batch_size",
+                    "bound_epochs",
+                    "bound_lr",
+                    "schedule",
+                    "cos",
+                    "precision",
+                )
+            },
+        }
         key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
         tr, va = self.rows_of("train-wuhan.txt"), self.rows_of("val-wuhan.txt")
         values: dict[str, float] = {}
@@ -676,12 +911,27 @@ class Comparison:
                 y_tr = load_targets(self.data, t, [self.names[i] for i in tr])
                 y_va = load_targets(self.data, t, [self.names[i] for i in va])
                 print(f"  supervised {t} seed {seed}: {a.resnet}, {a.bound_epochs} epochs", flush=True)
-                res = train_supervised(self.images[tr], torch.from_numpy(y_tr).float(), self.images[va], y_va,
-                                       task_for(y_tr, t), resnet=a.resnet, img_size=a.img_size,
-                                       batch_size=a.batch_size, epochs=a.bound_epochs, lr=a.bound_lr, seed=seed,
-                                       device=self.device, schedule=a.schedule, cos=a.cos, precision=a.precision,
-                                       channels_last=bool(a.channels_last) if a.channels_last is not None
-                                       else default_channels_last(self.device), log=False)
+                res = train_supervised(
+                    self.images[tr],
+                    torch.from_numpy(y_tr).float(),
+                    self.images[va],
+                    y_va,
+                    task_for(y_tr, t),
+                    resnet=a.resnet,
+                    img_size=a.img_size,
+                    batch_size=a.batch_size,
+                    epochs=a.bound_epochs,
+                    lr=a.bound_lr,
+                    seed=seed,
+                    device=self.device,
+                    schedule=a.schedule,
+                    cos=a.cos,
+                    precision=a.precision,
+                    channels_last=bool(a.channels_last)
+                    if a.channels_last is not None
+                    else default_channels_last(self.device),
+                    log=False,
+                )
                 res.pop("predictions")
                 atomic_write_text(json.dumps({"config": config, **res}) + "\n", cache)
             for k, v in res.items():
@@ -699,17 +949,24 @@ class Comparison:
         a = self.args
         variants = [v for v in VARIANTS if v in a.variants]
         summary = summarise(self.results, a.targets, variants)
-        blob = {"city_version": city_version_of(self.data), "data": self.where, "args": vars(a),
-                "command": self.command(), "machine": machine(),
-                "started": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                "seconds": round(time.time() - self.started, 1),
-                "phase_seconds": {k: round(v, 1) for k, v in self.phases.items()},
-                "results": self.results, "summary": summary,
-                "summary_knn": summarise(self.results, a.targets, variants, "knn"),
-                "paired": paired_tests(self.results, a.targets),
-                "paired_knn": paired_tests(self.results, a.targets, "knn"),
-                **self.extra}
+        blob = {
+            "city_version": city_version_of(self.data),
+            "data": self.where,
+            "args": vars(a),
+            "command": self.command(),
+            "machine": machine(),
+            "started": datetime.datetime.fromtimestamp(self.started, datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+            "seconds": round(time.time() - self.started, 1),
+            "phase_seconds": {k: round(v, 1) for k, v in self.phases.items()},
+            "results": self.results,
+            "summary": summary,
+            "summary_knn": summarise(self.results, a.targets, variants, "knn"),
+            "paired": paired_tests(self.results, a.targets),
+            "paired_knn": paired_tests(self.results, a.targets, "knn"),
+            **self.extra,
+        }
         atomic_write_text(json.dumps(blob, indent=1, default=float) + "\n", self.out / "results.json")
         return blob
 
@@ -724,44 +981,66 @@ def bound_check(results: dict) -> str | None:
         return None
     m, ci = mean_ci(pops)
     ok = m >= 0.7
-    return (f"Supervised bound on population: R² {format_ci(m, ci)} over {len(pops)} seeds (min {min(pops):.3f}); "
-            f"requirement R² ≥ 0.7: {'met' if ok else 'NOT met'}.")
+    return (
+        f"Supervised bound on population: R² {format_ci(m, ci)} over {len(pops)} seeds (min {min(pops):.3f}); "
+        f"requirement R² ≥ 0.7: {'met' if ok else 'NOT met'}."
+    )
 
 
 def report(blob: dict, load_start: str, load_end: str) -> str:
     a = argparse.Namespace(**blob["args"])
     results, variants = blob["results"], [v for v in VARIANTS if v in a.variants]
     mach = blob["machine"]
-    hw = f"{mach.get('gpu') or mach.get('cpu')}" + (f" (flags: {', '.join(mach.get('cpu_flags', [])) or 'none'})"
-                                                    if "gpu" not in mach else "")
+    hw = f"{mach.get('gpu') or mach.get('cpu')}" + (
+        f" (flags: {', '.join(mach.get('cpu_flags', [])) or 'none'})" if "gpu" not in mach else ""
+    )
     sched = "cosine decay" if a.cos else f"lr x0.1 at epochs {a.schedule}"
-    lines = [f"Command: `{blob['command']}`", "",
-             f"Data: {blob['data']}.",
-             f"Pretraining: {a.resnet}, {a.img_size} px crops, batch {a.batch_size}, {a.epochs} epochs, Adam lr "
-             f"{a.lr:g}, {sched}, precision {a.precision}, augmentation on {a.augment}; seeds {a.seeds}.",
-             f"Probed rows: ridge (primary) and kNN (k = {a.knn}) on frozen backbone embeddings of the whole tile, fit "
-             f"on train-wuhan.txt, scored on val-wuhan.txt{', scalar targets fit as log1p' if a.log_target else ''}.",
-             f"Supervised bound: the same {a.resnet} from random init trained end to end per task, {a.bound_epochs} "
-             f"epochs (same budget: pretraining's epochs, batch, crop size and schedule), Adam lr {a.bound_lr:g}, "
-             f"last epoch on the validation tiles.",
-             f"Machine: {hw}; {mach['platform']}; torch {mach['torch']}; OMP_NUM_THREADS={mach['omp_num_threads']}; "
-             f"load average at start {load_start}, at end {load_end}. Started {blob['started']}; "
-             f"total {blob['seconds'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in
-                                                                 blob["phase_seconds"].items()) + ").", ""]
+    lines = [
+        f"Command: `{blob['command']}`",
+        "",
+        f"Data: {blob['data']}.",
+        f"Pretraining: {a.resnet}, {a.img_size} px crops, batch {a.batch_size}, {a.epochs} epochs, Adam lr "
+        f"{a.lr:g}, {sched}, precision {a.precision}, augmentation on {a.augment}; seeds {a.seeds}.",
+        f"Probed rows: ridge (primary) and kNN (k = {a.knn}) on frozen backbone embeddings of the whole tile, fit "
+        f"on train-wuhan.txt, scored on val-wuhan.txt{', scalar targets fit as log1p' if a.log_target else ''}.",
+        f"Supervised bound: the same {a.resnet} from random init trained end to end per task, {a.bound_epochs} "
+        f"epochs (same budget: pretraining's epochs, batch, crop size and schedule), Adam lr {a.bound_lr:g}, "
+        f"last epoch on the validation tiles.",
+        f"Machine: {hw}; {mach['platform']}; torch {mach['torch']}; OMP_NUM_THREADS={mach['omp_num_threads']}; "
+        f"load average at start {load_start}, at end {load_end}. Started {blob['started']}; "
+        f"total {blob['seconds'] / 60:.1f} min ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in blob["phase_seconds"].items())
+        + ").",
+        "",
+    ]
     check = bound_check(results)
     if check:
         lines += [check, ""]
-    lines += ["Primary metrics (ridge probe), mean ± 95 % CI over seeds (Student t); gap closed = (row − random "
-              "init) / (supervised − random init) on the means:", "",
-              main_table(blob["summary"], a.targets, variants), ""]
+    lines += [
+        "Primary metrics (ridge probe), mean ± 95 % CI over seeds (Student t); gap closed = (row − random "
+        "init) / (supervised − random init) on the means:",
+        "",
+        main_table(blob["summary"], a.targets, variants),
+        "",
+    ]
     if blob["paired"]:
-        lines += ["Paired by seed (ridge, primary metric; difference = first − second; for KL a negative difference "
-                  "means the first is better; 'established' needs p < 0.05 and every seed the same way):", "",
-                  paired_table(blob["paired"]), ""]
-    lines += ["Every metric, ridge probe (mean ± 95 % CI):", "",
-              secondary_table(results, a.targets, variants, "ridge"), "",
-              f"Secondary: kNN probe (k = {a.knn}, cosine), mean ± 95 % CI (bounds' rows as above):", "",
-              secondary_table(results, a.targets, variants, "knn"), ""]
+        lines += [
+            "Paired by seed (ridge, primary metric; difference = first − second; for KL a negative difference "
+            "means the first is better; 'established' needs p < 0.05 and every seed the same way):",
+            "",
+            paired_table(blob["paired"]),
+            "",
+        ]
+    lines += [
+        "Every metric, ridge probe (mean ± 95 % CI):",
+        "",
+        secondary_table(results, a.targets, variants, "ridge"),
+        "",
+        f"Secondary: kNN probe (k = {a.knn}, cosine), mean ± 95 % CI (bounds' rows as above):",
+        "",
+        secondary_table(results, a.targets, variants, "knn"),
+        "",
+    ]
     if blob["paired_knn"]:
         lines += ["kNN, paired by seed:", "", paired_table(blob["paired_knn"]), ""]
     lines += ["Per seed (primary metric; ridge for probed rows):", "", per_seed_table(results, a.targets, variants), ""]
@@ -786,8 +1065,11 @@ def prepare(args: argparse.Namespace, out: Path, phases: dict) -> tuple[Path, Pa
         if not data.is_dir():
             raise UserError(f"data directory {data} does not exist; pass --data_path of a published layout")
     version = city_version_of(data)
-    where = (f"synthetic city version {version} ({args.n_tiles} tiles of {args.tile_size} px, seed {args.city_seed})"
-             if args.data_path is None else str(data) + (f" (synthetic city version {version})" if version else ""))
+    where = (
+        f"synthetic city version {version} ({args.n_tiles} tiles of {args.tile_size} px, seed {args.city_seed})"
+        if args.data_path is None
+        else str(data) + (f" (synthetic city version {version})" if version else "")
+    )
     phases["data"] = time.perf_counter() - t0
     pretrain_data = Path(args.pretrain_data) if args.pretrain_data else data
     if args.pack:
@@ -805,10 +1087,12 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started, load_start, phases = time.time(), _load(), {}
     data, pretrain_data, where = prepare(args, out, phases)
-    print(f"comparison on {where}: {args.resnet}, crops {args.img_size}, batch {args.batch_size}, {args.epochs} "
-          f"pretraining epochs, lr {args.lr:g}, bound {args.bound_epochs} epochs; seeds {args.seeds}; rows "
-          f"{' '.join(v for v in VARIANTS if v in args.variants)}; jobs {args.jobs}; threads {torch.get_num_threads()}",
-          flush=True)
+    print(
+        f"comparison on {where}: {args.resnet}, crops {args.img_size}, batch {args.batch_size}, {args.epochs} "
+        f"pretraining epochs, lr {args.lr:g}, bound {args.bound_epochs} epochs; seeds {args.seeds}; rows "
+        f"{' '.join(v for v in VARIANTS if v in args.variants)}; jobs {args.jobs}; threads {torch.get_num_threads()}",
+        flush=True,
+    )
     cmp = Comparison(args, data, out, where, argv, started, phases)
     print(f"decoded {len(cmp.files)} tiles in {phases['decode']:.1f} s", flush=True)
     if "mean" in args.variants:
@@ -816,8 +1100,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Pretraining runs: with 2 or more --jobs all are queued at once and the bound trains here meanwhile;
     # otherwise each runs when its row is due (seed by seed, so results.json fills as the runs finish).
-    todo = [(v, s) for s in args.seeds for v in PRETRAINED if v in args.variants
-            or (v == "mmgr" and "poi_encoder" in args.variants)]
+    todo = [
+        (v, s)
+        for s in args.seeds
+        for v in PRETRAINED
+        if v in args.variants or (v == "mmgr" and "poi_encoder" in args.variants)
+    ]
     pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
     futures = {vs: pool.submit(pretrain, args, pretrain_data, out, *vs) for vs in todo} if args.jobs >= 2 else {}
 
@@ -860,11 +1148,18 @@ def main(argv: list[str] | None = None) -> dict:
     text = report(blob, load_start, _load())
     atomic_write_text(text, out / "results.md")
     variants = [v for v in VARIANTS if v in args.variants]
-    plot(blob["summary"], args.targets, variants, out / "compare.png",
-         f"{where}; {args.resnet}, {args.epochs} epochs; ridge probe; n = {len(args.seeds)} seeds")
+    plot(
+        blob["summary"],
+        args.targets,
+        variants,
+        out / "compare.png",
+        f"{where}; {args.resnet}, {args.epochs} epochs; ridge probe; n = {len(args.seeds)} seeds",
+    )
     print("\n" + text, flush=True)
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'compare.png'} ({blob['seconds'] / 60:.1f} min)",
-          flush=True)
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'compare.png'} ({blob['seconds'] / 60:.1f} min)",
+        flush=True,
+    )
     return blob
 
 

@@ -64,9 +64,15 @@ def items_per_s(ds, passes: int = 2) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiles", type=int, default=300, help="synthetic tiles (default 300)")
-    p.add_argument("--tile_size", type=int, default=256, help="tile side in px (default 256, the public sample's tiles)")
-    p.add_argument("--img_size", type=int, default=224, help="crop size of the PIL augmentation (default 224, published)")
-    p.add_argument("--dir", default=None, help="where to write the data set (default: a temporary directory, removed after)")
+    p.add_argument(
+        "--tile_size", type=int, default=256, help="tile side in px (default 256, the public sample's tiles)"
+    )
+    p.add_argument(
+        "--img_size", type=int, default=224, help="crop size of the PIL augmentation (default 224, published)"
+    )
+    p.add_argument(
+        "--dir", default=None, help="where to write the data set (default: a temporary directory, removed after)"
+    )
     args = p.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -82,8 +88,10 @@ def main() -> None:
             ("packed, decode only (--augment gpu)", PackedPretrainDataset(packed)),
             ("packed + PIL x2 (--augment cpu)", PackedPretrainDataset(packed, t)),
         ]
-        print(f"{args.tiles} tiles of {args.tile_size} px: folder {size_mb:.1f} MB, pack {pack_mb:.1f} MB; "
-              f"one core (torch threads {torch.get_num_threads()}), second pass timed")
+        print(
+            f"{args.tiles} tiles of {args.tile_size} px: folder {size_mb:.1f} MB, pack {pack_mb:.1f} MB; "
+            f"one core (torch threads {torch.get_num_threads()}), second pass timed"
+        )
         base = None
         for name, ds in rows:
             r = items_per_s(ds)

@@ -40,7 +40,11 @@ def _objective(img, poi, x1, x2, xp, loss_fn) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu (default: cuda if available)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (default: cuda if available)",
+    )
     p.add_argument("--batch_size", type=int, default=64, help="rows per process (default 64)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference (default 1e-4)")
     a = p.parse_args()
@@ -54,7 +58,7 @@ def main() -> None:
         img, poi = _models(device, d_in, d)
         ids = [device.index] if device.type == "cuda" else None
         img_d, poi_d = (DDP(img, device_ids=ids), DDP(poi, device_ids=ids)) if info.enabled else (img, poi)
-        mine = [x[info.rank * b:(info.rank + 1) * b].to(device) for x in full]
+        mine = [x[info.rank * b : (info.rank + 1) * b].to(device) for x in full]
         loss = _objective(img_d, poi_d, *mine, nt_xent_gathered)
         loss.backward()
         mean_loss = all_reduce_mean(loss).item()
@@ -69,9 +73,12 @@ def main() -> None:
         grad_diff = max((x - y).abs().max().item() for x, y in zip(grads, ref, strict=True))
         ok = loss_diff <= a.atol and grad_diff <= a.atol
         backend = torch.distributed.get_backend() if info.enabled else "none"
-        print(f"ddp_check: {w} process(es), backend {backend}, device {device}, batch {b} per process: loss {mean_loss:.6f} vs "
-              f"one process {ref_loss.item():.6f} (diff {loss_diff:.1e}); max gradient diff {grad_diff:.1e} "
-              f"-> {'OK' if ok else 'MISMATCH'} (atol {a.atol:g})", flush=True)
+        print(
+            f"ddp_check: {w} process(es), backend {backend}, device {device}, batch {b} per process: loss {mean_loss:.6f} vs "
+            f"one process {ref_loss.item():.6f} (diff {loss_diff:.1e}); max gradient diff {grad_diff:.1e} "
+            f"-> {'OK' if ok else 'MISMATCH'} (atol {a.atol:g})",
+            flush=True,
+        )
         if not ok:
             sys.exit(1)
     finally:

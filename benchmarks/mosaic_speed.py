@@ -118,9 +118,22 @@ def make_mosaic(path: str, size: int, res: float = 0.5) -> None:
     """A ``size`` x ``size`` RGB uint8 GeoTIFF that looks a little like imagery: smooth land-use patches,
     a street grid and sensor noise (PNG encoding time depends on the content)."""
     rng = np.random.default_rng(0)
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=UTM,
-                   transform=from_origin(X0, Y1, res, res), tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", predictor=2, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        crs=UTM,
+        transform=from_origin(X0, Y1, res, res),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        predictor=2,
+        BIGTIFF="IF_SAFER",
+        NUM_THREADS="ALL_CPUS",
+    )
     cols = np.arange(size)
     patch = rng.integers(60, 200, size=(3, size // 300 + 2, size // 300 + 2))
     with rasterio.open(path, "w", **profile) as ds:
@@ -139,8 +152,10 @@ def bench_tiling(root: str, size: int, tile: int, workers: int) -> None:
     if not os.path.exists(path):
         t0 = time.time()
         make_mosaic(path, size)
-        print(f"generated {path}: {size} x {size} px RGB, {os.path.getsize(path) / 2**20:.0f} MiB on disk "
-              f"({time.time() - t0:.0f}s)")
+        print(
+            f"generated {path}: {size} x {size} px RGB, {os.path.getsize(path) / 2**20:.0f} MiB on disk "
+            f"({time.time() - t0:.0f}s)"
+        )
     out = os.path.join(root, "tiles_out")
     _fresh(out)
     base = MemorySampler()
@@ -148,16 +163,22 @@ def bench_tiling(root: str, size: int, tile: int, workers: int) -> None:
     cpu0 = _cpu_seconds()
     with MemorySampler() as mem:
         t0 = time.time()
-        s = prepare(PrepareConfig(pois=None, tiles=None, out=out, mosaic=path, tile_size_m=tile * 0.5,
-                                  workers=workers, overwrite=True), log=lambda m: print("  " + m))
+        s = prepare(
+            PrepareConfig(
+                pois=None, tiles=None, out=out, mosaic=path, tile_size_m=tile * 0.5, workers=workers, overwrite=True
+            ),
+            log=lambda m: print("  " + m),
+        )
         dt = time.time() - t0
     cpu = _cpu_seconds() - cpu0
     png = sum(e.stat().st_size for e in os.scandir(os.path.join(out, "sub_shanghai_img")))
-    print(f"TILING: {s['tiles']} tiles of {tile} px from {size} x {size} px, --workers {workers}: {dt:.1f} s wall "
-          f"(target <= 120 s), {cpu:.1f} s CPU (user + system, all processes); peak memory of the process tree: "
-          f"RSS sum {mem.peak_rss:.0f} MiB, PSS sum {mem.peak_pss:.0f} MiB (target <= 1024 MiB; before the run, "
-          f"with the libraries imported: RSS {base.peak_rss:.0f} MiB, PSS {base.peak_pss:.0f} MiB); "
-          f"PNG tiles {png / 2**20:.0f} MiB")
+    print(
+        f"TILING: {s['tiles']} tiles of {tile} px from {size} x {size} px, --workers {workers}: {dt:.1f} s wall "
+        f"(target <= 120 s), {cpu:.1f} s CPU (user + system, all processes); peak memory of the process tree: "
+        f"RSS sum {mem.peak_rss:.0f} MiB, PSS sum {mem.peak_pss:.0f} MiB (target <= 1024 MiB; before the run, "
+        f"with the libraries imported: RSS {base.peak_rss:.0f} MiB, PSS {base.peak_pss:.0f} MiB); "
+        f"PNG tiles {png / 2**20:.0f} MiB"
+    )
 
 
 def bench_census(root: str) -> None:
@@ -169,8 +190,9 @@ def bench_census(root: str) -> None:
         pts = shapely.multipoints(rng.uniform([X0, Y1 - h], [X0 + w, Y1], size=(20_000, 2)))
         frame = shapely.box(X0 - 500, Y1 - h - 500, X0 + w + 500, Y1 + 500)
         cells = shapely.intersection(shapely.get_parts(shapely.voronoi_polygons(pts, extend_to=frame)), frame)
-        gpd.GeoDataFrame({"POP": rng.integers(0, 5000, len(cells)).astype(float)}, geometry=cells, crs=UTM) \
-            .to_crs("EPSG:4326").to_file(path)
+        gpd.GeoDataFrame({"POP": rng.integers(0, 5000, len(cells)).astype(float)}, geometry=cells, crs=UTM).to_crs(
+            "EPSG:4326"
+        ).to_file(path)
     r, c = np.divmod(np.arange(n_rows * n_cols), n_cols)
     bounds = np.stack([X0 + c * size, Y1 - (r + 1) * size, X0 + (c + 1) * size, Y1 - r * size], axis=1)
     names = [f"r{a:04d}_c{b:04d}.png" for a, b in zip(r, c, strict=True)]
@@ -182,16 +204,32 @@ def bench_census(root: str) -> None:
     t2 = time.time()
     n = targets.write_values(os.path.join(root, "census_out", "pop"), names, values, progress=False)
     t3 = time.time()
-    print(f"CENSUS: 20,000 lon/lat polygons -> {len(names)} tiles: {t3 - t0:.1f} s wall (target <= 60 s), "
-          f"{_cpu_seconds() - cpu0:.1f} s CPU = read + "
-          f"reproject {t1 - t0:.1f} s, share by area {t2 - t1:.1f} s, write {n} files {t3 - t2:.1f} s")
+    print(
+        f"CENSUS: 20,000 lon/lat polygons -> {len(names)} tiles: {t3 - t0:.1f} s wall (target <= 60 s), "
+        f"{_cpu_seconds() - cpu0:.1f} s CPU = read + "
+        f"reproject {t1 - t0:.1f} s, share by area {t2 - t1:.1f} s, write {n} files {t3 - t2:.1f} s"
+    )
 
 
 def make_pop_raster(path: str, size: int, crs: str, origin: tuple[float, float], res: float) -> None:
     rng = np.random.default_rng(1)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=1, dtype="float32", crs=crs,
-                       transform=from_origin(*origin, res, res), nodata=-99999.0, tiled=True, blockxsize=256,
-                       blockysize=256, compress="deflate", NUM_THREADS="ALL_CPUS") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=1,
+        dtype="float32",
+        crs=crs,
+        transform=from_origin(*origin, res, res),
+        nodata=-99999.0,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        NUM_THREADS="ALL_CPUS",
+    ) as ds:
         for r0 in range(0, size, 512):
             h = min(512, size - r0)
             ds.write(rng.gamma(1.5, 2.0, size=(1, h, size)).astype(np.float32), window=Window(0, r0, size, h))
@@ -219,16 +257,25 @@ def bench_raster(root: str) -> None:
         rows, _ = grid_positions(tiles)
         _fresh(os.path.join(root, "raster_out"))
         t0, cpu0 = time.time(), _cpu_seconds()
-        tg = targets.open_target(targets.TargetSpec("pop", path, None), UTM,
-                                 (tiles[:, 0].min(), tiles[:, 1].min(), tiles[:, 2].max(), tiles[:, 3].max()))
+        tg = targets.open_target(
+            targets.TargetSpec("pop", path, None),
+            UTM,
+            (tiles[:, 0].min(), tiles[:, 1].min(), tiles[:, 2].max(), tiles[:, 3].max()),
+        )
         values, cov = targets.compute_target(tg, tiles, UTM, 0.95, rows, progress=False)
         t1 = time.time()
-        n = targets.write_values(os.path.join(root, "raster_out", label.replace(" ", "_").replace("/", "_")),
-                                 names[:len(tiles)], values, progress=False)
+        n = targets.write_values(
+            os.path.join(root, "raster_out", label.replace(" ", "_").replace("/", "_")),
+            names[: len(tiles)],
+            values,
+            progress=False,
+        )
         t2 = time.time()
-        print(f"RASTER ({label}): {size} x {size} px -> {len(tiles)} tiles: {t2 - t0:.1f} s wall (target <= 60 s), "
-              f"{_cpu_seconds() - cpu0:.1f} s CPU = sums "
-              f"{t1 - t0:.1f} s, write {n} files {t2 - t1:.1f} s; labelled {int(np.isfinite(values).sum())}")
+        print(
+            f"RASTER ({label}): {size} x {size} px -> {len(tiles)} tiles: {t2 - t0:.1f} s wall (target <= 60 s), "
+            f"{_cpu_seconds() - cpu0:.1f} s CPU = sums "
+            f"{t1 - t0:.1f} s, write {n} files {t2 - t1:.1f} s; labelled {int(np.isfinite(values).sum())}"
+        )
 
 
 def machine() -> str:
@@ -240,8 +287,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         model, wanted = platform.processor() or "unknown", []
     load = os.getloadavg()
-    return (f"{model}, flags {' '.join(wanted) or 'none of avx2/avx512f/avx512_bf16/amx'}, {os.cpu_count()} CPUs, "
-            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return (
+        f"{model}, flags {' '.join(wanted) or 'none of avx2/avx512f/avx512_bf16/amx'}, {os.cpu_count()} CPUs, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
 
 
 def main() -> None:
@@ -250,8 +299,11 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels (default 512)")
     p.add_argument("--workers", type=int, default=2, help="processes cutting the mosaic (default 2)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: tiling, census, raster")
-    p.add_argument("--keep", default=None, help="folder for the generated inputs, reused when present "
-                                                "(default: a temporary folder, deleted)")
+    p.add_argument(
+        "--keep",
+        default=None,
+        help="folder for the generated inputs, reused when present (default: a temporary folder, deleted)",
+    )
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")

@@ -47,7 +47,9 @@ def make_city(root: str, n_pois: int, n_tiles: int, seed: int = 0) -> tuple[str,
     pois = os.path.join(root, "pois.csv")
     with open(pois, "w") as f:
         f.write("poi_id,x,y,category,parent\n")
-        f.writelines(f"{k},{x:.2f},{y:.2f},c{c},p{c // 10}\n" for k, ((x, y), c) in enumerate(zip(xy, cat, strict=True)))
+        f.writelines(
+            f"{k},{x:.2f},{y:.2f},c{c},p{c // 10}\n" for k, ((x, y), c) in enumerate(zip(xy, cat, strict=True))
+        )
     return pois, tiles, index
 
 
@@ -62,14 +64,24 @@ def main() -> None:
         pois, tiles, index = make_city(root, args.pois, args.tiles)
         print(f"generated {args.pois} POIs, {args.tiles} tiles in {time.time() - t0:.1f}s")
         t0 = time.time()
-        summary = prepare(PrepareConfig(pois=pois, tiles=tiles, tile_index=index, parent_col="parent",
-                                        out=os.path.join(root, "out"), image_mode="hardlink",
-                                        workers=args.workers))
+        summary = prepare(
+            PrepareConfig(
+                pois=pois,
+                tiles=tiles,
+                tile_index=index,
+                parent_col="parent",
+                out=os.path.join(root, "out"),
+                image_mode="hardlink",
+                workers=args.workers,
+            )
+        )
         elapsed = time.time() - t0
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"prepare: {elapsed:.1f} s for {summary['pois_used']} POIs, {summary['tiles']} tiles "
-          f"({summary['pois_outside_every_tile']} POIs outside every tile, {summary['undirected_edges']} edges)")
+    print(
+        f"prepare: {elapsed:.1f} s for {summary['pois_used']} POIs, {summary['tiles']} tiles "
+        f"({summary['pois_outside_every_tile']} POIs outside every tile, {summary['undirected_edges']} edges)"
+    )
     print(f"peak RSS: main process {own:.0f} MiB, largest worker {kids:.0f} MiB")
 
 

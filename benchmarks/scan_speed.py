@@ -42,15 +42,21 @@ def main() -> None:
     p.add_argument("--tile_size", type=int, default=64, help="tile size in px (default 64)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts to time (default 0 2)")
     p.add_argument("--repeat", type=int, default=2, help="timed scans per worker count, best kept (default 2)")
-    p.add_argument("--cache_entries", type=int, default=1_000_000,
-                   help="tiles of the synthetic cache whose size and write/read time are measured (default 1000000; 0: skip)")
+    p.add_argument(
+        "--cache_entries",
+        type=int,
+        default=1_000_000,
+        help="tiles of the synthetic cache whose size and write/read time are measured (default 1000000; 0: skip)",
+    )
     p.add_argument("--out", default="scan_bench_city", help="where the city is generated (default ./scan_bench_city)")
     a = p.parse_args()
 
     t0 = time.time()
     root = ensure_old_city(a, RACY_SECONDS)
-    print(f"city: {a.n_tiles} tiles of {a.tile_size} px in {root} (ready in {time.time() - t0:.1f}s); "
-          f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(
+        f"city: {a.n_tiles} tiles of {a.tile_size} px in {root} (ready in {time.time() - t0:.1f}s); "
+        f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for w in a.workers:
             full = best_of(a.repeat, lambda w=w: scan_pretrain(root, workers=w))
@@ -62,18 +68,31 @@ def main() -> None:
                 return scan_pretrain(root, workers=w, cache=cache)
 
             cold = best_of(a.repeat, cold_scan)
-            print(f"workers {w}, cold cache: {cold.summary()}; {len(cold.good) / cold.seconds:.0f} tiles/s; "
-                  f"cache {cache.stat().st_size / 1e3:.0f} kB")
+            print(
+                f"workers {w}, cold cache: {cold.summary()}; {len(cold.good) / cold.seconds:.0f} tiles/s; "
+                f"cache {cache.stat().st_size / 1e3:.0f} kB"
+            )
             warm = best_of(a.repeat, lambda w=w, cache=cache: scan_pretrain(root, workers=w, cache=cache))
-            print(f"workers {w}, warm cache: {warm.summary()}; {len(warm.good) / warm.seconds:.0f} tiles/s "
-                  f"({full.seconds / warm.seconds:.0f}x the full scan)")
+            print(
+                f"workers {w}, warm cache: {warm.summary()}; {len(warm.good) / warm.seconds:.0f} tiles/s "
+                f"({full.seconds / warm.seconds:.0f}x the full scan)"
+            )
 
         if a.cache_entries > 0:
             # The cache file alone at a scale no test folder reaches: names as a tiled city names them.
             rng = random.Random(0)
-            entries = {f"tile_{i:07d}.png": (rng.getrandbits(64), int(rng.random() < 0.15)) for i in range(a.cache_entries)}
-            key = {"root": "/data/city", "img_dir": "sub_shanghai_img", "emb_dir": "sub_shanghai_emb",
-                   "edge_dir": "sub_shanghai_edge", "weight_dir": "sub_shanghai_weight", "weights": True, "poi_dim": 64}
+            entries = {
+                f"tile_{i:07d}.png": (rng.getrandbits(64), int(rng.random() < 0.15)) for i in range(a.cache_entries)
+            }
+            key = {
+                "root": "/data/city",
+                "img_dir": "sub_shanghai_img",
+                "emb_dir": "sub_shanghai_emb",
+                "edge_dir": "sub_shanghai_edge",
+                "weight_dir": "sub_shanghai_weight",
+                "weights": True,
+                "poi_dim": 64,
+            }
             path = Path(tmp) / "scan_cache_big.json"
             t = time.perf_counter()
             save_cache(path, key, entries)
@@ -82,8 +101,10 @@ def main() -> None:
             loaded = load_cache(path, key)
             t_load = time.perf_counter() - t
             assert loaded == entries
-            print(f"cache of {a.cache_entries} tiles: {path.stat().st_size / 1e6:.1f} MB, written in {t_save:.2f}s, "
-                  f"read in {t_load:.2f}s")
+            print(
+                f"cache of {a.cache_entries} tiles: {path.stat().st_size / 1e6:.1f} MB, written in {t_save:.2f}s, "
+                f"read in {t_load:.2f}s"
+            )
 
 
 def ensure_old_city(a: argparse.Namespace, racy_seconds: float) -> Path:

@@ -30,11 +30,41 @@ from data.synthetic import ensure_city  # noqa: E402
 
 
 def run_cmd(data: Path, model: Path, a: argparse.Namespace) -> list[str]:
-    return [sys.executable, str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(model),
-            "--batch_size", "4", "--resnet", "resnet18", "--img_size", str(a.img_size), "--device", a.device,
-            "--workers", str(a.workers), "--projection_dim", "16", "--lr", "1e-3", "--total_epoch", str(a.epochs),
-            "--save_every", "5", "--keep_last", "2", "--save_every_steps", str(a.save_every_steps), "--deterministic",
-            "--train_record", "rec.txt", "--resume", "auto"]
+    return [
+        sys.executable,
+        str(ROOT / "mmgr.py"),
+        "--data_path",
+        str(data),
+        "--model_path",
+        str(model),
+        "--batch_size",
+        "4",
+        "--resnet",
+        "resnet18",
+        "--img_size",
+        str(a.img_size),
+        "--device",
+        a.device,
+        "--workers",
+        str(a.workers),
+        "--projection_dim",
+        "16",
+        "--lr",
+        "1e-3",
+        "--total_epoch",
+        str(a.epochs),
+        "--save_every",
+        "5",
+        "--keep_last",
+        "2",
+        "--save_every_steps",
+        str(a.save_every_steps),
+        "--deterministic",
+        "--train_record",
+        "rec.txt",
+        "--resume",
+        "auto",
+    ]
 
 
 def main() -> None:
@@ -44,11 +74,21 @@ def main() -> None:
     p.add_argument("--n_tiles", type=int, default=8, help="tiles of the synthetic city (default 8: 2 steps per epoch)")
     p.add_argument("--img_size", type=int, default=24, help="crop size (default 24)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--device", default="cpu", help="device of the runs (default cpu; cuda needs --deterministic's kernels)")
-    p.add_argument("--save_every_steps", type=int, default=1, help="mid-epoch resumable checkpoints (default every step)")
-    p.add_argument("--max_delay", type=float, default=4.0, help="longest delay after the first step before a kill, s (default 4)")
-    p.add_argument("--startup_kills", type=float, default=0.2,
-                   help="fraction of kills timed from the start, U(0, 20 s) (default 0.2)")
+    p.add_argument(
+        "--device", default="cpu", help="device of the runs (default cpu; cuda needs --deterministic's kernels)"
+    )
+    p.add_argument(
+        "--save_every_steps", type=int, default=1, help="mid-epoch resumable checkpoints (default every step)"
+    )
+    p.add_argument(
+        "--max_delay", type=float, default=4.0, help="longest delay after the first step before a kill, s (default 4)"
+    )
+    p.add_argument(
+        "--startup_kills",
+        type=float,
+        default=0.2,
+        help="fraction of kills timed from the start, U(0, 20 s) (default 0.2)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the kill delays (default 0)")
     p.add_argument("--out", default="soak_run", help="work directory (default ./soak_run)")
     a = p.parse_args()
@@ -80,24 +120,31 @@ def run_soak(a: argparse.Namespace) -> int:
     n_lines = len((soak / "train-records" / "rec.txt").read_text().splitlines())
     log_epochs = len((soak / "model" / "train_log.jsonl").read_text().splitlines())
     steps = a.epochs * (a.n_tiles // 4)
-    print(f"config: {a.epochs} epochs x {a.n_tiles // 4} steps (batch 4, {a.n_tiles} tiles, {a.img_size} px, resnet18, "
-          f"--device {a.device}, --workers {a.workers}, --save_every_steps {a.save_every_steps}, --deterministic), kill "
-          f"delays U(0, {a.max_delay}) s after the first step ({a.startup_kills:.0%} U(0, 20) s from the start), seed {a.seed}")
+    print(
+        f"config: {a.epochs} epochs x {a.n_tiles // 4} steps (batch 4, {a.n_tiles} tiles, {a.img_size} px, resnet18, "
+        f"--device {a.device}, --workers {a.workers}, --save_every_steps {a.save_every_steps}, --deterministic), kill "
+        f"delays U(0, {a.max_delay}) s after the first step ({a.startup_kills:.0%} U(0, 20) s from the start), seed {a.seed}"
+    )
     print(f"reference run: {ref_seconds:.1f}s; soak: {runs} runs, {kills} SIGKILLs survived, {soak_seconds:.1f}s")
     print(f"checkpoint on disk at each kill (epochs done.steps into the next): {' '.join(landed_at)}")
-    print(f"final weights bit-identical: {same}; per-step record identical: {rec_same} ({n_lines}/{steps} lines); "
-          f"train_log epochs: {log_epochs}/{a.epochs}")
+    print(
+        f"final weights bit-identical: {same}; per-step record identical: {rec_same} ({n_lines}/{steps} lines); "
+        f"train_log epochs: {log_epochs}/{a.epochs}"
+    )
     return 0 if same and rec_same and log_epochs == a.epochs else 1
 
 
-def kill_and_resume(data: Path, model: Path, soak: Path, env: dict, a: argparse.Namespace) -> tuple[int, int, list[str]]:
+def kill_and_resume(
+    data: Path, model: Path, soak: Path, env: dict, a: argparse.Namespace
+) -> tuple[int, int, list[str]]:
     """Start the run with --resume auto and SIGKILL it ``a.kills`` times, then let it finish; (runs, kills, where)."""
     rng = random.Random(a.seed)
     kills, runs, landed_at = 0, 0, []
     while True:
         runs += 1
-        proc = subprocess.Popen(run_cmd(data, model, a), cwd=soak, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            run_cmd(data, model, a), cwd=soak, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         if kills < a.kills:
             record = soak / "train-records" / "rec.txt"
             size0 = record.stat().st_size if record.exists() else 0

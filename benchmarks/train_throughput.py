@@ -77,8 +77,14 @@ class SyntheticTiles(Dataset):
         for _ in range(n):
             k = int(rng.integers(0, 25))
             ei, w = delaunay_edges(rng.random((k, 2)))
-            self.graphs.append(Data(x=torch.from_numpy(rng.standard_normal((k, poi_dim)).astype(np.float32)),
-                                    edge_index=torch.from_numpy(ei), edge_weight=torch.from_numpy(w), num_nodes=k))
+            self.graphs.append(
+                Data(
+                    x=torch.from_numpy(rng.standard_normal((k, poi_dim)).astype(np.float32)),
+                    edge_index=torch.from_numpy(ei),
+                    edge_weight=torch.from_numpy(w),
+                    num_nodes=k,
+                )
+            )
         self.transform = transform
 
     def __len__(self) -> int:
@@ -108,8 +114,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def time_data_path(loader: DataLoader, augment: GPUAugment | None, sync, steps: int, warmup: int, gpu_aug: bool,
-                   device: torch.device) -> list[float]:
+def time_data_path(
+    loader: DataLoader, augment: GPUAugment | None, sync, steps: int, warmup: int, gpu_aug: bool, device: torch.device
+) -> list[float]:
     """Seconds per batch of the input path alone (loading, and the device augmentation when on)."""
     times: list[float] = []
     it = iter(loader)
@@ -125,8 +132,16 @@ def time_data_path(loader: DataLoader, augment: GPUAugment | None, sync, steps: 
     return times
 
 
-def time_training(loader: DataLoader, augment: GPUAugment | None, sync, steps: int, args: argparse.Namespace, cfg: dict,
-                  info: DistInfo, device: torch.device) -> tuple[list[float], float]:
+def time_training(
+    loader: DataLoader,
+    augment: GPUAugment | None,
+    sync,
+    steps: int,
+    args: argparse.Namespace,
+    cfg: dict,
+    info: DistInfo,
+    device: torch.device,
+) -> tuple[list[float], float]:
     """Seconds per full training step (ours through mmgr.training_step, or the published style) and the last loss."""
     published = args.published_style
     img_model = ImageEncoder(args.resnet, 128).to(device)
@@ -136,9 +151,13 @@ def time_training(loader: DataLoader, augment: GPUAugment | None, sync, steps: i
     opt_img = torch.optim.Adam(img_model.parameters(), lr=1e-4)
     opt_poi = torch.optim.Adam(poi_model.parameters(), lr=1e-4)
     # DDP under torchrun (else the plain modules), then torch.compile: as mmgr.py builds them.
-    img_train, poi_train = prepare_models(img_model, poi_model, argparse.Namespace(compile=cfg["compile"]), info, device)
+    img_train, poi_train = prepare_models(
+        img_model, poi_model, argparse.Namespace(compile=cfg["compile"]), info, device
+    )
     scaler = make_scaler(device, cfg["precision"])
-    step_args = argparse.Namespace(temperature=0.5, img_lmd=0.5, channels_last=args.channels_last, precision=args.precision)
+    step_args = argparse.Namespace(
+        temperature=0.5, img_lmd=0.5, channels_last=args.channels_last, precision=args.precision
+    )
     img_model.train()
     poi_model.train()
     times: list[float] = []
@@ -176,25 +195,43 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
     torch.manual_seed(info.rank)
     published = args.published_style
     if published and info.enabled:
-        raise SystemExit("--published_style runs in one process (the published multi-GPU code never worked, docs/method.md §4)")
+        raise SystemExit(
+            "--published_style runs in one process (the published multi-GPU code never worked, docs/method.md §4)"
+        )
     # mmgr.py turns cuDNN autotuning on; the published script leaves PyTorch's defaults.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not published
     gpu_aug = args.augment == "gpu" and not published
     transform = None if gpu_aug else pretrain_transform(args.img_size)
     steps = args.warmup + args.iters
     ds = SyntheticTiles(max(2 * args.batch_size, 64), args.tile_size, seed=info.rank, transform=transform)
-    loader = DataLoader(ds, batch_size=args.batch_size, sampler=RandomSampler(ds, replacement=True, num_samples=steps * args.batch_size),
-                        drop_last=True, num_workers=args.workers, collate_fn=collate_raw if gpu_aug else collate_pretrain,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+    loader = DataLoader(
+        ds,
+        batch_size=args.batch_size,
+        sampler=RandomSampler(ds, replacement=True, num_samples=steps * args.batch_size),
+        drop_last=True,
+        num_workers=args.workers,
+        collate_fn=collate_raw if gpu_aug else collate_pretrain,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if args.workers else None,
+    )
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     augment = GPUAugment(args.img_size) if gpu_aug else None
-    cfg = {"device": str(device), "resnet": args.resnet, "img_size": args.img_size, "tile_size": args.tile_size,
-           "batch_size": args.batch_size, "workers": args.workers, "threads": torch.get_num_threads(),
-           "mode": "published_style" if published else "ours",
-           "precision": "fp32" if published else args.precision, "channels_last": False if published else args.channels_last,
-           "augment": "cpu (PIL, per sample)" if not gpu_aug else "gpu (batched, on device)",
-           "loss": "broadcast [2B,2B,D]" if published else "matmul", "compile": bool(args.compile and not published),
-           "world_size": info.world_size}
+    cfg = {
+        "device": str(device),
+        "resnet": args.resnet,
+        "img_size": args.img_size,
+        "tile_size": args.tile_size,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "mode": "published_style" if published else "ours",
+        "precision": "fp32" if published else args.precision,
+        "channels_last": False if published else args.channels_last,
+        "augment": "cpu (PIL, per sample)" if not gpu_aug else "gpu (batched, on device)",
+        "loss": "broadcast [2B,2B,D]" if published else "matmul",
+        "compile": bool(args.compile and not published),
+        "world_size": info.world_size,
+    }
     if device.type == "cuda":
         cfg["gpu"] = torch.cuda.get_device_name(device)
 
@@ -207,32 +244,65 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> dict:
         cfg["last_loss"] = round(value, 4)
     med = statistics.median(times)
     global_batch = args.batch_size * info.world_size
-    cfg.update({"iters": len(times), "median_step_s": round(med, 4), "samples_per_s": round(global_batch / med, 2),
-                "mean_samples_per_s": round(global_batch * len(times) / sum(times), 2),
-                "peak_mem_mb": round(peak_memory_mb(device), 1)})
+    cfg.update(
+        {
+            "iters": len(times),
+            "median_step_s": round(med, 4),
+            "samples_per_s": round(global_batch / med, 2),
+            "mean_samples_per_s": round(global_batch * len(times) / sum(times), 2),
+            "peak_mem_mb": round(peak_memory_mb(device), 1),
+        }
+    )
     if args.data_only:
         cfg["samples_per_s_per_worker_core"] = round(cfg["samples_per_s"] / max(1, args.workers), 2)
     return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Samples/s and peak memory of MMGR training steps on synthetic in-memory data.")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if available)")
+    p = argparse.ArgumentParser(
+        description="Samples/s and peak memory of MMGR training steps on synthetic in-memory data."
+    )
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cpu or cuda (default: cuda if available)",
+    )
     p.add_argument("--resnet", default="resnet50", choices=RESNETS, help="image backbone (default resnet50, published)")
     p.add_argument("--img_size", type=int, default=224, help="crop size (default 224, published)")
     p.add_argument("--tile_size", type=int, default=256, help="synthetic tile side in px (default 256)")
     p.add_argument("--batch_size", type=int, default=16, help="tiles per step (default 16)")
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS), help="autocast precision (default fp32)")
-    p.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=None,
-                   help="channels-last layout (default: on for CUDA, off on CPU, as mmgr.py)")
-    p.add_argument("--augment", default="cpu", choices=("cpu", "gpu"), help="where views are made (default cpu = PIL in workers)")
-    p.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False, help="torch.compile the image encoder (default off)")
-    p.add_argument("--published_style", action="store_true", help="the published pipeline: PIL per sample, broadcast loss, fp32, NCHW")
+    p.add_argument(
+        "--channels_last",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=None,
+        help="channels-last layout (default: on for CUDA, off on CPU, as mmgr.py)",
+    )
+    p.add_argument(
+        "--augment", default="cpu", choices=("cpu", "gpu"), help="where views are made (default cpu = PIL in workers)"
+    )
+    p.add_argument(
+        "--compile",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="torch.compile the image encoder (default off)",
+    )
+    p.add_argument(
+        "--published_style",
+        action="store_true",
+        help="the published pipeline: PIL per sample, broadcast loss, fp32, NCHW",
+    )
     p.add_argument("--data_only", action="store_true", help="time the input pipeline alone")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0: data in the main process)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--iters", type=int, default=5, help="timed steps (default 5)")
-    p.add_argument("--json_out", default=None, help="append the result as one JSON line to this file (default: print only)")
+    p.add_argument(
+        "--json_out", default=None, help="append the result as one JSON line to this file (default: print only)"
+    )
     return p
 
 

@@ -54,8 +54,9 @@ def cooccurrence(codes: np.ndarray, edges: np.ndarray, n_cat: int) -> np.ndarray
     return m + m.T  # symmetric whatever the edge convention; the scale cancels in PMI
 
 
-def learn_embeddings(counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray | None = None,
-                     hierarchy_weight: float = 0.5) -> np.ndarray:
+def learn_embeddings(
+    counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray | None = None, hierarchy_weight: float = 0.5
+) -> np.ndarray:
     """PPMI + truncated SVD category vectors (module docstring, steps 2-4).
 
     Args:
@@ -123,19 +124,25 @@ def read_table(path: str) -> tuple[list[str], np.ndarray]:
         reader = csv.reader(f)
         header = csv_header(reader, f"embedding table {path} is empty; give a CSV with columns category,v0,v1,...")
         if header[0] != "category" or len(header) < 2:
-            raise InputError(f"embedding table {path} must start with a 'category' column followed by the "
-                             f"vector columns; its header is {','.join(header[:5])}.")
+            raise InputError(
+                f"embedding table {path} must start with a 'category' column followed by the "
+                f"vector columns; its header is {','.join(header[:5])}."
+            )
         cats, rows = [], []
         for k, r in enumerate(reader, start=2):
             if not r:
                 continue
             if len(r) != len(header):
-                raise InputError(f"line {k} of embedding table {path} has {len(r)} fields, the header "
-                                 f"{len(header)}; every row needs a category and the full vector.")
+                raise InputError(
+                    f"line {k} of embedding table {path} has {len(r)} fields, the header "
+                    f"{len(header)}; every row needs a category and the full vector."
+                )
             try:
                 rows.append([float(v) for v in r[1:]])
             except ValueError:
-                raise InputError(f"line {k} of embedding table {path} has a non-numeric vector entry; fix it.") from None
+                raise InputError(
+                    f"line {k} of embedding table {path} has a non-numeric vector entry; fix it."
+                ) from None
             cats.append(r[0].strip())
     if not cats:
         raise InputError(f"embedding table {path} has no rows; give one row per category.")

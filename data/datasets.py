@@ -24,8 +24,9 @@ __all__ = ["AUGMENT_MODES", "build_pretrain_dataset", "collate_for"]
 AUGMENT_MODES = ("cpu", "gpu")
 
 
-def build_pretrain_dataset(layout: PretrainLayout, augment: str, img_size: int, tiles: list[Path] | None = None,
-                           poi_dim: int | None = None) -> Dataset:
+def build_pretrain_dataset(
+    layout: PretrainLayout, augment: str, img_size: int, tiles: list[Path] | None = None, poi_dim: int | None = None
+) -> Dataset:
     """The data set of ``layout`` for ``--augment`` mode ``augment``.
 
     ``tiles``/``poi_dim``: the pre-scan's good tiles and POI width (folder layouts only; a pack was

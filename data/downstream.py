@@ -22,6 +22,7 @@ from utils.errors import UserError
 
 __all__ = ["read_list", "read_target", "select_fraction", "TileTargetDataset"]
 
+
 def read_list(path: Path) -> list[str]:
     """Tile file names of a list file, one per line (blank lines ignored)."""
     if not path.is_file():
@@ -63,8 +64,15 @@ class TileTargetDataset(Dataset):
     training starts.
     """
 
-    def __init__(self, root: str | Path, list_file: str, transform: Callable, img_dir: str = "img",
-                 target_dir: str = "pop1km", names: list[str] | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        list_file: str,
+        transform: Callable,
+        img_dir: str = "img",
+        target_dir: str = "pop1km",
+        names: list[str] | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"data directory {self.root} does not exist; pass --data_path (or --demo)")
@@ -76,8 +84,10 @@ class TileTargetDataset(Dataset):
             raise UserError(f"target directory {tdir} does not exist; check --target_dir")
         missing = [n for n in self.names if not (self.img_dir / n).is_file()]
         if missing:
-            raise UserError(f"{len(missing)} listed tiles are missing from {self.img_dir} (first: {missing[0]}); fix "
-                            "the list or the image directory")
+            raise UserError(
+                f"{len(missing)} listed tiles are missing from {self.img_dir} (first: {missing[0]}); fix "
+                "the list or the image directory"
+            )
         targets = [read_target(tdir / (Path(n).stem + ".txt")) for n in self.names]
         if len({t.shape for t in targets}) != 1:
             raise UserError(f"target files in {tdir} hold different numbers of values; each must hold the same count")

@@ -48,8 +48,14 @@ class AugmentParams:
     flip: torch.Tensor
 
 
-def sample_crops(n: int, height: int, width: int, scale: tuple[float, float] = (0.2, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_crops(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """``n`` independent RandomResizedCrop boxes of an ``height x width`` image -> int64 ``[n, 4]`` (i, j, h, w).
 
     torchvision's rule, vectorised: up to 10 attempts of area ~ U(scale) * H * W and log aspect ratio
@@ -59,8 +65,12 @@ def sample_crops(n: int, height: int, width: int, scale: tuple[float, float] = (
     attempts = 10
     area = height * width
     log_r = torch.log(torch.tensor(ratio, dtype=torch.float64))
-    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator, dtype=torch.float64))
-    aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * torch.rand(n, attempts, generator=generator, dtype=torch.float64))
+    target = area * (
+        scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=generator, dtype=torch.float64)
+    )
+    aspect = torch.exp(
+        log_r[0] + (log_r[1] - log_r[0]) * torch.rand(n, attempts, generator=generator, dtype=torch.float64)
+    )
     # Python's round() is round-half-to-even, as is torch.round.
     w = torch.round(torch.sqrt(target * aspect)).long()
     h = torch.round(torch.sqrt(target / aspect)).long()
@@ -70,7 +80,10 @@ def sample_crops(n: int, height: int, width: int, scale: tuple[float, float] = (
     rows = torch.arange(n)
     h, w = h[rows, first], w[rows, first]
     # Uniform integer positions in [0, H - h] and [0, W - w].
-    u_i, u_j = torch.rand(n, generator=generator, dtype=torch.float64), torch.rand(n, generator=generator, dtype=torch.float64)
+    u_i, u_j = (
+        torch.rand(n, generator=generator, dtype=torch.float64),
+        torch.rand(n, generator=generator, dtype=torch.float64),
+    )
     i = torch.floor(u_i * (height - h + 1)).long().clamp_max(height - h)
     j = torch.floor(u_j * (width - w + 1)).long().clamp_max(width - w)
     # Fallback: centred crop of the whole image, clipped to the ratio range.
@@ -103,8 +116,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(dim=1)
     safe_c = torch.where(c > 0, c, torch.ones_like(c))
     # Hue in sextants [0, 6): which channel is the maximum decides the formula.
-    h = torch.where(v == r, (g - b) / safe_c,
-                    torch.where(v == g, 2.0 + (b - r) / safe_c, 4.0 + (r - g) / safe_c))
+    h = torch.where(v == r, (g - b) / safe_c, torch.where(v == g, 2.0 + (b - r) / safe_c, 4.0 + (r - g) / safe_c))
     h = torch.where(c > 0, h, torch.zeros_like(h))
     h = torch.remainder(h / 6.0 + shift.view(-1, 1, 1).to(x.dtype), 1.0) * 6.0  # rotated, [0, 6)
     # Back to RGB: channel n (offset 5, 3, 1 for R, G, B) = v - c * clamp(min(k, 4 - k), 0, 1),
@@ -142,9 +154,16 @@ class GPUAugment:
         p_jitter, p_gray, p_flip: probabilities (published 0.8, 0.2, 0.5).
     """
 
-    def __init__(self, img_size: int = 224, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1), p_jitter: float = 0.8,
-                 p_gray: float = 0.2, p_flip: float = 0.5):
+    def __init__(
+        self,
+        img_size: int = 224,
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        p_jitter: float = 0.8,
+        p_gray: float = 0.2,
+        p_flip: float = 0.5,
+    ):
         self.img_size, self.scale, self.ratio = img_size, scale, ratio
         b, c, s, h = jitter
         # Factor ranges as torchvision builds them: [max(0, 1 - v), 1 + v] and [-h, h] for hue.
@@ -162,8 +181,13 @@ class GPUAugment:
         flip = torch.rand(n, generator=generator) < self.p_flip
         return AugmentParams(crops, jitter, factors.float(), order, gray, flip)
 
-    def apply(self, images: torch.Tensor, p: AugmentParams, out_dtype: torch.dtype = torch.float32,
-              channels_last: bool = False) -> torch.Tensor:
+    def apply(
+        self,
+        images: torch.Tensor,
+        p: AugmentParams,
+        out_dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ) -> torch.Tensor:
         """``uint8 [B, 3, H, W]`` images (any device) + parameters -> normalised ``[B, 3, S, S]`` views."""
         dev = images.device
         n = images.shape[0]
@@ -172,7 +196,9 @@ class GPUAugment:
         # bilinear samples per output pixel, so downscaling is antialiased like PIL's resize.
         i, j, h, w = p.crops.to(dev, torch.float32).unbind(1)
         boxes = torch.stack([torch.arange(n, device=dev, dtype=torch.float32), j, i, j + w, i + h], dim=1)
-        x = roi_align(x, boxes, output_size=(self.img_size, self.img_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        x = roi_align(
+            x, boxes, output_size=(self.img_size, self.img_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
         # Colour jitter in each image's own order: at position k, each operation acts on the images
         # that have it there (and are jittered at all).
         jit, order, factors = p.jitter.to(dev), p.order.to(dev), p.factors.to(dev)

@@ -25,12 +25,25 @@ from pathlib import Path
 
 from utils.errors import UserError
 
-__all__ = ["PUBLISHED_PRETRAIN_DIRS", "PretrainLayout", "add_layout_flags", "tensor_name", "DownstreamLayout",
-           "resolve_img_dir", "resolve_list", "LIST_NAMES", "IMG_DIRS"]
+__all__ = [
+    "PUBLISHED_PRETRAIN_DIRS",
+    "PretrainLayout",
+    "add_layout_flags",
+    "tensor_name",
+    "DownstreamLayout",
+    "resolve_img_dir",
+    "resolve_list",
+    "LIST_NAMES",
+    "IMG_DIRS",
+]
 
 # Sub-folder names of the published pretraining layout (the authors' sample is a part of Shanghai).
-PUBLISHED_PRETRAIN_DIRS = {"img_dir": "sub_shanghai_img", "emb_dir": "sub_shanghai_emb",
-                           "edge_dir": "sub_shanghai_edge", "weight_dir": "sub_shanghai_weight"}
+PUBLISHED_PRETRAIN_DIRS = {
+    "img_dir": "sub_shanghai_img",
+    "emb_dir": "sub_shanghai_emb",
+    "edge_dir": "sub_shanghai_edge",
+    "weight_dir": "sub_shanghai_weight",
+}
 
 
 def tensor_name(image: str | Path) -> str:
@@ -95,11 +108,22 @@ class PretrainLayout:
 
 def add_layout_flags(p: argparse.ArgumentParser) -> None:
     """``--img_dir --emb_dir --edge_dir --weight_dir`` with the published names as defaults."""
-    p.add_argument("--img_dir", default=PUBLISHED_PRETRAIN_DIRS["img_dir"], help="tile directory under --data_path (default published)")
-    p.add_argument("--emb_dir", default=PUBLISHED_PRETRAIN_DIRS["emb_dir"], help="POI embedding directory (default published)")
-    p.add_argument("--edge_dir", default=PUBLISHED_PRETRAIN_DIRS["edge_dir"], help="POI edge directory (default published)")
-    p.add_argument("--weight_dir", default=PUBLISHED_PRETRAIN_DIRS["weight_dir"],
-                   help="optional edge-weight directory, used when present (default 'sub_shanghai_weight')")
+    p.add_argument(
+        "--img_dir",
+        default=PUBLISHED_PRETRAIN_DIRS["img_dir"],
+        help="tile directory under --data_path (default published)",
+    )
+    p.add_argument(
+        "--emb_dir", default=PUBLISHED_PRETRAIN_DIRS["emb_dir"], help="POI embedding directory (default published)"
+    )
+    p.add_argument(
+        "--edge_dir", default=PUBLISHED_PRETRAIN_DIRS["edge_dir"], help="POI edge directory (default published)"
+    )
+    p.add_argument(
+        "--weight_dir",
+        default=PUBLISHED_PRETRAIN_DIRS["weight_dir"],
+        help="optional edge-weight directory, used when present (default 'sub_shanghai_weight')",
+    )
 
 
 # Looked for in this order when no list flag is given: the published names, then prepare_pois.py's.
@@ -115,8 +139,9 @@ def resolve_img_dir(root: Path, img_dir: str | None) -> str:
     for cand in IMG_DIRS:
         if (Path(root) / cand).is_dir():
             return cand
-    raise UserError(f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or "
-                    "--img_dir")
+    raise UserError(
+        f"{root} holds neither img/ nor sub_shanghai_img/; pass --data_path of a published layout or --img_dir"
+    )
 
 
 def resolve_list(root: Path, list_file: str | None, split: str) -> str:
@@ -128,8 +153,10 @@ def resolve_list(root: Path, list_file: str | None, split: str) -> str:
         if (Path(root) / cand).is_file():
             return cand
     published, prepared = LIST_NAMES[split]
-    raise UserError(f"{root} holds neither {published} nor {prepared}; write the {split} list (one image file name "
-                    f"per line) or pass --{split}_list")
+    raise UserError(
+        f"{root} holds neither {published} nor {prepared}; write the {split} list (one image file name "
+        f"per line) or pass --{split}_list"
+    )
 
 
 @dataclass(frozen=True)
@@ -143,14 +170,25 @@ class DownstreamLayout:
     val_list: str
 
     @classmethod
-    def find(cls, root: str | Path, target_dir: str, img_dir: str | None = None, train_list: str | None = None,
-             val_list: str | None = None) -> DownstreamLayout:
+    def find(
+        cls,
+        root: str | Path,
+        target_dir: str,
+        img_dir: str | None = None,
+        train_list: str | None = None,
+        val_list: str | None = None,
+    ) -> DownstreamLayout:
         """The layout under ``root``; names not given are looked up (module docstring). Explicit names win."""
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"data directory {root} does not exist; pass --data_path (or --demo)")
-        return cls(root, resolve_img_dir(root, img_dir), target_dir, resolve_list(root, train_list, "train"),
-                   resolve_list(root, val_list, "val"))
+        return cls(
+            root,
+            resolve_img_dir(root, img_dir),
+            target_dir,
+            resolve_list(root, train_list, "train"),
+            resolve_list(root, val_list, "val"),
+        )
 
     @property
     def targets(self) -> Path:

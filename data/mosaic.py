@@ -33,8 +33,7 @@ from data.poi_io import crs_name
 from utils.errors import UserError
 from utils.fileio import atomic_write
 
-__all__ = ["MosaicGrid", "CutResult", "open_mosaic", "parse_bands", "estimate_stretch", "cut_mosaic",
-           "utm_crs_for"]
+__all__ = ["MosaicGrid", "CutResult", "open_mosaic", "parse_bands", "estimate_stretch", "cut_mosaic", "utm_crs_for"]
 
 # GDAL's block cache per process. Its default (5 % of RAM) lets a long cut grow by gigabytes, as the
 # cache fills with blocks of rows long done. Tiles are cut left to right, one row of tiles per task, so
@@ -85,8 +84,9 @@ class MosaicGrid:
         """``[N, 4]`` ``(minx, miny, maxx, maxy)`` of cells ``(rows[i], cols[i])``."""
         rows, cols = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
         s = self.tile_size
-        return np.stack([self.x0 + cols * s, self.y0 - (rows + 1) * s, self.x0 + (cols + 1) * s,
-                         self.y0 - rows * s], axis=1)
+        return np.stack(
+            [self.x0 + cols * s, self.y0 - (rows + 1) * s, self.x0 + (cols + 1) * s, self.y0 - rows * s], axis=1
+        )
 
     def name(self, row: int, col: int) -> str:
         """``r0003_c0012.png``: zero-padded to one width, so that names sort row-major."""
@@ -126,14 +126,20 @@ def parse_bands(text: str | None, count: int, path: str) -> tuple[int, ...]:
     try:
         bands = tuple(int(b) for b in str(text).replace(" ", "").split(",") if b)
     except ValueError:
-        raise UserError(f"--bands {text!r} is not a list of band numbers; give e.g. --bands 3,2,1 for {path}.") from None
+        raise UserError(
+            f"--bands {text!r} is not a list of band numbers; give e.g. --bands 3,2,1 for {path}."
+        ) from None
     if len(bands) not in (1, 3):
-        raise UserError(f"--bands {text!r} names {len(bands)} bands; give 3 (RGB) or 1 (repeated to grey RGB) "
-                        f"of the {count} bands of {path}.")
+        raise UserError(
+            f"--bands {text!r} names {len(bands)} bands; give 3 (RGB) or 1 (repeated to grey RGB) "
+            f"of the {count} bands of {path}."
+        )
     bad = [b for b in bands if not 1 <= b <= count]
     if bad:
-        raise UserError(f"--bands {text!r} is out of range for {path}, which has {count} band"
-                        f"{'s' if count > 1 else ''} (1..{count}); pick bands from that range.")
+        raise UserError(
+            f"--bands {text!r} is out of range for {path}, which has {count} band"
+            f"{'s' if count > 1 else ''} (1..{count}); pick bands from that range."
+        )
     return bands
 
 
@@ -158,16 +164,22 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
                 lon, lat = warp_transform(crs, "EPSG:4326", [cx], [cy])
                 lonlat_centre = (lon[0], lat[0])
     except RasterioIOError as e:
-        raise UserError(f"cannot read mosaic {path} ({reason(e)}); check that the file is a complete "
-                        "raster GDAL reads (GeoTIFF, VRT, ...).") from None
+        raise UserError(
+            f"cannot read mosaic {path} ({reason(e)}); check that the file is a complete "
+            "raster GDAL reads (GeoTIFF, VRT, ...)."
+        ) from None
     if crs is None:
-        raise UserError(f"mosaic {path} has no CRS; assign the one it was made in (e.g. gdal_edit.py -a_srs "
-                        "EPSG:32651) before tiling it.")
+        raise UserError(
+            f"mosaic {path} has no CRS; assign the one it was made in (e.g. gdal_edit.py -a_srs "
+            "EPSG:32651) before tiling it."
+        )
     if lonlat_centre is not None:
         code, name = utm_crs_for(*lonlat_centre)
-        raise UserError(f"mosaic {path} is in a geographic CRS ({crs.to_string()}, degrees) but --tile_size_m needs "
-                        f"ground units; warp it to a projected CRS first, e.g. {code} ({name}, the zone of its "
-                        f"centre) with gdalwarp -t_srs {code} or rio warp --dst-crs {code}.")
+        raise UserError(
+            f"mosaic {path} is in a geographic CRS ({crs.to_string()}, degrees) but --tile_size_m needs "
+            f"ground units; warp it to a projected CRS first, e.g. {code} ({name}, the zone of its "
+            f"centre) with gdalwarp -t_srs {code} or rio warp --dst-crs {code}."
+        )
     if tr.b != 0 or tr.d != 0 or tr.a <= 0 or tr.e >= 0:
         raise UserError(f"mosaic {path} is rotated or not north-up; warp it north-up first (gdalwarp).")
     band_tuple = parse_bands(bands, count, path)
@@ -175,15 +187,28 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
     n_cols = int(np.floor(w * sx / tile_size + 1e-9))
     n_rows = int(np.floor(h * sy / tile_size + 1e-9))
     if n_cols == 0 or n_rows == 0:
-        raise UserError(f"mosaic {path} ({w * sx:g} x {h * sy:g} CRS units) is smaller than one tile of "
-                        f"--tile_size_m {tile_size:g}; give a smaller tile size.")
+        raise UserError(
+            f"mosaic {path} ({w * sx:g} x {h * sy:g} CRS units) is smaller than one tile of "
+            f"--tile_size_m {tile_size:g}; give a smaller tile size."
+        )
     px = (tile_size / sx, tile_size / sy)
     if tile_px is None:
         tile_px = int(round(max(px)))  # the finer axis: no detail is lost
     if tile_px < 1:
         raise UserError(f"--tile_px must be at least 1, not {tile_px}.")
-    return MosaicGrid(path=path, crs=crs_name(crs, path), x0=tr.c, y0=tr.f, tile_size=float(tile_size),
-                      n_rows=n_rows, n_cols=n_cols, tile_px=int(tile_px), bands=band_tuple, px=px, dtype=dtype)
+    return MosaicGrid(
+        path=path,
+        crs=crs_name(crs, path),
+        x0=tr.c,
+        y0=tr.f,
+        tile_size=float(tile_size),
+        n_rows=n_rows,
+        n_cols=n_cols,
+        tile_px=int(tile_px),
+        bands=band_tuple,
+        px=px,
+        dtype=dtype,
+    )
 
 
 def _masks_needed(src, bands) -> bool:
@@ -231,16 +256,22 @@ def estimate_stretch(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 
             s = min(_SAMPLE_PX, src.width, src.height)
             for i in range(_SAMPLE_GRID):
                 for j in range(_SAMPLE_GRID):
-                    win = Window(int((j + 0.5) * src.width / _SAMPLE_GRID - s / 2),
-                                 int((i + 0.5) * src.height / _SAMPLE_GRID - s / 2), s, s)
-                    win = Window(min(max(win.col_off, 0), src.width - s), min(max(win.row_off, 0), src.height - s),
-                                 s, s)
+                    win = Window(
+                        int((j + 0.5) * src.width / _SAMPLE_GRID - s / 2),
+                        int((i + 0.5) * src.height / _SAMPLE_GRID - s / 2),
+                        s,
+                        s,
+                    )
+                    win = Window(
+                        min(max(win.col_off, 0), src.width - s), min(max(win.row_off, 0), src.height - s), s, s
+                    )
                     data = src.read(bands, window=win)
                     values.append(data[:, _valid(src, bands, data, need, window=win)])
     v = np.concatenate(values, axis=1).astype(np.float64)
     if v.shape[1] == 0:
-        raise UserError(f"mosaic {grid.path} has no valid pixel in its sample (all nodata); check its nodata value "
-                        "and bands.")
+        raise UserError(
+            f"mosaic {grid.path} has no valid pixel in its sample (all nodata); check its nodata value and bands."
+        )
     lo, hi = np.percentile(v, percentiles, axis=1)
     hi = np.where(hi > lo, hi, lo + 1.0)  # a constant band: everything maps to 0
     return np.stack([lo, hi], axis=1)
@@ -286,8 +317,10 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
             data = src.read(list(g.bands), resampling=rs, **read)
             valid = _valid(src, g.bands, data, _CUT["need_masks"], resampling=Resampling.nearest, **read)
         except RasterioError as e:  # a damaged block: the header was fine, the data is not
-            raise UserError(f"cannot read tile r{row} c{col} of mosaic {g.path} ({reason(e)}); the file is damaged, "
-                            "copy or export it again.") from None
+            raise UserError(
+                f"cannot read tile r{row} c{col} of mosaic {g.path} ({reason(e)}); the file is damaged, "
+                "copy or export it again."
+            ) from None
         if 1.0 - valid.mean() > _CUT["max_nodata"]:
             out.append((row, col, False))
             continue
@@ -296,15 +329,23 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
         if img.shape[0] == 1:
             img = np.repeat(img, 3, axis=0)
         im = Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), mode="RGB")
-        atomic_write(os.path.join(_CUT["out_dir"], g.name(row, col)),
-                     lambda f, im=im: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                                              compress_type=PNG_STRATEGY), durable=False)
+        atomic_write(
+            os.path.join(_CUT["out_dir"], g.name(row, col)),
+            lambda f, im=im: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_STRATEGY),
+            durable=False,
+        )
         out.append((row, col, True))
     return out
 
 
-def cut_mosaic(grid: MosaicGrid, out_dir: str, stretch: np.ndarray | None, max_nodata: float = 0.5,
-               workers: int = 1, progress: bool | None = None) -> CutResult:
+def cut_mosaic(
+    grid: MosaicGrid,
+    out_dir: str,
+    stretch: np.ndarray | None,
+    max_nodata: float = 0.5,
+    workers: int = 1,
+    progress: bool | None = None,
+) -> CutResult:
     """Write every cell of ``grid`` with at most ``max_nodata`` nodata as ``out_dir/NAME.png``.
 
     Args:
@@ -322,8 +363,9 @@ def cut_mosaic(grid: MosaicGrid, out_dir: str, stretch: np.ndarray | None, max_n
     _CUT.clear()
     _CUT.update(grid=grid, out_dir=out_dir, stretch=stretch, max_nodata=float(max_nodata))
     results: list[tuple[int, int, bool]] = []
-    bar = tqdm(total=grid.n_rows * grid.n_cols, unit="tile", desc="tiles", disable=None if progress is None
-               else not progress)
+    bar = tqdm(
+        total=grid.n_rows * grid.n_cols, unit="tile", desc="tiles", disable=None if progress is None else not progress
+    )
     try:
         if workers > 1 and grid.n_rows > 1:
             with mp.get_context("fork").Pool(min(workers, grid.n_rows)) as pool:
@@ -344,6 +386,11 @@ def cut_mosaic(grid: MosaicGrid, out_dir: str, stretch: np.ndarray | None, max_n
     results.sort()
     kept = np.array([(r, c) for r, c, ok in results if ok], dtype=np.int64).reshape(-1, 2)
     rows, cols = kept[:, 0], kept[:, 1]
-    return CutResult(rows=rows, cols=cols, names=[grid.name(r, c) for r, c in kept.tolist()],
-                     bounds=grid.bounds(rows, cols), skipped_nodata=len(results) - len(kept),
-                     seconds=time.time() - t0)
+    return CutResult(
+        rows=rows,
+        cols=cols,
+        names=[grid.name(r, c) for r, c in kept.tolist()],
+        bounds=grid.bounds(rows, cols),
+        skipped_nodata=len(results) - len(kept),
+        seconds=time.time() - t0,
+    )

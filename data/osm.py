@@ -59,19 +59,23 @@ def read_osm_pois(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     """
     try:
         fields = [str(f) for f in pyogrio.read_info(path, layer="points")["fields"]]
-        df = pyogrio.read_dataframe(path, layer="points",
-                                    columns=[c for c in (*POI_KEYS, "other_tags") if c in fields])
+        df = pyogrio.read_dataframe(path, layer="points", columns=[c for c in (*POI_KEYS, "other_tags") if c in fields])
     except Exception as e:  # DataSourceError for a file GDAL cannot open as OSM
-        raise UserError(f"cannot read {path} as an OpenStreetMap PBF extract ({reason(e)}); "
-                        "download it again (e.g. from download.geofabrik.de) or give POIs in another format.") from None
+        raise UserError(
+            f"cannot read {path} as an OpenStreetMap PBF extract ({reason(e)}); "
+            "download it again (e.g. from download.geofabrik.de) or give POIs in another format."
+        ) from None
     n = len(df)
     cat = np.full(n, "", dtype=object)
     par = np.full(n, "", dtype=object)
     other = df["other_tags"].to_numpy(dtype=object) if "other_tags" in df else np.full(n, None, dtype=object)
     # Cheap pre-filter: only strings that mention one of the keys are parsed.
     pattern = "|".join(f'"{k}"=>' for k in POI_KEYS)
-    maybe = (df["other_tags"].str.contains(pattern, regex=True, na=False).to_numpy()
-             if "other_tags" in df else np.zeros(n, bool))
+    maybe = (
+        df["other_tags"].str.contains(pattern, regex=True, na=False).to_numpy()
+        if "other_tags" in df
+        else np.zeros(n, bool)
+    )
     for c in POI_KEYS:
         if c in df:
             maybe |= df[c].notna().to_numpy()
@@ -84,8 +88,15 @@ def read_osm_pois(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
                 break
     keep = np.flatnonzero(cat != "")
     if keep.size == 0:
-        raise UserError(f"{path} has no OSM node tagged {', '.join(POI_KEYS)}; check that the extract covers "
-                        "your area and holds nodes, or give POIs in another format.")
+        raise UserError(
+            f"{path} has no OSM node tagged {', '.join(POI_KEYS)}; check that the extract covers "
+            "your area and holds nodes, or give POIs in another format."
+        )
     geoms = df.geometry.to_numpy()[keep]
-    return (shapely.get_x(geoms).astype(np.float64), shapely.get_y(geoms).astype(np.float64),
-            cat[keep], par[keep], "EPSG:4326")
+    return (
+        shapely.get_x(geoms).astype(np.float64),
+        shapely.get_y(geoms).astype(np.float64),
+        cat[keep],
+        par[keep],
+        "EPSG:4326",
+    )

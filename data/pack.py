@@ -56,8 +56,13 @@ def is_packed(root: str | Path) -> bool:
     return (Path(root) / PACK_META).is_file()
 
 
-def pack(layout: PretrainLayout | str | Path, out: str | Path, shard_size: int = 65536, workers: int = 0,
-         progress: bool = True) -> dict:
+def pack(
+    layout: PretrainLayout | str | Path,
+    out: str | Path,
+    shard_size: int = 65536,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Pack a pretraining layout (or the published one under a root) into shards in ``out``; returns the metadata."""
     if shard_size < 1:
         raise UserError(f"--shard_size must be at least 1, got {shard_size}")
@@ -80,14 +85,28 @@ def pack(layout: PretrainLayout | str | Path, out: str | Path, shard_size: int =
             m = min(shard_size, n - start)
             shards.append({"name": _write_shard(out, f"shard_{k:05d}", items, src, start, m, shape), "n": m})
         atomic_write_text("".join(p.name + "\n" for p in src.images), out / "names.txt", durable=False)
-        meta = {"format": FORMAT, "n_tiles": n, "tile_shape": list(shape), "poi_dim": src.poi_dim,
-                "has_weights": src.weight_dir is not None, "shards": shards, "source": str(layout.root.resolve())}
+        meta = {
+            "format": FORMAT,
+            "n_tiles": n,
+            "tile_shape": list(shape),
+            "poi_dim": src.poi_dim,
+            "has_weights": src.weight_dir is not None,
+            "shards": shards,
+            "source": str(layout.root.resolve()),
+        }
         atomic_write_text(json.dumps(meta, indent=2) + "\n", out / PACK_META)  # last: marks the pack complete
     return meta
 
 
-def _write_shard(out: Path, name: str, items: Iterator[tuple[torch.Tensor, Data]], src: RawPretrainDataset,
-                 start: int, m: int, shape: tuple[int, ...]) -> str:
+def _write_shard(
+    out: Path,
+    name: str,
+    items: Iterator[tuple[torch.Tensor, Data]],
+    src: RawPretrainDataset,
+    start: int,
+    m: int,
+    shape: tuple[int, ...],
+) -> str:
     """Write the next ``m`` items of ``items`` (tiles ``start..start+m`` of ``src``) as shard ``name``."""
     xs, eis, ws = [], [], []
     node_ptr, edge_ptr = np.zeros(m + 1, np.int64), np.zeros(m + 1, np.int64)
@@ -96,8 +115,10 @@ def _write_shard(out: Path, name: str, items: Iterator[tuple[torch.Tensor, Data]
         for t in range(m):
             img, g = next(items)
             if tuple(img.shape) != shape:
-                raise UserError(f"{src.images[start + t]} is {tuple(img.shape)[1:]} px but the first tile is {shape[1:]}; "
-                                "a pack holds tiles of one size: resize the tiles or train from the folder layout")
+                raise UserError(
+                    f"{src.images[start + t]} is {tuple(img.shape)[1:]} px but the first tile is {shape[1:]}; "
+                    "a pack holds tiles of one size: resize the tiles or train from the folder layout"
+                )
             images[t] = img.numpy()
             xs.append(g.x.numpy().astype(np.float32))
             eis.append(g.edge_index.numpy().astype(np.int64))
@@ -131,7 +152,9 @@ class PackedPretrainDataset(Dataset):
         self.root = Path(root)
         meta_path = self.root / PACK_META
         if not meta_path.is_file():
-            raise UserError(f"{meta_path} does not exist; create the pack with `python -m data.pack --data_path DATA --out {self.root}`")
+            raise UserError(
+                f"{meta_path} does not exist; create the pack with `python -m data.pack --data_path DATA --out {self.root}`"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except ValueError:
@@ -145,7 +168,9 @@ class PackedPretrainDataset(Dataset):
         counts = [s["n"] for s in meta["shards"]]
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # [n_shards + 1]
         if len(self.names) != meta["n_tiles"] or self._starts[-1] != meta["n_tiles"]:
-            raise UserError(f"{self.root} is an incomplete pack (names.txt or shards disagree with {PACK_META}); re-create it")
+            raise UserError(
+                f"{self.root} is an incomplete pack (names.txt or shards disagree with {PACK_META}); re-create it"
+            )
         self._open: dict[int, dict[str, np.ndarray]] = {}
 
     def __getstate__(self) -> dict:
@@ -163,7 +188,9 @@ class PackedPretrainDataset(Dataset):
             try:
                 self._open[k] = {key: np.load(self.root / f"{name}.{key}.npy", mmap_mode="r") for key in keys}
             except (OSError, ValueError) as exc:
-                raise UserError(f"{self.root} has a missing or unreadable shard file of {name} ({exc}); re-create the pack") from None
+                raise UserError(
+                    f"{self.root} has a missing or unreadable shard file of {name} ({exc}); re-create the pack"
+                ) from None
         return self._open[k]
 
     def graph(self, index: int) -> Data:
@@ -172,8 +199,11 @@ class PackedPretrainDataset(Dataset):
         s, t = self._shard(k), index - int(self._starts[k])
         a, b = int(s["node_ptr"][t]), int(s["node_ptr"][t + 1])
         e0, e1 = int(s["edge_ptr"][t]), int(s["edge_ptr"][t + 1])
-        data = Data(x=torch.from_numpy(np.array(s["x"][a:b])), edge_index=torch.from_numpy(np.array(s["edges"][:, e0:e1])),
-                    num_nodes=b - a)
+        data = Data(
+            x=torch.from_numpy(np.array(s["x"][a:b])),
+            edge_index=torch.from_numpy(np.array(s["edges"][:, e0:e1])),
+            num_nodes=b - a,
+        )
         if "weights" in s:
             data.edge_weight = torch.from_numpy(np.array(s["weights"][e0:e1]))
         return data
@@ -195,15 +225,22 @@ class PackedPretrainDataset(Dataset):
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Pack the MMGR pretraining folder layout into memory-mapped shards.")
-    p.add_argument("--data_path", required=True, help="data root in the published layout (sub_shanghai_img/, ..._emb/, ..._edge/)")
+    p.add_argument(
+        "--data_path", required=True, help="data root in the published layout (sub_shanghai_img/, ..._emb/, ..._edge/)"
+    )
     p.add_argument("--out", required=True, help="output directory of the pack (pass it as mmgr.py --data_path)")
-    p.add_argument("--shard_size", type=int, default=65536, help="tiles per shard (default 65536: ~13 GB of 256 px tiles)")
+    p.add_argument(
+        "--shard_size", type=int, default=65536, help="tiles per shard (default 65536: ~13 GB of 256 px tiles)"
+    )
     p.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0: in the main process)")
     add_layout_flags(p)
     args = p.parse_args(argv)
     meta = pack(PretrainLayout.from_args(args), args.out, args.shard_size, args.workers)
-    print(f"packed {meta['n_tiles']} tiles of {meta['tile_shape'][1]}x{meta['tile_shape'][2]} px into "
-          f"{len(meta['shards'])} shard(s) in {args.out}", flush=True)
+    print(
+        f"packed {meta['n_tiles']} tiles of {meta['tile_shape'][1]}x{meta['tile_shape'][2]} px into "
+        f"{len(meta['shards'])} shard(s) in {args.out}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -118,7 +118,9 @@ def crs_object(crs, what: str):
     try:
         return pyproj.CRS.from_user_input(crs if isinstance(crs, (str, int, pyproj.CRS)) else crs.to_wkt())
     except pyproj.exceptions.CRSError:
-        raise InputError(f"unknown CRS {crs!r} for {what}; give an EPSG code such as EPSG:4326 or EPSG:32651.") from None
+        raise InputError(
+            f"unknown CRS {crs!r} for {what}; give an EPSG code such as EPSG:4326 or EPSG:32651."
+        ) from None
 
 
 def crs_name(crs, what: str = "a file") -> str | None:
@@ -195,8 +197,15 @@ def _read_csv(path: str, x_col: str, y_col: str, cat_col: str, parent_col: str |
     sep = "\t" if path.lower().endswith(".tsv") else ","
     try:
         # Every field as text, nothing turned into NaN: an empty category must stay '' to be counted.
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-                         encoding="utf-8-sig", skip_blank_lines=True)
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            encoding="utf-8-sig",
+            skip_blank_lines=True,
+        )
     except pd.errors.EmptyDataError:
         raise InputError(f"{path} is empty; give a CSV with a header row and one POI per row.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -215,8 +224,10 @@ def _layers(path: str) -> list[str]:
     try:
         return [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as e:  # pyogrio.errors.DataSourceError, or GDAL's own errors on a corrupt file
-        raise InputError(f"cannot read {path} as a vector file ({reason(e)}); check the file is "
-                         "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...).") from None
+        raise InputError(
+            f"cannot read {path} as a vector file ({reason(e)}); check the file is "
+            "complete and in a format GDAL reads (GeoPackage, Shapefile, GeoJSON, ...)."
+        ) from None
 
 
 def pick_layer(path: str, layer: str | None) -> str | None:
@@ -245,8 +256,10 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
         try:
             df = gpd.read_parquet(path)
         except Exception as e:  # pyarrow / geopandas errors for a corrupt or non-geo Parquet file
-            raise InputError(f"cannot read {path} as GeoParquet ({reason(e)}); re-export it "
-                             "with its geometry column (e.g. geopandas to_parquet).") from None
+            raise InputError(
+                f"cannot read {path} as GeoParquet ({reason(e)}); re-export it "
+                "with its geometry column (e.g. geopandas to_parquet)."
+            ) from None
         if columns:
             _require_columns(path, [c for c in df.columns if c != df.geometry.name], columns)
         return df
@@ -260,8 +273,7 @@ def read_vector(path: str, layer: str | None = None, columns: list[str] | None =
     try:
         return pyogrio.read_dataframe(path, layer=layer, columns=columns)
     except Exception as e:
-        raise InputError(f"cannot read {path} ({reason(e)}); check the file is complete, or "
-                         "re-export it.") from None
+        raise InputError(f"cannot read {path} ({reason(e)}); check the file is complete, or re-export it.") from None
 
 
 def _points_of(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -311,8 +323,15 @@ def _read_vector_pois(path: str, x_col: str, y_col: str, cat_col: str, parent_co
     return x, y, cats, pars, crs, feature, bad, not_point
 
 
-def read_pois(path: str, x_col: str = "x", y_col: str = "y", category_col: str = "category",
-              parent_col: str | None = None, crs: str | None = None, layer: str | None = None) -> Pois:
+def read_pois(
+    path: str,
+    x_col: str = "x",
+    y_col: str = "y",
+    category_col: str = "category",
+    parent_col: str | None = None,
+    crs: str | None = None,
+    layer: str | None = None,
+) -> Pois:
     """Read POIs from CSV, any vector file or an OSM ``.pbf`` (chosen by extension), keeping file order.
 
     Rows with missing or non-finite coordinates or an empty category are dropped and counted; so are
@@ -336,7 +355,8 @@ def read_pois(path: str, x_col: str = "x", y_col: str = "y", category_col: str =
         bad = ~(np.isfinite(x) & np.isfinite(y))
     else:
         x, y, cats, pars, file_crs, feature, bad_f, not_point = _read_vector_pois(
-            path, x_col, y_col, category_col, parent_col, layer)
+            path, x_col, y_col, category_col, parent_col, layer
+        )
         n_not_point = int(not_point.sum())
         # Counts are per feature; the arrays below are per point (a MultiPoint gives several).
         n_feat = len(cats)
@@ -347,8 +367,10 @@ def read_pois(path: str, x_col: str = "x", y_col: str = "y", category_col: str =
         keep = good_xy & has_cat
         no_cat = int(np.unique(feature[~has_cat]).size)
         if n_feat and not keep.any():
-            raise InputError(f"POI file {path} has no point feature with a category; check --category_col "
-                             "and that the layer holds points.")
+            raise InputError(
+                f"POI file {path} has no point feature with a category; check --category_col "
+                "and that the layer holds points."
+            )
         return _pois(x, y, cats, pars, feature, keep, crs or file_crs, bad_count, no_cat, n_not_point)
     if len(cats) == 0:
         raise InputError(f"POI file {path} has a header but no POI rows; give at least one POI.")
@@ -356,10 +378,21 @@ def read_pois(path: str, x_col: str = "x", y_col: str = "y", category_col: str =
     has_cat = cats != ""
     keep = good_xy & has_cat
     if not keep.any():
-        raise InputError(f"POI file {path} has no row with finite coordinates and a category; check "
-                         "--x_col/--y_col/--category_col.")
-    return _pois(x, y, cats, pars, feature, keep, crs or file_crs, int((~good_xy).sum()),
-                 int((good_xy & ~has_cat).sum()), n_not_point)
+        raise InputError(
+            f"POI file {path} has no row with finite coordinates and a category; check --x_col/--y_col/--category_col."
+        )
+    return _pois(
+        x,
+        y,
+        cats,
+        pars,
+        feature,
+        keep,
+        crs or file_crs,
+        int((~good_xy).sum()),
+        int((good_xy & ~has_cat).sum()),
+        n_not_point,
+    )
 
 
 def _pois(x, y, cats, pars, feature, keep, crs, n_bad, n_no_cat, n_not_point) -> Pois:
@@ -369,9 +402,16 @@ def _pois(x, y, cats, pars, feature, keep, crs, n_bad, n_no_cat, n_not_point) ->
         par = pars[idx]
         # A POI with no parent gets its own category as parent: a singleton sibling group.
         par = np.where(par == "", cats[idx], par)
-    return Pois(xy=np.stack([x[idx], y[idx]], axis=1).astype(np.float64), category=cats[idx], parent=par,
-                row=np.asarray(feature, np.int64)[idx], crs=crs, skipped_bad_coords=n_bad,
-                skipped_no_category=n_no_cat, skipped_not_point=n_not_point)
+    return Pois(
+        xy=np.stack([x[idx], y[idx]], axis=1).astype(np.float64),
+        category=cats[idx],
+        parent=par,
+        row=np.asarray(feature, np.int64)[idx],
+        crs=crs,
+        skipped_bad_coords=n_bad,
+        skipped_no_category=n_no_cat,
+        skipped_not_point=n_not_point,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,8 +432,7 @@ def _find_tile(tile_dir: str, name: str) -> str | None:
 def _list_images(tile_dir: str) -> list[str]:
     if not os.path.isdir(tile_dir):
         raise InputError(f"tile folder {tile_dir} does not exist; check --tiles.")
-    names = sorted(n for n in os.listdir(tile_dir)
-                   if os.path.splitext(n)[1].lower() in IMAGE_EXTS + TIFF_EXTS)
+    names = sorted(n for n in os.listdir(tile_dir) if os.path.splitext(n)[1].lower() in IMAGE_EXTS + TIFF_EXTS)
     return [os.path.join(tile_dir, n) for n in names]
 
 
@@ -411,8 +450,9 @@ def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
     want = ["name", "minx", "miny", "maxx", "maxy"]
     missing = [c for c in want if c not in df.columns]
     if missing:
-        raise InputError(f"tile index {path} has no column {', '.join(missing)}; it needs columns "
-                         "name,minx,miny,maxx,maxy.")
+        raise InputError(
+            f"tile index {path} has no column {', '.join(missing)}; it needs columns name,minx,miny,maxx,maxy."
+        )
     if len(df) == 0:
         raise InputError(f"tile index {path} lists no tiles; give one row per tile.")
     if not os.path.isdir(tile_dir):
@@ -424,13 +464,16 @@ def read_tile_index(path: str, tile_dir: str, crs: str | None = None) -> Tiles:
         if p is None:
             raise InputError(f"tile {n!r} listed in {path} is not in {tile_dir}; fix the index or add the image.")
         paths.append(p)
-    bounds = np.stack([pd.to_numeric(df[c].str.strip(), errors="coerce").to_numpy(np.float64)
-                       for c in want[1:]], axis=1)
+    bounds = np.stack(
+        [pd.to_numeric(df[c].str.strip(), errors="coerce").to_numpy(np.float64) for c in want[1:]], axis=1
+    )
     bad = ~np.isfinite(bounds).all(axis=1) | (bounds[:, 2] <= bounds[:, 0]) | (bounds[:, 3] <= bounds[:, 1])
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise InputError(f"tile {names[k]!r} in {path} has invalid bounds {df.iloc[k][want[1:]].tolist()}; "
-                         "each row needs numbers with minx < maxx and miny < maxy.")
+        raise InputError(
+            f"tile {names[k]!r} in {path} has invalid bounds {df.iloc[k][want[1:]].tolist()}; "
+            "each row needs numbers with minx < maxx and miny < maxy."
+        )
     listed = {os.path.abspath(p) for p in paths}
     unlisted = [p for p in _list_images(tile_dir) if os.path.abspath(p) not in listed]
     return Tiles(paths=paths, bounds=bounds, crs=crs, unlisted=unlisted)
@@ -448,8 +491,9 @@ def _image_georef(path: str) -> tuple[tuple[float, float, float, float], str | N
     if tr.is_identity and crs is None:  # GDAL's answer for an image without georeferencing
         return None
     if tr.b != 0 or tr.d != 0:
-        raise InputError(f"{path} is a rotated image; warp it north-up (gdalwarp) or give a --tile_index with its "
-                         "bounds.")
+        raise InputError(
+            f"{path} is a rotated image; warp it north-up (gdalwarp) or give a --tile_index with its bounds."
+        )
     xs, ys = (tr.c, tr.c + w * tr.a), (tr.f, tr.f + h * tr.e)
     return (min(xs), min(ys), max(xs), max(ys)), crs_name(crs, path) if crs is not None else None
 
@@ -466,13 +510,16 @@ def tiles_from_georeferencing(tile_dir: str, crs: str | None = None) -> Tiles:
     for p in paths:
         geo = _image_georef(p)
         if geo is None:
-            raise InputError(f"tile {p} has no georeferencing (no GeoTIFF tags, no world file); give "
-                             "--tile_index INDEX.csv with its bounds.")
+            raise InputError(
+                f"tile {p} has no georeferencing (no GeoTIFF tags, no world file); give "
+                "--tile_index INDEX.csv with its bounds."
+            )
         bounds.append(geo[0])
         if geo[1]:
             crss.add(geo[1])
     if crs is None and len(crss) > 1:
-        raise InputError(f"tiles in {tile_dir} use several CRS ({', '.join(sorted(crss))}); reproject them "
-                         "to one CRS or give a --tile_index.")
-    return Tiles(paths=paths, bounds=np.asarray(bounds, dtype=np.float64),
-                 crs=crs or (crss.pop() if crss else None))
+        raise InputError(
+            f"tiles in {tile_dir} use several CRS ({', '.join(sorted(crss))}); reproject them "
+            "to one CRS or give a --tile_index."
+        )
+    return Tiles(paths=paths, bounds=np.asarray(bounds, dtype=np.float64), crs=crs or (crss.pop() if crss else None))

@@ -190,8 +190,10 @@ def _convert_tiff(src: str, dst: str) -> None:
     try:
         with rasterio.open(src) as ds:
             if ds.dtypes[0] != "uint8":
-                raise InputError(f"GeoTIFF tile {src} holds {ds.dtypes[0]} data, not 8-bit; cut the mosaic with "
-                                 "--mosaic (one stretch for all tiles) or convert it (gdal_translate -ot Byte -scale).")
+                raise InputError(
+                    f"GeoTIFF tile {src} holds {ds.dtypes[0]} data, not 8-bit; cut the mosaic with "
+                    "--mosaic (one stretch for all tiles) or convert it (gdal_translate -ot Byte -scale)."
+                )
             data = ds.read([1, 2, 3] if ds.count >= 3 else [1])
     except RasterioIOError as e:
         raise InputError(f"cannot read GeoTIFF tile {src} ({reason(e)}); re-export it.") from None
@@ -276,8 +278,9 @@ def _prepare_out(cfg: PrepareConfig, target_names: list[str]) -> dict[str, str]:
     outputs = _outputs(cfg, target_names)
     existing = [p for p in [SUMMARY, *outputs] if os.path.exists(os.path.join(cfg.out, p))]
     if existing and not cfg.overwrite:
-        raise InputError(f"output folder {cfg.out} already holds {existing[0]}; pick a new --out or add "
-                         "--overwrite to replace it.")
+        raise InputError(
+            f"output folder {cfg.out} already holds {existing[0]}; pick a new --out or add --overwrite to replace it."
+        )
     os.makedirs(cfg.out, exist_ok=True)
     # The summary goes first so an interrupted rerun never looks complete; stale outputs go too.
     for p in [SUMMARY, *outputs]:
@@ -300,11 +303,15 @@ def _one_torch_thread() -> None:
 
 def _check_flags(cfg: PrepareConfig) -> None:
     if bool(cfg.mosaic) == bool(cfg.tiles):
-        raise InputError("give either --mosaic RASTER (one large raster to cut) or --tiles DIR (tiles already cut), "
-                         "not both or neither.")
+        raise InputError(
+            "give either --mosaic RASTER (one large raster to cut) or --tiles DIR (tiles already cut), "
+            "not both or neither."
+        )
     if cfg.mosaic and cfg.tile_size_m is None:
-        raise InputError(f"--mosaic {cfg.mosaic} needs --tile_size_m, the tile side in the mosaic's CRS units "
-                         "(e.g. 1000 for 1 km tiles in a UTM CRS).")
+        raise InputError(
+            f"--mosaic {cfg.mosaic} needs --tile_size_m, the tile side in the mosaic's CRS units "
+            "(e.g. 1000 for 1 km tiles in a UTM CRS)."
+        )
     if cfg.mosaic and cfg.tile_index:
         raise InputError("--tile_index describes tiles already cut (--tiles); a --mosaic is cut on its own grid.")
     if not 0.0 <= cfg.max_nodata <= 1.0:
@@ -323,8 +330,6 @@ def _check_flags(cfg: PrepareConfig) -> None:
         raise InputError(f"--block_tiles must be at least 1, not {cfg.block_tiles}.")
     poi_io.check_crs(cfg.crs, "--crs")
     poi_io.check_crs(cfg.tile_crs, "--tile_crs")
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -402,8 +407,10 @@ def _open_tiles(cfg: PrepareConfig, log: Log) -> _Source:
     if cfg.mosaic:
         grid = mosaic.open_mosaic(cfg.mosaic, cfg.tile_size_m, cfg.tile_px, cfg.bands)
         if cfg.tile_crs and not poi_io.same_crs(cfg.tile_crs, grid.crs, "--tile_crs", cfg.mosaic):
-            raise InputError(f"--tile_crs {cfg.tile_crs} differs from the CRS of mosaic {cfg.mosaic}; drop --tile_crs "
-                             "(the mosaic's own CRS is used).")
+            raise InputError(
+                f"--tile_crs {cfg.tile_crs} differs from the CRS of mosaic {cfg.mosaic}; drop --tile_crs "
+                "(the mosaic's own CRS is used)."
+            )
         src = _Source(grid.crs, grid.extent, grid.n_rows * grid.n_cols, grid=grid)
         what = f"{grid.n_rows} x {grid.n_cols} cells of {grid.tile_size:g} units ({grid.tile_px} px) of {cfg.mosaic}"
     else:
@@ -423,8 +430,10 @@ def _open_cut_tiles(cfg: PrepareConfig) -> _Source:
     stems = [os.path.splitext(os.path.basename(p))[0] for p in tiles.paths]
     dup = [s for s, c in Counter(stems).items() if c > 1]
     if dup:
-        raise InputError(f"two tiles in {cfg.tiles} share the name {dup[0]!r} (different extensions); rename "
-                         "one, as the tensors are named after the image without its extension.")
+        raise InputError(
+            f"two tiles in {cfg.tiles} share the name {dup[0]!r} (different extensions); rename "
+            "one, as the tensors are named after the image without its extension."
+        )
     poi_io.check_crs(tiles.crs, "the tiles")
     crs = poi_io.crs_name(tiles.crs, "the tiles") if tiles.crs else None
     b = tiles.bounds
@@ -447,9 +456,11 @@ def _read_pois(cfg: PrepareConfig, src: _Source, log: Log) -> _Points:
     poi_extent = (xy[fin, 0].min(), xy[fin, 1].min(), xy[fin, 0].max(), xy[fin, 1].max()) if fin.any() else None
     if poi_extent is None or not poi_io.extent_overlaps(poi_extent, src.extent):
         shown = poi_io.format_extent(poi_extent) if poi_extent else "empty"
-        raise InputError(f"POIs in {cfg.pois} do not overlap the tiles: their extent is {shown}, the tiles' is "
-                         f"{poi_io.format_extent(src.extent)} (both in the tiles' CRS {tile_crs}); check --crs or "
-                         "the files' CRS.")
+        raise InputError(
+            f"POIs in {cfg.pois} do not overlap the tiles: their extent is {shown}, the tiles' is "
+            f"{poi_io.format_extent(src.extent)} (both in the tiles' CRS {tile_crs}); check --crs or "
+            "the files' CRS."
+        )
     log(f"read {len(xy)} POIs from {cfg.pois}")
     return _Points(pois, xy, reprojected)
 
@@ -483,8 +494,10 @@ def _table_embeddings(cfg: PrepareConfig, cats: np.ndarray, codes: np.ndarray, l
     unseen: dict[str, int] = {}
     tab_cats, tab_vecs = category_embed.read_table(cfg.embeddings)
     if cfg.embed_dim is not None and cfg.embed_dim != tab_vecs.shape[1]:
-        raise InputError(f"embedding table {cfg.embeddings} has {tab_vecs.shape[1]} columns but "
-                         f"--embed_dim is {cfg.embed_dim}; drop --embed_dim or fix the table.")
+        raise InputError(
+            f"embedding table {cfg.embeddings} has {tab_vecs.shape[1]} columns but "
+            f"--embed_dim is {cfg.embed_dim}; drop --embed_dim or fix the table."
+        )
     dim = tab_vecs.shape[1]
     pos = {c: k for k, c in enumerate(tab_cats)}
     table = np.zeros((len(cats), dim), dtype=np.float32)  # unseen categories: zero vectors
@@ -498,13 +511,17 @@ def _table_embeddings(cfg: PrepareConfig, cats: np.ndarray, codes: np.ndarray, l
     out_cats = tab_cats + [str(c) for c in cats if str(c) not in pos]
     out_table = np.concatenate([tab_vecs, np.zeros((len(out_cats) - len(tab_cats), dim), np.float32)])
     if unseen:
-        log(f"{len(unseen)} categories are not in {cfg.embeddings} and get zero vectors: "
-            + ", ".join(sorted(unseen)[:10]) + (" ..." if len(unseen) > 10 else ""))
+        log(
+            f"{len(unseen)} categories are not in {cfg.embeddings} and get zero vectors: "
+            + ", ".join(sorted(unseen)[:10])
+            + (" ..." if len(unseen) > 10 else "")
+        )
     return _Embeddings(cats, codes, table, out_cats, out_table, "table", unseen)
 
 
-def _learned_embeddings(cfg: PrepareConfig, pts: _Points, cats: np.ndarray, codes: np.ndarray, dim: int,
-                        log: Log) -> _Embeddings:
+def _learned_embeddings(
+    cfg: PrepareConfig, pts: _Points, cats: np.ndarray, codes: np.ndarray, dim: int, log: Log
+) -> _Embeddings:
     """``dim``-wide vectors learned from the city's co-location network (docs/method.md §3)."""
     t0 = time.time()
     city_edges, _ = delaunay_edges(pts.xy, cfg.max_edge_length)  # city-wide co-location network
@@ -520,36 +537,54 @@ def _learned_embeddings(cfg: PrepareConfig, pts: _Points, cats: np.ndarray, code
                 best[c] = (n, p)
         _, parent_codes = np.unique([best[c][1] for c in range(len(cats))], return_inverse=True)
     table = category_embed.learn_embeddings(counts_mat, dim, parent_codes, cfg.hierarchy_weight)
-    log(f"learned {dim}-d vectors for {len(cats)} categories from {city_edges.shape[1] // 2} "
-        f"Delaunay edges ({time.time() - t0:.1f}s)")
+    log(
+        f"learned {dim}-d vectors for {len(cats)} categories from {city_edges.shape[1] // 2} "
+        f"Delaunay edges ({time.time() - t0:.1f}s)"
+    )
     return _Embeddings(cats, codes, table, [str(c) for c in cats], table, "learned")
 
 
-def _cut_or_list(cfg: PrepareConfig, src: _Source, stretch: np.ndarray | None, dirs: dict[str, str],
-                 log: Log) -> _Placed:
+def _cut_or_list(
+    cfg: PrepareConfig, src: _Source, stretch: np.ndarray | None, dirs: dict[str, str], log: Log
+) -> _Placed:
     """Stage 5: the mosaic cut into OUT/sub_shanghai_img, or the bounds of the tiles already cut."""
     if src.grid is None:
         rows, cols = grid_positions(src.tiles.bounds)
         return _Placed(src.tiles.bounds, rows, cols, names=None, paths=src.tiles.paths)
     cut = mosaic.cut_mosaic(src.grid, dirs["img"], stretch, cfg.max_nodata, cfg.workers)
-    log(f"tiles: cut {len(cut.names)} of {src.n_cells} cells from {cfg.mosaic} ({cut.skipped_nodata} skipped with "
-        f"more than {cfg.max_nodata:.0%} nodata) in {cut.seconds:.1f}s")
+    log(
+        f"tiles: cut {len(cut.names)} of {src.n_cells} cells from {cfg.mosaic} ({cut.skipped_nodata} skipped with "
+        f"more than {cfg.max_nodata:.0%} nodata) in {cut.seconds:.1f}s"
+    )
     if not cut.names:
-        raise InputError(f"every tile of mosaic {cfg.mosaic} has more than {cfg.max_nodata:.0%} nodata; check its "
-                         "nodata value or raise --max_nodata.")
+        raise InputError(
+            f"every tile of mosaic {cfg.mosaic} has more than {cfg.max_nodata:.0%} nodata; check its "
+            "nodata value or raise --max_nodata."
+        )
     return _Placed(cut.bounds, cut.rows, cut.cols, names=cut.names, paths=None, skipped_nodata=cut.skipped_nodata)
 
 
-def _write_graphs(cfg: PrepareConfig, placed: _Placed, pts: _Points, emb: _Embeddings, dirs: dict[str, str],
-                  log: Log) -> _Graphs:
+def _write_graphs(
+    cfg: PrepareConfig, placed: _Placed, pts: _Points, emb: _Embeddings, dirs: dict[str, str], log: Log
+) -> _Graphs:
     """Stage 6: every tile's POI tensors (and its image, for --tiles), in forked workers with --workers."""
     poi, tile = assign_to_tiles(pts.xy, placed.bounds)
     n_tiles = placed.bounds.shape[0]
     per_tile = np.bincount(tile, minlength=n_tiles)
     tile_start = np.concatenate([[0], np.cumsum(per_tile)])
-    _STATE.update(poi=poi, tile_start=tile_start, paths=placed.paths, names=placed.names, dirs=dirs,
-                  image_mode=cfg.image_mode, convert_tiff=cfg.convert_tiff, table=emb.table, codes=emb.codes,
-                  xy=pts.xy, max_edge_length=cfg.max_edge_length)
+    _STATE.update(
+        poi=poi,
+        tile_start=tile_start,
+        paths=placed.paths,
+        names=placed.names,
+        dirs=dirs,
+        image_mode=cfg.image_mode,
+        convert_tiff=cfg.convert_tiff,
+        table=emb.table,
+        codes=emb.codes,
+        xy=pts.xy,
+        max_edge_length=cfg.max_edge_length,
+    )
     t0 = time.time()
     chunks = [list(range(k, min(k + 256, n_tiles))) for k in range(0, n_tiles, 256)]
     try:
@@ -561,8 +596,10 @@ def _write_graphs(cfg: PrepareConfig, placed: _Placed, pts: _Points, emb: _Embed
     for r in results:
         out_names.update(r[1])
     names = [out_names[t] for t in range(n_tiles)]
-    log(f"POI graphs: {n_tiles} tiles, {int((per_tile > 0).sum())} with POIs, {int(n_edges)} edges "
-        f"({time.time() - t0:.1f}s)")
+    log(
+        f"POI graphs: {n_tiles} tiles, {int((per_tile > 0).sum())} with POIs, {int(n_edges)} edges "
+        f"({time.time() - t0:.1f}s)"
+    )
     return _Graphs(names, poi, per_tile, int(n_edges))
 
 
@@ -588,8 +625,9 @@ def _run_chunks(chunks: list[list[int]], n_tiles: int, workers: int) -> list[tup
     return results
 
 
-def _label_tiles(cfg: PrepareConfig, opened: list[targets.Target], placed: _Placed, graphs: _Graphs,
-                 tile_crs: str | None, log: Log) -> _Labels:
+def _label_tiles(
+    cfg: PrepareConfig, opened: list[targets.Target], placed: _Placed, graphs: _Graphs, tile_crs: str | None, log: Log
+) -> _Labels:
     """Stage 7: the targets on the written tiles, then the split of the tiles that have every target."""
     n_tiles = len(graphs.names)
     columns: dict[str, np.ndarray] = {"n_poi": graphs.per_tile.astype(np.int64)}
@@ -604,42 +642,68 @@ def _label_tiles(cfg: PrepareConfig, opened: list[targets.Target], placed: _Plac
         columns[tg.spec.name] = values
         columns[f"{tg.spec.name}_coverage"] = coverage
         target_summary[tg.spec.name] = {
-            "source": tg.spec.path, "kind": tg.kind, "column": tg.spec.column, "tiles_with_value": int(ok.sum()),
-            "tiles_below_min_coverage": int((~ok).sum()), "total_on_tiles": float(np.nansum(values)),
-            "seconds": round(time.time() - t0, 2)}
-        log(f"target {tg.spec.name}: {int(ok.sum())} of {n_tiles} tiles labelled ({int((~ok).sum())} less than "
+            "source": tg.spec.path,
+            "kind": tg.kind,
+            "column": tg.spec.column,
+            "tiles_with_value": int(ok.sum()),
+            "tiles_below_min_coverage": int((~ok).sum()),
+            "total_on_tiles": float(np.nansum(values)),
+            "seconds": round(time.time() - t0, 2),
+        }
+        log(
+            f"target {tg.spec.name}: {int(ok.sum())} of {n_tiles} tiles labelled ({int((~ok).sum())} less than "
             f"{cfg.min_coverage:.0%} covered), total {np.nansum(values):.6g}, from {tg.spec.path} "
-            f"({time.time() - t0:.1f}s)")
+            f"({time.time() - t0:.1f}s)"
+        )
     split_col = np.full(n_tiles, "", dtype=object)
     split_summary = _write_split(cfg, labelled, placed, graphs.names, split_col, log) if opened else None
     columns["split"] = split_col
     return _Labels(columns, target_summary, split_summary)
 
 
-def _write_split(cfg: PrepareConfig, labelled: np.ndarray, placed: _Placed, names: list[str],
-                 split_col: np.ndarray, log: Log) -> dict:
+def _write_split(
+    cfg: PrepareConfig, labelled: np.ndarray, placed: _Placed, names: list[str], split_col: np.ndarray, log: Log
+) -> dict:
     """The ``labelled`` tiles ``[T]`` split into train.txt and val.txt; marks ``split_col`` ``[T]``, returns
     the split's summary."""
     lab = np.flatnonzero(labelled)
-    is_val = splits.split_tiles(placed.rows[lab], placed.cols[lab], cfg.split, cfg.block_tiles, cfg.val_fraction,
-                                cfg.seed)
+    is_val = splits.split_tiles(
+        placed.rows[lab], placed.cols[lab], cfg.split, cfg.block_tiles, cfg.val_fraction, cfg.seed
+    )
     split_col[lab[~is_val]], split_col[lab[is_val]] = "train", "val"
     for side, sel in (("train", lab[~is_val]), ("val", lab[is_val])):
         atomic_write_text("".join(names[k] + "\n" for k in sel), os.path.join(cfg.out, LISTS[side]), durable=False)
-    summary = {"method": cfg.split, "block_tiles": cfg.block_tiles if cfg.split == "block" else None,
-               "val_fraction": cfg.val_fraction, "seed": cfg.seed, "train": int((~is_val).sum()),
-               "val": int(is_val.sum())}
-    log(f"split ({cfg.split}{f', {cfg.block_tiles}x{cfg.block_tiles} tile blocks' if cfg.split == 'block' else ''}"
-        f"): {summary['train']} train, {summary['val']} val tiles -> train.txt, val.txt")
+    summary = {
+        "method": cfg.split,
+        "block_tiles": cfg.block_tiles if cfg.split == "block" else None,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "train": int((~is_val).sum()),
+        "val": int(is_val.sum()),
+    }
+    log(
+        f"split ({cfg.split}{f', {cfg.block_tiles}x{cfg.block_tiles} tile blocks' if cfg.split == 'block' else ''}"
+        f"): {summary['train']} train, {summary['val']} val tiles -> train.txt, val.txt"
+    )
     return summary
 
 
-def _summary(cfg: PrepareConfig, src: _Source, pts: _Points, emb: _Embeddings, placed: _Placed, graphs: _Graphs,
-             labels: _Labels, stretch: np.ndarray | None, seconds: float) -> dict:
+def _summary(
+    cfg: PrepareConfig,
+    src: _Source,
+    pts: _Points,
+    emb: _Embeddings,
+    placed: _Placed,
+    graphs: _Graphs,
+    labels: _Labels,
+    stretch: np.ndarray | None,
+    seconds: float,
+) -> dict:
     """The counts of ``prepare_summary.json`` (docs/real_data.md, "Summary")."""
     pois, grid = pts.pois, src.grid
-    n_tiff = 0 if placed.paths is None else sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS
-                                                 for p in placed.paths)
+    n_tiff = (
+        0 if placed.paths is None else sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS for p in placed.paths)
+    )
     n_read = len(pts.xy) + (pois.skipped_bad_coords + pois.skipped_no_category + pois.skipped_not_point if pois else 0)
     in_any = np.zeros(len(pts.xy), dtype=bool)
     in_any[graphs.poi] = True
@@ -667,11 +731,19 @@ def _summary(cfg: PrepareConfig, src: _Source, pts: _Points, emb: _Embeddings, p
         "max_edge_length": cfg.max_edge_length,
         "tiff_tiles_copied_unconverted": int(0 if cfg.convert_tiff else n_tiff),
         "images_in_tile_folder_not_in_index": len(src.tiles.unlisted) if src.tiles is not None else 0,
-        "mosaic": None if grid is None else {
-            "path": cfg.mosaic, "tile_size": grid.tile_size, "tile_px": grid.tile_px, "bands": list(grid.bands),
-            "grid_rows": grid.n_rows, "grid_cols": grid.n_cols, "tiles_skipped_nodata": placed.skipped_nodata,
+        "mosaic": None
+        if grid is None
+        else {
+            "path": cfg.mosaic,
+            "tile_size": grid.tile_size,
+            "tile_px": grid.tile_px,
+            "bands": list(grid.bands),
+            "grid_rows": grid.n_rows,
+            "grid_cols": grid.n_cols,
+            "tiles_skipped_nodata": placed.skipped_nodata,
             "max_nodata": cfg.max_nodata,
-            "stretch": None if stretch is None else [[float(lo), float(hi)] for lo, hi in stretch]},
+            "stretch": None if stretch is None else [[float(lo), float(hi)] for lo, hi in stretch],
+        },
         "targets": labels.targets,
         "min_coverage": cfg.min_coverage,
         "split": labels.split,
@@ -706,8 +778,17 @@ def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
             placed = _cut_or_list(cfg, src, stretch, dirs, log)
             graphs = _write_graphs(cfg, placed, pts, emb, dirs, log)
             labels = _label_tiles(cfg, opened, placed, graphs, src.crs, log)
-            write_tile_index(cfg.out, TileIndex(names=graphs.names, bounds=placed.bounds, crs=src.crs,
-                                                rows=placed.rows, cols=placed.cols, columns=labels.columns))
+            write_tile_index(
+                cfg.out,
+                TileIndex(
+                    names=graphs.names,
+                    bounds=placed.bounds,
+                    crs=src.crs,
+                    rows=placed.rows,
+                    cols=placed.cols,
+                    columns=labels.columns,
+                ),
+            )
             category_embed.write_table(os.path.join(cfg.out, TABLE), emb.saved_categories, emb.saved_table)
             summary = _summary(cfg, src, pts, emb, placed, graphs, labels, stretch, time.time() - t_start)
             # Last write: marks the folder complete.

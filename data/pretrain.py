@@ -18,8 +18,16 @@ from data.layout import PretrainLayout, tensor_name
 from utils.errors import UserError
 from utils.fileio import load_file
 
-__all__ = ["IMAGE_EXTENSIONS", "PretrainDataset", "PretrainBatch", "collate_pretrain", "open_rgb", "list_images",
-           "load_graph", "check_tensor"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PretrainDataset",
+    "PretrainBatch",
+    "collate_pretrain",
+    "open_rgb",
+    "list_images",
+    "load_graph",
+    "check_tensor",
+]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -46,7 +54,9 @@ def list_images(folder: Path) -> list[Path]:
         raise UserError(f"{folder} is not a directory; check --data_path and the image directory flag")
     # Sorted as names, then made paths: the same order as sorting the paths, without pathlib's slow
     # comparisons (this runs at every launch, over up to millions of tiles).
-    names = sorted(n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and not n.startswith("."))
+    names = sorted(
+        n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS and not n.startswith(".")
+    )
     if not names:
         raise UserError(f"{folder} holds no image tiles (.png/.jpg/.tif); check --data_path")
     return [folder / n for n in names]
@@ -55,11 +65,15 @@ def list_images(folder: Path) -> list[Path]:
 def check_tensor(t: object, path: Path, *, dtype_kind: str, rank: int, width: int | None = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.dim() != rank:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise UserError(f"{path} should hold a rank-{rank} tensor but holds {shape}; regenerate it with prepare_pois.py")
+        raise UserError(
+            f"{path} should hold a rank-{rank} tensor but holds {shape}; regenerate it with prepare_pois.py"
+        )
     if dtype_kind == "float" and not t.is_floating_point():
         t = t.float()
     if width is not None and t.shape[-1] != width:
-        raise UserError(f"{path} has embeddings of width {t.shape[-1]} but other tiles have {width}; use one category embedding table for all tiles")
+        raise UserError(
+            f"{path} has embeddings of width {t.shape[-1]} but other tiles have {width}; use one category embedding table for all tiles"
+        )
     return t
 
 
@@ -74,15 +88,21 @@ def load_graph(emb_path: Path, edge_path: Path, w_path: Path | None, poi_dim: in
         raise UserError(f"{emb_path} contains NaN or Inf embeddings; regenerate it with prepare_pois.py")
     ei = check_tensor(load_file(edge_path, "POI edge file"), edge_path, dtype_kind="long", rank=2)
     if ei.shape[0] != 2:
-        raise UserError(f"{edge_path} should hold a [2, n_edge] edge index but has shape {tuple(ei.shape)}; regenerate it with prepare_pois.py")
+        raise UserError(
+            f"{edge_path} should hold a [2, n_edge] edge index but has shape {tuple(ei.shape)}; regenerate it with prepare_pois.py"
+        )
     ei = ei.long()
     if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= x.shape[0]):
-        raise UserError(f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1} (its tile's embedding and edge files do not match); regenerate both with prepare_pois.py")
+        raise UserError(
+            f"{edge_path} refers to POI nodes outside 0..{x.shape[0] - 1} (its tile's embedding and edge files do not match); regenerate both with prepare_pois.py"
+        )
     data = Data(x=x.float(), edge_index=ei, num_nodes=x.shape[0])
     if w_path is not None:
         w = check_tensor(load_file(w_path, "edge weight file"), w_path, dtype_kind="float", rank=1)
         if w.shape[0] != ei.shape[1]:
-            raise UserError(f"{w_path} has {w.shape[0]} edge weights for {ei.shape[1]} edges; regenerate it with prepare_pois.py")
+            raise UserError(
+                f"{w_path} has {w.shape[0]} edge weights for {ei.shape[1]} edges; regenerate it with prepare_pois.py"
+            )
         data.edge_weight = w.float()
     return data
 
@@ -119,30 +139,46 @@ class PretrainDataset(Dataset):
     edge_weight=[n_edge] | None))``.
     """
 
-    def __init__(self, layout: PretrainLayout | str | Path, transform: Callable, images: list[Path] | None = None,
-                 poi_dim: int | None = None):
+    def __init__(
+        self,
+        layout: PretrainLayout | str | Path,
+        transform: Callable,
+        images: list[Path] | None = None,
+        poi_dim: int | None = None,
+    ):
         self.layout = layout = PretrainLayout.of(layout)
         self.root = layout.root
         if not self.root.is_dir():
-            raise UserError(f"data directory {self.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
+            raise UserError(
+                f"data directory {self.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)"
+            )
         self.transform = transform
         self.images = list(images) if images is not None else list_images(layout.img)
         self.emb_dir, self.edge_dir = layout.emb, layout.edge
         self.weight_dir = layout.weight if layout.has_weights else None  # looked up once, not per item
         for d in (self.emb_dir, self.edge_dir):
             if not d.is_dir():
-                raise UserError(f"{d} does not exist; the pretraining layout needs {layout.emb_dir}/ and {layout.edge_dir}/ "
-                                f"beside {layout.img_dir}/")
+                raise UserError(
+                    f"{d} does not exist; the pretraining layout needs {layout.emb_dir}/ and {layout.edge_dir}/ "
+                    f"beside {layout.img_dir}/"
+                )
         if images is not None and poi_dim is not None:
             self.poi_dim: int = poi_dim
             return
-        missing = [p.name for p in self.images
-                   if not (self.emb_dir / tensor_name(p)).is_file() or not (self.edge_dir / tensor_name(p)).is_file()]
+        missing = [
+            p.name
+            for p in self.images
+            if not (self.emb_dir / tensor_name(p)).is_file() or not (self.edge_dir / tensor_name(p)).is_file()
+        ]
         if missing:
-            raise UserError(f"{len(missing)} tiles have no POI tensors in {self.emb_dir} / {self.edge_dir} "
-                            f"(first: {missing[0]}); run prepare_pois.py or remove those tiles")
+            raise UserError(
+                f"{len(missing)} tiles have no POI tensors in {self.emb_dir} / {self.edge_dir} "
+                f"(first: {missing[0]}); run prepare_pois.py or remove those tiles"
+            )
         first = self.emb_dir / tensor_name(self.images[0])
-        self.poi_dim = int(check_tensor(load_file(first, "POI embedding file"), first, dtype_kind="float", rank=2).shape[1])
+        self.poi_dim = int(
+            check_tensor(load_file(first, "POI embedding file"), first, dtype_kind="float", rank=2).shape[1]
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -150,8 +186,12 @@ class PretrainDataset(Dataset):
     def graph(self, index: int) -> Data:
         """The POI graph of tile ``index``, validated."""
         name = tensor_name(self.images[index])
-        return load_graph(self.emb_dir / name, self.edge_dir / name,
-                          self.weight_dir / name if self.weight_dir is not None else None, self.poi_dim)
+        return load_graph(
+            self.emb_dir / name,
+            self.edge_dir / name,
+            self.weight_dir / name if self.weight_dir is not None else None,
+            self.poi_dim,
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, Data]:
         img = open_rgb(self.images[index])

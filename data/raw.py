@@ -23,7 +23,9 @@ from utils.errors import UserError
 
 # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec (not installed here); they
 # still work, and decode_rgb falls back to PIL should they ever be removed or fail.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 __all__ = ["decode_rgb", "RawBatch", "collate_raw", "RawPretrainDataset"]
 
@@ -61,8 +63,10 @@ def collate_raw(samples: list[tuple[torch.Tensor, Data]]) -> RawBatch:
     images, graphs = zip(*samples, strict=True)
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
-        raise UserError(f"tiles of different sizes in one batch ({sorted(sizes)[:2]}...); "
-                        "--augment gpu needs tiles of one size: resize them, or use the default --augment cpu")
+        raise UserError(
+            f"tiles of different sizes in one batch ({sorted(sizes)[:2]}...); "
+            "--augment gpu needs tiles of one size: resize them, or use the default --augment cpu"
+        )
     return RawBatch(torch.stack(images), Batch.from_data_list(list(graphs)))
 
 
@@ -72,7 +76,9 @@ class RawPretrainDataset(PretrainDataset):
     Items: ``(uint8 [3, H, W] tile, Data(x, edge_index[, edge_weight]))``.
     """
 
-    def __init__(self, layout: PretrainLayout | str | Path, images: list[Path] | None = None, poi_dim: int | None = None):
+    def __init__(
+        self, layout: PretrainLayout | str | Path, images: list[Path] | None = None, poi_dim: int | None = None
+    ):
         super().__init__(layout, lambda im: im, images=images, poi_dim=poi_dim)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Data]:  # type: ignore[override]

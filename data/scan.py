@@ -68,9 +68,11 @@ class ScanReport:
         return [f"bad: {b.reason}" for b in self.bad]
 
     def summary(self) -> str:
-        return (f"scan: {len(self.good)} good tiles, {len(self.bad_tiles)} bad tiles, {len(self.bad)} problems, "
-                f"{self.zero_poi} tiles with zero POIs (fine); {self.checked} tiles checked ({self.n_files} files read), "
-                f"{self.cached} unchanged tiles from the scan cache; {self.seconds:.2f}s")
+        return (
+            f"scan: {len(self.good)} good tiles, {len(self.bad_tiles)} bad tiles, {len(self.bad)} problems, "
+            f"{self.zero_poi} tiles with zero POIs (fine); {self.checked} tiles checked ({self.n_files} files read), "
+            f"{self.cached} unchanged tiles from the scan cache; {self.seconds:.2f}s"
+        )
 
 
 def _check_image(path: Path) -> str | None:
@@ -83,7 +85,9 @@ def _check_image(path: Path) -> str | None:
         return f"{path} {what}; replace or remove this tile"
 
 
-def _check_tiles(job: tuple[list[tuple[Path, Path, Path, Path | None]], int | None]) -> list[tuple[int, list[str], int]]:
+def _check_tiles(
+    job: tuple[list[tuple[Path, Path, Path, Path | None]], int | None],
+) -> list[tuple[int, list[str], int]]:
     """For each tile: (index in the chunk, problems, number of POIs)."""
     tiles, poi_dim = job
     out = []
@@ -127,12 +131,16 @@ class _Listing:
 def _list_layout(layout: PretrainLayout) -> _Listing:
     """List the folders once; a missing folder raises, a missing or orphan file becomes a problem."""
     if not layout.root.is_dir():
-        raise UserError(f"data directory {layout.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)")
+        raise UserError(
+            f"data directory {layout.root} does not exist; pass --data_path (or --demo for the built-in synthetic city)"
+        )
     images = list_images(layout.img)
     for d in (layout.emb, layout.edge):
         if not d.is_dir():
-            raise UserError(f"{d} does not exist; the pretraining layout needs {layout.emb_dir}/ and {layout.edge_dir}/ "
-                            f"beside {layout.img_dir}/")
+            raise UserError(
+                f"{d} does not exist; the pretraining layout needs {layout.emb_dir}/ and {layout.edge_dir}/ "
+                f"beside {layout.img_dir}/"
+            )
     dirs = [layout.emb, layout.edge] + ([layout.weight] if layout.has_weights else [])
     # Names as strings, paths built only for the tiles that are read: with a warm cache, pathlib's
     # overhead would otherwise cost more than the os.stat calls.
@@ -142,8 +150,13 @@ def _list_layout(layout: PretrainLayout) -> _Listing:
         name = tensor_name(img)
         lacking = [d for d in dirs if name not in present[d]]
         if lacking:
-            listing.bad.append(BadFile(img, f"{img} has no POI file {name} in {', '.join(str(d) for d in lacking)}; "
-                                            "run prepare_pois.py or remove this tile"))
+            listing.bad.append(
+                BadFile(
+                    img,
+                    f"{img} has no POI file {name} in {', '.join(str(d) for d in lacking)}; "
+                    "run prepare_pois.py or remove this tile",
+                )
+            )
             listing.bad_tiles.add(img)
         else:
             listing.candidates.append((img, name))
@@ -151,25 +164,38 @@ def _list_layout(layout: PretrainLayout) -> _Listing:
     for d in dirs:
         for name in sorted(present[d]):
             if name[: -len(".tensor")] not in stems:
-                listing.bad.append(BadFile(d / name, f"{d / name} has no image tile {name[:-7]}.* in {layout.img}; "
-                                                     "add the tile or remove this file"))
+                listing.bad.append(
+                    BadFile(
+                        d / name,
+                        f"{d / name} has no image tile {name[:-7]}.* in {layout.img}; add the tile or remove this file",
+                    )
+                )
     return listing
 
 
-def _check_all(listing: _Listing, todo: list[int], poi_dim: int | None, workers: int) -> dict[int, tuple[list[str], int]]:
+def _check_all(
+    listing: _Listing, todo: list[int], poi_dim: int | None, workers: int
+) -> dict[int, tuple[list[str], int]]:
     """Check the tiles ``todo`` (indices of candidates) in chunks: ``{index: (problems, n_poi)}``."""
-    chunks = [todo[i:i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+    chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
     jobs = [([listing.files(k) for k in c], poi_dim) for c in chunks]
     if workers > 0 and len(chunks) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
             results = list(pool.map(_check_tiles, jobs))
     else:
         results = [_check_tiles(j) for j in jobs]
-    return {chunk[i]: (problems, n_poi) for chunk, res in zip(chunks, results, strict=True) for i, problems, n_poi in res}
+    return {
+        chunk[i]: (problems, n_poi) for chunk, res in zip(chunks, results, strict=True) for i, problems, n_poi in res
+    }
 
 
-def scan_pretrain(layout: PretrainLayout | str | Path, workers: int = 4, cache: str | Path | None = None,
-                  rescan: bool = False, cache_read_only: bool = False) -> ScanReport:
+def scan_pretrain(
+    layout: PretrainLayout | str | Path,
+    workers: int = 4,
+    cache: str | Path | None = None,
+    rescan: bool = False,
+    cache_read_only: bool = False,
+) -> ScanReport:
     """Check every tile of a pretraining layout (or of the published layout under a root); see the module docstring.
 
     Missing or empty directories are not per-file problems: they raise :class:`UserError` at once.
@@ -190,14 +216,24 @@ def scan_pretrain(layout: PretrainLayout | str | Path, workers: int = 4, cache: 
     candidates = listing.candidates
     poi_dim = _first_width(listing.dirs[0] / name for _, name in candidates)
     # A tile's verdict depends on its files and on these: with any of them changed, no entry holds.
-    key = {"root": str(layout.root.resolve()), "img_dir": layout.img_dir, "emb_dir": layout.emb_dir,
-           "edge_dir": layout.edge_dir, "weight_dir": layout.weight_dir, "weights": len(listing.dirs) > 2, "poi_dim": poi_dim}
+    key = {
+        "root": str(layout.root.resolve()),
+        "img_dir": layout.img_dir,
+        "emb_dir": layout.emb_dir,
+        "edge_dir": layout.edge_dir,
+        "weight_dir": layout.weight_dir,
+        "weights": len(listing.dirs) > 2,
+        "poi_dim": poi_dim,
+    }
     known = None if cache is None or rescan else load_cache(cache, key)
     # Stat before reading: a file changed after its stat gets a new signature, so it is checked next time.
     # Serially: in threads it was slower on this machine's local disk (the GIL; measured, 2 cores).
     folders = [os.fspath(d) for d in listing.dirs]
-    sigs = [signature([os.fspath(img)] + [os.path.join(f, name) for f in folders]) for img, name in candidates] \
-        if cache is not None else []
+    sigs = (
+        [signature([os.fspath(img)] + [os.path.join(f, name) for f in folders]) for img, name in candidates]
+        if cache is not None
+        else []
+    )
     zero_flag = [0] * len(candidates)
     todo: list[int] = []
     for i, (img, _) in enumerate(candidates):
@@ -218,12 +254,23 @@ def scan_pretrain(layout: PretrainLayout | str | Path, workers: int = 4, cache: 
             zero_flag[i] = 1
     good_idx = [i for i in range(len(candidates)) if not checked.get(i, ((), 0))[0]]
     if cache is not None and not cache_read_only:
-        entries = {candidates[i][0].name: (sigs[i][0], zero_flag[i]) for i in good_idx
-                   if sigs[i] is not None and sigs[i][1] < racy_ns}
+        entries = {
+            candidates[i][0].name: (sigs[i][0], zero_flag[i])
+            for i in good_idx
+            if sigs[i] is not None and sigs[i][1] < racy_ns
+        }
         _write_cache(cache, key, entries, known)
-    return ScanReport([candidates[i][0] for i in good_idx], sorted(listing.bad_tiles), listing.bad, poi_dim,
-                      sum(zero_flag[i] for i in good_idx), time.perf_counter() - t0, len(todo) * (1 + len(listing.dirs)),
-                      checked=len(todo), cached=len(candidates) - len(todo))
+    return ScanReport(
+        [candidates[i][0] for i in good_idx],
+        sorted(listing.bad_tiles),
+        listing.bad,
+        poi_dim,
+        sum(zero_flag[i] for i in good_idx),
+        time.perf_counter() - t0,
+        len(todo) * (1 + len(listing.dirs)),
+        checked=len(todo),
+        cached=len(candidates) - len(todo),
+    )
 
 
 def _write_cache(cache: str | Path, key: dict, entries: dict[str, Entry], known: dict[str, Entry] | None) -> None:
@@ -232,8 +279,11 @@ def _write_cache(cache: str | Path, key: dict, entries: dict[str, Entry], known:
     try:
         save_cache(cache, key, entries)
     except OSError as exc:  # the cache only saves time: never stop a run for it
-        print(f"warning: could not write the scan cache {cache} ({exc}); the next launch checks every tile again",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: could not write the scan cache {cache} ({exc}); the next launch checks every tile again",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool = False) -> list[Path]:
@@ -251,14 +301,22 @@ def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool =
     if not report.bad:
         return report.good
     if check_only:
-        raise UserError(f"{len(report.bad)} problems in {len(report.bad_tiles)} tiles (listed above); "
-                        "fix or remove those files, or train with --bad_samples skip")
+        raise UserError(
+            f"{len(report.bad)} problems in {len(report.bad_tiles)} tiles (listed above); "
+            "fix or remove those files, or train with --bad_samples skip"
+        )
     if policy == "skip":
-        print(f"--bad_samples skip: training on {len(report.good)} tiles, leaving out {len(report.bad_tiles)} "
-              f"({len(report.bad)} problems listed above)", file=sys.stderr, flush=True)
+        print(
+            f"--bad_samples skip: training on {len(report.good)} tiles, leaving out {len(report.bad_tiles)} "
+            f"({len(report.bad)} problems listed above)",
+            file=sys.stderr,
+            flush=True,
+        )
         return report.good
     first = report.bad[0].reason
     if len(report.bad) == 1:
         raise UserError(first)
-    raise UserError(f"{len(report.bad)} problems in the data (all listed above; python mmgr.py --check_data lists them again), "
-                    f"the first: {first.rstrip('.')}; or pass --bad_samples skip to train on the other tiles")
+    raise UserError(
+        f"{len(report.bad)} problems in the data (all listed above; python mmgr.py --check_data lists them again), "
+        f"the first: {first.rstrip('.')}; or pass --bad_samples skip to train on the other tiles"
+    )

@@ -69,8 +69,12 @@ def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None
         if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
             return None
         names, sig, zero = obj["names"], obj["sig"], obj["zero"]
-        if not (isinstance(names, list) and isinstance(sig, list) and isinstance(zero, list)
-                and len(names) == len(sig) == len(zero)):
+        if not (
+            isinstance(names, list)
+            and isinstance(sig, list)
+            and isinstance(zero, list)
+            and len(names) == len(sig) == len(zero)
+        ):
             return None
         return dict(zip(names, zip(sig, zero, strict=True), strict=True))
     except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON / not UTF-8, odd content
@@ -80,6 +84,11 @@ def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None
 def save_cache(path: str | Path, key: dict[str, Any], entries: dict[str, Entry]) -> None:
     """Write ``entries`` for ``key`` to ``path`` atomically (a reader sees the old file or the new one),
     creating its folder if needed."""
-    obj = {"format": CACHE_FORMAT, "key": key, "names": list(entries),
-           "sig": [e[0] for e in entries.values()], "zero": [e[1] for e in entries.values()]}
+    obj = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "names": list(entries),
+        "sig": [e[0] for e in entries.values()],
+        "zero": [e[1] for e in entries.values()],
+    }
     atomic_write_text(json.dumps(obj, separators=(",", ":")), path)

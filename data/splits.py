@@ -32,8 +32,14 @@ def block_ids(rows: np.ndarray, cols: np.ndarray, block_tiles: int) -> np.ndarra
     return block.reshape(-1).astype(np.int64)
 
 
-def split_tiles(rows: np.ndarray, cols: np.ndarray, method: str = "block", block_tiles: int = 4,
-                val_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+def split_tiles(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    method: str = "block",
+    block_tiles: int = 4,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> np.ndarray:
     """Which of the labelled tiles go to validation.
 
     ``block``: tiles are grouped into blocks ``(row // block_tiles, col // block_tiles)``; the blocks, in

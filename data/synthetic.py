@@ -81,9 +81,14 @@ TILE_M = 1000  # tile side in metres
 # The city's coordinates are metres from its lower-left corner. They are declared in a transverse Mercator
 # projection centred near Wuhan (where the paper's downstream data lie) with that corner at (0, 0), so that
 # GIS tools and the maps of res_pop.py / embed.py draw it in metres; the city itself is synthetic.
-CITY_CRS = CRS.from_json_dict({**CRS.from_proj4(
-    "+proj=tmerc +lat_0=30.55 +lon_0=114.3 +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs").to_json_dict(),
-    "name": "MMGR synthetic city (local transverse Mercator, metres)"}).to_wkt()
+CITY_CRS = CRS.from_json_dict(
+    {
+        **CRS.from_proj4(
+            "+proj=tmerc +lat_0=30.55 +lon_0=114.3 +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
+        ).to_json_dict(),
+        "name": "MMGR synthetic city (local transverse Mercator, metres)",
+    }
+).to_wkt()
 FIXED_TIMESTAMP = "2000-01-01T00:00:00Z"  # the GeoPackage's date, so that the same arguments give the same bytes
 MARKER = ".complete"
 LOTS = 16  # lots per tile side (62.5 m)
@@ -202,14 +207,22 @@ _KIND_POI = np.array(
     ]
 )
 _FINE_SPLIT = np.array(
-    [0.50, 0.20, 0.20, 0.10] + [0.25, 0.10, 0.50, 0.15] + [0.55, 0.25, 0.20]
-    + [0.45, 0.15, 0.40] + [0.45, 0.30, 0.25] + [0.25, 0.10, 0.10, 0.35, 0.20]
+    [0.50, 0.20, 0.20, 0.10]
+    + [0.25, 0.10, 0.50, 0.15]
+    + [0.55, 0.25, 0.20]
+    + [0.45, 0.15, 0.40]
+    + [0.45, 0.30, 0.25]
+    + [0.25, 0.10, 0.10, 0.35, 0.20]
 )
 # How each fine category responds to wealth (log-rate slope): cafes, malls, clothing, banks and
 # offices thrive with wealth; fast food, convenience stores and factories do not.
 _WEALTH_SLOPE = np.array(
-    [0.2, 0.6, -0.4, 0.1] + [0.0, 0.6, -0.3, 0.5] + [-0.1, 0.2, 0.3]
-    + [0.4, 0.5, 0.1] + [-0.3, -0.2, -0.1] + [0.1, 0.2, 0.1, -0.2, 0.3]
+    [0.2, 0.6, -0.4, 0.1]
+    + [0.0, 0.6, -0.3, 0.5]
+    + [-0.1, 0.2, 0.3]
+    + [0.4, 0.5, 0.1]
+    + [-0.3, -0.2, -0.1]
+    + [0.1, 0.2, 0.1, -0.2, 0.3]
 )
 _POI_ACTIVITY = 0.5  # log-rate slope of every POI category on the (invisible) activity field
 _POI_FLOOR_REF = 6000.0  # m2 of floor area in a lot at which the floor-area factor is 1
@@ -346,9 +359,19 @@ def plan_city(n_tiles: int, seed: int) -> dict:
     road_x, road_y = road_lines(cols * TILE_M), road_lines(rows * TILE_M)
     flat = lambda a: a.reshape(-1)[:n_tiles]  # noqa: E731  row-major, the last row may be partial
     return dict(
-        rows=rows, cols=cols, river=river, road_x=road_x, road_y=road_y,
-        row=flat(rr), col=flat(cc), u=flat(u), wealth=flat(wealth), activity=flat(activity),
-        water_frac=flat(water_frac), land_use=flat(land_use), rural=flat(rural),
+        rows=rows,
+        cols=cols,
+        river=river,
+        road_x=road_x,
+        road_y=road_y,
+        row=flat(rr),
+        col=flat(cc),
+        u=flat(u),
+        wealth=flat(wealth),
+        activity=flat(activity),
+        water_frac=flat(water_frac),
+        land_use=flat(land_use),
+        rural=flat(rural),
     )
 
 
@@ -367,19 +390,22 @@ def _block_kinds(rng: np.random.Generator, block_type: np.ndarray, u: float, w: 
     Residential blocks: towers in the centre, slabs in the middle ring, villas on the wealthy
     outskirts, urban villages in poorer parts of the inner ring (a softmax over these scores).
     """
-    logits = np.array([
-        4.0 * (u - 0.5) + 0.3 * w,  # highrise
-        0.5 - 6.0 * (u - 0.45) ** 2,  # midrise
-        1.0 * w - 3.0 * u + 0.3,  # villa
-        -1.0 * w - 5.0 * (u - 0.45) ** 2 - 0.3,  # informal
-    ])
+    logits = np.array(
+        [
+            4.0 * (u - 0.5) + 0.3 * w,  # highrise
+            0.5 - 6.0 * (u - 0.45) ** 2,  # midrise
+            1.0 * w - 3.0 * u + 0.3,  # villa
+            -1.0 * w - 5.0 * (u - 0.45) ** 2 - 0.3,  # informal
+        ]
+    )
     p_res = np.exp(logits - logits.max())
     p_res /= p_res.sum()
     res = rng.choice(4, size=block_type.shape, p=p_res)
     p_office = 1.0 / (1.0 + math.exp(-8.0 * (u - 0.55)))
     com = np.where(rng.random(block_type.shape) < p_office, _K["office"], _K["retail"])
-    by_type = np.stack([res, com, np.full_like(res, _K["factory"]), np.full_like(res, _K["public"]),
-                        np.full_like(res, _K["park"])])
+    by_type = np.stack(
+        [res, com, np.full_like(res, _K["factory"]), np.full_like(res, _K["public"]), np.full_like(res, _K["park"])]
+    )
     return np.take_along_axis(by_type, block_type[None], axis=0)[0]
 
 
@@ -436,7 +462,7 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     fr, fc = rng.integers(0, 3, (B, B)), rng.integers(0, 2, (B, B))
     for br, bc in zip(*np.nonzero((block_kind == _K["public"]) & has_field), strict=True):
         r0, c0 = br * BLOCK + fr[br, bc], bc * BLOCK + fc[br, bc]
-        field_lots[r0:r0 + 2, c0:c0 + 3] = True
+        field_lots[r0 : r0 + 2, c0 : c0 + 3] = True
         fields.append((c0 * LOT_M + 6.0, r0 * LOT_M + 6.0, (c0 + 3) * LOT_M - 6.0, (r0 + 2) * LOT_M - 6.0))
 
     # Up to four building slots per lot, drawn for every lot whatever its kind (a fixed number of
@@ -450,15 +476,45 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     span = 1.0 - 2 * _LOT_MARGIN
     # Defaults: one building per lot (slot 0), sides as fractions of the lot.
     p_keep = np.select(
-        [k == _K["highrise"], k == _K["midrise"], k == _K["villa"], k == _K["informal"], k == _K["office"],
-         k == _K["retail"], k == _K["factory"], k == _K["public"], k == _K["park"]],
-        [0.75, 0.85, 0.70, 0.90, 0.75, 0.85, 0.85, 0.65, 0.03], 0.03,
+        [
+            k == _K["highrise"],
+            k == _K["midrise"],
+            k == _K["villa"],
+            k == _K["informal"],
+            k == _K["office"],
+            k == _K["retail"],
+            k == _K["factory"],
+            k == _K["public"],
+            k == _K["park"],
+        ],
+        [0.75, 0.85, 0.70, 0.90, 0.75, 0.85, 0.85, 0.65, 0.03],
+        0.03,
     ) * np.ones((1, 1, 4))
     n_slots = np.where(k == _K["villa"], 4, np.where(k == _K["midrise"], 2, 1))
-    side_lo = np.select([k == _K["highrise"], k == _K["informal"], k == _K["office"], k == _K["retail"],
-                         k == _K["factory"], k == _K["public"]], [0.28, 0.65, 0.40, 0.55, 0.60, 0.35], 0.12)
-    side_hi = np.select([k == _K["highrise"], k == _K["informal"], k == _K["office"], k == _K["retail"],
-                         k == _K["factory"], k == _K["public"]], [0.40, 0.80, 0.65, 0.80, 0.80, 0.60], 0.25)
+    side_lo = np.select(
+        [
+            k == _K["highrise"],
+            k == _K["informal"],
+            k == _K["office"],
+            k == _K["retail"],
+            k == _K["factory"],
+            k == _K["public"],
+        ],
+        [0.28, 0.65, 0.40, 0.55, 0.60, 0.35],
+        0.12,
+    )
+    side_hi = np.select(
+        [
+            k == _K["highrise"],
+            k == _K["informal"],
+            k == _K["office"],
+            k == _K["retail"],
+            k == _K["factory"],
+            k == _K["public"],
+        ],
+        [0.40, 0.80, 0.65, 0.80, 0.80, 0.60],
+        0.25,
+    )
     bw = side_lo + wid * (side_hi - side_lo)
     bh = np.where(k == _K["highrise"], bw, side_lo + hei * (side_hi - side_lo))  # towers are square
     bx = _LOT_MARGIN + jx * (span - bw)
@@ -473,8 +529,9 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     villa = k == _K["villa"]
     bx = np.where(villa, _LOT_MARGIN + qx * span / 2 + jx * (span / 2 - bw), bx)
     by = np.where(villa, _LOT_MARGIN + qy * span / 2 + jy * (span / 2 - bh), by)
-    jitter = np.select([k == _K["highrise"], k == _K["office"], k == _K["informal"], k == _K["public"]],
-                       [2.0, 3.0, 0.7, 0.7], 0.0)
+    jitter = np.select(
+        [k == _K["highrise"], k == _K["office"], k == _K["informal"], k == _K["public"]], [2.0, 3.0, 0.7, 0.7], 0.0
+    )
     lo = np.array([kk.floors[0] for kk in KINDS])[k]
     hi = np.array([kk.floors[1] for kk in KINDS])[k]
     fl = np.clip(np.rint(lot_floors[..., None] + jitter * jf), lo, hi).astype(np.int64)
@@ -500,9 +557,18 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
             ok &= (a1 < t - hw) | (a0 > t + hw)
     rr, cc, ss = rr[ok], cc[ok], ss[ok]
     return dict(
-        block_kind=block_kind, lot_type=lot_type, lot_kind=lot_kind, lot_water=lot_water,
-        kind=lot_kind[rr, cc], lot=rr * L + cc, x0=x0[ok], y0=y0[ok], x1=x1[ok], y1=y1[ok],
-        floors=fl[rr, cc, ss], fields=np.array(fields, dtype=np.float64).reshape(-1, 4),
+        block_kind=block_kind,
+        lot_type=lot_type,
+        lot_kind=lot_kind,
+        lot_water=lot_water,
+        kind=lot_kind[rr, cc],
+        lot=rr * L + cc,
+        x0=x0[ok],
+        y0=y0[ok],
+        x1=x1[ok],
+        y1=y1[ok],
+        floors=fl[rr, cc, ss],
+        fields=np.array(fields, dtype=np.float64).reshape(-1, 4),
     )
 
 
@@ -531,9 +597,15 @@ def tile_truth(layout: dict, plan: dict, i: int, seed: int) -> dict:
     func = np.append(counts, lot_water.sum()) / lot_type.size
     fp = float(footprint.sum())
     return dict(
-        population=pop_visible * occupancy, pop_visible=pop_visible, occupancy=occupancy,
-        gdp=gdp_visible * productivity, gdp_visible=gdp_visible, productivity=productivity,
-        func=func, floor_m2=floor_m2, footprint_m2=fp,
+        population=pop_visible * occupancy,
+        pop_visible=pop_visible,
+        occupancy=occupancy,
+        gdp=gdp_visible * productivity,
+        gdp_visible=gdp_visible,
+        productivity=productivity,
+        func=func,
+        floor_m2=floor_m2,
+        footprint_m2=fp,
         mean_floors=float((footprint * layout["floors"]).sum() / fp) if fp > 0 else 0.0,
     )
 
@@ -695,8 +767,9 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
     building = np.zeros((R, R), bool)
     roofs = np.zeros((R, R, 3), np.float32)
     tower, office, retail, factory, village = _K["highrise"], _K["office"], _K["retail"], _K["factory"], _K["informal"]
-    for j, (a0, a1, b0, b1, kj, h) in enumerate(zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(),
-                                                     kind.tolist(), reach.tolist(), strict=True)):
+    for j, (a0, a1, b0, b1, kj, h) in enumerate(
+        zip(r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist(), kind.tolist(), reach.tolist(), strict=True)
+    ):
         height[a0:a1, b0:b1] = h
         building[a0:a1, b0:b1] = True
         box = roofs[a0:a1, b0:b1]
@@ -704,14 +777,14 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
         hh, ww = a1 - a0, b1 - b0
         if kj == tower and hh >= 3:  # lift core and machine room in the middle
             d = max(1, hh // 3)
-            box[d:hh - d, d:ww - d] = roof[j] * np.float32(0.62)
+            box[d : hh - d, d : ww - d] = roof[j] * np.float32(0.62)
         elif kj == office and hh >= 3:  # glass roof inside a pale parapet
             d = max(1, hh // 6)
-            box[d:hh - d, d:ww - d] = roof[j] * np.float32(0.75) + np.float32(10.0)
+            box[d : hh - d, d : ww - d] = roof[j] * np.float32(0.75) + np.float32(10.0)
         elif kj == retail and hh >= 4:  # rooftop plant
             sh, sw = max(1, hh // 5), max(1, ww // 5)
             ya, xa = int(spot[j, 0] * (hh - sh)), int(spot[j, 1] * (ww - sw))
-            box[ya:ya + sh, xa:xa + sw] = roof[j] * np.float32(0.55)
+            box[ya : ya + sh, xa : xa + sw] = roof[j] * np.float32(0.55)
         elif kj == factory:  # corrugated ridges
             box[:, p.ridge[b0:b1]] *= np.float32(0.88)
         elif kj == village:  # mixed corrugated roofs, cell by cell
@@ -765,15 +838,18 @@ def _check_replaceable(out_dir: Path) -> None:
         except (OSError, UnicodeDecodeError):
             pass
     raise FileExistsError(
-        f"{out_dir} exists and is not a synthetic city (no {MARKER} marker); "
-        "pass an empty or new folder as the output."
+        f"{out_dir} exists and is not a synthetic city (no {MARKER} marker); pass an empty or new folder as the output."
     )
 
 
 def _params(n_tiles: int, tile_size: int, seed: int, embed_dim: int, val_fraction: float) -> dict:
     return dict(
-        city_version=CITY_VERSION, n_tiles=int(n_tiles), tile_size=int(tile_size), seed=int(seed),
-        embed_dim=int(embed_dim), val_fraction=float(val_fraction),
+        city_version=CITY_VERSION,
+        n_tiles=int(n_tiles),
+        tile_size=int(tile_size),
+        seed=int(seed),
+        embed_dim=int(embed_dim),
+        val_fraction=float(val_fraction),
     )
 
 
@@ -878,9 +954,14 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
     (root / "README.txt").write_text(_README.format(version=CITY_VERSION))
     lu_counts = np.bincount(plan["land_use"], minlength=len(LAND_USES))
     return dict(
-        city_version=CITY_VERSION, n_tiles=n_tiles, rows=int(plan["rows"]), cols=int(plan["cols"]),
-        n_pois=int(sum(writer.n_pois)), n_zero_poi_tiles=int(sum(n == 0 for n in writer.n_pois)),
-        n_categories=len(CATEGORIES), n_edges=int(writer.n_edges),
+        city_version=CITY_VERSION,
+        n_tiles=n_tiles,
+        rows=int(plan["rows"]),
+        cols=int(plan["cols"]),
+        n_pois=int(sum(writer.n_pois)),
+        n_zero_poi_tiles=int(sum(n == 0 for n in writer.n_pois)),
+        n_categories=len(CATEGORIES),
+        n_edges=int(writer.n_edges),
         land_use_counts={lu: int(k) for lu, k in zip(LAND_USES, lu_counts, strict=True)},
     )
 
@@ -904,8 +985,9 @@ class _TileWriter:
         self.names.append(stem + ".png")
         layout = tile_layout(plan, i, seed)
         png = self.layout.img / (stem + ".png")
-        Image.fromarray(_paint_tile(self.painter, plan, i, seed, layout), mode="RGB").save(png, format="PNG",
-                                                                                            compress_level=1)
+        Image.fromarray(_paint_tile(self.painter, plan, i, seed, layout), mode="RGB").save(
+            png, format="PNG", compress_level=1
+        )
         self._link(png, root / "img" / (stem + ".png"))
         xy_cm, cats = _tile_pois(plan, i, seed, layout)
         xy = xy_cm / 100.0  # exact: the nearest double to each printed "%.2f" value
@@ -954,7 +1036,8 @@ def _write_tables(root: Path, plan: dict, writer: _TileWriter, is_val: np.ndarra
     rows = plan["rows"]
     tile_lines = ["name,row,col,land_use,n_poi,population,gdp,urbanity,wealth,activity,floors,water_fraction\n"]
     comp_lines = [
-        "name,split," + ",".join(f"floor_m2_{k.name}" for k in KINDS)
+        "name,split,"
+        + ",".join(f"floor_m2_{k.name}" for k in KINDS)
         + ",footprint_m2,pop_visible,occupancy,population,gdp_visible,productivity,gdp\n"
     ]
     for i, name in enumerate(writer.names):
@@ -966,7 +1049,8 @@ def _write_tables(root: Path, plan: dict, writer: _TileWriter, is_val: np.ndarra
             f"{_fmt(t['mean_floors'])},{_fmt(plan['water_frac'][i])}\n"
         )
         comp_lines.append(
-            f"{name},{'val' if is_val[i] else 'train'}," + ",".join(f"{v:.2f}" for v in t["floor_m2"])
+            f"{name},{'val' if is_val[i] else 'train'},"
+            + ",".join(f"{v:.2f}" for v in t["floor_m2"])
             + f",{t['footprint_m2']:.2f},{_fmt(t['pop_visible'])},{_fmt(t['occupancy'])},{_fmt(t['population'])},"
             f"{_fmt(t['gdp_visible'])},{_fmt(t['productivity'])},{_fmt(t['gdp'])}\n"
         )
@@ -974,9 +1058,18 @@ def _write_tables(root: Path, plan: dict, writer: _TileWriter, is_val: np.ndarra
     minx, miny = c_idx * TILE_M, (rows - 1 - r_idx) * TILE_M
     bounds = np.stack([minx, miny, minx + TILE_M, miny + TILE_M], axis=1).astype(np.float64)
     split = np.where(is_val, "val", "train").astype(object)
-    write_tile_index(root, TileIndex(names=list(writer.names), bounds=bounds, crs=CITY_CRS, rows=r_idx, cols=c_idx,
-                                     columns={"split": split, "n_poi": np.asarray(writer.n_pois, np.int64)}),
-                     timestamp=FIXED_TIMESTAMP)
+    write_tile_index(
+        root,
+        TileIndex(
+            names=list(writer.names),
+            bounds=bounds,
+            crs=CITY_CRS,
+            rows=r_idx,
+            cols=c_idx,
+            columns={"split": split, "n_poi": np.asarray(writer.n_pois, np.int64)},
+        ),
+        timestamp=FIXED_TIMESTAMP,
+    )
     (root / "tiles.csv").write_text("".join(tile_lines))
     (root / "truth_components.csv").write_text("".join(comp_lines))
 
@@ -1008,12 +1101,16 @@ def ensure_city(
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI: generate a city and print its summary as JSON."""
-    ap = argparse.ArgumentParser(description="Write the built-in deterministic synthetic city (both published layouts).")
+    ap = argparse.ArgumentParser(
+        description="Write the built-in deterministic synthetic city (both published layouts)."
+    )
     ap.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synthetic city)")
     ap.add_argument("--n_tiles", type=int, default=1000, help="number of 1 km tiles (default 1000)")
     ap.add_argument("--tile_size", type=int, default=256, help="tile side in pixels (default 256)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    ap.add_argument("--embed_dim", type=int, default=64, help="POI category embedding width (default 64, as in the paper)")
+    ap.add_argument(
+        "--embed_dim", type=int, default=64, help="POI category embedding width (default 64, as in the paper)"
+    )
     ap.add_argument("--val_fraction", type=float, default=0.2, help="share of tiles in val-wuhan.txt (default 0.2)")
     args = ap.parse_args(argv)
     try:

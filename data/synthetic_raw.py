@@ -41,8 +41,10 @@ __all__ = ["write_raw_city", "main"]
 def _grid(city: Path):
     index = read_tile_index(city)
     if index is None or index.crs is None:
-        raise UserError(f"{city} holds no georeferenced tile index (tile_index.gpkg); generate the city with "
-                        "`python -m data.synthetic` (city version 2 or later)")
+        raise UserError(
+            f"{city} holds no georeferenced tile index (tile_index.gpkg); generate the city with "
+            "`python -m data.synthetic` (city version 2 or later)"
+        )
     if not index.regular:
         raise UserError(f"the tiles of {city} are not one regular grid; pass a city written by data.synthetic")
     return index
@@ -57,9 +59,20 @@ def write_mosaic(city: Path, path: Path) -> tuple[int, int]:
     rows, cols = int(index.rows.max()) + 1, int(index.cols.max()) + 1
     res = (index.bounds[0, 2] - index.bounds[0, 0]) / size
     left, top = float(index.bounds[:, 0].min()), float(index.bounds[:, 3].max())
-    profile = {"driver": "GTiff", "width": cols * size, "height": rows * size, "count": 3, "dtype": "uint8",
-               "crs": index.crs, "transform": from_origin(left, top, res, res), "nodata": 0, "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "width": cols * size,
+        "height": rows * size,
+        "count": 3,
+        "dtype": "uint8",
+        "crs": index.crs,
+        "transform": from_origin(left, top, res, res),
+        "nodata": 0,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         for name, r, c in zip(index.names, index.rows, index.cols, strict=True):
             rgb = np.asarray(Image.open(tiles / name).convert("RGB")).transpose(2, 0, 1)
@@ -73,8 +86,11 @@ def write_pois(city: Path, path: Path) -> int:
     with (city / "pois.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     xy = np.array([[float(r["x"]), float(r["y"])] for r in rows], dtype=np.float64).reshape(-1, 2)
-    frame = gpd.GeoDataFrame({"category": [r["category"] for r in rows], "parent": [r["parent"] for r in rows]},
-                             geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=index.crs).to_crs("EPSG:4326")
+    frame = gpd.GeoDataFrame(
+        {"category": [r["category"] for r in rows], "parent": [r["parent"] for r in rows]},
+        geometry=gpd.points_from_xy(xy[:, 0], xy[:, 1]),
+        crs=index.crs,
+    ).to_crs("EPSG:4326")
     with atomic_path(path) as tmp:
         frame.to_file(tmp, driver="GPKG", layer="pois", engine="pyogrio")
     return len(frame)
@@ -89,9 +105,11 @@ def write_census(city: Path, path: Path, district_tiles: int = 3) -> int:
     ids = np.unique(key)
     polys = index.polygons()
     geoms = [shapely.union_all(polys[key == k]) for k in ids]
-    frame = gpd.GeoDataFrame({"district": [f"D{int(k):03d}" for k in ids],
-                              "POP": [int(round(pop[key == k].sum())) for k in ids]},
-                             geometry=geoms, crs=index.crs).to_crs("EPSG:3857")
+    frame = gpd.GeoDataFrame(
+        {"district": [f"D{int(k):03d}" for k in ids], "POP": [int(round(pop[key == k].sum())) for k in ids]},
+        geometry=geoms,
+        crs=index.crs,
+    ).to_crs("EPSG:3857")
     with atomic_path(path) as tmp:
         frame.to_file(tmp, driver="GPKG", layer="census", engine="pyogrio")
     return len(frame)
@@ -102,22 +120,32 @@ def write_raw_city(city: str | Path, out: str | Path, district_tiles: int = 3) -
     city, out = Path(city), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     h, w = write_mosaic(city, out / "mosaic.tif")
-    return {"mosaic_px": [h, w], "pois": write_pois(city, out / "pois.gpkg"),
-            "districts": write_census(city, out / "census.gpkg", district_tiles)}
+    return {
+        "mosaic_px": [h, w],
+        "pois": write_pois(city, out / "pois.gpkg"),
+        "districts": write_census(city, out / "census.gpkg", district_tiles),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Write the synthetic city as raw GIS files (mosaic, POIs, census).")
     p.add_argument("--city", required=True, help="a city written by `python -m data.synthetic --out CITY`")
     p.add_argument("--out", required=True, help="folder of mosaic.tif, pois.gpkg and census.gpkg")
-    p.add_argument("--district_tiles", type=int, default=3,
-                   help="census districts of N x N tiles (default 3: 3 km districts of 1 km tiles)")
+    p.add_argument(
+        "--district_tiles",
+        type=int,
+        default=3,
+        help="census districts of N x N tiles (default 3: 3 km districts of 1 km tiles)",
+    )
     args = p.parse_args(argv)
     if args.district_tiles < 1:
         raise UserError(f"--district_tiles must be at least 1, not {args.district_tiles}")
     done = write_raw_city(args.city, args.out, args.district_tiles)
-    print(f"{args.out}: mosaic.tif ({done['mosaic_px'][0]} x {done['mosaic_px'][1]} px), pois.gpkg "
-          f"({done['pois']} POIs, EPSG:4326), census.gpkg ({done['districts']} districts, EPSG:3857)", flush=True)
+    print(
+        f"{args.out}: mosaic.tif ({done['mosaic_px'][0]} x {done['mosaic_px'][1]} px), pois.gpkg "
+        f"({done['pois']} POIs, EPSG:4326), census.gpkg ({done['districts']} districts, EPSG:3857)",
+        flush=True,
+    )
     return done
 
 

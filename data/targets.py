@@ -38,8 +38,17 @@ from data.poi_io import crs_name, crs_object, extent_overlaps, format_extent, re
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
 
-__all__ = ["TargetSpec", "Target", "parse_target", "open_target", "polygon_shares", "raster_sums",
-           "compute_target", "write_values", "RASTER_EXTS"]
+__all__ = [
+    "TargetSpec",
+    "Target",
+    "parse_target",
+    "open_target",
+    "polygon_shares",
+    "raster_sums",
+    "compute_target",
+    "write_values",
+    "RASTER_EXTS",
+]
 
 # Files read as rasters; anything else is read as a vector file.
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".asc", ".nc", ".jp2", ".bil", ".hdr", ".dem", ".sdat")
@@ -81,8 +90,9 @@ def parse_target(text: str, reserved: tuple[str, ...] = ()) -> TargetSpec:
     if not sep or not name or not rest:
         raise UserError(f"--target {text!r} is not NAME=FILE[:COLUMN]; give e.g. --target pop1km=census.gpkg:POP.")
     if os.sep in name or "/" in name or name.startswith(".") or name in reserved:
-        raise UserError(f"--target name {name!r} cannot be used as a folder name of the output; pick a plain name "
-                        "such as pop1km.")
+        raise UserError(
+            f"--target name {name!r} cannot be used as a folder name of the output; pick a plain name such as pop1km."
+        )
     path, column = rest, None
     if not os.path.exists(rest) and ":" in rest:
         path, column = rest.rsplit(":", 1)
@@ -110,9 +120,11 @@ def open_target(spec: TargetSpec, tiles_crs: str | None, tiles_extent) -> Target
     else:
         target = _open_polygons(spec, tiles_crs)
     if not extent_overlaps(target.extent, tiles_extent):
-        raise UserError(f"target {spec.path} does not overlap the tiles: its extent is {format_extent(target.extent)}"
-                        f", the tiles' is {format_extent(tiles_extent)} (both in {_short(tiles_crs)}); check both "
-                        "files' CRS.")
+        raise UserError(
+            f"target {spec.path} does not overlap the tiles: its extent is {format_extent(target.extent)}"
+            f", the tiles' is {format_extent(tiles_extent)} (both in {_short(tiles_crs)}); check both "
+            "files' CRS."
+        )
     return target
 
 
@@ -124,39 +136,51 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
     try:
         band = int(spec.column) if spec.column else 1
     except ValueError:
-        raise UserError(f"target raster {spec.path} takes a band number after ':', not {spec.column!r}; "
-                        f"give e.g. --target {spec.name}={spec.path}:1.") from None
+        raise UserError(
+            f"target raster {spec.path} takes a band number after ':', not {spec.column!r}; "
+            f"give e.g. --target {spec.name}={spec.path}:1."
+        ) from None
     try:
         with rasterio.open(spec.path) as src:
             crs, bounds, count = src.crs, src.bounds, src.count
             if crs is not None:
                 extent = transform_bounds(crs, crs_object(tiles_crs, "the tiles").to_wkt(), *bounds)
     except RasterioIOError as e:
-        raise UserError(f"cannot read target raster {spec.path} ({reason(e)}); check that the file is "
-                        "complete and a raster GDAL reads.") from None
+        raise UserError(
+            f"cannot read target raster {spec.path} ({reason(e)}); check that the file is "
+            "complete and a raster GDAL reads."
+        ) from None
     if crs is None:
-        raise UserError(f"target raster {spec.path} has no CRS; assign the one it was made in (e.g. gdal_edit.py "
-                        "-a_srs EPSG:4326).")
+        raise UserError(
+            f"target raster {spec.path} has no CRS; assign the one it was made in (e.g. gdal_edit.py -a_srs EPSG:4326)."
+        )
     if not 1 <= band <= count:
-        raise UserError(f"band {band} is out of range for target raster {spec.path}, which has {count} band(s); "
-                        f"give --target {spec.name}={spec.path}:1.")
+        raise UserError(
+            f"band {band} is out of range for target raster {spec.path}, which has {count} band(s); "
+            f"give --target {spec.name}={spec.path}:1."
+        )
     return Target(spec=spec, kind="raster", extent=tuple(extent), band=band)
 
 
 def _open_polygons(spec: TargetSpec, tiles_crs: str) -> Target:
     if spec.column is None:
-        raise UserError(f"target {spec.path} is a vector file and needs its count column: --target "
-                        f"{spec.name}={spec.path}:COLUMN.")
+        raise UserError(
+            f"target {spec.path} is a vector file and needs its count column: --target {spec.name}={spec.path}:COLUMN."
+        )
     df = read_vector(spec.path, None, [spec.column])
     if df.crs is None:
-        raise UserError(f"target {spec.path} has no CRS; assign the one it was made in (e.g. ogr2ogr -a_srs "
-                        "EPSG:4326) so it can be placed on the tiles.")
+        raise UserError(
+            f"target {spec.path} has no CRS; assign the one it was made in (e.g. ogr2ogr -a_srs "
+            "EPSG:4326) so it can be placed on the tiles."
+        )
     col = df[spec.column]
     counts = pd.to_numeric(col, errors="coerce")
     if (counts.isna() & col.notna() & (col.astype(str).str.strip() != "")).any() or not counts.notna().any():
         bad = col[counts.isna()].iloc[0] if counts.isna().any() else None
-        raise UserError(f"column {spec.column!r} of target {spec.path} is not numeric (e.g. {bad!r}); pick the "
-                        "column that holds the counts.")
+        raise UserError(
+            f"column {spec.column!r} of target {spec.path} is not numeric (e.g. {bad!r}); pick the "
+            "column that holds the counts."
+        )
     geoms = df.geometry
     if not same_crs(crs_name(df.crs, spec.path), tiles_crs, spec.path, "the tiles"):
         geoms = geoms.to_crs(crs_object(tiles_crs, "the tiles"))
@@ -227,13 +251,19 @@ def _tile_sums(v: np.ndarray, valid: np.ndarray, row_lo: int, col_lo: int, c0, c
             continue
         wx = _axis_weights(c0[k], c1[k], col_lo + cs[k], ce[k] - cs[k])
         wy = _axis_weights(r0[k], r1[k], row_lo + rs[k], re[k] - rs[k])
-        sums[k] = wy @ v[rs[k]:re[k], cs[k]:ce[k]] @ wx
-        areas[k] = wy @ valid[rs[k]:re[k], cs[k]:ce[k]] @ wx
+        sums[k] = wy @ v[rs[k] : re[k], cs[k] : ce[k]] @ wx
+        areas[k] = wy @ valid[rs[k] : re[k], cs[k] : ce[k]] @ wx
     return sums, areas
 
 
-def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: np.ndarray | None = None,
-                progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def raster_sums(
+    path: str,
+    band: int,
+    bounds: np.ndarray,
+    tiles_crs: str,
+    rows: np.ndarray | None = None,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Sum of the pixels of ``band`` inside each tile, and the fraction of each tile covered by valid pixels.
 
     A pixel cut by a tile's edge counts by the fraction of its area inside the tile: in pixel
@@ -268,8 +298,12 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
         c0, c1 = (bounds[:, 0] - tr.c) / tr.a, (bounds[:, 2] - tr.c) / tr.a
         r0, r1 = (bounds[:, 3] - tr.f) / tr.e, (bounds[:, 1] - tr.f) / tr.e
         groups = _groups(rows if rows is not None else np.arange(t), c0, c1)
-        bar = tqdm(groups, desc=f"sums {os.path.basename(path)}", unit="strip",
-                   disable=None if progress is None else not progress)
+        bar = tqdm(
+            groups,
+            desc=f"sums {os.path.basename(path)}",
+            unit="strip",
+            disable=None if progress is None else not progress,
+        )
         for idx in bar:
             col_lo = int(np.clip(np.floor(c0[idx].min()), 0, width))
             col_hi = int(np.clip(np.ceil(c1[idx].max()), 0, width))
@@ -283,8 +317,9 @@ def raster_sums(path: str, band: int, bounds: np.ndarray, tiles_crs: str, rows: 
                 else:
                     v, valid = _warp_strip(src, band, dst_crs, tr, col_lo, row_lo, col_hi, row_hi)
             except RasterioError as e:  # a damaged block
-                raise UserError(f"cannot read target raster {path} ({reason(e)}); the file is damaged, copy or "
-                                "export it again.") from None
+                raise UserError(
+                    f"cannot read target raster {path} ({reason(e)}); the file is damaged, copy or export it again."
+                ) from None
             sums, areas = _tile_sums(v, valid, row_lo, col_lo, c0[idx], c1[idx], r0[idx], r1[idx])
             values[idx], valid_area[idx] = sums * (1.0 if n_src is None else n_src[idx]), areas * px_area
     tile_area = (bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1])
@@ -320,8 +355,9 @@ def _warp_strip(src, band: int, dst_crs, tr, col_lo: int, row_lo: int, col_hi: i
     right, bottom = left + w * dst_tr.a, top + h * dst_tr.e
     sb = transform_bounds(dst_crs.to_wkt(), src.crs, left, bottom, right, top, densify_pts=21)
     inv = ~src.transform
-    corners = [(inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f) for x in (sb[0], sb[2])
-               for y in (sb[1], sb[3])]
+    corners = [
+        (inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f) for x in (sb[0], sb[2]) for y in (sb[1], sb[3])
+    ]
     margin = 2
     c_lo = int(np.floor(min(c for c, _ in corners))) - margin
     c_hi = int(np.ceil(max(c for c, _ in corners))) + margin
@@ -333,12 +369,20 @@ def _warp_strip(src, band: int, dst_crs, tr, col_lo: int, row_lo: int, col_hi: i
     if cc1 > cc0 and rr1 > rr0:
         data = src.read(band, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0), masked=True).astype(np.float64)
         valid = ~np.ma.getmaskarray(data) & np.isfinite(data.filled(np.nan))
-        arr[0, rr0 - r_lo:rr1 - r_lo, cc0 - c_lo:cc1 - c_lo] = np.where(valid, data.filled(0.0), 0.0)
-        arr[1, rr0 - r_lo:rr1 - r_lo, cc0 - c_lo:cc1 - c_lo] = valid
+        arr[0, rr0 - r_lo : rr1 - r_lo, cc0 - c_lo : cc1 - c_lo] = np.where(valid, data.filled(0.0), 0.0)
+        arr[1, rr0 - r_lo : rr1 - r_lo, cc0 - c_lo : cc1 - c_lo] = valid
     out = np.full((2, h, w), np.nan)
-    reproject(arr, out, src_transform=_shift(src.transform, c_lo, r_lo), src_crs=src.crs,
-              dst_transform=dst_tr, dst_crs=dst_crs.to_wkt(), resampling=Resampling.average, src_nodata=None,
-              dst_nodata=np.nan)
+    reproject(
+        arr,
+        out,
+        src_transform=_shift(src.transform, c_lo, r_lo),
+        src_crs=src.crs,
+        dst_transform=dst_tr,
+        dst_crs=dst_crs.to_wkt(),
+        resampling=Resampling.average,
+        src_nodata=None,
+        dst_nodata=np.nan,
+    )
     out = np.nan_to_num(out, nan=0.0)
     return out[0], out[1]
 
@@ -395,8 +439,14 @@ def _warp_grid(src, dst_crs: str, bounds: np.ndarray):
     return from_origin(x0, y1, res, res), width, height
 
 
-def compute_target(target: Target, bounds: np.ndarray, tiles_crs: str, min_coverage: float,
-                   rows: np.ndarray | None = None, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def compute_target(
+    target: Target,
+    bounds: np.ndarray,
+    tiles_crs: str,
+    min_coverage: float,
+    rows: np.ndarray | None = None,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Values of one target on the tiles, NaN where coverage is below ``min_coverage``.
 
     Returns:
@@ -412,7 +462,6 @@ def compute_target(target: Target, bounds: np.ndarray, tiles_crs: str, min_cover
     return np.where(coverage >= min_coverage - 1e-9, values, np.nan), coverage
 
 
-
 def write_values(folder: str, names: list[str], values: np.ndarray, progress: bool | None = None) -> int:
     """Write ``folder/STEM.txt`` (the published target layout: one number) for every finite value.
 
@@ -424,9 +473,11 @@ def write_values(folder: str, names: list[str], values: np.ndarray, progress: bo
     """
     os.makedirs(folder, exist_ok=True)
     ok = np.flatnonzero(np.isfinite(values))
-    for k in tqdm(ok, desc=f"write {os.path.basename(folder)}", unit="tile", disable=None if progress is None
-                  else not progress):
+    for k in tqdm(
+        ok, desc=f"write {os.path.basename(folder)}", unit="tile", disable=None if progress is None else not progress
+    ):
         # repr: the shortest text that reads back as the same float
-        atomic_write_text(f"{float(values[k])!r}\n", os.path.join(folder, os.path.splitext(names[k])[0] + ".txt"),
-                          durable=False)
+        atomic_write_text(
+            f"{float(values[k])!r}\n", os.path.join(folder, os.path.splitext(names[k])[0] + ".txt"), durable=False
+        )
     return int(ok.size)

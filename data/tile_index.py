@@ -29,8 +29,7 @@ from data.gdal_errors import reason
 from utils.errors import UserError
 from utils.fileio import atomic_path, atomic_write_text
 
-__all__ = ["INDEX_GPKG", "INDEX_CSV", "LAYER", "TileIndex", "grid_positions", "read_tile_index",
-           "write_tile_index"]
+__all__ = ["INDEX_GPKG", "INDEX_CSV", "LAYER", "TileIndex", "grid_positions", "read_tile_index", "write_tile_index"]
 
 INDEX_GPKG = "tile_index.gpkg"
 INDEX_CSV = "tile_index.csv"
@@ -87,8 +86,10 @@ class TileIndex:
         for i, n in enumerate(names):
             k = pos.get(_stem(n))
             if k is None:
-                raise UserError(f"tile {n!r} is not in the tile index ({len(self.names)} tiles); re-run "
-                                "prepare_pois.py so that the index and the lists describe the same tiles.")
+                raise UserError(
+                    f"tile {n!r} is not in the tile index ({len(self.names)} tiles); re-run "
+                    "prepare_pois.py so that the index and the lists describe the same tiles."
+                )
             out[i] = k
         return out
 
@@ -147,7 +148,9 @@ def write_tile_index(root: str | Path, index: TileIndex, timestamp: str | None =
         if timestamp is not None:
             pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": None})
     lines = ["name,minx,miny,maxx,maxy"]
-    lines += [f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist(), strict=True)]
+    lines += [
+        f"{n},{b[0]!r},{b[1]!r},{b[2]!r},{b[3]!r}" for n, b in zip(index.names, index.bounds.tolist(), strict=True)
+    ]
     atomic_write_text("\n".join(lines) + "\n", root / INDEX_CSV, durable=False)
 
 
@@ -164,8 +167,9 @@ def read_tile_index(root: str | Path) -> TileIndex | None:
     try:
         df = pyogrio.read_dataframe(path, layer=LAYER)
     except Exception as e:  # corrupt or truncated GeoPackage
-        raise UserError(f"cannot read the tile index {path} ({reason(e)}); re-run prepare_pois.py "
-                        "to write it again.") from None
+        raise UserError(
+            f"cannot read the tile index {path} ({reason(e)}); re-run prepare_pois.py to write it again."
+        ) from None
     if "name" not in df.columns:
         raise UserError(f"tile index {path} has no 'name' column; re-run prepare_pois.py to write it again.")
     b = df.geometry.bounds.to_numpy(np.float64) if len(df) else np.zeros((0, 4))
@@ -191,8 +195,9 @@ def _read_csv_index(path: Path) -> TileIndex | None:
         names = [r["name"] for r in rows]
         bounds = np.array([[float(r[k]) for k in ("minx", "miny", "maxx", "maxy")] for r in rows], dtype=np.float64)
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"{path} is not a tile index with columns name,minx,miny,maxx,maxy of numbers; fix or remove "
-                        "it") from None
+        raise UserError(
+            f"{path} is not a tile index with columns name,minx,miny,maxx,maxy of numbers; fix or remove it"
+        ) from None
     bounds = bounds.reshape(-1, 4)
     if len(bounds) and not np.all(bounds[:, 2] > bounds[:, 0]):
         raise UserError(f"{path} has tiles without width (maxx <= minx); fix or remove it")

@@ -12,24 +12,28 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def pretrain_transform(img_size: int = 224) -> T.Compose:
     """One augmented view for contrastive pretraining (SimCLR/MoCo-v2 recipe, published order)."""
-    return T.Compose([
-        T.RandomResizedCrop(img_size, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomHorizontalFlip(0.5),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(img_size, scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomHorizontalFlip(0.5),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def downstream_train_transform(img_size: int = 224) -> T.Compose:
     """Training transform of the downstream probe: crop, flip, normalise."""
-    return T.Compose([
-        T.RandomResizedCrop(img_size, scale=(0.2, 1.0)),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(img_size, scale=(0.2, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def eval_transform() -> T.Compose:

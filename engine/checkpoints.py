@@ -22,8 +22,17 @@ import torch
 from utils.errors import UserError
 from utils.fileio import atomic_save, load_file
 
-__all__ = ["RESUME_NAME", "RESUME_FORMAT", "ARCH_FLAGS", "assert_finite", "save_bare", "prune_bare",
-           "save_resumable", "read_resumable", "resume_checkpoint_path"]
+__all__ = [
+    "RESUME_NAME",
+    "RESUME_FORMAT",
+    "ARCH_FLAGS",
+    "assert_finite",
+    "save_bare",
+    "prune_bare",
+    "save_resumable",
+    "read_resumable",
+    "resume_checkpoint_path",
+]
 
 RESUME_NAME = "checkpoint_last.pt"
 # Stored in every resumable checkpoint so that a file of another kind is recognised as such.
@@ -39,12 +48,20 @@ def assert_finite(model_path: Path, where: str, *models: torch.nn.Module) -> Non
     for m in models:
         for name, t in m.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise UserError(f"the weights became non-finite ({name}) {where}; no checkpoint was written, the last good one "
-                                f"is kept in {model_path}; lower --lr and resume from it")
+                raise UserError(
+                    f"the weights became non-finite ({name}) {where}; no checkpoint was written, the last good one "
+                    f"is kept in {model_path}; lower --lr and resume from it"
+                )
 
 
-def save_bare(model_path: Path, prefix: str, epoch: int, img_model: torch.nn.Module, poi_model: torch.nn.Module,
-              keep_last: int = 0) -> tuple[Path, Path]:
+def save_bare(
+    model_path: Path,
+    prefix: str,
+    epoch: int,
+    img_model: torch.nn.Module,
+    poi_model: torch.nn.Module,
+    keep_last: int = 0,
+) -> tuple[Path, Path]:
     """Write ``<prefix>_img_<epoch>.tar`` and ``<prefix>_poi_<epoch>.tar`` (published layout), then prune;
     returns the two files."""
     files = model_path / f"{prefix}_img_{epoch}.tar", model_path / f"{prefix}_poi_{epoch}.tar"

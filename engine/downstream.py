@@ -65,82 +65,181 @@ from utils.errors import UserError
 from utils.reproducibility import seed_everything, worker_init
 from utils.schedule import lr_at
 
-__all__ = ["DOWNSTREAM_DEMO", "Task", "regression_task", "distribution_task", "downstream_parser", "select_fraction",
-           "run_downstream", "downstream_layout", "Encoder", "SeedResult", "SeedRun", "setup_seed", "train_one_epoch",
-           "evaluate", "train_one_seed", "backbone_features"]
+__all__ = [
+    "DOWNSTREAM_DEMO",
+    "Task",
+    "regression_task",
+    "distribution_task",
+    "downstream_parser",
+    "select_fraction",
+    "run_downstream",
+    "downstream_layout",
+    "Encoder",
+    "SeedResult",
+    "SeedRun",
+    "setup_seed",
+    "train_one_epoch",
+    "evaluate",
+    "train_one_seed",
+    "backbone_features",
+]
 
 # --demo of both scripts: CPU-sized, ours (docs/downstream.md). Whole tiles (no crops), so that the frozen
 # backbone's features are computed once and 30 epochs of the head take about a second; the pretrained encoder
 # is compared with a random one of the same architecture and with the mean predictor (--baselines).
-DOWNSTREAM_DEMO = {"augment": False, "total_epoch": 30, "schedule": [20], "lr": 1e-3, "batch_size": 16, "eval_from": 1,
-                   "workers": 2, "baselines": True}
+DOWNSTREAM_DEMO = {
+    "augment": False,
+    "total_epoch": 30,
+    "schedule": [20],
+    "lr": 1e-3,
+    "batch_size": 16,
+    "eval_from": 1,
+    "workers": 2,
+    "baselines": True,
+}
 
 
 def downstream_parser(*, target_dir: str, train_record: str, description: str) -> argparse.ArgumentParser:
     """Flags of the downstream scripts (published res-pop defaults; ``target_dir``/``train_record``
     are the only per-task defaults)."""
-    common = common_parser(data_path="./DATA", model_path="./checkpoints", batch_size=48, lr=5e-2, total_epoch=40,
-                           schedule=[20, 30], img_size=224, origin="published res-pop")
+    common = common_parser(
+        data_path="./DATA",
+        model_path="./checkpoints",
+        batch_size=48,
+        lr=5e-2,
+        total_epoch=40,
+        schedule=[20, 30],
+        img_size=224,
+        origin="published res-pop",
+    )
     p = argparse.ArgumentParser(description=description, parents=[common])
     _encoder_and_data_flags(p, target_dir)
-    p.add_argument("--eval_from", type=int, default=5,
-                   help="first epoch evaluated on the validation list (default 5, published)")
-    p.add_argument("--train_record", default=train_record,
-                   help=f"metrics record file under ./train-records/ (default {train_record!r}); the predictions CSV "
-                        "and plot are written beside it unless --pred_csv/--plot say otherwise")
-    p.add_argument("--augment", type=str2bool, nargs="?", const=True, default=True,
-                   help="train on random crops (RandomResizedCrop(--img_size, scale 0.2-1)) and flips (default on, "
-                        "published); off: on the whole tile, as validated, so that with a frozen backbone each tile's "
-                        "features are computed once and an epoch only trains the head (the demo's setting)")
-    p.add_argument("--finetune", type=str2bool, nargs="?", const=True, default=False,
-                   help="train the whole encoder (BatchNorm in train mode) instead of the frozen-backbone probe "
-                        "(default off: the published protocol)")
-    p.add_argument("--backbone_lr", type=float, default=1e-4,
-                   help="Adam lr of the backbone with --finetune; the head keeps --lr (default 1e-4, ours: "
-                        "the paper gives no fine-tuning lr)")
-    p.add_argument("--label_fraction", type=float, default=1.0,
-                   help="train on this fraction of the training list, a subset drawn with each run's seed "
-                        "(default 1.0: all labels, published)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="repeat the run with each seed and report mean ± std (default: one run with --seed)")
-    p.add_argument("--head_bias_init", default="default", choices=("default", "mean"),
-                   help="default: PyTorch's init of the head (published); mean: start the head's output bias at the "
-                        "mean training target (log-mean proportions for functions), so that a ReLU-output head cannot "
-                        "start dead, i.e. below zero for every tile (with --target_norm zscore the head learns "
-                        "z-scores, whose mean is 0, and cannot die anyway)")
-    p.add_argument("--baselines", type=str2bool, nargs="?", const=True, default=False,
-                   help="also train the same head, same seeds, on a randomly initialised encoder of the checkpoint's "
-                        "architecture, and compare both with the mean predictor (default off; on with --demo)")
-    p.add_argument("--pred_csv", default=None,
-                   help="per-tile validation predictions of the last epoch, every seed (default: "
-                        "train-records/<record name>_pred.csv)")
-    p.add_argument("--plot", default=None,
-                   help="predicted-vs-true scatter PNG, regression only (default: "
-                        "train-records/<record name>_scatter.png; 'none' skips it)")
+    p.add_argument(
+        "--eval_from", type=int, default=5, help="first epoch evaluated on the validation list (default 5, published)"
+    )
+    p.add_argument(
+        "--train_record",
+        default=train_record,
+        help=f"metrics record file under ./train-records/ (default {train_record!r}); the predictions CSV "
+        "and plot are written beside it unless --pred_csv/--plot say otherwise",
+    )
+    p.add_argument(
+        "--augment",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="train on random crops (RandomResizedCrop(--img_size, scale 0.2-1)) and flips (default on, "
+        "published); off: on the whole tile, as validated, so that with a frozen backbone each tile's "
+        "features are computed once and an epoch only trains the head (the demo's setting)",
+    )
+    p.add_argument(
+        "--finetune",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="train the whole encoder (BatchNorm in train mode) instead of the frozen-backbone probe "
+        "(default off: the published protocol)",
+    )
+    p.add_argument(
+        "--backbone_lr",
+        type=float,
+        default=1e-4,
+        help="Adam lr of the backbone with --finetune; the head keeps --lr (default 1e-4, ours: "
+        "the paper gives no fine-tuning lr)",
+    )
+    p.add_argument(
+        "--label_fraction",
+        type=float,
+        default=1.0,
+        help="train on this fraction of the training list, a subset drawn with each run's seed "
+        "(default 1.0: all labels, published)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="repeat the run with each seed and report mean ± std (default: one run with --seed)",
+    )
+    p.add_argument(
+        "--head_bias_init",
+        default="default",
+        choices=("default", "mean"),
+        help="default: PyTorch's init of the head (published); mean: start the head's output bias at the "
+        "mean training target (log-mean proportions for functions), so that a ReLU-output head cannot "
+        "start dead, i.e. below zero for every tile (with --target_norm zscore the head learns "
+        "z-scores, whose mean is 0, and cannot die anyway)",
+    )
+    p.add_argument(
+        "--baselines",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="also train the same head, same seeds, on a randomly initialised encoder of the checkpoint's "
+        "architecture, and compare both with the mean predictor (default off; on with --demo)",
+    )
+    p.add_argument(
+        "--pred_csv",
+        default=None,
+        help="per-tile validation predictions of the last epoch, every seed (default: "
+        "train-records/<record name>_pred.csv)",
+    )
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="predicted-vs-true scatter PNG, regression only (default: "
+        "train-records/<record name>_scatter.png; 'none' skips it)",
+    )
     return p
 
 
 def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None:
     """Which encoder, and where the data are (names not given are found in --data_path: docs/downstream.md)."""
-    p.add_argument("--ckpt", default=None,
-                   help="image checkpoint (*_img_<epoch>.tar, ours or the published script's, or checkpoint_last.pt), "
-                        "or 'random': a randomly initialised encoder of --resnet/--projection_dim drawn from each "
-                        "run's seed (the lower bound; with --finetune the supervised upper bound); default: the "
-                        "newest *_img_*.tar in --model_path")
-    p.add_argument("--resnet", default="resnet50", choices=RESNETS,
-                   help="architecture of --ckpt random (default resnet50, published; a checkpoint brings its own)")
-    p.add_argument("--projection_dim", type=int, default=128,
-                   help="projection width of --ckpt random (default 128, published; replaced by the head anyway)")
-    p.add_argument("--img_dir", default=None,
-                   help="tile directory under --data_path (default 'img' when present (published), else "
-                        "'sub_shanghai_img', the pretraining layout)")
-    p.add_argument("--target_dir", default=target_dir,
-                   help=f"per-tile target directory under --data_path, NAME.txt per tile (default {target_dir!r})")
-    p.add_argument("--train_list", default=None,
-                   help="training list file (default 'train-wuhan.txt' when present (published), else 'train.txt', "
-                        "what prepare_pois.py writes)")
-    p.add_argument("--val_list", default=None,
-                   help="validation list file (default 'val-wuhan.txt' when present (published), else 'val.txt')")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        help="image checkpoint (*_img_<epoch>.tar, ours or the published script's, or checkpoint_last.pt), "
+        "or 'random': a randomly initialised encoder of --resnet/--projection_dim drawn from each "
+        "run's seed (the lower bound; with --finetune the supervised upper bound); default: the "
+        "newest *_img_*.tar in --model_path",
+    )
+    p.add_argument(
+        "--resnet",
+        default="resnet50",
+        choices=RESNETS,
+        help="architecture of --ckpt random (default resnet50, published; a checkpoint brings its own)",
+    )
+    p.add_argument(
+        "--projection_dim",
+        type=int,
+        default=128,
+        help="projection width of --ckpt random (default 128, published; replaced by the head anyway)",
+    )
+    p.add_argument(
+        "--img_dir",
+        default=None,
+        help="tile directory under --data_path (default 'img' when present (published), else "
+        "'sub_shanghai_img', the pretraining layout)",
+    )
+    p.add_argument(
+        "--target_dir",
+        default=target_dir,
+        help=f"per-tile target directory under --data_path, NAME.txt per tile (default {target_dir!r})",
+    )
+    p.add_argument(
+        "--train_list",
+        default=None,
+        help="training list file (default 'train-wuhan.txt' when present (published), else 'train.txt', "
+        "what prepare_pois.py writes)",
+    )
+    p.add_argument(
+        "--val_list",
+        default=None,
+        help="validation list file (default 'val-wuhan.txt' when present (published), else 'val.txt')",
+    )
 
 
 @torch.no_grad()
@@ -154,8 +253,9 @@ def backbone_features(model: ImageEncoder, loader: DataLoader, device: torch.dev
 def predict_loader(model: ImageEncoder, loader: DataLoader, task: Task, device: torch.device) -> np.ndarray:
     """Predictions (training units) over a loader of ``(image, ...)`` batches -> ``[N, K]`` in loader order."""
     model.eval()
-    return torch.cat([task.predict(model(batch[0].to(device, non_blocking=True))).float().cpu()
-                      for batch in loader]).numpy()
+    return torch.cat(
+        [task.predict(model(batch[0].to(device, non_blocking=True))).float().cpu() for batch in loader]
+    ).numpy()
 
 
 @torch.no_grad()
@@ -217,17 +317,21 @@ class SeedRun:
     train_y: torch.Tensor | None = None  # [N_train, K] their targets (original units)
 
 
-def _training_set(args: argparse.Namespace, layout: DownstreamLayout, task: Task, seed: int,
-                  train_names: list[str]) -> TileTargetDataset:
+def _training_set(
+    args: argparse.Namespace, layout: DownstreamLayout, task: Task, seed: int, train_names: list[str]
+) -> TileTargetDataset:
     """The seed's labelled training tiles (``--label_fraction`` of the list), targets checked."""
     names = select_fraction(train_names, args.label_fraction, seed)
     transform = downstream_train_transform(args.img_size) if args.augment else eval_transform()
-    train_set = TileTargetDataset(layout.root, layout.train_list, transform, layout.img_dir, layout.target_dir,
-                                  names=names)
+    train_set = TileTargetDataset(
+        layout.root, layout.train_list, transform, layout.img_dir, layout.target_dir, names=names
+    )
     train_set.targets = task.check(train_set.targets, layout.targets)
     if len(train_set) < args.batch_size:
-        raise UserError(f"{layout.train_list} (x label fraction {args.label_fraction:g}) gives {len(train_set)} tiles, "
-                        f"fewer than one batch of {args.batch_size}; lower --batch_size")
+        raise UserError(
+            f"{layout.train_list} (x label fraction {args.label_fraction:g}) gives {len(train_set)} tiles, "
+            f"fewer than one batch of {args.batch_size}; lower --batch_size"
+        )
     return train_set
 
 
@@ -242,8 +346,16 @@ def _optimizer(args: argparse.Namespace, model: ImageEncoder) -> torch.optim.Opt
     return torch.optim.Adam(groups, lr=args.lr)
 
 
-def setup_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Task, encoder: Encoder, seed: int,
-               train_names: list[str], val_set: TileTargetDataset, device: torch.device) -> SeedRun:
+def setup_seed(
+    args: argparse.Namespace,
+    layout: DownstreamLayout,
+    task: Task,
+    encoder: Encoder,
+    seed: int,
+    train_names: list[str],
+    val_set: TileTargetDataset,
+    device: torch.device,
+) -> SeedRun:
     """Seed everything, then build the seed's training set, loaders, model (encoder + task head) and optimiser."""
     seed_everything(seed)
     train_set = _training_set(args, layout, task, seed, train_names)
@@ -251,18 +363,29 @@ def setup_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Task, e
     loader_kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=worker_init)
     order = torch.Generator()
     # The published loader drops the incomplete last batch during training.
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=order,
-                              **loader_kw)
+    train_loader = DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=order, **loader_kw
+    )
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
     model = with_task_head(encoder.build(), out_dim=len(task.columns), freeze_backbone=not args.finetune)
     model = model.to(device)
     if args.head_bias_init == "mean":
         task.init_head(model.encoder.fc[-1], task.to_train(train_set.targets))
-    run = SeedRun(seed, task, model, _optimizer(args, model), train_loader, val_loader, order,
-                  train_set.targets.double().mean(dim=0).numpy())
-    print(f"seed {seed}: {encoder.label} ({model.resnet}); {len(train_set)} training and {len(val_set)} validation "
-          f"tiles; {'fine-tuning the whole encoder' if args.finetune else 'frozen backbone'}{task.describe()}",
-          flush=True)
+    run = SeedRun(
+        seed,
+        task,
+        model,
+        _optimizer(args, model),
+        train_loader,
+        val_loader,
+        order,
+        train_set.targets.double().mean(dim=0).numpy(),
+    )
+    print(
+        f"seed {seed}: {encoder.label} ({model.resnet}); {len(train_set)} training and {len(val_set)} validation "
+        f"tiles; {'fine-tuning the whole encoder' if args.finetune else 'frozen backbone'}{task.describe()}",
+        flush=True,
+    )
     # Fast path: a frozen, eval-mode backbone maps each validation tile to the same features every epoch,
     # and each training tile too when it is not augmented.
     if not args.finetune:
@@ -318,13 +441,33 @@ def evaluate(run: SeedRun, device: torch.device) -> np.ndarray:
 
 def _record_line(args: argparse.Namespace, encoder: Encoder, layout: DownstreamLayout, seed: int, h: dict) -> str:
     ckpt = str(encoder.ckpt) if encoder.ckpt else "random"
-    return json.dumps({"ckpt": ckpt, "target": layout.target_dir, "seed": seed, "finetune": bool(args.finetune),
-                       "label_fraction": args.label_fraction, **h}) + "\n"
+    return (
+        json.dumps(
+            {
+                "ckpt": ckpt,
+                "target": layout.target_dir,
+                "seed": seed,
+                "finetune": bool(args.finetune),
+                "label_fraction": args.label_fraction,
+                **h,
+            }
+        )
+        + "\n"
+    )
 
 
-def train_one_seed(args: argparse.Namespace, layout: DownstreamLayout, task: Task, encoder: Encoder, seed: int,
-                   train_names: list[str], val_set: TileTargetDataset, device: torch.device,
-                   record: Path, tiles: MapTiles | None = None) -> SeedResult:
+def train_one_seed(
+    args: argparse.Namespace,
+    layout: DownstreamLayout,
+    task: Task,
+    encoder: Encoder,
+    seed: int,
+    train_names: list[str],
+    val_set: TileTargetDataset,
+    device: torch.device,
+    record: Path,
+    tiles: MapTiles | None = None,
+) -> SeedResult:
     """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on; with ``tiles``,
     predict every tile of the map at the end."""
     run = setup_seed(args, layout, task, encoder, seed, train_names, val_set, device)
@@ -354,16 +497,25 @@ def _head_threads(run: SeedRun) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _epochs(args: argparse.Namespace, layout: DownstreamLayout, encoder: Encoder, run: SeedRun, y_val: np.ndarray,
-            device: torch.device, record: Path) -> SeedResult:
+def _epochs(
+    args: argparse.Namespace,
+    layout: DownstreamLayout,
+    encoder: Encoder,
+    run: SeedRun,
+    y_val: np.ndarray,
+    device: torch.device,
+    record: Path,
+) -> SeedResult:
     """The epoch loop of one seed: train, evaluate from ``--eval_from`` on, print and record."""
     result = SeedResult(run.seed, train_mean=run.train_mean)
     for epoch in range(args.total_epoch):
         factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
         t0 = time.time()
         loss = train_one_epoch(run, epoch, factor, args.finetune, device)
-        line = (f"epoch {epoch + 1}/{args.total_epoch}  lr {args.lr * factor:.2e}  train loss {loss:.4f}  "
-                f"{time.time() - t0:.1f}s")
+        line = (
+            f"epoch {epoch + 1}/{args.total_epoch}  lr {args.lr * factor:.2e}  train loss {loss:.4f}  "
+            f"{time.time() - t0:.1f}s"
+        )
         if epoch + 1 >= args.eval_from or epoch + 1 == args.total_epoch:
             result.pred = evaluate(run, device)
             warning = run.task.warning(result.pred)
@@ -395,8 +547,10 @@ def _validation_set(layout: DownstreamLayout, task: Task) -> TileTargetDataset:
     """The validation tiles with checked targets; their width must be the task's."""
     val_set = TileTargetDataset(layout.root, layout.val_list, eval_transform(), layout.img_dir, layout.target_dir)
     if len(task.columns) != val_set.targets.shape[1]:
-        raise UserError(f"{layout.targets} holds {val_set.targets.shape[1]} value(s) per tile but this task expects "
-                        f"{len(task.columns)}; check --target_dir")
+        raise UserError(
+            f"{layout.targets} holds {val_set.targets.shape[1]} value(s) per tile but this task expects "
+            f"{len(task.columns)}; check --target_dir"
+        )
     val_set.targets = task.check(val_set.targets, layout.targets)
     return val_set
 
@@ -440,8 +594,16 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     summary = summarize(results, task)
     for line in summary_lines(summary, len(seeds)):
         print(line, flush=True)
-    write_reports(_outputs(args, record), task, val_set.names, val_set.targets.numpy(), results, summary,
-                  f"{layout.target_dir}: {encoder.short}", tiles)
+    write_reports(
+        _outputs(args, record),
+        task,
+        val_set.names,
+        val_set.targets.numpy(),
+        results,
+        summary,
+        f"{layout.target_dir}: {encoder.short}",
+        tiles,
+    )
     baselines: dict[str, list[SeedResult]] = {}
     if random_enc is not None:
         print(f"--- (2) the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)

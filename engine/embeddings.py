@@ -69,15 +69,24 @@ def tile_files(root: Path, img_dir: str, list_files: list[str] | None = None) ->
         by_name = {p.name: p for p in files}
         missing = [n for n in wanted if n not in by_name]
         if missing:
-            raise UserError(f"{len(missing)} listed tiles are missing from {folder} (first: {missing[0]}); fix the "
-                            "list or --img_dir")
+            raise UserError(
+                f"{len(missing)} listed tiles are missing from {folder} (first: {missing[0]}); fix the "
+                "list or --img_dir"
+            )
         files = [by_name[n] for n in dict.fromkeys(wanted)]
     return files
 
 
 @torch.no_grad()
-def image_embeddings(ckpt: Path, files: list[Path], device: torch.device, batch_size: int = 64, workers: int = 0,
-                     projected: bool = False, progress: bool = True) -> tuple[dict[str, np.ndarray], str]:
+def image_embeddings(
+    ckpt: Path,
+    files: list[Path],
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    projected: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], str]:
     """Backbone (and optionally projection) embeddings of ``files``.
 
     Returns ``({"backbone": [N, d], "projection": [N, P]}, resnet)`` (projection only when asked).
@@ -89,8 +98,10 @@ def image_embeddings(ckpt: Path, files: list[Path], device: torch.device, batch_
         try:
             f = model.features(x.to(device))
         except RuntimeError as exc:
-            raise UserError(f"the tiles in {files[0].parent} could not be encoded ({str(exc).splitlines()[0]}); "
-                            "tiles of one export must share one size") from None
+            raise UserError(
+                f"the tiles in {files[0].parent} could not be encoded ({str(exc).splitlines()[0]}); "
+                "tiles of one export must share one size"
+            ) from None
         feats.append(f.float().cpu())
         if projected:
             projs.append(model.encoder.fc(f).float().cpu())
@@ -101,22 +112,34 @@ def image_embeddings(ckpt: Path, files: list[Path], device: torch.device, batch_
 
 
 @torch.no_grad()
-def poi_embeddings(poi_ckpt: Path, root: Path, img_dir: str, files: list[Path], device: torch.device,
-                   batch_size: int = 64, progress: bool = True) -> np.ndarray:
+def poi_embeddings(
+    poi_ckpt: Path,
+    root: Path,
+    img_dir: str,
+    files: list[Path],
+    device: torch.device,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
     """POI-encoder embeddings ``[N, P]`` of the tiles' POI graphs (``sub_shanghai_emb``/``_edge``/``_weight``
     looked up by tile name, in whichever layout the images are)."""
     model = load_poi_encoder(poi_ckpt).to(device).eval()
     ds = PretrainDataset(PretrainLayout(Path(root), img_dir=img_dir), eval_transform())
     index = {p.name: i for i, p in enumerate(ds.images)}
     if ds.poi_dim != model.in_dim:
-        raise UserError(f"{poi_ckpt} expects {model.in_dim}-d POI embeddings but {ds.emb_dir} holds {ds.poi_dim}-d "
-                        "ones; use the POI data the encoder was trained on")
+        raise UserError(
+            f"{poi_ckpt} expects {model.in_dim}-d POI embeddings but {ds.emb_dir} holds {ds.poi_dim}-d "
+            "ones; use the POI data the encoder was trained on"
+        )
     out = []
     starts = range(0, len(files), batch_size)
     for start in tqdm(starts, desc="POI embeddings", disable=not progress or None, mininterval=1.0):
-        graphs = Batch.from_data_list([ds.graph(index[p.name]) for p in files[start:start + batch_size]]).to(device)
-        out.append(model(graphs.x, graphs.edge_index, graphs.batch, graphs.num_graphs,
-                         getattr(graphs, "edge_weight", None)).float().cpu())
+        graphs = Batch.from_data_list([ds.graph(index[p.name]) for p in files[start : start + batch_size]]).to(device)
+        out.append(
+            model(graphs.x, graphs.edge_index, graphs.batch, graphs.num_graphs, getattr(graphs, "edge_weight", None))
+            .float()
+            .cpu()
+        )
     return torch.cat(out).numpy()
 
 

@@ -42,9 +42,18 @@ from sklearn.decomposition import PCA
 from data.tile_index import TileIndex
 from utils.fileio import atomic_path
 
-__all__ = ["prediction_frame", "distribution_frame", "embedding_frame", "write_frame", "plot_prediction_map",
-           "plot_distribution_map", "plot_embedding_map", "write_prediction_map", "write_distribution_map",
-           "write_embedding_map"]
+__all__ = [
+    "prediction_frame",
+    "distribution_frame",
+    "embedding_frame",
+    "write_frame",
+    "plot_prediction_map",
+    "plot_distribution_map",
+    "plot_embedding_map",
+    "write_prediction_map",
+    "write_distribution_map",
+    "write_embedding_map",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,8 +69,13 @@ def _base(index: TileIndex, names: Sequence[str], split: Sequence[str] | None):
     return gpd.GeoDataFrame(data, geometry=index.polygons()[pos], crs=index.crs), pos
 
 
-def prediction_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray, prediction: np.ndarray,
-                     split: Sequence[str] | None = None):
+def prediction_frame(
+    index: TileIndex,
+    names: Sequence[str],
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    split: Sequence[str] | None = None,
+):
     """Per-tile truth, prediction and residual with the tile polygons.
 
     Args:
@@ -80,8 +94,14 @@ def prediction_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray, 
     return frame
 
 
-def distribution_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray, prediction: np.ndarray,
-                       classes: Sequence[str], split: Sequence[str] | None = None):
+def distribution_frame(
+    index: TileIndex,
+    names: Sequence[str],
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    classes: Sequence[str],
+    split: Sequence[str] | None = None,
+):
     """Per-tile distributions (e.g. urban-function shares) with the tile polygons.
 
     Args:
@@ -101,14 +121,22 @@ def distribution_frame(index: TileIndex, names: Sequence[str], truth: np.ndarray
     for k, c in enumerate(classes):
         frame[f"pred_{c}"] = prediction[:, k]
     known = np.isfinite(truth).all(axis=1)  # tiles without a target (unlabelled) have NaN rows
-    frame["dominant_truth"] = [classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known, strict=True)]
+    frame["dominant_truth"] = [
+        classes[k] if ok else "" for k, ok in zip(np.nan_to_num(truth).argmax(axis=1), known, strict=True)
+    ]
     frame["dominant_pred"] = [classes[k] for k in prediction.argmax(axis=1)]
     frame["l1"] = np.where(known, np.abs(prediction - truth).sum(axis=1), np.nan)
     return frame
 
 
-def embedding_frame(index: TileIndex, names: Sequence[str], embeddings: np.ndarray, clusters: int | None = None,
-                    seed: int = 0, keep_vectors: bool = True):
+def embedding_frame(
+    index: TileIndex,
+    names: Sequence[str],
+    embeddings: np.ndarray,
+    clusters: int | None = None,
+    seed: int = 0,
+    keep_vectors: bool = True,
+):
     """Embeddings with the tile polygons, their first three principal components and k-means clusters.
 
     Args:
@@ -208,17 +236,18 @@ def _draw(ax, frame, values: np.ndarray, cmap, norm=None, context=None):
         n_r, n_c = int(rows.max()) + 1, int(cols.max()) + 1
         if context is not None and len(context):
             bg = np.zeros((n_r, n_c, 4))
-            bg[rows[len(bounds):], cols[len(bounds):]] = (0.85, 0.85, 0.85, 1.0)
+            bg[rows[len(bounds) :], cols[len(bounds) :]] = (0.85, 0.85, 0.85, 1.0)
             ax.imshow(bg, extent=extent, origin="upper", interpolation="nearest")
-        r, c = rows[:len(bounds)], cols[:len(bounds)]
+        r, c = rows[: len(bounds)], cols[: len(bounds)]
         if rgb:
             img = np.zeros((n_r, n_c, 4))
             img[r, c, :3], img[r, c, 3] = values, 1.0
             return ax.imshow(img, extent=extent, origin="upper", interpolation="nearest")
         img = np.full((n_r, n_c), np.nan)
         img[r, c] = values
-        return ax.imshow(np.ma.masked_invalid(img), extent=extent, origin="upper", interpolation="nearest",
-                         cmap=cmap, norm=norm)
+        return ax.imshow(
+            np.ma.masked_invalid(img), extent=extent, origin="upper", interpolation="nearest", cmap=cmap, norm=norm
+        )
 
     def boxes(b):
         return [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for x0, y0, x1, y1 in b]
@@ -228,8 +257,9 @@ def _draw(ax, frame, values: np.ndarray, cmap, norm=None, context=None):
     if rgb:
         art = PolyCollection(boxes(bounds), facecolors=values, edgecolors="none")
     else:
-        art = PolyCollection(boxes(bounds), array=np.asarray(values, np.float64), cmap=cmap, norm=norm,
-                             edgecolors="none")
+        art = PolyCollection(
+            boxes(bounds), array=np.asarray(values, np.float64), cmap=cmap, norm=norm, edgecolors="none"
+        )
     ax.add_collection(art)
     ax.set_xlim(everything[:, 0].min(), everything[:, 2].max())
     ax.set_ylim(everything[:, 1].min(), everything[:, 3].max())
@@ -257,10 +287,22 @@ def _axes_in_crs(ax, crs, title: str) -> None:
     if span > 0:
         length = 10 ** np.floor(np.log10(span))
         length *= 5 if 5 * length <= span else (2 if 2 * length <= span else 1)
-        label = (f"{length / 1000:g} km" if unit == "metre" and length >= 1000 else
-                 f"{length:g} {'m' if unit == 'metre' else unit}".strip())
-        ax.add_artist(AnchoredSizeBar(ax.transData, length, label, "lower left", pad=0.4, frameon=True,
-                                      size_vertical=abs(ax.get_ylim()[1] - ax.get_ylim()[0]) / 200))
+        label = (
+            f"{length / 1000:g} km"
+            if unit == "metre" and length >= 1000
+            else f"{length:g} {'m' if unit == 'metre' else unit}".strip()
+        )
+        ax.add_artist(
+            AnchoredSizeBar(
+                ax.transData,
+                length,
+                label,
+                "lower left",
+                pad=0.4,
+                frameon=True,
+                size_vertical=abs(ax.get_ylim()[1] - ax.get_ylim()[0]) / 200,
+            )
+        )
 
 
 def _context(index: TileIndex | None, frame) -> np.ndarray | None:
@@ -272,8 +314,9 @@ def _context(index: TileIndex | None, frame) -> np.ndarray | None:
     return index.bounds[other]
 
 
-def plot_prediction_map(frame, path: str | Path, title: str = "", label: str = "value",
-                        index: TileIndex | None = None) -> None:
+def plot_prediction_map(
+    frame, path: str | Path, title: str = "", label: str = "value", index: TileIndex | None = None
+) -> None:
     """PNG: truth | prediction (one colour scale) | residual (diverging, centred on 0).
 
     ``frame`` from :func:`prediction_frame`; ``index`` (optional) draws the other tiles in grey.
@@ -282,7 +325,7 @@ def plot_prediction_map(frame, path: str | Path, title: str = "", label: str = "
     fig, (a0, a1, a2) = _figure(3, title, frame, ctx)
     both = np.concatenate([frame["truth"].to_numpy(), frame["prediction"].to_numpy()])
     both = both[np.isfinite(both)]
-    lo, hi = (np.percentile(both, [1, 99]) if both.size else (0.0, 1.0))
+    lo, hi = np.percentile(both, [1, 99]) if both.size else (0.0, 1.0)
     norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
     _draw(a0, frame, frame["truth"].to_numpy(), "viridis", norm, ctx)
     art = _draw(a1, frame, frame["prediction"].to_numpy(), "viridis", norm, ctx)
@@ -301,8 +344,9 @@ def _class_colours(classes: Sequence[str]):
     return {c: cmap(k % cmap.N) for k, c in enumerate(classes)}
 
 
-def plot_distribution_map(frame, path: str | Path, classes: Sequence[str], title: str = "",
-                          index: TileIndex | None = None) -> None:
+def plot_distribution_map(
+    frame, path: str | Path, classes: Sequence[str], title: str = "", index: TileIndex | None = None
+) -> None:
     """PNG: dominant class of truth | of prediction (categorical) | sum of absolute share errors.
 
     ``frame`` from :func:`distribution_frame`.
@@ -311,14 +355,26 @@ def plot_distribution_map(frame, path: str | Path, classes: Sequence[str], title
     col = _class_colours(classes)
     ctx = _context(index, frame)
     fig, (a0, a1, a2) = _figure(3, title, frame, ctx)
-    for ax, key, t in ((a0, "dominant_truth", "dominant class (truth)"),
-                       (a1, "dominant_pred", "dominant class (prediction)")):
+    for ax, key, t in (
+        (a0, "dominant_truth", "dominant class (truth)"),
+        (a1, "dominant_pred", "dominant class (prediction)"),
+    ):
         # unlabelled tiles (no true class) in light grey
-        _draw(ax, frame, np.array([col.get(c, (0.85, 0.85, 0.85))[:3] for c in frame[key]]).reshape(-1, 3), None,
-              None, ctx)
+        _draw(
+            ax,
+            frame,
+            np.array([col.get(c, (0.85, 0.85, 0.85))[:3] for c in frame[key]]).reshape(-1, 3),
+            None,
+            None,
+            ctx,
+        )
         _axes_in_crs(ax, frame.crs, t)
-    fig.legend(handles=[Patch(color=col[c], label=c) for c in classes], loc="outside lower center",
-               ncol=min(len(classes), 8), fontsize=8)
+    fig.legend(
+        handles=[Patch(color=col[c], label=c) for c in classes],
+        loc="outside lower center",
+        ncol=min(len(classes), 8),
+        fontsize=8,
+    )
     art = _draw(a2, frame, frame["l1"].to_numpy(), "magma_r", None, ctx)
     fig.colorbar(art, ax=a2, shrink=0.8, label="sum of |share error|")
     _axes_in_crs(a2, frame.crs, "error")
@@ -341,11 +397,16 @@ def plot_embedding_map(frame, path: str | Path, title: str = "", index: TileInde
     if has_k:
         ks = sorted(int(k) for k in np.unique(frame["cluster"]))
         col = _class_colours([str(k) for k in ks])
-        _draw(axes[1], frame, np.array([col[str(int(k))][:3] for k in frame["cluster"]]).reshape(-1, 3), None, None,
-              ctx)
+        _draw(
+            axes[1], frame, np.array([col[str(int(k))][:3] for k in frame["cluster"]]).reshape(-1, 3), None, None, ctx
+        )
         _axes_in_crs(axes[1], frame.crs, f"k-means, K = {len(ks)}")
-        axes[1].legend(handles=[Patch(color=col[str(k)], label=f"cluster {k}") for k in ks], fontsize=7,
-                       loc="upper right", ncol=1 + len(ks) // 10)
+        axes[1].legend(
+            handles=[Patch(color=col[str(k)], label=f"cluster {k}") for k in ks],
+            fontsize=7,
+            loc="upper right",
+            ncol=1 + len(ks) // 10,
+        )
     _save(fig, path)
 
 
@@ -353,9 +414,17 @@ def plot_embedding_map(frame, path: str | Path, title: str = "", index: TileInde
 # One call per script
 
 
-def write_prediction_map(index: TileIndex, names: Sequence[str], truth: np.ndarray, prediction: np.ndarray,
-                         gpkg_path: str | Path, png_path: str | Path, split: Sequence[str] | None = None,
-                         title: str = "", label: str = "value"):
+def write_prediction_map(
+    index: TileIndex,
+    names: Sequence[str],
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    gpkg_path: str | Path,
+    png_path: str | Path,
+    split: Sequence[str] | None = None,
+    title: str = "",
+    label: str = "value",
+):
     """GeoPackage + PNG map of a regression's predictions (``res_pop.py``); returns the frame."""
     frame = prediction_frame(index, names, truth, prediction, split)
     write_frame(frame, gpkg_path)
@@ -363,9 +432,17 @@ def write_prediction_map(index: TileIndex, names: Sequence[str], truth: np.ndarr
     return frame
 
 
-def write_distribution_map(index: TileIndex, names: Sequence[str], truth: np.ndarray, prediction: np.ndarray,
-                           classes: Sequence[str], gpkg_path: str | Path, png_path: str | Path,
-                           split: Sequence[str] | None = None, title: str = ""):
+def write_distribution_map(
+    index: TileIndex,
+    names: Sequence[str],
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    classes: Sequence[str],
+    gpkg_path: str | Path,
+    png_path: str | Path,
+    split: Sequence[str] | None = None,
+    title: str = "",
+):
     """GeoPackage + PNG map of predicted distributions (``res_func.py``); returns the frame."""
     frame = distribution_frame(index, names, truth, prediction, classes, split)
     write_frame(frame, gpkg_path)
@@ -373,8 +450,16 @@ def write_distribution_map(index: TileIndex, names: Sequence[str], truth: np.nda
     return frame
 
 
-def write_embedding_map(index: TileIndex, names: Sequence[str], embeddings: np.ndarray, vector_path: str | Path,
-                        png_path: str | Path, clusters: int | None = None, seed: int = 0, title: str = ""):
+def write_embedding_map(
+    index: TileIndex,
+    names: Sequence[str],
+    embeddings: np.ndarray,
+    vector_path: str | Path,
+    png_path: str | Path,
+    clusters: int | None = None,
+    seed: int = 0,
+    title: str = "",
+):
     """GeoParquet (``.parquet``: PCs, clusters and the vectors) or GeoPackage (``.gpkg``: PCs and clusters)
     + PNG map of embeddings (``embed.py``); returns the frame."""
     keep = Path(vector_path).suffix.lower() != ".gpkg"

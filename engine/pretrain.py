@@ -133,8 +133,13 @@ def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     layout = PretrainLayout.from_args(args)
     if is_packed(layout.root):  # written by `python -m data.pack`, validated when it was packed
         return None if args.check_data else build_pretrain_dataset(layout, args.augment, args.img_size)
-    report = scan_pretrain(layout, args.workers, cache=Path(args.model_path) / CACHE_NAME, rescan=args.rescan,
-                           cache_read_only=not info.is_main)
+    report = scan_pretrain(
+        layout,
+        args.workers,
+        cache=Path(args.model_path) / CACHE_NAME,
+        rescan=args.rescan,
+        cache_read_only=not info.is_main,
+    )
     tiles = apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
     if args.check_data:
         return None
@@ -156,15 +161,24 @@ class Pretrainer:
     Where the loop stands: ``epoch`` epochs done, then ``step`` steps of the next one.
     """
 
-    def __init__(self, args: argparse.Namespace, dataset: Dataset, info: DistInfo, device: torch.device, step_fn: StepFn,
-                 run: RunFolder | None = None):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        dataset: Dataset,
+        info: DistInfo,
+        device: torch.device,
+        step_fn: StepFn,
+        run: RunFolder | None = None,
+    ):
         self.args, self.dataset, self.info, self.device, self.step_fn = args, dataset, info, device, step_fn
         self.run = run
         # --batch_size is per process (as MoCo/DINO): the global batch, and the NT-Xent negatives, grow with N.
         self.global_batch = args.batch_size * info.world_size
         if len(dataset) < self.global_batch:
-            raise UserError(f"{args.data_path} has {len(dataset)} usable tiles, fewer than one batch of {self.global_batch}; "
-                            "lower --batch_size (incomplete batches are dropped, as published)")
+            raise UserError(
+                f"{args.data_path} has {len(dataset)} usable tiles, fewer than one batch of {self.global_batch}; "
+                "lower --batch_size (incomplete batches are dropped, as published)"
+            )
         seed_everything(args.seed)  # the models' initialisation below draws from this stream
         self.loader = self._build_loader()
         self.augment = GPUAugment(args.img_size) if args.augment == "gpu" else None
@@ -192,20 +206,28 @@ class Pretrainer:
         # Under torchrun the sampler draws global batches and each process takes its slice.
         self.sampler = EpochBatchSampler(len(self.dataset), self.global_batch, args.seed)
         self.worker_seeds = torch.Generator()  # the loader draws its worker base seed from this, not the global stream
-        return DataLoader(SeededSamples(self.dataset),
-                          batch_sampler=RankSlice(self.sampler, info.rank, info.world_size) if info.enabled else self.sampler,
-                          num_workers=args.workers, collate_fn=collate_for(args.augment),
-                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init, generator=self.worker_seeds,
-                          # every sample is drawn under its own seed from the sampler (SeededSamples), so the
-                          # workers' own random state never matters: keep them between epochs
-                          persistent_workers=args.workers > 0)
+        return DataLoader(
+            SeededSamples(self.dataset),
+            batch_sampler=RankSlice(self.sampler, info.rank, info.world_size) if info.enabled else self.sampler,
+            num_workers=args.workers,
+            collate_fn=collate_for(args.augment),
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init,
+            generator=self.worker_seeds,
+            # every sample is drawn under its own seed from the sampler (SeededSamples), so the
+            # workers' own random state never matters: keep them between epochs
+            persistent_workers=args.workers > 0,
+        )
 
     def _build_models(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         args, info = self.args, self.info
         if info.is_main and (info.enabled or args.precision != "fp32" or self.augment is not None or args.compile):
-            print(f"{info.world_size} process(es) x batch {args.batch_size} = global batch {self.global_batch}; precision "
-                  f"{args.precision}, augmentation on {'the device' if self.augment else 'CPU workers'}, channels_last "
-                  f"{args.channels_last}, compile {args.compile}", flush=True)
+            print(
+                f"{info.world_size} process(es) x batch {args.batch_size} = global batch {self.global_batch}; precision "
+                f"{args.precision}, augmentation on {'the device' if self.augment else 'CPU workers'}, channels_last "
+                f"{args.channels_last}, compile {args.compile}",
+                flush=True,
+            )
         try:
             img_model = ImageEncoder(args.resnet, args.projection_dim, args.backbone_weights).to(self.device)
         except ValueError as exc:
@@ -222,12 +244,25 @@ class Pretrainer:
         ``rng_ranks``: under torchrun, every process's RNG states in rank order (this process's own go
         to ``rng`` as always), so that each process of a resumed run continues its own streams.
         """
-        progress = {"global_step": self.global_step, "loss_sums": self.loss_sums.clone(), "n_tiles": len(self.dataset),
-                    "world_size": self.info.world_size,
-                    "record_sizes": {str(r.path): r.sync() for r in (self.record, self.log)}}
-        state = {"format": RESUME_FORMAT, "img": self.img_model.state_dict(), "poi": self.poi_model.state_dict(),
-                 "opt_img": self.opt_img.state_dict(), "opt_poi": self.opt_poi.state_dict(), "epoch": self.epoch,
-                 "step": self.step, "args": vars(self.args), "rng": rng_state(), "progress": progress}
+        progress = {
+            "global_step": self.global_step,
+            "loss_sums": self.loss_sums.clone(),
+            "n_tiles": len(self.dataset),
+            "world_size": self.info.world_size,
+            "record_sizes": {str(r.path): r.sync() for r in (self.record, self.log)},
+        }
+        state = {
+            "format": RESUME_FORMAT,
+            "img": self.img_model.state_dict(),
+            "poi": self.poi_model.state_dict(),
+            "opt_img": self.opt_img.state_dict(),
+            "opt_poi": self.opt_poi.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "args": vars(self.args),
+            "rng": rng_state(),
+            "progress": progress,
+        }
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         if rng_ranks is not None:
@@ -243,16 +278,20 @@ class Pretrainer:
         saved = ckpt.get("args", {})
         for key in ARCH_FLAGS:
             if key in saved and saved[key] != getattr(self.args, key):
-                raise UserError(f"{source} was trained with --{key} {saved[key]} but this run has {getattr(self.args, key)}; "
-                                "use the same flags to resume")
+                raise UserError(
+                    f"{source} was trained with --{key} {saved[key]} but this run has {getattr(self.args, key)}; "
+                    "use the same flags to resume"
+                )
         try:
             self.img_model.load_state_dict(ckpt["img"])
             self.poi_model.load_state_dict(ckpt["poi"])
             self.opt_img.load_state_dict(ckpt["opt_img"])
             self.opt_poi.load_state_dict(ckpt["opt_poi"])
         except (RuntimeError, ValueError, KeyError):
-            raise UserError(f"{source} holds models of another shape than these flags and data build; "
-                            "resume with the flags and POI data of the original run") from None
+            raise UserError(
+                f"{source} holds models of another shape than these flags and data build; "
+                "resume with the flags and POI data of the original run"
+            ) from None
         step, progress = int(ckpt.get("step", 0)), dict(ckpt.get("progress", {}))
         if step:
             self._check_mid_epoch(source, saved, progress)
@@ -274,15 +313,21 @@ class Pretrainer:
 
     def _check_mid_epoch(self, source: Path | str, saved: dict[str, Any], progress: dict[str, Any]) -> None:
         if saved.get("batch_size") != self.args.batch_size:
-            raise UserError(f"{source} was saved mid-epoch with --batch_size {saved.get('batch_size')} but this run has "
-                            f"{self.args.batch_size}; resume with the same batch size")
+            raise UserError(
+                f"{source} was saved mid-epoch with --batch_size {saved.get('batch_size')} but this run has "
+                f"{self.args.batch_size}; resume with the same batch size"
+            )
         if progress.get("n_tiles") not in (None, len(self.dataset)):
-            raise UserError(f"{source} was saved mid-epoch on {progress['n_tiles']} tiles but the data now has "
-                            f"{len(self.dataset)}; resume on the same data (or from an end-of-epoch checkpoint)")
+            raise UserError(
+                f"{source} was saved mid-epoch on {progress['n_tiles']} tiles but the data now has "
+                f"{len(self.dataset)}; resume on the same data (or from an end-of-epoch checkpoint)"
+            )
         if progress.get("world_size") not in (None, self.info.world_size):  # None: written before the count was kept
-            raise UserError(f"{source} was saved mid-epoch by {progress['world_size']} process(es) but this run has "
-                            f"{self.info.world_size}; the global batch, and so the steps already trained, would differ: "
-                            "resume with the same number of processes (or from an end-of-epoch checkpoint)")
+            raise UserError(
+                f"{source} was saved mid-epoch by {progress['world_size']} process(es) but this run has "
+                f"{self.info.world_size}; the global batch, and so the steps already trained, would differ: "
+                "resume with the same number of processes (or from an end-of-epoch checkpoint)"
+            )
 
     def resume(self, resume: str | None) -> None:
         """``--resume``: load ``checkpoint_last.pt`` (or the given file); nothing for a fresh start."""
@@ -306,8 +351,11 @@ class Pretrainer:
         args = self.args
         if self.info.is_main:
             if self.run is not None:  # what the run will write must fit before the first step
-                self.run.check_space(estimate_pretrain_space(self.img_model, self.poi_model, args, self.steps_per_epoch,
-                                                             world_size=self.info.world_size))
+                self.run.check_space(
+                    estimate_pretrain_space(
+                        self.img_model, self.poi_model, args, self.steps_per_epoch, world_size=self.info.world_size
+                    )
+                )
             atomic_write_text(json.dumps(vars(args), indent=2) + "\n", self.model_path / "args.json")
             if self.global_step == 0:
                 # A checkpoint before the first step: a run killed before its first save resumes from
@@ -343,8 +391,14 @@ class Pretrainer:
         self.img_model.train()
         self.poi_model.train()
         t0 = time.time()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{args.total_epoch}", disable=None if info.is_main else True,
-                   mininterval=1.0, initial=first, total=n_steps)
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{args.total_epoch}",
+            disable=None if info.is_main else True,
+            mininterval=1.0,
+            initial=first,
+            total=n_steps,
+        )
         z1 = None
         for step, batch in enumerate(bar, start=first + 1):
             stats, z1 = self.optimise(batch, stop is not None and stop.requested, step)
@@ -367,14 +421,18 @@ class Pretrainer:
         process sees the same value and all stop together on a non-finite one — and whether any
         process was asked to stop (the request rides on the same reduction, costing no collective).
         """
-        loss, loss_inter, loss_intra, z1 = self.step_fn(batch, self.img_train, self.poi_train, self.args, self.device,
-                                                        self.augment)
-        local = torch.stack([loss.detach(), loss_inter.detach(), loss_intra.detach(),
-                             loss.new_tensor(float(stop_requested))]).double()
+        loss, loss_inter, loss_intra, z1 = self.step_fn(
+            batch, self.img_train, self.poi_train, self.args, self.device, self.augment
+        )
+        local = torch.stack(
+            [loss.detach(), loss_inter.detach(), loss_intra.detach(), loss.new_tensor(float(stop_requested))]
+        ).double()
         stats = all_reduce_mean(local).cpu()
         if not torch.isfinite(stats[0]):
-            raise UserError(f"the loss became {stats[0].item()} at epoch {self.epoch + 1}, step {step}; the last good "
-                            f"checkpoint is kept in {self.model_path}; lower --lr and resume")
+            raise UserError(
+                f"the loss became {stats[0].item()} at epoch {self.epoch + 1}, step {step}; the last good "
+                f"checkpoint is kept in {self.model_path}; lower --lr and resume"
+            )
         self.opt_img.zero_grad(set_to_none=True)
         self.opt_poi.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # the scaler is a pass-through except for fp16
@@ -392,18 +450,33 @@ class Pretrainer:
             path = self.save(rng_ranks)
         if stop is not None:
             signum = max_over_ranks(stop.signum or 0, self.device)  # also waits for rank 0's save
-            stop.exit(f"at epoch {self.epoch + 1}, step {self.step} of {self.steps_per_epoch}", str(path), signum,
-                      quiet=not self.info.is_main)
+            stop.exit(
+                f"at epoch {self.epoch + 1}, step {self.step} of {self.steps_per_epoch}",
+                str(path),
+                signum,
+                quiet=not self.info.is_main,
+            )
 
     def _epoch_entry(self, lr: float, first: int, seconds: float, z1: torch.Tensor | None) -> dict[str, Any]:
         mean = (self.loss_sums / self.steps_per_epoch).tolist()
         # Collapse figures: per-dimension std of normalised image embeddings (~1/sqrt(P) when spread)
         # and the loss of all-equal similarities, ln(2B - 1), at which a collapsed run gets stuck.
-        emb_std = torch.nn.functional.normalize(z1.detach().float(), dim=1).std(dim=0).mean().item() if z1 is not None \
+        emb_std = (
+            torch.nn.functional.normalize(z1.detach().float(), dim=1).std(dim=0).mean().item()
+            if z1 is not None
             else float("nan")
-        return {"epoch": self.epoch + 1, "lr": lr, "loss": mean[0], "loss_inter": mean[1], "loss_intra": mean[2],
-                "emb_std": emb_std, "loss_uniform": math.log(2 * self.global_batch - 1), "seconds": round(seconds, 3),
-                "samples_per_s": round((self.steps_per_epoch - first) * self.global_batch / seconds, 2)}
+        )
+        return {
+            "epoch": self.epoch + 1,
+            "lr": lr,
+            "loss": mean[0],
+            "loss_inter": mean[1],
+            "loss_intra": mean[2],
+            "emb_std": emb_std,
+            "loss_uniform": math.log(2 * self.global_batch - 1),
+            "seconds": round(seconds, 3),
+            "samples_per_s": round((self.steps_per_epoch - first) * self.global_batch / seconds, 2),
+        }
 
     def end_of_epoch(self, entry: dict[str, Any], stop: StopOnSignal) -> None:
         """Log the epoch, save its checkpoints (main process), and stop here if a signal arrived."""
@@ -411,15 +484,25 @@ class Pretrainer:
         self.log.write_line(json.dumps(entry))
         self.epoch, self.step = self.epoch + 1, 0
         if info.is_main:
-            print(f"epoch {self.epoch}/{args.total_epoch}  lr {entry['lr']:.2e}  loss {entry['loss']:.4f}  inter "
-                  f"{entry['loss_inter']:.4f}  intra {entry['loss_intra']:.4f}  emb_std {entry['emb_std']:.4f}  "
-                  f"{entry['seconds']:.1f}s", flush=True)
-            warn_collapse(self.epoch, entry["emb_std"], entry["loss_inter"], entry["loss_intra"], entry["loss_uniform"],
-                          args.projection_dim)
+            print(
+                f"epoch {self.epoch}/{args.total_epoch}  lr {entry['lr']:.2e}  loss {entry['loss']:.4f}  inter "
+                f"{entry['loss_inter']:.4f}  intra {entry['loss_intra']:.4f}  emb_std {entry['emb_std']:.4f}  "
+                f"{entry['seconds']:.1f}s",
+                flush=True,
+            )
+            warn_collapse(
+                self.epoch,
+                entry["emb_std"],
+                entry["loss_inter"],
+                entry["loss_intra"],
+                entry["loss_uniform"],
+                args.projection_dim,
+            )
             assert_finite(self.model_path, f"after epoch {self.epoch}", self.img_model, self.poi_model)
             if self.epoch % args.save_every == 0 or self.epoch == args.total_epoch:
-                files = save_bare(self.model_path, args.ckpt_prefix, self.epoch, self.img_model, self.poi_model,
-                                  args.keep_last)
+                files = save_bare(
+                    self.model_path, args.ckpt_prefix, self.epoch, self.img_model, self.poi_model, args.keep_last
+                )
                 if self.run is not None:
                     self.run.note_epoch_files(self.epoch, files)
             self.save()
@@ -437,6 +520,10 @@ def warn_collapse(epoch: int, emb_std: float, loss_inter: float, loss_intra: flo
     spread = 1.0 / math.sqrt(dim)
     stuck = abs(loss_inter - uniform) < 0.01 * uniform and abs(loss_intra - uniform) < 0.01 * uniform
     if emb_std < 0.1 * spread or stuck:
-        print(f"warning: epoch {epoch}: the representation looks collapsed (per-dimension std of normalised image "
-              f"embeddings {emb_std:.2e}, {spread:.2e} when spread; loss inter {loss_inter:.4f} / intra {loss_intra:.4f} "
-              f"vs ln(2B-1) = {uniform:.4f}); a lower --lr usually helps", file=sys.stderr, flush=True)
+        print(
+            f"warning: epoch {epoch}: the representation looks collapsed (per-dimension std of normalised image "
+            f"embeddings {emb_std:.2e}, {spread:.2e} when spread; loss inter {loss_inter:.4f} / intra {loss_intra:.4f} "
+            f"vs ln(2B-1) = {uniform:.4f}); a lower --lr usually helps",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -41,8 +41,9 @@ def default_alphas(n: int) -> np.ndarray:
     return n * np.logspace(-4, 2, 13)
 
 
-def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                      alphas: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def ridge_fit_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alphas: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """Ridge regression on standardised features, penalty by exact leave-one-out error (``RidgeCV``).
 
     Args:
@@ -82,8 +83,9 @@ def load_targets(root: Path, target_dir: str, names: list[str]) -> np.ndarray:
     return np.stack(rows).astype(np.float64)
 
 
-def fit_predict(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, k: int = 10,
-                log_target: bool = False) -> tuple[dict[str, np.ndarray], float]:
+def fit_predict(
+    x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, k: int = 10, log_target: bool = False
+) -> tuple[dict[str, np.ndarray], float]:
     """Ridge and kNN fitted on ``(x_tr [N, D], y_tr [N, K])``: ``({"ridge": [M, K], "knn": [M, K]}, alpha)``,
     predictions for ``x_va`` in original units.
 
@@ -108,8 +110,9 @@ def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return regression_metrics(y[:, 0], p[:, 0]) if y.shape[1] == 1 else distribution_metrics(y, p)
 
 
-def fit_and_score(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, k: int = 10,
-                  log_target: bool = False) -> dict[str, dict[str, float]]:
+def fit_and_score(
+    x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, k: int = 10, log_target: bool = False
+) -> dict[str, dict[str, float]]:
     """:func:`fit_predict` scored on ``y_va``: ``{"ridge": metrics + alpha, "knn": metrics}``."""
     pred, alpha = fit_predict(x_tr, y_tr, x_va, k, log_target)
     return {"ridge": {**score(y_va, pred["ridge"]), "alpha": alpha}, "knn": score(y_va, pred["knn"])}
@@ -120,14 +123,24 @@ def _rows(features: np.ndarray, names: list[str], wanted: list[str]) -> np.ndarr
     index = {Path(n).stem: i for i, n in enumerate(names)}
     missing = [n for n in wanted if Path(n).stem not in index]
     if missing:
-        raise UserError(f"{len(missing)} listed tiles have no exported embedding (first: {missing[0]}); export every "
-                        "listed tile")
+        raise UserError(
+            f"{len(missing)} listed tiles have no exported embedding (first: {missing[0]}); export every listed tile"
+        )
     return features[[index[Path(n).stem] for n in wanted]]
 
 
-def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir: str, train_list: str, val_list: str,
-                 k: int = 10, log_target: bool = False, label_fraction: float = 1.0,
-                 seed: int = 0) -> dict[str, dict[str, float]]:
+def probe_target(
+    features: np.ndarray,
+    names: list[str],
+    root: Path,
+    target_dir: str,
+    train_list: str,
+    val_list: str,
+    k: int = 10,
+    log_target: bool = False,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Ridge and kNN probes of one target directory: fit on the training list, score on the validation list.
 
     ``features`` ``[N, D]`` has one row per name in ``names`` (the export order); see :func:`fit_and_score`.
@@ -137,12 +150,14 @@ def probe_target(features: np.ndarray, names: list[str], root: Path, target_dir:
     tr = select_fraction(read_list(root / train_list), label_fraction, seed)
     va = read_list(root / val_list)
     x_tr, x_va = _rows(features, names, tr), _rows(features, names, va)
-    return fit_and_score(x_tr, load_targets(root, target_dir, tr), x_va, load_targets(root, target_dir, va), k,
-                         log_target)
+    return fit_and_score(
+        x_tr, load_targets(root, target_dir, tr), x_va, load_targets(root, target_dir, va), k, log_target
+    )
 
 
-def cv_folds(root: Path, tiles: list[str], n_folds: int, block_tiles: int = 4,
-             seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+def cv_folds(
+    root: Path, tiles: list[str], n_folds: int, block_tiles: int = 4, seed: int = 0
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """``n_folds`` (train indices, test indices) pairs over ``tiles`` and a phrase saying how they were made.
 
     With a tile index in ``root`` (:func:`data.tile_index.read_tile_index`): ``GroupKFold`` over spatial
@@ -158,15 +173,26 @@ def cv_folds(root: Path, tiles: list[str], n_folds: int, block_tiles: int = 4,
     pos = index.locate(tiles)
     groups = block_ids(index.rows[pos], index.cols[pos], block_tiles)
     if len(np.unique(groups)) < n_folds:
-        raise UserError(f"the labelled tiles fall into {len(np.unique(groups))} spatial blocks of {block_tiles}x"
-                        f"{block_tiles} tiles, fewer than --cv {n_folds}; lower --cv or --block_tiles")
+        raise UserError(
+            f"the labelled tiles fall into {len(np.unique(groups))} spatial blocks of {block_tiles}x"
+            f"{block_tiles} tiles, fewer than --cv {n_folds}; lower --cv or --block_tiles"
+        )
     folds = GroupKFold(n_splits=n_folds).split(idx, groups=groups)
     return list(folds), f"folds grouped by spatial blocks of {block_tiles}x{block_tiles} tiles"
 
 
-def probe_target_cv(features: np.ndarray, names: list[str], root: Path, target_dir: str, lists: list[str],
-                    n_folds: int, k: int = 10, log_target: bool = False, block_tiles: int = 4,
-                    seed: int = 0) -> dict:
+def probe_target_cv(
+    features: np.ndarray,
+    names: list[str],
+    root: Path,
+    target_dir: str,
+    lists: list[str],
+    n_folds: int,
+    k: int = 10,
+    log_target: bool = False,
+    block_tiles: int = 4,
+    seed: int = 0,
+) -> dict:
     """K-fold cross-validated ridge and kNN probes over every tile of ``lists`` (the labelled tiles).
 
     Returns ``{"folds": K, "grouping": phrase, "ridge": {metric: [mean, std]}, "knn": {...},

@@ -24,8 +24,19 @@ from engine.tasks import Task
 from utils.fileio import atomic_write_bytes, atomic_write_text
 from utils.metrics import std_ratio
 
-__all__ = ["SeedResult", "Outputs", "MapTiles", "map_tiles", "summarize", "summary_lines", "write_predictions", "scatter_plot", "write_reports",
-           "baseline_intro", "comparison_lines"]
+__all__ = [
+    "SeedResult",
+    "Outputs",
+    "MapTiles",
+    "map_tiles",
+    "summarize",
+    "summary_lines",
+    "write_predictions",
+    "scatter_plot",
+    "write_reports",
+    "baseline_intro",
+    "comparison_lines",
+]
 
 
 @dataclass
@@ -43,6 +54,7 @@ class SeedResult:
         def score(h: dict) -> float:
             v = h[task.best_key]
             return -np.inf if np.isnan(v) else (v if task.higher_is_better else -v)
+
         return max(self.history, key=score)
 
 
@@ -80,9 +92,11 @@ def summary_lines(summary: dict[str, dict[str, tuple[float, float]]], n_seeds: i
     """``mean ± std over N seeds (best|last): ...`` lines (none for a single seed)."""
     if n_seeds <= 1:
         return []
-    return [f"mean ± std over {n_seeds} seeds ({tag}): "
-            + "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats.items())
-            for tag, stats in summary.items()]
+    return [
+        f"mean ± std over {n_seeds} seeds ({tag}): "
+        + "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in stats.items())
+        for tag, stats in summary.items()
+    ]
 
 
 def write_predictions(path: Path, names: list[str], y_true: np.ndarray, results: list[SeedResult], task: Task) -> None:
@@ -151,12 +165,26 @@ def map_tiles(layout: DownstreamLayout, train_names: list[str], val_names: list[
         if target.is_file():
             truth[i] = read_target(target)
     side = {Path(n).stem: "train" for n in train_names} | {Path(n).stem: "val" for n in val_names}
-    return MapTiles(index, layout.target_dir, names, [layout.root / layout.img_dir / n for n in names], truth,
-                    [side.get(Path(n).stem, "") for n in names])
+    return MapTiles(
+        index,
+        layout.target_dir,
+        names,
+        [layout.root / layout.img_dir / n for n in names],
+        truth,
+        [side.get(Path(n).stem, "") for n in names],
+    )
 
 
-def write_reports(out: Outputs, task: Task, val_names: list[str], y_val: np.ndarray, results: list[SeedResult],
-                  summary: dict[str, dict[str, tuple[float, float]]], label: str, tiles: MapTiles | None = None) -> None:
+def write_reports(
+    out: Outputs,
+    task: Task,
+    val_names: list[str],
+    y_val: np.ndarray,
+    results: list[SeedResult],
+    summary: dict[str, dict[str, tuple[float, float]]],
+    label: str,
+    tiles: MapTiles | None = None,
+) -> None:
     """Every report of a run, each announced on stdout.
 
     Args:
@@ -180,19 +208,30 @@ def write_reports(out: Outputs, task: Task, val_names: list[str], y_val: np.ndar
     if tiles is not None and preds:
         gpkg, png = out.stem.with_name(out.stem.name + "_map.gpkg"), out.stem.with_name(out.stem.name + "_map.png")
         seeds = f", mean of {len(preds)} seeds" if len(preds) > 1 else ""
-        task.write_map(tiles.index, tiles.names, tiles.truth, np.mean(preds, axis=0), gpkg, png, tiles.split,
-                       f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists", tiles.target)
+        task.write_map(
+            tiles.index,
+            tiles.names,
+            tiles.truth,
+            np.mean(preds, axis=0),
+            gpkg,
+            png,
+            tiles.split,
+            f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists",
+            tiles.target,
+        )
         crs = tiles.index.crs if len(tiles.index.crs) < 40 else CRS(tiles.index.crs).name
         print(f"map: {png} and {gpkg} (every tile of the tile index, CRS {crs})", flush=True)
 
 
 def baseline_intro(label: str, resnet: str, target_dir: str) -> str:
     """What a run with ``--baselines`` is about to do, in words a new user can follow."""
-    return (f"What does pretraining buy on {target_dir}? The same head (same seeds, epochs and lr) is trained on the "
-            f"frozen features of\n  (1) the pretrained encoder {label}, then of\n  (2) a randomly initialised "
-            f"{resnet} (the lower bound: what the architecture alone gives), and both are compared with\n  (3) the "
-            "mean predictor, which predicts the mean training target for every tile.\n"
-            "--- (1) the pretrained encoder")
+    return (
+        f"What does pretraining buy on {target_dir}? The same head (same seeds, epochs and lr) is trained on the "
+        f"frozen features of\n  (1) the pretrained encoder {label}, then of\n  (2) a randomly initialised "
+        f"{resnet} (the lower bound: what the architecture alone gives), and both are compared with\n  (3) the "
+        "mean predictor, which predicts the mean training target for every tile.\n"
+        "--- (1) the pretrained encoder"
+    )
 
 
 def _last_metrics(task: Task, y: np.ndarray, results: list[SeedResult]) -> dict[str, float]:
@@ -201,8 +240,14 @@ def _last_metrics(task: Task, y: np.ndarray, results: list[SeedResult]) -> dict[
     return {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
 
 
-def comparison_lines(task: Task, y_val: np.ndarray, results: list[SeedResult], baselines: dict[str, list[SeedResult]],
-                     label: str, target_dir: str) -> list[str]:
+def comparison_lines(
+    task: Task,
+    y_val: np.ndarray,
+    results: list[SeedResult],
+    baselines: dict[str, list[SeedResult]],
+    label: str,
+    target_dir: str,
+) -> list[str]:
     """The comparison table of ``--baselines``: the run's encoder (``label``, e.g. ``"pretrained (x.tar)"``),
     each baseline, the mean predictor, and the differences, then how to read them.
 
@@ -218,16 +263,22 @@ def comparison_lines(task: Task, y_val: np.ndarray, results: list[SeedResult], b
     keys = list(first)
     width = max(len(k) for k in [*rows, *diffs]) + 2
     seeds = f"mean over {len(results)} seeds, " if len(results) > 1 else ""
-    lines = [f"comparison on the {len(y_val)} validation tiles of {target_dir} ({seeds}last epoch):",
-             " " * width + "".join(f"{k:>12}" for k in keys)]
+    lines = [
+        f"comparison on the {len(y_val)} validation tiles of {target_dir} ({seeds}last epoch):",
+        " " * width + "".join(f"{k:>12}" for k in keys),
+    ]
     lines += [f"{k:<{width}}" + "".join(f"{v[m]:>12.4f}" for m in keys) for k, v in rows.items()]
     lines += [f"{k:<{width}}" + "".join(f"{v[m]:>+12.4f}" for m in keys) for k, v in diffs.items()]
-    return lines + [task.explain_metrics(), std_ratio_sentence(short, first["std ratio"]),
-                    verdict(task, short, {k: rows[k] for k in others}, first, len(y_val), len(results))]
+    return lines + [
+        task.explain_metrics(),
+        std_ratio_sentence(short, first["std ratio"]),
+        verdict(task, short, {k: rows[k] for k in others}, first, len(y_val), len(results)),
+    ]
 
 
-def verdict(task: Task, short: str, others: dict[str, dict[str, float]], first: dict[str, float], n_tiles: int,
-            n_seeds: int) -> str:
+def verdict(
+    task: Task, short: str, others: dict[str, dict[str, float]], first: dict[str, float], n_tiles: int, n_seeds: int
+) -> str:
     """Where the run's encoder stands against each baseline on the task's main metric, in words."""
     key, sign = task.best_key, (1.0 if task.higher_is_better else -1.0)
     parts = []
@@ -241,7 +292,12 @@ def verdict(task: Task, short: str, others: dict[str, dict[str, float]], first: 
 
 def std_ratio_sentence(short: str, ratio: float) -> str:
     """Whether the run's predictions vary with the truth, in one sentence."""
-    verdict = ("they vary with the truth" if ratio >= 0.3 else
-               "they hardly vary: the head predicts nearly the same value for every tile")
-    return (f"std ratio = std(predictions) / std(truth) per target column, averaged: 0 for a constant prediction, "
-            f"about 1 when the predictions spread like the truth. {short}: {ratio:.2f}, {verdict}.")
+    verdict = (
+        "they vary with the truth"
+        if ratio >= 0.3
+        else "they hardly vary: the head predicts nearly the same value for every tile"
+    )
+    return (
+        f"std ratio = std(predictions) / std(truth) per target column, averaged: 0 for a constant prediction, "
+        f"about 1 when the predictions spread like the truth. {short}: {ratio:.2f}, {verdict}."
+    )

@@ -42,8 +42,20 @@ from utils.errors import UserError
 from utils.fileio import atomic_write_bytes, atomic_write_text, load_file
 from utils.runlock import FolderLock
 
-__all__ = ["RunFolder", "RunContents", "Claimed", "SpaceEstimate", "estimate_pretrain_space", "new_run_id",
-           "consistent_image_checkpoint", "RESUME_NAME", "ARGS_NAME", "LOG_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT"]
+__all__ = [
+    "RunFolder",
+    "RunContents",
+    "Claimed",
+    "SpaceEstimate",
+    "estimate_pretrain_space",
+    "new_run_id",
+    "consistent_image_checkpoint",
+    "RESUME_NAME",
+    "ARGS_NAME",
+    "LOG_NAME",
+    "MANIFEST_NAME",
+    "MANIFEST_FORMAT",
+]
 
 ARGS_NAME = "args.json"
 LOG_NAME = "train_log.jsonl"
@@ -85,7 +97,9 @@ def _tool_kind(name: str) -> str | None:
     if m:
         base = m.group("base")
         # A scan-cache write may be in flight from a --check_data that holds no lock: leave its temp file.
-        if base not in (CACHE_NAME, "scan_cache") and (_tool_kind(base) or _tool_kind(base + (m.group("suffix") or ""))):
+        if base not in (CACHE_NAME, "scan_cache") and (
+            _tool_kind(base) or _tool_kind(base + (m.group("suffix") or ""))
+        ):
             return "temp"
     return None
 
@@ -106,13 +120,26 @@ class RunContents:
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k, v in (("resumable checkpoint", self.resumable), ("epoch files", self.epoch_files),
-                               ("logs", self.logs)) if v]
+        return [
+            k
+            for k, v in (
+                ("resumable checkpoint", self.resumable),
+                ("epoch files", self.epoch_files),
+                ("logs", self.logs),
+            )
+            if v
+        ]
 
     def files(self) -> list[Path]:
         """Every file of the tool found (what --overwrite removes)."""
         out = [self.resumable] if self.resumable else []
-        return out + list(self.epoch_files) + list(self.logs) + ([self.manifest] if self.manifest else []) + list(self.temp)
+        return (
+            out
+            + list(self.epoch_files)
+            + list(self.logs)
+            + ([self.manifest] if self.manifest else [])
+            + list(self.temp)
+        )
 
     def nbytes(self) -> int:
         total = 0
@@ -130,7 +157,9 @@ class RunContents:
             parts.append(f"a resumable checkpoint ({self.resumable.name})")
         if self.epoch_files:
             top = max(int(_EPOCH_FILE.match(p.name).group("epoch")) for p in self.epoch_files)  # type: ignore[union-attr]
-            parts.append(f"{len(self.epoch_files)} epoch file{'s' if len(self.epoch_files) > 1 else ''} (up to epoch {top})")
+            parts.append(
+                f"{len(self.epoch_files)} epoch file{'s' if len(self.epoch_files) > 1 else ''} (up to epoch {top})"
+            )
         if self.logs:
             parts.append(f"logs ({', '.join(p.name for p in self.logs)})")
         return ", ".join(parts) if parts else "none of this tool's files"
@@ -164,8 +193,9 @@ class SpaceEstimate:
         return self.epochs_held * self.epoch_pair + 2 * self.resumable + self.log
 
 
-def estimate_pretrain_space(img_model: torch.nn.Module, poi_model: torch.nn.Module, args: Any, steps_per_epoch: int,
-                            *, world_size: int = 1) -> SpaceEstimate:
+def estimate_pretrain_space(
+    img_model: torch.nn.Module, poi_model: torch.nn.Module, args: Any, steps_per_epoch: int, *, world_size: int = 1
+) -> SpaceEstimate:
     """What a pretraining run with ``args`` (``total_epoch``, ``save_every``, ``keep_last``) writes.
 
     Sizes come from the models' tensors (any device, before the first step: Adam's moments are
@@ -203,9 +233,17 @@ class RunFolder:
         self.path = Path(path)
         self.record = Path(record).absolute() if record is not None else None
         self.lock = FolderLock(self.path, purpose=purpose, flag="--model_path")
-        self.record_lock = (FolderLock(self.record.parent, purpose=purpose, flag="--train_record",
-                                       name=f".{self.record.name}.lock", resource=self.record)
-                            if self.record is not None else None)
+        self.record_lock = (
+            FolderLock(
+                self.record.parent,
+                purpose=purpose,
+                flag="--train_record",
+                name=f".{self.record.name}.lock",
+                resource=self.record,
+            )
+            if self.record is not None
+            else None
+        )
         self.run_id: str | None = None
 
     # -- what is there -------------------------------------------------------------------------
@@ -220,9 +258,13 @@ class RunFolder:
             kind = _tool_kind(p.name)
             if kind:
                 found.setdefault(kind, []).append(p)
-        return RunContents(resumable=(found.get("resumable") or [None])[0], epoch_files=tuple(found.get("epoch", ())),
-                           logs=tuple(found.get("log", ())), manifest=(found.get("manifest") or [None])[0],
-                           temp=tuple(found.get("temp", ())))
+        return RunContents(
+            resumable=(found.get("resumable") or [None])[0],
+            epoch_files=tuple(found.get("epoch", ())),
+            logs=tuple(found.get("log", ())),
+            manifest=(found.get("manifest") or [None])[0],
+            temp=tuple(found.get("temp", ())),
+        )
 
     def holds_run(self) -> RunContents:
         """The run held here, falsy when none (``.kinds``: resumable checkpoint / epoch files / logs)."""
@@ -260,8 +302,10 @@ class RunFolder:
     def _nothing_to_resume(self) -> str:
         held = self.contents()
         there = f"; it holds {held.describe()}" if held else ""
-        return (f"{self.path / RESUME_NAME} does not exist, so there is no run to resume in {self.path}{there}; "
-                "start without --resume (or use --resume auto)")
+        return (
+            f"{self.path / RESUME_NAME} does not exist, so there is no run to resume in {self.path}{there}; "
+            "start without --resume (or use --resume auto)"
+        )
 
     def _decide(self, mode: Mode) -> Claimed:
         held = self.contents()  # under the lock: no other run of ours changes it now
@@ -272,25 +316,33 @@ class RunFolder:
             return Claimed("resume", self.run_id)
         removed: tuple[Path, ...] = ()
         if mode == "fresh" and held:
-            raise UserError(f"{self.path} already holds a run ({held.describe()}); pass --resume to continue it, "
-                            "another --model_path, or --overwrite to replace it")
+            raise UserError(
+                f"{self.path} already holds a run ({held.describe()}); pass --resume to continue it, "
+                "another --model_path, or --overwrite to replace it"
+            )
         if mode == "auto" and held.epoch_files:
-            raise UserError(f"{self.path} holds {held.describe()} but no {RESUME_NAME} to resume; pass another "
-                            "--model_path, or --overwrite to replace that run")
+            raise UserError(
+                f"{self.path} holds {held.describe()} but no {RESUME_NAME} to resume; pass another "
+                "--model_path, or --overwrite to replace that run"
+            )
         if mode == "overwrite" or (mode == "auto" and held):
             removed = self._remove(held)
             if self.record is not None and mode == "overwrite" and self.record.is_file():
                 atomic_write_bytes(b"", self.record)  # a fresh run's record describes only that run
             if removed:
                 what = "replaced run" if mode == "overwrite" else "start that never reached a checkpoint"
-                print(f"{'overwrite' if mode == 'overwrite' else 'note'}: removed {len(removed)} file(s) of the {what} "
-                      f"from {self.path} ({', '.join(p.name for p in removed[:6])}{', ...' if len(removed) > 6 else ''})",
-                      flush=True)
+                print(
+                    f"{'overwrite' if mode == 'overwrite' else 'note'}: removed {len(removed)} file(s) of the {what} "
+                    f"from {self.path} ({', '.join(p.name for p in removed[:6])}{', ...' if len(removed) > 6 else ''})",
+                    flush=True,
+                )
         else:
             removed = self._remove(RunContents(manifest=held.manifest, temp=held.temp))  # a claim that never ran
         self.run_id = new_run_id()
-        _write_manifest(self.path, {"format": MANIFEST_FORMAT, "run_id": self.run_id, "created": round(time.time(), 3),
-                                    "epoch_files": {}})
+        _write_manifest(
+            self.path,
+            {"format": MANIFEST_FORMAT, "run_id": self.run_id, "created": round(time.time(), 3), "epoch_files": {}},
+        )
         return Claimed("fresh", self.run_id, removed)
 
     def _remove(self, held: RunContents) -> tuple[Path, ...]:
@@ -302,8 +354,10 @@ class RunFolder:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise UserError(f"cannot remove {p} ({exc.strerror}) to replace the earlier run; remove it by hand or "
-                                "pass another --model_path") from None
+                raise UserError(
+                    f"cannot remove {p} ({exc.strerror}) to replace the earlier run; remove it by hand or "
+                    "pass another --model_path"
+                ) from None
         return tuple(gone)
 
     def _adopt(self, held: RunContents) -> str:
@@ -319,8 +373,16 @@ class RunFolder:
             m = _EPOCH_FILE.match(p.name)
             if m and _legacy_fits(args, m.group("prefix"), int(m.group("epoch"))):
                 files[p.name] = {"run_id": run_id, "epoch": int(m.group("epoch")), "bytes": p.stat().st_size}
-        _write_manifest(self.path, {"format": MANIFEST_FORMAT, "run_id": run_id, "created": round(time.time(), 3),
-                                    "adopted": True, "epoch_files": files})
+        _write_manifest(
+            self.path,
+            {
+                "format": MANIFEST_FORMAT,
+                "run_id": run_id,
+                "created": round(time.time(), 3),
+                "adopted": True,
+                "epoch_files": files,
+            },
+        )
         return run_id
 
     def release(self) -> None:
@@ -361,11 +423,17 @@ class RunFolder:
             have = self.record.stat().st_size if self.record.is_file() else 0
             record_need = max(estimate.record - have, 0)
         if self.record is not None and not _same_file_system(self.path, self.record.parent):
-            check_free_space(self.record.parent, record_need, f"the per-step record {self.record.name}",
-                             another="another --train_record path")
+            check_free_space(
+                self.record.parent,
+                record_need,
+                f"the per-step record {self.record.name}",
+                another="another --train_record path",
+            )
             record_need = 0
-        what = (f"this run ({estimate.epochs_held} epoch pair(s) of {human_bytes(estimate.epoch_pair)}, two resumable "
-                f"checkpoints of {human_bytes(estimate.resumable)}, logs{', per-step record' if record_need else ''})")
+        what = (
+            f"this run ({estimate.epochs_held} epoch pair(s) of {human_bytes(estimate.epoch_pair)}, two resumable "
+            f"checkpoints of {human_bytes(estimate.resumable)}, logs{', per-step record' if record_need else ''})"
+        )
         check_free_space(self.path, need + record_need, what, another="another --model_path")
 
 
@@ -427,8 +495,10 @@ def consistent_image_checkpoint(model_path: str | Path) -> Path:
     if manifest:
         run_id = args.get("run_id") or manifest.get("run_id")
         if manifest.get("run_id") and args.get("run_id") and args["run_id"] != manifest["run_id"]:
-            raise UserError(f"{folder / ARGS_NAME} describes run {args['run_id']} but {folder / MANIFEST_NAME} run "
-                            f"{manifest['run_id']}: the folder mixes two runs; pass --ckpt to choose a checkpoint")
+            raise UserError(
+                f"{folder / ARGS_NAME} describes run {args['run_id']} but {folder / MANIFEST_NAME} run "
+                f"{manifest['run_id']}: the folder mixes two runs; pass --ckpt to choose a checkpoint"
+            )
         listed = manifest.get("epoch_files", {})
 
         def ours(p: Path) -> bool:
@@ -438,22 +508,30 @@ def consistent_image_checkpoint(model_path: str | Path) -> Path:
         mine = [t for t in found if ours(t[2])]
         why = f"not listed as run {run_id}'s in {MANIFEST_NAME}"
         if not mine:
-            raise UserError(f"{folder} holds no image checkpoint of its run {run_id} (the *_img_*.tar files there, "
-                            f"{', '.join(t[2].name for t in found[-3:])}, are {why}); pass --ckpt to use one of them")
+            raise UserError(
+                f"{folder} holds no image checkpoint of its run {run_id} (the *_img_*.tar files there, "
+                f"{', '.join(t[2].name for t in found[-3:])}, are {why}); pass --ckpt to use one of them"
+            )
     elif args:
         mine = [t for t in found if _legacy_fits(args, t[1], t[0])]
-        why = (f"not of the run {ARGS_NAME} describes (--ckpt_prefix {args.get('ckpt_prefix')}, "
-               f"{args.get('total_epoch')} epochs)")
+        why = (
+            f"not of the run {ARGS_NAME} describes (--ckpt_prefix {args.get('ckpt_prefix')}, "
+            f"{args.get('total_epoch')} epochs)"
+        )
         if not mine:
-            raise UserError(f"{folder} holds no image checkpoint of the run its {ARGS_NAME} describes (the *_img_*.tar "
-                            f"files there, {', '.join(t[2].name for t in found[-3:])}, are {why}); pass --ckpt to "
-                            "use one of them")
+            raise UserError(
+                f"{folder} holds no image checkpoint of the run its {ARGS_NAME} describes (the *_img_*.tar "
+                f"files there, {', '.join(t[2].name for t in found[-3:])}, are {why}); pass --ckpt to "
+                "use one of them"
+            )
     else:  # published checkpoints, or a folder of ours without its logs: the newest epoch, as before
         return max(found, key=lambda t: (t[0], t[2].stat().st_mtime))[2]
     pick = max(mine, key=lambda t: t[0])
     newer = [t[2].name for t in found if t[0] > pick[0] or (t[0] == pick[0] and t[2] != pick[2])]
     if newer:
-        print(f"note: using {pick[2].name}; ignoring {', '.join(newer)} in {folder}: {why}", file=sys.stderr, flush=True)
+        print(
+            f"note: using {pick[2].name}; ignoring {', '.join(newer)} in {folder}: {why}", file=sys.stderr, flush=True
+        )
     if not manifest and args.get("resnet"):
         _check_legacy_resnet(pick[2], args)
     return pick[2]
@@ -468,7 +546,8 @@ def _check_legacy_resnet(path: Path, args: dict[str, Any]) -> None:
         return  # not ours to judge here: the loader reports it
     want = (args.get("resnet"), args.get("projection_dim", proj))
     if (resnet, proj) != want:
-        raise UserError(f"{path} holds {resnet} weights with projection {proj} but {path.parent / ARGS_NAME} describes "
-                        f"a {want[0]} run with projection {want[1]}: the folder mixes files of two runs; pass --ckpt to "
-                        "choose a checkpoint, or move the other run's files away")
-
+        raise UserError(
+            f"{path} holds {resnet} weights with projection {proj} but {path.parent / ARGS_NAME} describes "
+            f"a {want[0]} run with projection {want[1]}: the folder mixes files of two runs; pass --ckpt to "
+            "choose a checkpoint, or move the other run's files away"
+        )

@@ -49,8 +49,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], level: float = 0.9
         if not np.isfinite(p_t):  # every difference equal and non-zero: no spread, a sure sign
             p_t = 0.0
     p_w = float(stats.wilcoxon(d, method="exact").pvalue) if d.size >= 2 and np.any(d) else 1.0
-    return {"n": int(d.size), "diff": diff, "ci": ci, "t": t, "p_t": p_t, "p_wilcoxon": p_w,
-            "wins": int(np.sum(d > 0))}
+    return {"n": int(d.size), "diff": diff, "ci": ci, "t": t, "p_t": p_t, "p_wilcoxon": p_w, "wins": int(np.sum(d > 0))}
 
 
 def gap_closed(value: float, lower: float, upper: float) -> float:

@@ -99,8 +99,18 @@ class Task:
         """How to read the metrics, in one sentence (printed under comparisons)."""
         return ""
 
-    def write_map(self, index: TileIndex, names: list[str], truth: np.ndarray, pred: np.ndarray, gpkg: Path,
-                  png: Path, split: list[str], title: str, label: str = "value") -> None:
+    def write_map(
+        self,
+        index: TileIndex,
+        names: list[str],
+        truth: np.ndarray,
+        pred: np.ndarray,
+        gpkg: Path,
+        png: Path,
+        split: list[str],
+        title: str,
+        label: str = "value",
+    ) -> None:
         """GeoPackage + PNG map of ``pred`` ``[N, K]`` against ``truth`` ``[N, K]`` (NaN rows: unlabelled
         tiles) on the tiles ``names`` of ``index`` (engine/maps.py); ``label`` names the values (the target)."""
         raise NotImplementedError
@@ -108,8 +118,9 @@ class Task:
 
 def _nonnegative(y: torch.Tensor, where: Path) -> torch.Tensor:
     if (y < 0).any():
-        raise UserError(f"{where} holds negative targets, which --log_target (log1p) cannot take; drop the flag or fix "
-                        "the files")
+        raise UserError(
+            f"{where} holds negative targets, which --log_target (log1p) cannot take; drop the flag or fix the files"
+        )
     return y
 
 
@@ -192,19 +203,32 @@ class RegressionTask(Task):
         last.bias.copy_(target.mean(dim=0))
 
     def explain_metrics(self) -> str:
-        return ("R2 = fraction of the variance explained (1 perfect, 0 no better than the validation tiles' own mean; "
-                "higher is better); MAE, RMSE in target units (lower is better).")
+        return (
+            "R2 = fraction of the variance explained (1 perfect, 0 no better than the validation tiles' own mean; "
+            "higher is better); MAE, RMSE in target units (lower is better)."
+        )
 
     def warning(self, pred: np.ndarray) -> str | None:
         # With z-scored targets the loss has no ReLU, so the head cannot die.
         if pred.any() or self.target_norm != "none":
             return None
-        return ("every prediction is 0: the head's output is below zero for every tile, so its ReLU passes no gradient "
-                "(a dead head); try --target_norm zscore, --head_bias_init mean, a lower --lr or another --seed")
+        return (
+            "every prediction is 0: the head's output is below zero for every tile, so its ReLU passes no gradient "
+            "(a dead head); try --target_norm zscore, --head_bias_init mean, a lower --lr or another --seed"
+        )
 
-
-    def write_map(self, index: TileIndex, names: list[str], truth: np.ndarray, pred: np.ndarray, gpkg: Path,
-                  png: Path, split: list[str], title: str, label: str = "value") -> None:
+    def write_map(
+        self,
+        index: TileIndex,
+        names: list[str],
+        truth: np.ndarray,
+        pred: np.ndarray,
+        gpkg: Path,
+        png: Path,
+        split: list[str],
+        title: str,
+        label: str = "value",
+    ) -> None:
         write_prediction_map(index, names, truth[:, 0], pred[:, 0], gpkg, png, split, title, label=label)
 
 
@@ -220,11 +244,15 @@ class DistributionTask(Task):
         """Proportions: non-negative, rows renormalised to sum 1 (files rounded to a few decimals)."""
         sums = y.sum(dim=1)
         if (y < 0).any() or (sums <= 0).any():
-            raise UserError(f"{where} holds a negative proportion or an all-zero row; each NAME.txt must hold K "
-                            "non-negative proportions summing to 1")
+            raise UserError(
+                f"{where} holds a negative proportion or an all-zero row; each NAME.txt must hold K "
+                "non-negative proportions summing to 1"
+            )
         if ((sums - 1).abs() > 0.05).any():
-            raise UserError(f"{where} holds rows summing to {float(sums[(sums - 1).abs().argmax()]):.3f}, not 1; "
-                            "each NAME.txt must hold the tile's K proportions")
+            raise UserError(
+                f"{where} holds rows summing to {float(sums[(sums - 1).abs().argmax()]):.3f}, not 1; "
+                "each NAME.txt must hold the tile's K proportions"
+            )
         return y / sums[:, None]
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
@@ -238,16 +266,28 @@ class DistributionTask(Task):
         return distribution_metrics(y, p)
 
     def explain_metrics(self) -> str:
-        return ("L1 and KL = distance between the predicted and the true mix of types (0 = identical; lower is "
-                "better); cos = cosine similarity of the two mixes (1 = same mix; higher is better).")
+        return (
+            "L1 and KL = distance between the predicted and the true mix of types (0 = identical; lower is "
+            "better); cos = cosine similarity of the two mixes (1 = same mix; higher is better)."
+        )
 
     @torch.no_grad()
     def init_head(self, last: torch.nn.Linear, y_train: torch.Tensor) -> None:
         # softmax(log mean) is the mean distribution
         last.bias.copy_(torch.log(y_train.float().mean(dim=0).clamp_min(1e-6)))
 
-    def write_map(self, index: TileIndex, names: list[str], truth: np.ndarray, pred: np.ndarray, gpkg: Path,
-                  png: Path, split: list[str], title: str, label: str = "value") -> None:
+    def write_map(
+        self,
+        index: TileIndex,
+        names: list[str],
+        truth: np.ndarray,
+        pred: np.ndarray,
+        gpkg: Path,
+        png: Path,
+        split: list[str],
+        title: str,
+        label: str = "value",
+    ) -> None:
         write_distribution_map(index, names, truth, pred, self.columns, gpkg, png, split, title)
 
 

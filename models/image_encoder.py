@@ -62,7 +62,9 @@ class ImageEncoder(nn.Module):
                 missing, unexpected = ["(shapes differ)"], []
             bad = [k for k in missing if not k.startswith("fc.")] + list(unexpected)
             if bad:
-                raise ValueError(f"{backbone_weights} is not a torchvision {resnet} state dict ({len(bad)} mismatched keys, e.g. {bad[0]!r})")
+                raise ValueError(
+                    f"{backbone_weights} is not a torchvision {resnet} state dict ({len(bad)} mismatched keys, e.g. {bad[0]!r})"
+                )
         self.feature_dim: int = self.encoder.fc.in_features  # 512 or 2048
         self.encoder.fc = projection_head(self.feature_dim, projection_dim)
 
@@ -92,5 +94,7 @@ def infer_resnet(state_dict: Mapping[str, torch.Tensor], prefix: str = "encoder.
     bottleneck = f"{prefix}layer1.0.conv3.weight" in state_dict
     name = _LAYOUTS.get((*blocks, bottleneck))
     if name is None or f"{prefix}fc.2.weight" not in state_dict:
-        raise ValueError("not an MMGR image-encoder state dict (expected encoder.layer*/encoder.fc.2.* keys of a torchvision ResNet)")
+        raise ValueError(
+            "not an MMGR image-encoder state dict (expected encoder.layer*/encoder.fc.2.* keys of a torchvision ResNet)"
+        )
     return name, int(state_dict[f"{prefix}fc.2.weight"].shape[0])

@@ -43,7 +43,9 @@ def load_image_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     else:
         raise UserError(f"{path} is not an MMGR image checkpoint; pass a *_img_<epoch>.tar or checkpoint_last.pt file")
     if not any(k.startswith("encoder.") for k in state):
-        raise UserError(f"{path} holds no image encoder (no 'encoder.*' keys); pass the *_img_<epoch>.tar file, not the *_poi_* one")
+        raise UserError(
+            f"{path} holds no image encoder (no 'encoder.*' keys); pass the *_img_<epoch>.tar file, not the *_poi_* one"
+        )
     return state, args
 
 
@@ -59,7 +61,9 @@ def load_image_encoder(ckpt: str | Path) -> ImageEncoder:
     except ValueError as exc:
         raise UserError(f"{ckpt}: {exc}; pass an image checkpoint written by mmgr.py") from None
     if args.get("resnet") not in (None, resnet):
-        raise UserError(f"{ckpt} says resnet={args['resnet']} but holds {resnet} weights; the checkpoint is inconsistent")
+        raise UserError(
+            f"{ckpt} says resnet={args['resnet']} but holds {resnet} weights; the checkpoint is inconsistent"
+        )
     model = ImageEncoder(resnet, proj)
     model.load_state_dict(state)
     return model
@@ -70,7 +74,9 @@ def load_poi_encoder(path: str | Path) -> Set2SetPOIEncoder:
     obj = load_file(path, "POI checkpoint")
     state = obj["poi"] if isinstance(obj, dict) and isinstance(obj.get("poi"), dict) else obj
     if not isinstance(state, dict) or "set2set.lstm.weight_ih_l0" not in state or "projector.1.weight" not in state:
-        raise UserError(f"{path} holds no MMGR POI encoder (no set2set.*/projector.* keys); pass the *_poi_<epoch>.tar file")
+        raise UserError(
+            f"{path} holds no MMGR POI encoder (no set2set.*/projector.* keys); pass the *_poi_<epoch>.tar file"
+        )
     hidden = int(state["set2set.lstm.weight_ih_l0"].shape[1]) // 2  # LSTM input is the 2F-wide q_star
     proj = int(state["projector.1.weight"].shape[0])
     n_convs = len({k.split(".")[1] for k in state if k.startswith("convs.")})
@@ -82,5 +88,7 @@ def load_poi_encoder(path: str | Path) -> Set2SetPOIEncoder:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise UserError(f"{path} does not match an MMGR POI encoder ({str(exc).splitlines()[0]}); re-create it with mmgr.py") from None
+        raise UserError(
+            f"{path} does not match an MMGR POI encoder ({str(exc).splitlines()[0]}); re-create it with mmgr.py"
+        ) from None
     return model

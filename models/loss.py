@@ -28,7 +28,9 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
         Scalar tensor.
     """
     if z_a.shape != z_b.shape or z_a.dim() != 2:
-        raise ValueError(f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(
+            f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     # Normalise in fp32: cosine similarities of bf16/fp16 embeddings lose too much precision.
     z = F.normalize(torch.cat([z_a, z_b], dim=0).float(), dim=1)  # [2B, D]
     return _NTXentNormalised.apply(z, float(temperature))
@@ -93,7 +95,9 @@ def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 
     if world_size() == 1:
         return nt_xent(z_a, z_b, temperature)
     if z_a.shape != z_b.shape or z_a.dim() != 2:
-        raise ValueError(f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError(
+            f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
+        )
     b, r = z_a.shape[0], rank()
     q_a, q_b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)  # [B, D] each
     k_a, k_b = gather_rows(q_a), gather_rows(q_b)  # [N, D] each, N = W * B, rank order

@@ -39,19 +39,33 @@ class Set2SetPOIEncoder(nn.Module):
         self.linear1 = nn.Linear(2 * in_dim, 256)
         self.projector = nn.Sequential(nn.ReLU(), nn.Linear(256, projection_dim))
 
-    def node_features(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None) -> torch.Tensor:
+    def node_features(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None
+    ) -> torch.Tensor:
         """``[N, F]`` node features before the readout; the released encoder uses them as they are."""
         return x
 
-    def embed(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor, num_graphs: int,
-              edge_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Readout only: ``[N, F]`` nodes of ``num_graphs`` graphs -> ``[num_graphs, 2F]``."""
         h = self.node_features(x, edge_index, edge_weight)
         # dim_size: a batch whose last tiles have no POI still gets one row per tile.
         return self.set2set(h, batch, dim_size=num_graphs)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor, num_graphs: int,
-                edge_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+        edge_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Encode a batch of POI graphs.
 
         Args:
@@ -78,15 +92,23 @@ class GCNPOIEncoder(Set2SetPOIEncoder):
         processing_steps: Set2Set iterations.
     """
 
-    def __init__(self, in_dim: int = 64, projection_dim: int = 128, hidden_dim: int | None = None,
-                 num_layers: int = 2, processing_steps: int = 5):
+    def __init__(
+        self,
+        in_dim: int = 64,
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+        num_layers: int = 2,
+        processing_steps: int = 5,
+    ):
         hidden_dim = hidden_dim or in_dim
         super().__init__(hidden_dim, projection_dim, processing_steps)
         self.in_dim = in_dim
         dims = [in_dim] + [hidden_dim] * num_layers
         self.convs = nn.ModuleList(GCNConv(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
 
-    def node_features(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None) -> torch.Tensor:
+    def node_features(
+        self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor | None
+    ) -> torch.Tensor:
         for conv in self.convs:
             x = torch.relu(conv(x, edge_index, edge_weight))
         return x

@@ -21,8 +21,15 @@ from data.graph import delaunay_edges  # noqa: E402
 torch.set_num_threads(1)
 
 
-def make_layout(root: Path, n_tiles: int = 12, size: int = 32, poi_dim: int = 8, seed: int = 0,
-                weights: bool = True, zero_poi: tuple[int, ...] = (0, 5)) -> Path:
+def make_layout(
+    root: Path,
+    n_tiles: int = 12,
+    size: int = 32,
+    poi_dim: int = 8,
+    seed: int = 0,
+    weights: bool = True,
+    zero_poi: tuple[int, ...] = (0, 5),
+) -> Path:
     """Write ``n_tiles`` random tiles with POI graphs (tiles in ``zero_poi`` have none) and targets."""
     rng = np.random.default_rng(seed)
     for d in ("sub_shanghai_img", "sub_shanghai_emb", "sub_shanghai_edge", "img", "pop1km"):
@@ -39,13 +46,16 @@ def make_layout(root: Path, n_tiles: int = 12, size: int = 32, poi_dim: int = 8,
         n = 0 if i in zero_poi else int(rng.integers(1, 9))
         xy = rng.random((n, 2))
         ei, w = delaunay_edges(xy)
-        torch.save(torch.from_numpy(rng.standard_normal((n, poi_dim)).astype(np.float32)), root / "sub_shanghai_emb" / f"{name}.tensor")
+        torch.save(
+            torch.from_numpy(rng.standard_normal((n, poi_dim)).astype(np.float32)),
+            root / "sub_shanghai_emb" / f"{name}.tensor",
+        )
         torch.save(torch.from_numpy(ei), root / "sub_shanghai_edge" / f"{name}.tensor")
         if weights:
             torch.save(torch.from_numpy(w), root / "sub_shanghai_weight" / f"{name}.tensor")
         (root / "pop1km" / f"{name}.txt").write_text(f"{float(arr.mean()):.4f}\n")
     (root / "train-wuhan.txt").write_text("\n".join(names[: n_tiles * 2 // 3]) + "\n")
-    (root / "val-wuhan.txt").write_text("\n".join(names[n_tiles * 2 // 3:]) + "\n")
+    (root / "val-wuhan.txt").write_text("\n".join(names[n_tiles * 2 // 3 :]) + "\n")
     return root
 
 

@@ -54,17 +54,24 @@ def _files(package: str) -> list[Path]:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_runs_upward(package):
-    wrong = [f"{p.relative_to(ROOT)}:{line} imports {pkg}"
-             for p in _files(package) for line, pkg, _ in _imports(p)
-             if pkg != package and pkg not in ALLOWED[package]]
+    wrong = [
+        f"{p.relative_to(ROOT)}:{line} imports {pkg}"
+        for p in _files(package)
+        for line, pkg, _ in _imports(p)
+        if pkg != package and pkg not in ALLOWED[package]
+    ]
     assert not wrong, "imports that run upward or sideways: " + "; ".join(wrong)
 
 
 @pytest.mark.parametrize("where", [*PACKAGES, "scripts", "benchmarks"])
 def test_no_project_import_hides_in_a_function(where):
     files = [ROOT / s for s in SCRIPTS] if where == "scripts" else _files(where)
-    hidden = [f"{p.relative_to(ROOT)}:{line} imports {pkg} inside a function"
-              for p in files for line, pkg, top in _imports(p) if not top]
+    hidden = [
+        f"{p.relative_to(ROOT)}:{line} imports {pkg} inside a function"
+        for p in files
+        for line, pkg, top in _imports(p)
+        if not top
+    ]
     assert not hidden, "; ".join(hidden)
 
 

@@ -26,8 +26,17 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
 
 
-def common_parser(*, data_path: str, model_path: str, batch_size: int, lr: float, total_epoch: int,
-                  schedule: list[int], img_size: int, origin: str) -> argparse.ArgumentParser:
+def common_parser(
+    *,
+    data_path: str,
+    model_path: str,
+    batch_size: int,
+    lr: float,
+    total_epoch: int,
+    schedule: list[int],
+    img_size: int,
+    origin: str,
+) -> argparse.ArgumentParser:
     """Parent parser with the flags that ``mmgr.py`` and the downstream scripts share.
 
     Each script passes its own published defaults; ``origin`` names where they come from and is
@@ -37,24 +46,53 @@ def common_parser(*, data_path: str, model_path: str, batch_size: int, lr: float
     g = p.add_argument_group("shared flags")
     g.add_argument("--data_path", default=data_path, help=f"data root (default {data_path!r}, {origin})")
     g.add_argument("--model_path", default=model_path, help=f"checkpoint directory (default {model_path!r})")
-    g.add_argument("--batch_size", type=int, default=batch_size, help=f"batch size per process (default {batch_size}, {origin})")
+    g.add_argument(
+        "--batch_size", type=int, default=batch_size, help=f"batch size per process (default {batch_size}, {origin})"
+    )
     g.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr:g}, {origin})")
-    g.add_argument("--total_epoch", type=int, default=total_epoch, help=f"number of epochs (default {total_epoch}, {origin})")
-    g.add_argument("--schedule", type=int, nargs="*", default=schedule,
-                   help=f"epochs at which the lr drops x0.1 and stays dropped (default {' '.join(map(str, schedule))}, {origin})")
-    g.add_argument("--cos", type=str2bool, nargs="?", const=True, default=False,
-                   help="cosine lr schedule instead of steps (default off, as published; a real boolean)")
-    g.add_argument("--img_size", type=int, default=img_size, help=f"training crop size in pixels (default {img_size}, published)")
+    g.add_argument(
+        "--total_epoch", type=int, default=total_epoch, help=f"number of epochs (default {total_epoch}, {origin})"
+    )
+    g.add_argument(
+        "--schedule",
+        type=int,
+        nargs="*",
+        default=schedule,
+        help=f"epochs at which the lr drops x0.1 and stays dropped (default {' '.join(map(str, schedule))}, {origin})",
+    )
+    g.add_argument(
+        "--cos",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="cosine lr schedule instead of steps (default off, as published; a real boolean)",
+    )
+    g.add_argument(
+        "--img_size", type=int, default=img_size, help=f"training crop size in pixels (default {img_size}, published)"
+    )
     g.add_argument("--device", default=None, help="'cpu', 'cuda', 'cuda:1', ... (default: cuda if available, else cpu)")
-    g.add_argument("--workers", type=int, default=None,
-                   help="DataLoader worker processes (default: the CPUs this process may use, shared among the processes "
-                        f"torchrun starts on this node, minus one for the process itself, at most 8: {default_workers()} here; "
-                        "0 loads in the main process)")
-    g.add_argument("--seed", type=int, default=0, help="random seed for initialisation, augmentation and data order (default 0)")
-    g.add_argument("--demo", action="store_true",
-                   help="run on the built-in synthetic city with a CPU-sized configuration (flags given explicitly still win)")
-    g.add_argument("--demo_dir", default="mmgr_demo",
-                   help="where --demo keeps its synthetic city and checkpoints (default 'mmgr_demo' in the cwd)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: the CPUs this process may use, shared among the processes "
+        f"torchrun starts on this node, minus one for the process itself, at most 8: {default_workers()} here; "
+        "0 loads in the main process)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="random seed for initialisation, augmentation and data order (default 0)"
+    )
+    g.add_argument(
+        "--demo",
+        action="store_true",
+        help="run on the built-in synthetic city with a CPU-sized configuration (flags given explicitly still win)",
+    )
+    g.add_argument(
+        "--demo_dir",
+        default="mmgr_demo",
+        help="where --demo keeps its synthetic city and checkpoints (default 'mmgr_demo' in the cwd)",
+    )
     return p
 
 

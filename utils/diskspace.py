@@ -20,9 +20,20 @@ import torch
 
 from utils.errors import StorageError
 
-__all__ = ["NotEnoughSpace", "human_bytes", "existing_parent", "mount_point", "free_bytes", "check_free_space",
-           "state_nbytes", "adam_state_nbytes", "MARGIN_FRACTION", "MARGIN_BYTES", "TENSOR_OVERHEAD",
-           "SAVE_OVERHEAD"]
+__all__ = [
+    "NotEnoughSpace",
+    "human_bytes",
+    "existing_parent",
+    "mount_point",
+    "free_bytes",
+    "check_free_space",
+    "state_nbytes",
+    "adam_state_nbytes",
+    "MARGIN_FRACTION",
+    "MARGIN_BYTES",
+    "TENSOR_OVERHEAD",
+    "SAVE_OVERHEAD",
+]
 
 MARGIN_FRACTION = 0.10
 MARGIN_BYTES = 100 * 2**20
@@ -81,13 +92,19 @@ def check_free_space(folder: str | Path, need_bytes: int, what: str, *, another:
     need = max(int(need_bytes), 0)
     where = f"{Path(folder)} (file system at {mount_point(folder)})"
     if need > free:
-        raise NotEnoughSpace(f"{what} needs about {human_bytes(need)} in {where} but only {human_bytes(free)} is "
-                             f"free there; free at least {human_bytes(need - free)} or pass {another}")
+        raise NotEnoughSpace(
+            f"{what} needs about {human_bytes(need)} in {where} but only {human_bytes(free)} is "
+            f"free there; free at least {human_bytes(need - free)} or pass {another}"
+        )
     margin = max(MARGIN_FRACTION * need, MARGIN_BYTES)
     if need and free - need < margin:
-        print(f"warning: {what} needs about {human_bytes(need)} in {where} and {human_bytes(free)} is free: only "
-              f"{human_bytes(free - need)} to spare (less than {human_bytes(margin)}); a save may fail if anything "
-              "else writes there", file=sys.stderr, flush=True)
+        print(
+            f"warning: {what} needs about {human_bytes(need)} in {where} and {human_bytes(free)} is free: only "
+            f"{human_bytes(free - need)} to spare (less than {human_bytes(margin)}); a save may fail if anything "
+            "else writes there",
+            file=sys.stderr,
+            flush=True,
+        )
     return free
 
 

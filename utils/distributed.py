@@ -15,8 +15,21 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_from_env", "cleanup", "is_main", "world_size", "rank", "barrier", "gather_rows", "all_reduce_mean",
-           "max_over_ranks", "gather_objects", "RankSlice", "NullRecord"]
+__all__ = [
+    "DistInfo",
+    "init_from_env",
+    "cleanup",
+    "is_main",
+    "world_size",
+    "rank",
+    "barrier",
+    "gather_rows",
+    "all_reduce_mean",
+    "max_over_ranks",
+    "gather_objects",
+    "RankSlice",
+    "NullRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -112,7 +125,7 @@ class _GatherRows(torch.autograd.Function):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -172,7 +185,7 @@ class RankSlice:
     def __iter__(self):
         for batch in self.sampler:
             b = len(batch) // self.world
-            yield batch[self.rank * b:(self.rank + 1) * b]
+            yield batch[self.rank * b : (self.rank + 1) * b]
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -17,8 +17,16 @@ import errno
 import sys
 from collections.abc import Callable
 
-__all__ = ["UserError", "StorageError", "FolderBusy", "run_main", "EXIT_USER_ERROR", "EXIT_STORAGE", "EXIT_BUSY",
-           "STORAGE_ERRNOS"]
+__all__ = [
+    "UserError",
+    "StorageError",
+    "FolderBusy",
+    "run_main",
+    "EXIT_USER_ERROR",
+    "EXIT_STORAGE",
+    "EXIT_BUSY",
+    "STORAGE_ERRNOS",
+]
 
 EXIT_USER_ERROR = 2
 EXIT_STORAGE = 74  # sysexits.h EX_IOERR: "an error occurred while doing I/O on some file"
@@ -26,9 +34,13 @@ EXIT_BUSY = 75  # sysexits.h EX_TEMPFAIL: "a temporary failure ... the user is i
 
 # OSErrors that mean "this storage cannot take the write", whatever the file: reported as a
 # StorageError (exit 74) rather than a traceback, even when they escape the atomic writers.
-STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EFBIG: "the file exceeds the file size limit", errno.EROFS: "the file system is read-only",
-                  errno.EIO: "an I/O error occurred (a failing disk or a lost network file system)"}
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file exceeds the file size limit",
+    errno.EROFS: "the file system is read-only",
+    errno.EIO: "an I/O error occurred (a failing disk or a lost network file system)",
+}
 
 
 class UserError(Exception):
@@ -79,8 +91,11 @@ def run_main(main: Callable[[], object]) -> None:
             raise
         where = exc.filename or "a file"
         what = f"an I/O error on {where}" if exc.errno == errno.EIO else f"could not write {where}"
-        print(f"error: {what}: {STORAGE_ERRNOS[exc.errno]}; free space or fix the storage there, or pass another "
-              "folder, then run the command again (with --resume for a training run)", file=sys.stderr)
+        print(
+            f"error: {what}: {STORAGE_ERRNOS[exc.errno]}; free space or fix the storage there, or pass another "
+            "folder, then run the command again (with --resume for a training run)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_STORAGE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

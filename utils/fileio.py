@@ -33,18 +33,33 @@ import torch
 from utils.diskspace import free_bytes, human_bytes, mount_point, state_nbytes
 from utils.errors import STORAGE_ERRNOS, StorageError, UserError
 
-__all__ = ["atomic_write", "atomic_path", "atomic_save", "atomic_write_text", "atomic_write_bytes", "atomic_save_npy",
-           "load_file", "WriteFailed", "write_failure", "write_advice"]
+__all__ = [
+    "atomic_write",
+    "atomic_path",
+    "atomic_save",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "atomic_save_npy",
+    "load_file",
+    "WriteFailed",
+    "write_failure",
+    "write_advice",
+]
 
 # What the user can do, in the caller's words: the engine says "another --model_path" and "continue
 # with the same command plus --resume"; a bare call says "another folder" and "run the command again".
 _ADVICE: ContextVar[tuple[str, str]] = ContextVar("write_advice", default=("another folder", "run the command again"))
 
 _REASONS = {**STORAGE_ERRNOS, errnos.EACCES: "permission is denied", errnos.EPERM: "the operation is not permitted"}
-_FIXES = {errnos.ENOSPC: "free space there", errnos.EDQUOT: "free space within your quota there",
-          errnos.EFBIG: "raise the file size limit (ulimit -f)", errnos.EROFS: "remount it writable",
-          errnos.EIO: "check the disk", errnos.EACCES: "make the folder writable",
-          errnos.EPERM: "make the folder writable"}
+_FIXES = {
+    errnos.ENOSPC: "free space there",
+    errnos.EDQUOT: "free space within your quota there",
+    errnos.EFBIG: "raise the file size limit (ulimit -f)",
+    errnos.EROFS: "remount it writable",
+    errnos.EIO: "check the disk",
+    errnos.EACCES: "make the folder writable",
+    errnos.EPERM: "make the folder writable",
+}
 # torch.save reports a failed write of its zip stream as a RuntimeError of its own (with a Python file
 # object, the OSError behind it is the RuntimeError's __context__); numpy's tofile (np.save to a real
 # file) as an OSError without an error number. Both are judged by the sizes.
@@ -85,15 +100,20 @@ class WriteFailed(StorageError, OSError):
             self.reason = "it does not fit in the free space"  # torch did not say why; the sizes do
         else:
             self.reason = "the write failed"
-        size = f"{human_bytes(written)} of about {human_bytes(expected)} written" if expected else \
-            f"{human_bytes(written)} written"
+        size = (
+            f"{human_bytes(written)} of about {human_bytes(expected)} written"
+            if expected
+            else f"{human_bytes(written)} written"
+        )
         where = ""
         if errno in (errnos.ENOSPC, errnos.EDQUOT, None) and free is not None:
             where = f" (file system at {mount_point(folder)}, {human_bytes(free)} free)"
         another, rerun = _ADVICE.get()
         fix = _FIXES.get(errno, "free space there")
-        super().__init__(f"could not write {self.path} ({size}): {self.reason}{where}; the previous file is kept; "
-                         f"{fix} or pass {another}, then {rerun}")
+        super().__init__(
+            f"could not write {self.path} ({size}): {self.reason}{where}; the previous file is kept; "
+            f"{fix} or pass {another}, then {rerun}"
+        )
         self.errno = errno  # after OSError.__init__, which sets it from its arguments
 
     def __reduce__(self) -> tuple:
@@ -102,16 +122,18 @@ class WriteFailed(StorageError, OSError):
         return _restored_write_failed, (str(self), self.path, self.errno, self.reason, self.written, self.expected)
 
 
-def _restored_write_failed(message: str, path: Path, errno: int | None, reason: str, written: int,
-                           expected: int | None) -> WriteFailed:
+def _restored_write_failed(
+    message: str, path: Path, errno: int | None, reason: str, written: int, expected: int | None
+) -> WriteFailed:
     exc = WriteFailed.__new__(WriteFailed)
     OSError.__init__(exc, message)
     exc.path, exc.errno, exc.reason, exc.written, exc.expected = path, errno, reason, written, expected
     return exc
 
 
-def write_failure(exc: BaseException, path: str | Path, *, written: int = 0,
-                  expected: int | None = None) -> WriteFailed | None:
+def write_failure(
+    exc: BaseException, path: str | Path, *, written: int = 0, expected: int | None = None
+) -> WriteFailed | None:
     """``exc`` as a :class:`WriteFailed` for ``path`` when it is a storage failure (an OSError with one of
     the storage or permission error numbers anywhere in its chain, torch.save's zip-writer error or numpy's
     short write), else None."""
@@ -124,8 +146,9 @@ def write_failure(exc: BaseException, path: str | Path, *, written: int = 0,
         if isinstance(e, OSError) and e.errno in _REASONS:
             return WriteFailed(path, errno=e.errno, written=written, expected=expected)
         e = e.__cause__ or e.__context__
-    if (isinstance(exc, RuntimeError) and _TORCH_WRITE.search(str(exc))) or \
-            (isinstance(exc, OSError) and exc.errno is None and _NUMPY_WRITE.search(str(exc))):
+    if (isinstance(exc, RuntimeError) and _TORCH_WRITE.search(str(exc))) or (
+        isinstance(exc, OSError) and exc.errno is None and _NUMPY_WRITE.search(str(exc))
+    ):
         return WriteFailed(path, errno=None, written=written, expected=expected)
     return None
 
@@ -202,8 +225,9 @@ def atomic_path(path: str | Path, *, durable: bool = True, expected_bytes: int |
         _fsync_dir(path.parent)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *, durable: bool = True,
-                 expected_bytes: int | None = None) -> None:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], object], *, durable: bool = True, expected_bytes: int | None = None
+) -> None:
     """Call ``write(f)`` on a binary file object, then publish the result as ``path`` atomically.
 
     On a storage failure (ENOSPC, EDQUOT, EFBIG, EIO, EROFS, EACCES/EPERM, or torch.save's zip-writer
@@ -268,6 +292,9 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     except Exception as exc:  # UnpicklingError, RuntimeError (zip), EOFError...
         # weights_only refuses any pickled class or function ("GLOBAL"): such a file could run code.
         unsafe = "GLOBAL" in str(exc) or "Unsupported global" in str(exc)
-        kind = ("contains pickled objects other than tensors, refused because loading them could run code" if unsafe
-                else "is not a readable torch file (truncated, corrupt or another format)")
+        kind = (
+            "contains pickled objects other than tensors, refused because loading them could run code"
+            if unsafe
+            else "is not a readable torch file (truncated, corrupt or another format)"
+        )
         raise UserError(f"{path} {kind}; re-create this {what}") from None

@@ -48,8 +48,12 @@ class RecordFile:
             return
         if now < size:
             # Moved, edited or another cwd: nothing to cut; say so rather than guess.
-            print(f"note: {self.path} is shorter than when the checkpoint was written ({now} < {size} bytes); "
-                  "left as it is", file=sys.stderr, flush=True)
+            print(
+                f"note: {self.path} is shorter than when the checkpoint was written ({now} < {size} bytes); "
+                "left as it is",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         self._f.close()
         with self.path.open("rb") as f:

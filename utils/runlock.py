@@ -93,8 +93,15 @@ class FolderLock:
     but a second ``FolderLock`` on the same folder in the same process is refused like another process.
     """
 
-    def __init__(self, folder: str | Path, *, purpose: str = "", flag: str = "--model_path",
-                 name: str = LOCK_NAME, resource: str | Path | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        purpose: str = "",
+        flag: str = "--model_path",
+        name: str = LOCK_NAME,
+        resource: str | Path | None = None,
+    ):
         self.folder = Path(folder)
         self.path = self.folder / name
         self.purpose = purpose
@@ -115,8 +122,10 @@ class FolderLock:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise UserError(f"cannot create the lock file {self.path} ({exc.strerror}); make {self.folder} writable "
-                            f"or pass another {self.flag}") from None
+            raise UserError(
+                f"cannot create the lock file {self.path} ({exc.strerror}); make {self.folder} writable "
+                f"or pass another {self.flag}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -124,16 +133,24 @@ class FolderLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise FolderBusy(self._busy_message()) from None
             if exc.errno in _NO_LOCKS:
-                print(f"warning: the file system of {self.folder} does not support file locks ({exc.strerror}); "
-                      f"going on without one: make sure no other process writes to {self.resource} meanwhile",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"warning: the file system of {self.folder} does not support file locks ({exc.strerror}); "
+                    f"going on without one: make sure no other process writes to {self.resource} meanwhile",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.unlocked = True
                 return self
             raise
         self._fd = fd
         _HELD[fd] = self
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "argv": [os.path.basename(sys.executable), *sys.argv],
-                  "since": round(time.time(), 3), "purpose": self.purpose}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "argv": [os.path.basename(sys.executable), *sys.argv],
+            "since": round(time.time(), 3),
+            "purpose": self.purpose,
+        }
         data = (json.dumps(holder) + "\n").encode("utf-8")
         try:  # in place (the lock belongs to this file), never by rename
             os.ftruncate(fd, 0)
@@ -153,8 +170,10 @@ class FolderLock:
             who = "this same process (claimed twice)"
         else:
             who = describe_holder(holder)
-        return (f"{self.resource} is in use by {who}; wait until it has ended (a killed process releases it at "
-                f"once), or pass another {self.flag}")
+        return (
+            f"{self.resource} is in use by {who}; wait until it has ended (a killed process releases it at "
+            f"once), or pass another {self.flag}"
+        )
 
     def release(self) -> None:
         """Drop the lock (the lock file stays). Safe to call twice."""

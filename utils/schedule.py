@@ -10,7 +10,9 @@ import torch
 __all__ = ["lr_at", "set_lr"]
 
 
-def lr_at(epoch: int, base_lr: float, total_epoch: int, schedule: Iterable[int] = (90, 110), cos: bool = False) -> float:
+def lr_at(
+    epoch: int, base_lr: float, total_epoch: int, schedule: Iterable[int] = (90, 110), cos: bool = False
+) -> float:
     """Learning rate of (0-based) ``epoch``.
 
     Step: ``base_lr * 0.1 ** k`` where ``k`` is the number of milestones ``m`` with ``epoch >= m`` —

@@ -37,8 +37,12 @@ class StopOnSignal:
             self._restore()
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: saving a resumable checkpoint at the end of this step "
-              "(send it again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name} received: saving a resumable checkpoint at the end of this step "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _restore(self) -> None:
         for s, h in self._old.items():
@@ -62,8 +66,12 @@ class StopOnSignal:
         """
         signum = int(signum if signum is not None else (self.signum or 0))
         if not quiet:
-            print(f"stopped by {signal.Signals(signum).name} {where}; resumable checkpoint {checkpoint} saved; "
-                  "continue with the same command plus --resume", file=sys.stderr, flush=True)
+            print(
+                f"stopped by {signal.Signals(signum).name} {where}; resumable checkpoint {checkpoint} saved; "
+                "continue with the same command plus --resume",
+                file=sys.stderr,
+                flush=True,
+            )
         sys.exit(128 + signum)
 
 

@@ -19,7 +19,15 @@ from utils.args import str2bool
 from utils.distributed import DistInfo
 from utils.errors import UserError
 
-__all__ = ["PRECISIONS", "add_speed_flags", "default_channels_last", "autocast", "make_scaler", "convert_before_optim", "prepare_models"]
+__all__ = [
+    "PRECISIONS",
+    "add_speed_flags",
+    "default_channels_last",
+    "autocast",
+    "make_scaler",
+    "convert_before_optim",
+    "prepare_models",
+]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,21 +35,47 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 def add_speed_flags(p: argparse.ArgumentParser) -> None:
     """``--precision --channels_last --compile --augment --sync_bn`` (see docs/speed.md)."""
     g = p.add_argument_group("speed (none of these changes the method; defaults are the faithful reference)")
-    g.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
-                   help="autocast precision of the image encoder: fp32 (default, published), bf16, or fp16 (with a GradScaler); "
-                        "the POI encoder and the losses always run in fp32")
-    g.add_argument("--channels_last", type=str2bool, nargs="?", const=True, default=None,
-                   help="channels-last memory layout for the image encoder (default: on for CUDA and for CPUs with "
-                        "AVX-512 or AMX, where it measured 20-26 %% faster; off on other CPUs, where it was neutral; "
-                        "same results up to float rounding)")
-    g.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
-                   help="torch.compile the image encoder (default off; the first steps are slow while it compiles)")
-    g.add_argument("--augment", default="cpu", choices=("cpu", "gpu"),
-                   help="cpu (default, published): PIL augmentation in the DataLoader workers; gpu: workers only decode "
-                        "to uint8 and both views are augmented as a batch on --device, with per-image random parameters")
-    g.add_argument("--sync_bn", type=str2bool, nargs="?", const=True, default=False,
-                   help="under torchrun, synchronise BatchNorm statistics across processes (default off: per-process "
-                        "statistics, as a single-GPU run of the published script; CUDA only)")
+    g.add_argument(
+        "--precision",
+        default="fp32",
+        choices=tuple(PRECISIONS),
+        help="autocast precision of the image encoder: fp32 (default, published), bf16, or fp16 (with a GradScaler); "
+        "the POI encoder and the losses always run in fp32",
+    )
+    g.add_argument(
+        "--channels_last",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=None,
+        help="channels-last memory layout for the image encoder (default: on for CUDA and for CPUs with "
+        "AVX-512 or AMX, where it measured 20-26 %% faster; off on other CPUs, where it was neutral; "
+        "same results up to float rounding)",
+    )
+    g.add_argument(
+        "--compile",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="torch.compile the image encoder (default off; the first steps are slow while it compiles)",
+    )
+    g.add_argument(
+        "--augment",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="cpu (default, published): PIL augmentation in the DataLoader workers; gpu: workers only decode "
+        "to uint8 and both views are augmented as a batch on --device, with per-image random parameters",
+    )
+    g.add_argument(
+        "--sync_bn",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="under torchrun, synchronise BatchNorm statistics across processes (default off: per-process "
+        "statistics, as a single-GPU run of the published script; CUDA only)",
+    )
 
 
 def default_channels_last(device: torch.device, cpu_capability: str | None = None) -> bool:
@@ -74,8 +108,9 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def prepare_models(img_model: torch.nn.Module, poi_model: torch.nn.Module, args: Any, info: DistInfo,
-                   device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+def prepare_models(
+    img_model: torch.nn.Module, poi_model: torch.nn.Module, args: Any, info: DistInfo, device: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The modules to call in the training step, built around the models that are saved.
 
     ``img_model``/``poi_model`` stay the plain modules (their state dicts keep the published keys);
@@ -93,17 +128,20 @@ def prepare_models(img_model: torch.nn.Module, poi_model: torch.nn.Module, args:
     return img_train, poi_train
 
 
-def convert_before_optim(img_model: torch.nn.Module, args: Any, info: DistInfo, device: torch.device) -> torch.nn.Module:
+def convert_before_optim(
+    img_model: torch.nn.Module, args: Any, info: DistInfo, device: torch.device
+) -> torch.nn.Module:
     """SyncBatchNorm (under torchrun, ``--sync_bn``) and the memory layout, before the optimisers exist.
 
     Both keep parameter names, so checkpoints are unchanged.
     """
     if args.sync_bn:
         if device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation); drop it for CPU runs")
+            raise UserError(
+                "--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation); drop it for CPU runs"
+            )
         if info.enabled:
             img_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(img_model)
     if args.channels_last:
         img_model = img_model.to(memory_format=torch.channels_last)
     return img_model
-

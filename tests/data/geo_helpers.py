@@ -12,12 +12,29 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HELSINKI_PBF = FIXTURES / "helsinki.osm.pbf"
 
 
-def write_raster(path, array: np.ndarray, crs: str | None, origin: tuple[float, float], res: float,
-                 nodata=None, tiled: bool = False, **extra) -> Path:
+def write_raster(
+    path,
+    array: np.ndarray,
+    crs: str | None,
+    origin: tuple[float, float],
+    res: float,
+    nodata=None,
+    tiled: bool = False,
+    **extra,
+) -> Path:
     """Write ``array`` (``[H, W]`` or ``[B, H, W]``) as a GeoTIFF with upper-left corner ``origin``."""
     a = array[None] if array.ndim == 2 else array
-    profile = dict(driver="GTiff", width=a.shape[2], height=a.shape[1], count=a.shape[0], dtype=a.dtype,
-                   crs=crs, transform=from_origin(origin[0], origin[1], res, res), nodata=nodata, **extra)
+    profile = dict(
+        driver="GTiff",
+        width=a.shape[2],
+        height=a.shape[1],
+        count=a.shape[0],
+        dtype=a.dtype,
+        crs=crs,
+        transform=from_origin(origin[0], origin[1], res, res),
+        nodata=nodata,
+        **extra,
+    )
     if tiled:
         profile.update(tiled=True, blockxsize=16, blockysize=16, compress="deflate")
     with rasterio.open(path, "w", **profile) as ds:

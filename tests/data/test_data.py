@@ -40,22 +40,31 @@ def test_weights_optional(tmp_path):
 
 
 def test_image_modes_converted(tmp_path):
-    for mode, arr in (("L", np.zeros((8, 8), np.uint8)), ("RGBA", np.zeros((8, 8, 4), np.uint8)),
-                      ("I;16", np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)):
+    for mode, arr in (
+        ("L", np.zeros((8, 8), np.uint8)),
+        ("RGBA", np.zeros((8, 8, 4), np.uint8)),
+        ("I;16", np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000),
+    ):
         p = tmp_path / f"{mode.replace(';', '')}.png"
         Image.fromarray(arr, mode=mode if mode != "I;16" else None).save(p)
         im = open_rgb(p)
         assert im.mode == "RGB" and im.size == (8, 8)
 
 
-@pytest.mark.parametrize("breakage,match", [
-    (lambda r: (r / "sub_shanghai_edge" / "t002.tensor").unlink(), "no POI tensors"),
-    (lambda r: torch.save(torch.zeros(3, 5), r / "sub_shanghai_emb" / "t001.tensor"), "width 5"),
-    (lambda r: torch.save(torch.tensor([[0], [99]]), r / "sub_shanghai_edge" / "t001.tensor"), "outside"),
-    (lambda r: torch.save(torch.zeros(3, 3, dtype=torch.long), r / "sub_shanghai_edge" / "t001.tensor"), r"\[2, n_edge\]"),
-    (lambda r: torch.save(torch.full((2, 8), float("nan")), r / "sub_shanghai_emb" / "t001.tensor"), "NaN"),
-    (lambda r: (r / "sub_shanghai_emb" / "t001.tensor").write_bytes(b"garbage"), "not a readable torch file"),
-])
+@pytest.mark.parametrize(
+    "breakage,match",
+    [
+        (lambda r: (r / "sub_shanghai_edge" / "t002.tensor").unlink(), "no POI tensors"),
+        (lambda r: torch.save(torch.zeros(3, 5), r / "sub_shanghai_emb" / "t001.tensor"), "width 5"),
+        (lambda r: torch.save(torch.tensor([[0], [99]]), r / "sub_shanghai_edge" / "t001.tensor"), "outside"),
+        (
+            lambda r: torch.save(torch.zeros(3, 3, dtype=torch.long), r / "sub_shanghai_edge" / "t001.tensor"),
+            r"\[2, n_edge\]",
+        ),
+        (lambda r: torch.save(torch.full((2, 8), float("nan")), r / "sub_shanghai_emb" / "t001.tensor"), "NaN"),
+        (lambda r: (r / "sub_shanghai_emb" / "t001.tensor").write_bytes(b"garbage"), "not a readable torch file"),
+    ],
+)
 def test_bad_pretrain_files(tiny_data, breakage, match):
     breakage(tiny_data)
     with pytest.raises(UserError, match=match):

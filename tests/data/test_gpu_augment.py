@@ -12,6 +12,7 @@ import torchvision.transforms.functional as TF
 from scipy.stats import ks_2samp
 
 from data.gpu_augment import AugmentParams, GPUAugment, adjust_hue, sample_crops
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _torchvision_crops(n: int, height: int, width: int) -> np.ndarray:
@@ -66,9 +67,14 @@ def test_colour_ops_equal_torchvision_per_image():
     aug = GPUAugment(s)
     p = aug.sample(n, s, s, generator=g)
     # Whole-image crops, so that only the colour operations and the flip act.
-    p = AugmentParams(torch.tensor([[0, 0, s, s]] * n), torch.tensor([True, True, True, True, False, True]),
-                      p.factors, p.order, torch.tensor([False, True, False, False, False, True]),
-                      torch.tensor([True, False, False, True, True, False]))
+    p = AugmentParams(
+        torch.tensor([[0, 0, s, s]] * n),
+        torch.tensor([True, True, True, True, False, True]),
+        p.factors,
+        p.order,
+        torch.tensor([False, True, False, False, False, True]),
+        torch.tensor([True, False, False, True, True, False]),
+    )
     out = aug.apply(images, p)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for b in range(n):
@@ -97,10 +103,18 @@ def test_hue_matches_torchvision_over_the_wheel():
 def test_crop_resize_is_exact_and_antialiased():
     g = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (2, 3, 20, 24), dtype=torch.uint8, generator=g)
-    off = dict(jitter=torch.zeros(2, dtype=torch.bool), factors=torch.ones(2, 4), order=torch.arange(4).repeat(2, 1),
-               gray=torch.zeros(2, dtype=torch.bool), flip=torch.zeros(2, dtype=torch.bool))
+    off = dict(
+        jitter=torch.zeros(2, dtype=torch.bool),
+        factors=torch.ones(2, 4),
+        order=torch.arange(4).repeat(2, 1),
+        gray=torch.zeros(2, dtype=torch.bool),
+        flip=torch.zeros(2, dtype=torch.bool),
+    )
     aug = GPUAugment(8)
-    unnorm = lambda v: v * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # noqa: E731
+
+    def unnorm(v):
+        return v * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+
     # Same-size crop: exactly the pixels of the box.
     out = unnorm(aug.apply(images, AugmentParams(torch.tensor([[3, 5, 8, 8], [12, 16, 8, 8]]), **off)))
     assert torch.allclose(out[0], images[0, :, 3:11, 5:13].float() / 255, atol=1e-5)
@@ -116,7 +130,9 @@ def test_views_shape_dtype_layout_and_reproducibility():
     aug = GPUAugment(16)
     a = aug(images, generator=torch.Generator().manual_seed(7), out_dtype=torch.bfloat16, channels_last=True)
     b = aug(images, generator=torch.Generator().manual_seed(7), out_dtype=torch.bfloat16, channels_last=True)
-    assert a.shape == (4, 3, 16, 16) and a.dtype == torch.bfloat16 and a.is_contiguous(memory_format=torch.channels_last)
+    assert (
+        a.shape == (4, 3, 16, 16) and a.dtype == torch.bfloat16 and a.is_contiguous(memory_format=torch.channels_last)
+    )
     assert torch.equal(a, b) and torch.isfinite(a.float()).all()
     c = aug(images, generator=torch.Generator().manual_seed(8))
     assert not torch.allclose(a.float(), c, atol=0.1)

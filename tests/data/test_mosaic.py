@@ -40,8 +40,9 @@ def test_grid_anchored_upper_left_row_major_pixels_exact(tmp_path):
     assert np.allclose(res.bounds[7], [X0 + 40, Y1 - 80, X0 + 80, Y1 - 40])
     for k in (0, 7, 29):
         r, c = res.rows[k], res.cols[k]
-        assert np.array_equal(png(tmp_path / "out", res.names[k]),
-                              a[:, r * 20:(r + 1) * 20, c * 20:(c + 1) * 20].transpose(1, 2, 0))
+        assert np.array_equal(
+            png(tmp_path / "out", res.names[k]), a[:, r * 20 : (r + 1) * 20, c * 20 : (c + 1) * 20].transpose(1, 2, 0)
+        )
     # --tile_px resamples; a non-multiple tile size leaves fractional windows
     g, res = cut(path, tmp_path / "out8", 50.0, tile_px=8)
     assert (g.n_rows, g.n_cols) == (4, 5) and png(tmp_path / "out8", res.names[0]).shape == (8, 8, 3)
@@ -88,15 +89,22 @@ def test_reprojected_mosaic_lands_where_it_should(tmp_path):
     dst = np.zeros((1, 240, 240), np.uint8)
     x, y = Transformer.from_crs("EPSG:4326", "EPSG:32651", always_xy=True).transform(lon0, lat1)
     dst_tr = from_origin(round(x) - 100, round(y) + 100, 1.0, 1.0)
-    reproject(a, dst, src_transform=src_tr, src_crs="EPSG:4326", dst_transform=dst_tr, dst_crs="EPSG:32651",
-              resampling=Resampling.nearest)
+    reproject(
+        a,
+        dst,
+        src_transform=src_tr,
+        src_crs="EPSG:4326",
+        dst_transform=dst_tr,
+        dst_crs="EPSG:32651",
+        resampling=Resampling.nearest,
+    )
     path = tmp_path / "utm.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=240, height=240, count=1, dtype="uint8", crs="EPSG:32651",
-                       transform=dst_tr) as ds:
+    with rasterio.open(
+        path, "w", driver="GTiff", width=240, height=240, count=1, dtype="uint8", crs="EPSG:32651", transform=dst_tr
+    ) as ds:
         ds.write(dst)
     g, res = cut(path, tmp_path / "out", 40.0)
-    cx, cy = Transformer.from_crs("EPSG:4326", "EPSG:32651", always_xy=True).transform(
-        lon0 + 0.0012, lat1 - 0.0010)
+    cx, cy = Transformer.from_crs("EPSG:4326", "EPSG:32651", always_xy=True).transform(lon0 + 0.0012, lat1 - 0.0010)
     b = res.bounds
     k = int(np.flatnonzero((b[:, 0] <= cx) & (cx < b[:, 2]) & (b[:, 1] <= cy) & (cy < b[:, 3]))[0])
     assert png(tmp_path / "out", res.names[k]).max() == 250
@@ -109,8 +117,10 @@ def test_bad_mosaic_one_sentence(tmp_path, case):
     path, size, bands = tmp_path / "m.tif", 10.0, None
     if case == "geographic":
         write_raster(path, a, "EPSG:4326", (121.4, 31.2), 0.0001)
-        match = (r"m\.tif is in a geographic CRS .* warp it to a projected CRS first, e\.g\. EPSG:32651 \(WGS 84 / "
-                 r"UTM zone 51N, the zone of its centre\) with gdalwarp -t_srs EPSG:32651 or rio warp")
+        match = (
+            r"m\.tif is in a geographic CRS .* warp it to a projected CRS first, e\.g\. EPSG:32651 \(WGS 84 / "
+            r"UTM zone 51N, the zone of its centre\) with gdalwarp -t_srs EPSG:32651 or rio warp"
+        )
     elif case == "no_crs":
         write_raster(path, a, None, (0, 20), 1.0)
         match = r"m\.tif has no CRS; assign"
@@ -133,10 +143,11 @@ def test_bad_mosaic_one_sentence(tmp_path, case):
 def test_damaged_block_found_while_cutting(tmp_path):
     # The header reads, the data does not: found only while cutting, reported in one sentence.
     rng = np.random.default_rng(0)
-    path = write_raster(tmp_path / "m.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8), "EPSG:32651",
-                        (X0, Y1), 1.0, tiled=True)
+    path = write_raster(
+        tmp_path / "m.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8), "EPSG:32651", (X0, Y1), 1.0, tiled=True
+    )
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 3: len(raw) // 3 + 2000] = bytes(2000)
+    raw[len(raw) // 3 : len(raw) // 3 + 2000] = bytes(2000)
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match=r"cannot read tile r\d+ c\d+ of mosaic .*m\.tif .*; the file is damaged"):
         cut(path, tmp_path / "out", 16.0)

@@ -61,8 +61,13 @@ def test_bad_osm_files(tmp_path, case):
         match = "cannot read .*x.osm.pbf as an OpenStreetMap PBF"
     else:
         path = tmp_path / "x.osm"
-        path.write_text(OSM_XML.replace('k="shop"', 'k="a"').replace('k="amenity"', 'k="b"')
-                        .replace('k="historic"', 'k="c"').replace('k="tourism"', 'k="d"').replace('k="craft"', 'k="e"'))
+        path.write_text(
+            OSM_XML.replace('k="shop"', 'k="a"')
+            .replace('k="amenity"', 'k="b"')
+            .replace('k="historic"', 'k="c"')
+            .replace('k="tourism"', 'k="d"')
+            .replace('k="craft"', 'k="e"')
+        )
         with pytest.raises(UserError, match="has no OSM node tagged amenity, shop"):
             read_osm_pois(str(path))
         return

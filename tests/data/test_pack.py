@@ -32,7 +32,10 @@ def test_pack_equals_folder_item_for_item(tmp_path, weights, shard_size):
     meta = pack(data, tmp_path / "p", shard_size=shard_size, progress=False)
     assert is_packed(tmp_path / "p") and meta["n_tiles"] == 11 and len(meta["shards"]) == -(-11 // shard_size)
     folder, raw = PretrainDataset(data, pretrain_transform(16)), RawPretrainDataset(data)
-    packed_aug, packed_raw = PackedPretrainDataset(tmp_path / "p", pretrain_transform(16)), PackedPretrainDataset(tmp_path / "p")
+    packed_aug, packed_raw = (
+        PackedPretrainDataset(tmp_path / "p", pretrain_transform(16)),
+        PackedPretrainDataset(tmp_path / "p"),
+    )
     assert len(packed_raw) == len(folder) and packed_raw.poi_dim == folder.poi_dim
     assert packed_raw.names == [p.name for p in folder.images]
     for i in range(len(folder)):
@@ -64,9 +67,14 @@ def test_packed_dataset_in_a_worker_loader(tmp_path):
 def test_decode_rgb_equals_pil(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
-    files = {"rgb.png": Image.fromarray(rgb), "l.png": Image.fromarray(rgb[..., 0]),
-             "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])), "p.png": Image.fromarray(rgb).convert("P"),
-             "g16.png": Image.fromarray(np.arange(63, dtype=np.uint16).reshape(9, 7) * 1000), "t.tif": Image.fromarray(rgb)}
+    files = {
+        "rgb.png": Image.fromarray(rgb),
+        "l.png": Image.fromarray(rgb[..., 0]),
+        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),
+        "p.png": Image.fromarray(rgb).convert("P"),
+        "g16.png": Image.fromarray(np.arange(63, dtype=np.uint16).reshape(9, 7) * 1000),
+        "t.tif": Image.fromarray(rgb),
+    }
     for name, im in files.items():
         im.save(tmp_path / name)
         t = decode_rgb(tmp_path / name)
@@ -91,7 +99,9 @@ def test_pack_user_errors(tmp_path):
 
 def test_pack_cli(tmp_path):
     data = make_layout(tmp_path / "d", n_tiles=5)
-    r = run_script(["-m", "data.pack", "--data_path", str(data), "--out", str(tmp_path / "p"), "--shard_size", "2"], cwd=ROOT)
+    r = run_script(
+        ["-m", "data.pack", "--data_path", str(data), "--out", str(tmp_path / "p"), "--shard_size", "2"], cwd=ROOT
+    )
     assert r.returncode == 0, r.stderr
     assert "packed 5 tiles of 32x32 px into 3 shard(s)" in r.stdout
     r = run_script(["-m", "data.pack", "--data_path", str(tmp_path / "nope"), "--out", str(tmp_path / "q")], cwd=ROOT)

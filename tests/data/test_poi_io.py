@@ -15,11 +15,20 @@ POINTS = [(1.5, 2.5, "shop", "retail"), (3.0, -1.0, "bank", "service"), (0.0, 0.
 
 def test_csv_geojson_gpkg_agree(tmp_path):
     (tmp_path / "p.csv").write_text("x,y,category,parent\n" + "".join(f"{x},{y},{c},{p}\n" for x, y, c, p in POINTS))
-    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
-              "properties": {"category": c, "parent": p}} for x, y, c, p in POINTS]
+    feats = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [x, y]},
+            "properties": {"category": c, "parent": p},
+        }
+        for x, y, c, p in POINTS
+    ]
     (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    gpd.GeoDataFrame({"category": [p[2] for p in POINTS], "parent": [p[3] for p in POINTS]},
-                     geometry=shapely.points([p[:2] for p in POINTS]), crs="EPSG:32651").to_file(tmp_path / "p.gpkg")
+    gpd.GeoDataFrame(
+        {"category": [p[2] for p in POINTS], "parent": [p[3] for p in POINTS]},
+        geometry=shapely.points([p[:2] for p in POINTS]),
+        crs="EPSG:32651",
+    ).to_file(tmp_path / "p.gpkg")
     got = [read_pois(str(tmp_path / f"p.{e}"), parent_col="parent") for e in ("csv", "geojson", "gpkg")]
     for p in got:
         assert np.allclose(p.xy, [pt[:2] for pt in POINTS])
@@ -48,10 +57,16 @@ def test_world_file_and_index_name_without_extension(tmp_path):
 
 def test_vector_formats_multipoint_and_skips(tmp_path):
     # Feature order: point, multipoint of 2, polygon (skipped), empty point (bad), point without category.
-    geoms = [shapely.Point(1, 2), shapely.MultiPoint([(3, 4), (5, 6)]), shapely.box(0, 0, 1, 1),
-             shapely.Point(), shapely.Point(7, 8)]
-    df = gpd.GeoDataFrame({"category": ["a", "b", "c", "d", None], "parent": ["p", "q", "r", "s", "t"]},
-                          geometry=geoms, crs="EPSG:3857")
+    geoms = [
+        shapely.Point(1, 2),
+        shapely.MultiPoint([(3, 4), (5, 6)]),
+        shapely.box(0, 0, 1, 1),
+        shapely.Point(),
+        shapely.Point(7, 8),
+    ]
+    df = gpd.GeoDataFrame(
+        {"category": ["a", "b", "c", "d", None], "parent": ["p", "q", "r", "s", "t"]}, geometry=geoms, crs="EPSG:3857"
+    )
     paths = {"gpkg": tmp_path / "p.gpkg", "parquet": tmp_path / "p.parquet", "fgb": tmp_path / "p.fgb"}
     df.to_file(paths["gpkg"])
     df.to_parquet(paths["parquet"])
@@ -64,7 +79,8 @@ def test_vector_formats_multipoint_and_skips(tmp_path):
         assert (p.skipped_not_point, p.skipped_bad_coords, p.skipped_no_category) == (1, 1, 1), fmt
     # A Shapefile holds one geometry type: points only, in file order.
     df.iloc[[0, 4, 0]].set_geometry([shapely.Point(1, 2), shapely.Point(7, 8), shapely.Point(9, 9)]).assign(
-        category=["a", "e", "f"]).to_file(tmp_path / "p.shp")
+        category=["a", "e", "f"]
+    ).to_file(tmp_path / "p.shp")
     p = read_pois(str(tmp_path / "p.shp"))
     assert np.allclose(p.xy, [[1, 2], [7, 8], [9, 9]]) and p.category.tolist() == ["a", "e", "f"]
 

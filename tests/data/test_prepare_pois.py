@@ -54,18 +54,31 @@ def make_tiles(folder, tiles, ext=".png"):
 def city(tmp_path):
     """Fixture city with a one-hot category table, so each emb row says which POI it is."""
     make_tiles(tmp_path / "tiles", TILES)
-    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"],
-              [[n + ".png", *b] for n, b in TILES.items()])
+    write_csv(
+        tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [[n + ".png", *b] for n, b in TILES.items()]
+    )
     write_csv(tmp_path / "pois.csv", ["poi_id", "x", "y", "category"], [[k, *p] for k, p in enumerate(POIS)])
-    write_csv(tmp_path / "table.csv", ["category"] + [f"v{k}" for k in range(9)],
-              [[f"c{c}"] + list(np.eye(9, dtype=int)[c]) for c in range(9)])
+    write_csv(
+        tmp_path / "table.csv",
+        ["category"] + [f"v{k}" for k in range(9)],
+        [[f"c{c}"] + list(np.eye(9, dtype=int)[c]) for c in range(9)],
+    )
     return tmp_path
 
 
 def run(city, *extra):
     out = city / "out"
-    args = ["--pois", str(city / "pois.csv"), "--tiles", str(city / "tiles"),
-            "--tile_index", str(city / "index.csv"), "--out", str(out), *extra]
+    args = [
+        "--pois",
+        str(city / "pois.csv"),
+        "--tiles",
+        str(city / "tiles"),
+        "--tile_index",
+        str(city / "index.csv"),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return main(args), out
 
 
@@ -89,8 +102,12 @@ def test_assign_matches_brute_force_on_random_overlapping_tiles():
     xy = np.round(rng.uniform(-1, 13, size=(2000, 2)), 1)  # rounding puts many POIs on edges
     xy[:50] = bounds[:50, :2]  # exactly on tile corners
     poi, tile = assign_to_tiles(xy, bounds)
-    inside = ((bounds[None, :, 0] <= xy[:, None, 0]) & (xy[:, None, 0] < bounds[None, :, 2])
-              & (bounds[None, :, 1] <= xy[:, None, 1]) & (xy[:, None, 1] < bounds[None, :, 3]))
+    inside = (
+        (bounds[None, :, 0] <= xy[:, None, 0])
+        & (xy[:, None, 0] < bounds[None, :, 2])
+        & (bounds[None, :, 1] <= xy[:, None, 1])
+        & (xy[:, None, 1] < bounds[None, :, 3])
+    )
     t_ref, p_ref = np.nonzero(inside.T)  # sorted by tile, then POI
     assert np.array_equal(tile, t_ref) and np.array_equal(poi, p_ref)
 
@@ -115,20 +132,42 @@ def test_delaunay_edges_of_known_points(tmp_path):
     write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [["T", -1, -1, 2, 2]])
     pts = [(0, 0), (1, 0), (1, 1), (0, 1), (0.5, 0.5)]
     write_csv(tmp_path / "pois.csv", ["x", "y", "category"], [[x, y, "a"] for x, y in pts])
-    main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"),
-          "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out")])
+    main(
+        [
+            "--pois",
+            str(tmp_path / "pois.csv"),
+            "--tiles",
+            str(tmp_path / "tiles"),
+            "--tile_index",
+            str(tmp_path / "index.csv"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     ei = torch.load(tmp_path / "out/sub_shanghai_edge/T.tensor")
     w = torch.load(tmp_path / "out/sub_shanghai_weight/T.tensor")
     assert ei.dtype == torch.int64 and w.dtype == torch.float32 and ei.shape == (2, 16)
-    assert {tuple(sorted(e)) for e in ei.T.tolist()} == {
-        (0, 1), (1, 2), (2, 3), (0, 3), (0, 4), (1, 4), (2, 4), (3, 4)}
+    assert {tuple(sorted(e)) for e in ei.T.tolist()} == {(0, 1), (1, 2), (2, 3), (0, 3), (0, 4), (1, 4), (2, 4), (3, 4)}
     # sides 1, spokes sqrt(.5); median edge length (1 + .707) / 2
     d = torch.tensor([np.linalg.norm(np.subtract(pts[a], pts[b])) for a, b in ei.T.tolist()])
     s = float(np.median(d.numpy()))
     assert torch.allclose(w, (1 / (1 + d / s)).float())
     # the cut: --max_edge_length 0.8 keeps only the spokes
-    main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--overwrite",
-          "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out"), "--max_edge_length", "0.8"])
+    main(
+        [
+            "--pois",
+            str(tmp_path / "pois.csv"),
+            "--tiles",
+            str(tmp_path / "tiles"),
+            "--overwrite",
+            "--tile_index",
+            str(tmp_path / "index.csv"),
+            "--out",
+            str(tmp_path / "out"),
+            "--max_edge_length",
+            "0.8",
+        ]
+    )
     ei = torch.load(tmp_path / "out/sub_shanghai_edge/T.tensor")
     assert {tuple(sorted(e)) for e in ei.T.tolist()} == {(0, 4), (1, 4), (2, 4), (3, 4)}
 
@@ -163,10 +202,25 @@ def test_learned_embeddings_pull_siblings_together(tmp_path):
     make_tiles(tmp_path / "tiles", ["T"])
     write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"], [["T", 0, 0, 1, 1]])
     cats = rng.integers(0, 6, size=600)
-    write_csv(tmp_path / "pois.csv", ["x", "y", "category", "parent"],
-              [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats, strict=True)])
-    main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--parent_col", "parent",
-          "--tile_index", str(tmp_path / "index.csv"), "--out", str(tmp_path / "out")])
+    write_csv(
+        tmp_path / "pois.csv",
+        ["x", "y", "category", "parent"],
+        [[x, y, f"c{c}", f"p{c // 3}"] for (x, y), c in zip(rng.random((600, 2)), cats, strict=True)],
+    )
+    main(
+        [
+            "--pois",
+            str(tmp_path / "pois.csv"),
+            "--tiles",
+            str(tmp_path / "tiles"),
+            "--parent_col",
+            "parent",
+            "--tile_index",
+            str(tmp_path / "index.csv"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     rows = [line.split(",") for line in (tmp_path / "out/category_embeddings.csv").read_text().splitlines()[1:]]
     vec = {r[0]: np.array(r[1:], dtype=float) for r in rows}
     cos = lambda a, b: vec[a] @ vec[b]  # noqa: E731 (unit vectors)
@@ -186,10 +240,22 @@ def test_geotiff_tiles_without_index(tmp_path):
             ifd.tagtype[tag] = typ
         Image.new("RGB", (20, 10), (k, 2, 3)).save(tmp_path / f"tiles/g{k}.tif", tiffinfo=ifd)
     # bounds: g0 [100, 300) x [900, 1000), g1 [300, 500) x [900, 1000)
-    write_csv(tmp_path / "pois.csv", ["x", "y", "category"],
-              [[100, 950, "a"], [299.9, 900, "b"], [300, 999, "a"], [250, 1000, "b"]])
-    summary = main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"),
-                    "--convert_tiff", "--out", str(tmp_path / "out")])
+    write_csv(
+        tmp_path / "pois.csv",
+        ["x", "y", "category"],
+        [[100, 950, "a"], [299.9, 900, "b"], [300, 999, "a"], [250, 1000, "b"]],
+    )
+    summary = main(
+        [
+            "--pois",
+            str(tmp_path / "pois.csv"),
+            "--tiles",
+            str(tmp_path / "tiles"),
+            "--convert_tiff",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert summary["tile_crs"] == "EPSG:32651" and summary["pois_outside_every_tile"] == 1
     assert torch.load(tmp_path / "out/sub_shanghai_emb/g0.tensor").shape[0] == 2
     assert torch.load(tmp_path / "out/sub_shanghai_emb/g1.tensor").shape[0] == 1
@@ -202,19 +268,40 @@ def test_lonlat_pois_reprojected_to_tile_crs(tmp_path):
     tr = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
     x, y = tr.transform(121.47, 31.23)  # Shanghai
     make_tiles(tmp_path / "tiles", ["W", "E"])
-    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"],
-              [["W", x - 1000, y - 1000, x, y + 1000], ["E", x, y - 1000, x + 1000, y + 1000]])
+    write_csv(
+        tmp_path / "index.csv",
+        ["name", "minx", "miny", "maxx", "maxy"],
+        [["W", x - 1000, y - 1000, x, y + 1000], ["E", x, y - 1000, x + 1000, y + 1000]],
+    )
     write_csv(tmp_path / "pois.csv", ["lon", "lat", "category"], [[121.469, 31.23, "a"], [121.471, 31.23, "b"]])
-    summary = main(["--pois", str(tmp_path / "pois.csv"), "--x_col", "lon", "--y_col", "lat", "--crs", "EPSG:4326",
-                    "--tiles", str(tmp_path / "tiles"), "--tile_index", str(tmp_path / "index.csv"),
-                    "--tile_crs", "EPSG:3857", "--out", str(tmp_path / "out")])
+    summary = main(
+        [
+            "--pois",
+            str(tmp_path / "pois.csv"),
+            "--x_col",
+            "lon",
+            "--y_col",
+            "lat",
+            "--crs",
+            "EPSG:4326",
+            "--tiles",
+            str(tmp_path / "tiles"),
+            "--tile_index",
+            str(tmp_path / "index.csv"),
+            "--tile_crs",
+            "EPSG:3857",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert summary["reprojected"] and summary["pois_outside_every_tile"] == 0
     assert torch.load(tmp_path / "out/sub_shanghai_emb/W.tensor").shape[0] == 1
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "prepare_pois.py"), *args],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "prepare_pois.py"), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 @pytest.mark.parametrize("case", ["missing_column", "empty_file", "unknown_crs", "no_georef", "all_nan"])
@@ -243,10 +330,33 @@ def test_mmgr_trains_on_prepared_folder(city, tmp_path):
     # 4 tiles with POIs + 1 empty: enough for one batch of 4.
     _, out = run(city)
     tmp = tmp_path / "train"
-    r = subprocess.run([sys.executable, "mmgr.py", "--data_path", str(out), "--total_epoch", "1",
-                        "--batch_size", "4", "--resnet", "resnet18", "--img_size", "32",
-                        "--model_path", str(tmp / "ckpt"), "--train_record", str(tmp / "rec"),
-                        "--device", "cpu", "--workers", "0"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "mmgr.py",
+            "--data_path",
+            str(out),
+            "--total_epoch",
+            "1",
+            "--batch_size",
+            "4",
+            "--resnet",
+            "resnet18",
+            "--img_size",
+            "32",
+            "--model_path",
+            str(tmp / "ckpt"),
+            "--train_record",
+            str(tmp / "rec"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp / "ckpt" / "wuhan_img_1.tar").is_file()
 
@@ -254,18 +364,43 @@ def test_mmgr_trains_on_prepared_folder(city, tmp_path):
 def test_pois_far_from_the_tiles_stop_before_writing(city):
     # Typically lon/lat POIs read as if they were in the tiles' units: no overlap at all.
     write_csv(city / "far.csv", ["x", "y", "category"], [[121.4, 31.2, "a"], [121.5, 31.3, "b"]])
-    with pytest.raises(Exception, match=r"POIs in .*far\.csv do not overlap the tiles: their extent is "
-                                        r"\(121\.4, 31\.2, 121\.5, 31\.3\), the tiles' is \(0, 0, 11, 11\)"):
-        main(["--pois", str(city / "far.csv"), "--tiles", str(city / "tiles"), "--tile_index",
-              str(city / "index.csv"), "--out", str(city / "out")])
+    with pytest.raises(
+        Exception,
+        match=r"POIs in .*far\.csv do not overlap the tiles: their extent is "
+        r"\(121\.4, 31\.2, 121\.5, 31\.3\), the tiles' is \(0, 0, 11, 11\)",
+    ):
+        main(
+            [
+                "--pois",
+                str(city / "far.csv"),
+                "--tiles",
+                str(city / "tiles"),
+                "--tile_index",
+                str(city / "index.csv"),
+                "--out",
+                str(city / "out"),
+            ]
+        )
     assert not (city / "out").exists()
 
 
 def test_out_held_by_another_writer_is_refused(city):
     out = city / "out"
     with FolderLock(out, purpose="prepare_pois", flag="--out"):
-        r = run_script([os.path.join(ROOT, "prepare_pois.py"), "--pois", str(city / "pois.csv"), "--tiles",
-                        str(city / "tiles"), "--tile_index", str(city / "index.csv"), "--out", str(out)], cwd=city)
+        r = run_script(
+            [
+                os.path.join(ROOT, "prepare_pois.py"),
+                "--pois",
+                str(city / "pois.csv"),
+                "--tiles",
+                str(city / "tiles"),
+                "--tile_index",
+                str(city / "index.csv"),
+                "--out",
+                str(out),
+            ],
+            cwd=city,
+        )
     assert r.returncode == EXIT_BUSY and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"error: {out} is in use by pid {os.getpid()} on host ")
     assert len(r.stderr.splitlines()) == 1
@@ -279,8 +414,16 @@ def test_out_taken_while_the_inputs_are_read(city):
     # takes it meanwhile (at the first log line).
     out = city / "out"
     other = FolderLock(out, purpose="prepare_pois", flag="--out")
-    args = ["--pois", str(city / "pois.csv"), "--tiles", str(city / "tiles"), "--tile_index", str(city / "index.csv"),
-            "--out", str(out)]
+    args = [
+        "--pois",
+        str(city / "pois.csv"),
+        "--tiles",
+        str(city / "tiles"),
+        "--tile_index",
+        str(city / "index.csv"),
+        "--out",
+        str(out),
+    ]
     try:
         with pytest.raises(FolderBusy, match=f"^{out} is in use by this same process .* or pass another --out$"):
             prepare(PrepareConfig(**vars(build_parser().parse_args(args))), log=lambda line: other.acquire())
@@ -295,9 +438,12 @@ def _disk_full(*args, **kwargs):
 
 def test_a_refused_write_names_the_file_and_out(city, monkeypatch):
     monkeypatch.setattr(torch, "save", _disk_full)  # every tensor write fails as on a full disk
-    with pytest.raises(StorageError, match=r"could not write .*out/sub_shanghai_emb/A\.tensor \(0 bytes of about "
-                                           r".*\): the disk is full .*; the previous file is kept; free space there "
-                                           r"or pass another --out, then run the command again with --overwrite$") as e:
+    with pytest.raises(
+        StorageError,
+        match=r"could not write .*out/sub_shanghai_emb/A\.tensor \(0 bytes of about "
+        r".*\): the disk is full .*; the previous file is kept; free space there "
+        r"or pass another --out, then run the command again with --overwrite$",
+    ) as e:
         run(city)
     assert e.value.exit_code == EXIT_STORAGE
     out = city / "out"
@@ -312,11 +458,26 @@ def test_a_refused_write_in_a_worker_stops_the_run(tmp_path, monkeypatch):
     make_tiles(tmp_path / "tiles", names[:1])
     for n in names[1:]:
         os.link(tmp_path / "tiles" / "t0.png", tmp_path / "tiles" / f"{n}.png")
-    write_csv(tmp_path / "index.csv", ["name", "minx", "miny", "maxx", "maxy"],
-              [[n, k, 0, k + 1, 1] for k, n in enumerate(names)])
+    write_csv(
+        tmp_path / "index.csv",
+        ["name", "minx", "miny", "maxx", "maxy"],
+        [[n, k, 0, k + 1, 1] for k, n in enumerate(names)],
+    )
     write_csv(tmp_path / "pois.csv", ["x", "y", "category"], [[0.5, 0.5, "a"], [200.5, 0.5, "b"]])
     monkeypatch.setattr(torch, "save", _disk_full)
     with pytest.raises(StorageError, match=r"could not write .*/t\d+\.tensor .*: the disk is full.*another --out"):
-        main(["--pois", str(tmp_path / "pois.csv"), "--tiles", str(tmp_path / "tiles"), "--tile_index",
-              str(tmp_path / "index.csv"), "--workers", "2", "--out", str(tmp_path / "out")])
+        main(
+            [
+                "--pois",
+                str(tmp_path / "pois.csv"),
+                "--tiles",
+                str(tmp_path / "tiles"),
+                "--tile_index",
+                str(tmp_path / "index.csv"),
+                "--workers",
+                "2",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     assert not (tmp_path / "out" / "prepare_summary.json").exists()

@@ -34,20 +34,51 @@ def _png(path, arr, mode=None):
 
 
 BREAKAGES = {
-    "image without POI files": (lambda r: (r / "sub_shanghai_emb" / "t002.tensor").unlink(), "t002.png has no POI file"),
-    "POI files without image": (lambda r: torch.save(torch.zeros(1, 8), r / "sub_shanghai_emb" / "extra.tensor"),
-                                "extra.tensor has no image tile"),
-    "truncated PNG": (lambda r: _truncate(r / "sub_shanghai_img" / "t003.png"),
-                      "t003.png is a damaged image"),
-    "not an image": (lambda r: (r / "sub_shanghai_img" / "t004.png").write_text("<html>not a tile</html>"), "t004.png is not an image"),
-    "embedding rank": (lambda r: torch.save(torch.zeros(8), r / "sub_shanghai_emb" / "t006.tensor"), "t006.tensor should hold a rank-2"),
-    "embedding width": (lambda r: torch.save(torch.zeros(3, 5), r / "sub_shanghai_emb" / "t006.tensor"), "t006.tensor has embeddings of width 5"),
-    "embedding NaN": (lambda r: _fill(r / "sub_shanghai_emb" / "t007.tensor", float("nan")), "t007.tensor contains NaN or Inf"),
-    "embedding Inf": (lambda r: _fill(r / "sub_shanghai_emb" / "t007.tensor", float("inf")), "t007.tensor contains NaN or Inf"),
-    "edge out of range": (lambda r: torch.save(torch.tensor([[0], [99]]), r / "sub_shanghai_edge" / "t008.tensor"), "t008.tensor refers to POI nodes outside"),
-    "edge shape": (lambda r: torch.save(torch.zeros(3, 3, dtype=torch.long), r / "sub_shanghai_edge" / "t008.tensor"), r"t008.tensor should hold a [2, n_edge]"),
-    "weights length": (lambda r: torch.save(torch.ones(1000), r / "sub_shanghai_weight" / "t009.tensor"), "t009.tensor has 1000 edge weights"),
-    "garbage tensor": (lambda r: (r / "sub_shanghai_edge" / "t010.tensor").write_bytes(b"\x00garbage"), "t010.tensor is not a readable torch file"),
+    "image without POI files": (
+        lambda r: (r / "sub_shanghai_emb" / "t002.tensor").unlink(),
+        "t002.png has no POI file",
+    ),
+    "POI files without image": (
+        lambda r: torch.save(torch.zeros(1, 8), r / "sub_shanghai_emb" / "extra.tensor"),
+        "extra.tensor has no image tile",
+    ),
+    "truncated PNG": (lambda r: _truncate(r / "sub_shanghai_img" / "t003.png"), "t003.png is a damaged image"),
+    "not an image": (
+        lambda r: (r / "sub_shanghai_img" / "t004.png").write_text("<html>not a tile</html>"),
+        "t004.png is not an image",
+    ),
+    "embedding rank": (
+        lambda r: torch.save(torch.zeros(8), r / "sub_shanghai_emb" / "t006.tensor"),
+        "t006.tensor should hold a rank-2",
+    ),
+    "embedding width": (
+        lambda r: torch.save(torch.zeros(3, 5), r / "sub_shanghai_emb" / "t006.tensor"),
+        "t006.tensor has embeddings of width 5",
+    ),
+    "embedding NaN": (
+        lambda r: _fill(r / "sub_shanghai_emb" / "t007.tensor", float("nan")),
+        "t007.tensor contains NaN or Inf",
+    ),
+    "embedding Inf": (
+        lambda r: _fill(r / "sub_shanghai_emb" / "t007.tensor", float("inf")),
+        "t007.tensor contains NaN or Inf",
+    ),
+    "edge out of range": (
+        lambda r: torch.save(torch.tensor([[0], [99]]), r / "sub_shanghai_edge" / "t008.tensor"),
+        "t008.tensor refers to POI nodes outside",
+    ),
+    "edge shape": (
+        lambda r: torch.save(torch.zeros(3, 3, dtype=torch.long), r / "sub_shanghai_edge" / "t008.tensor"),
+        r"t008.tensor should hold a [2, n_edge]",
+    ),
+    "weights length": (
+        lambda r: torch.save(torch.ones(1000), r / "sub_shanghai_weight" / "t009.tensor"),
+        "t009.tensor has 1000 edge weights",
+    ),
+    "garbage tensor": (
+        lambda r: (r / "sub_shanghai_edge" / "t010.tensor").write_bytes(b"\x00garbage"),
+        "t010.tensor is not a readable torch file",
+    ),
 }
 
 
@@ -78,7 +109,9 @@ def test_all_bad_files_listed_at_once_with_thread_pool(tmp_path, capsys):
     assert [b.reason for b in pooled.bad] == [b.reason for b in serial.bad]
     assert len(pooled.bad) == 6 and len(pooled.bad_tiles) == 6 and len(pooled.good) == 144
     assert pooled.zero_poi == 3  # zero-POI tiles are not bad
-    with pytest.raises(UserError, match=r"6 problems in the data \(all listed above.*the first: .*t002.png has no POI file"):
+    with pytest.raises(
+        UserError, match=r"6 problems in the data \(all listed above.*the first: .*t002.png has no POI file"
+    ):
         apply_bad_samples_policy(pooled, "error")
     assert capsys.readouterr().err.count("bad: ") == 6
 
@@ -133,6 +166,7 @@ def counted(monkeypatch):
         def wrapper(*a, **k):
             calls[name] += 1
             return fn(*a, **k)
+
         return wrapper
 
     monkeypatch.setattr(scan, "_check_image", count("image", scan._check_image))
@@ -196,15 +230,22 @@ def test_recently_modified_tiles_are_not_cached(tmp_path):
     assert scan_pretrain(root, workers=0, cache=cache).cached == 4
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "json list", "other format", "lists of other lengths"])
+@pytest.mark.parametrize(
+    "damage", ["garbage", "truncated", "empty", "json list", "other format", "lists of other lengths"]
+)
 def test_unreadable_or_foreign_cache_is_ignored_and_replaced(aged, tmp_path, damage):
     cache = tmp_path / "scan_cache.json"
     first = scan_pretrain(aged, workers=0, cache=cache)
     text = cache.read_text()
     obj = json.loads(text)
-    broken = {"garbage": b"\x80\x00 not json", "truncated": text[: len(text) // 2].encode(), "empty": b"",
-              "json list": b"[1, 2]", "other format": json.dumps({**obj, "format": "something-else"}).encode(),
-              "lists of other lengths": json.dumps({**obj, "sig": obj["sig"][:3]}).encode()}[damage]
+    broken = {
+        "garbage": b"\x80\x00 not json",
+        "truncated": text[: len(text) // 2].encode(),
+        "empty": b"",
+        "json list": b"[1, 2]",
+        "other format": json.dumps({**obj, "format": "something-else"}).encode(),
+        "lists of other lengths": json.dumps({**obj, "sig": obj["sig"][:3]}).encode(),
+    }[damage]
     cache.write_bytes(broken)
     report = scan_pretrain(aged, workers=0, cache=cache)
     assert (report.checked, report.cached) == (12, 0) and _outcome(report) == _outcome(first)
@@ -261,9 +302,13 @@ def test_check_data_twice_uses_the_cache_in_model_path(aged, tmp_path, capsys):
     assert "12 tiles checked (48 files read), 0 unchanged tiles from the scan cache" in first
     assert sorted(p.name for p in model.iterdir()) == [".mmgr.lock", "scan_cache.json"]  # no run file in the folder
     second = run_script([str(ROOT / "mmgr.py"), *args], cwd=tmp_path)
-    assert second.returncode == 2 and "1 tiles checked (4 files read), 11 unchanged tiles from the scan cache" in second.stdout
-    assert [line for line in second.stdout.splitlines() if line.startswith("bad: ")] == \
-           [line for line in first.splitlines() if line.startswith("bad: ")]
+    assert (
+        second.returncode == 2
+        and "1 tiles checked (4 files read), 11 unchanged tiles from the scan cache" in second.stdout
+    )
+    assert [line for line in second.stdout.splitlines() if line.startswith("bad: ")] == [
+        line for line in first.splitlines() if line.startswith("bad: ")
+    ]
     # --rescan reads every tile again.
     with pytest.raises(UserError, match="1 problems in 1 tiles"):
         mmgr.main(args + ["--rescan"])

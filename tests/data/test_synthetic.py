@@ -80,7 +80,10 @@ def test_grid_bounds_and_names(city):
         row, col = divmod(k, cols)
         assert r["name"] == f"tile_{row:03d}_{col:03d}.png"
         assert [float(r[c]) for c in ("minx", "miny", "maxx", "maxy")] == [
-            col * 1000, (rows - 1 - row) * 1000, (col + 1) * 1000, (rows - row) * 1000
+            col * 1000,
+            (rows - 1 - row) * 1000,
+            (col + 1) * 1000,
+            (rows - row) * 1000,
         ]
     # The same grid, georeferenced (a local projected CRS in metres), so that maps can be drawn.
     index = read_tile_index(out)
@@ -127,13 +130,18 @@ def test_pois_csv_matches_tensors(city):
     assert [int(p["poi_id"]) for p in pois] == list(range(len(pois)))
     cats = read_csv(out / "categories.csv")
     parent = {c["category"]: c["parent"] for c in cats}
-    emb_rows = {r["category"]: np.array([float(r[f"v{j}"]) for j in range(16)], np.float32)
-                for r in read_csv(out / "category_embeddings.csv")}
+    emb_rows = {
+        r["category"]: np.array([float(r[f"v{j}"]) for j in range(16)], np.float32)
+        for r in read_csv(out / "category_embeddings.csv")
+    }
     by_tile = {s: [] for s in index}
     for p in pois:
         x, y = float(p["x"]), float(p["y"])
-        hits = [s for s, b in index.items()
-                if float(b["minx"]) <= x < float(b["maxx"]) and float(b["miny"]) <= y < float(b["maxy"])]
+        hits = [
+            s
+            for s, b in index.items()
+            if float(b["minx"]) <= x < float(b["maxx"]) and float(b["miny"]) <= y < float(b["maxy"])
+        ]
         assert len(hits) == 1  # strictly inside exactly one tile
         assert parent[p["category"]] == p["parent"]
         by_tile[hits[0]].append(p)
@@ -247,9 +255,25 @@ def test_interrupted_generation_leaves_previous_city(tmp_path, monkeypatch):
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run(
-        [sys.executable, "-m", "data.synthetic", "--out", str(out), "--n_tiles", "5", "--tile_size", "16",
-         "--seed", "2", "--embed_dim", "8"],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "data.synthetic",
+            "--out",
+            str(out),
+            "--n_tiles",
+            "5",
+            "--tile_size",
+            "16",
+            "--seed",
+            "2",
+            "--embed_dim",
+            "8",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -297,8 +321,11 @@ def test_population_is_dwelling_floor_area_times_a_small_invisible_factor(layout
 
 def test_population_grows_with_dwelling_floors_and_only_with_dwellings(layouts):
     plan, lays, truths = layouts
-    i = next(j for j, lay in enumerate(lays)
-             if (lay["kind"] == synthetic._K["highrise"]).any() and (lay["kind"] == synthetic._K["office"]).any())
+    i = next(
+        j
+        for j, lay in enumerate(lays)
+        if (lay["kind"] == synthetic._K["highrise"]).any() and (lay["kind"] == synthetic._K["office"]).any()
+    )
     base = synthetic.tile_truth(lays[i], plan, i, 0)
     assert base["population"] == truths[i]["population"]  # deterministic
     prev = base["population"]
@@ -348,7 +375,9 @@ def test_truth_and_pois_do_not_depend_on_tile_size(tmp_path):
     for rel in ("pois.csv", "truth_components.csv", "tiles.csv", "train-wuhan.txt"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     for sub in ("pop1km", "gdp1km", "func"):
-        assert [p.read_bytes() for p in sorted((a / sub).iterdir())] == [p.read_bytes() for p in sorted((b / sub).iterdir())]
+        assert [p.read_bytes() for p in sorted((a / sub).iterdir())] == [
+            p.read_bytes() for p in sorted((b / sub).iterdir())
+        ]
     assert Image.open(next((b / "img").iterdir())).size == (40, 40)
 
 

@@ -23,8 +23,11 @@ def raw(tmp_path_factory):
 
 def test_raw_files_carry_the_city(raw):
     root, done = raw
-    assert done == {"mosaic_px": [128, 128], "pois": len((root / "city" / "pois.csv").read_text().splitlines()) - 1,
-                    "districts": 4}
+    assert done == {
+        "mosaic_px": [128, 128],
+        "pois": len((root / "city" / "pois.csv").read_text().splitlines()) - 1,
+        "districts": 4,
+    }
     with rasterio.open(root / "raw" / "mosaic.tif") as src:
         assert (src.count, src.width, src.height, src.res) == (3, 128, 128, (1000 / 32, 1000 / 32))
         assert src.crs.is_projected
@@ -37,11 +40,24 @@ def test_raw_files_carry_the_city(raw):
 def test_prepare_cuts_the_same_grid_and_shares_the_census(raw, tmp_path):
     root, _ = raw
     r = root / "raw"
-    summary = prepare_main(["--mosaic", str(r / "mosaic.tif"), "--tile_size_m", "1000", "--pois", str(r / "pois.gpkg"),
-                            "--target", f"pop1km={r / 'census.gpkg'}:POP", "--out", str(tmp_path / "out")])
+    summary = prepare_main(
+        [
+            "--mosaic",
+            str(r / "mosaic.tif"),
+            "--tile_size_m",
+            "1000",
+            "--pois",
+            str(r / "pois.gpkg"),
+            "--target",
+            f"pop1km={r / 'census.gpkg'}:POP",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert summary["tiles"] == 16 and summary["pois_outside_every_tile"] == 0
-    assert summary["pois_used"] == sum(int(x) for x in np.loadtxt(root / "city" / "tiles.csv", delimiter=",",
-                                                                     skiprows=1, usecols=4, dtype=int))
+    assert summary["pois_used"] == sum(
+        int(x) for x in np.loadtxt(root / "city" / "tiles.csv", delimiter=",", skiprows=1, usecols=4, dtype=int)
+    )
     # Each 2 x 2-tile district's count is shared evenly among its four tiles: the total is kept.
     total = sum(float(p.read_text()) for p in (tmp_path / "out" / "pop1km").iterdir())
     assert total == pytest.approx(gpd.read_file(r / "census.gpkg")["POP"].sum(), rel=1e-6)

@@ -16,10 +16,15 @@ UTM = "EPSG:32651"
 
 def test_polygon_shared_over_four_tiles_by_area():
     bounds = grid_bounds(0, 20, 10, 2, 2)  # r0c0, r0c1, r1c0, r1c1
-    polys = np.array([shapely.box(5, 5, 15, 15),  # a quarter in each tile
-                      shapely.box(0, 0, 5, 5),  # wholly in r1c0
-                      shapely.box(15, 15, 25, 20),  # half outside the grid: half its count is lost
-                      shapely.box(1, 11, 2, 12)], dtype=object)  # no count: ignored
+    polys = np.array(
+        [
+            shapely.box(5, 5, 15, 15),  # a quarter in each tile
+            shapely.box(0, 0, 5, 5),  # wholly in r1c0
+            shapely.box(15, 15, 25, 20),  # half outside the grid: half its count is lost
+            shapely.box(1, 11, 2, 12),
+        ],
+        dtype=object,
+    )  # no count: ignored
     counts = np.array([100.0, 8.0, 10.0, np.nan])
     values, coverage = polygon_shares(polys, counts, bounds)
     assert np.allclose(values, [25, 30, 33, 25])
@@ -35,7 +40,7 @@ def brute_force_sums(a, x0, y1, res, bounds):
             oy = max(0.0, min(y1 - i * res, by1) - max(y1 - (i + 1) * res, by0))
             for j in range(a.shape[1]):
                 ox = max(0.0, min(x0 + (j + 1) * res, bx1) - max(x0 + j * res, bx0))
-                tot += a[i, j] * ox * oy / res ** 2
+                tot += a[i, j] * ox * oy / res**2
         out.append(tot)
     return np.array(out)
 
@@ -46,7 +51,7 @@ def test_raster_sums_exact_on_aligned_and_unaligned_grids(tmp_path):
     path = str(write_raster(tmp_path / "pop.tif", a, UTM, (1000, 2000), 10.0, nodata=-1.0))
     aligned = grid_bounds(1000, 2000, 100, 3, 4)  # 10 x 10 pixels per tile
     v, cov = raster_sums(path, 1, aligned, UTM, rows=np.repeat(np.arange(3), 4), progress=False)
-    assert np.allclose(v, [a[r * 10:(r + 1) * 10, c * 10:(c + 1) * 10].sum() for r in range(3) for c in range(4)])
+    assert np.allclose(v, [a[r * 10 : (r + 1) * 10, c * 10 : (c + 1) * 10].sum() for r in range(3) for c in range(4)])
     assert np.isclose(v.sum(), a.sum(), rtol=1e-12) and np.allclose(cov, 1)
     unaligned = grid_bounds(1003.3, 1996.7, 73.0, 4, 5)  # tile edges cut pixels
     v, cov = raster_sums(path, 1, unaligned, UTM, rows=np.repeat(np.arange(4), 5), progress=False)
@@ -80,8 +85,11 @@ def test_reprojected_sources_keep_their_totals(tmp_path):
     values, _ = compute_target(tg, bounds, UTM, 0.0, rows)
     assert np.isclose(values.sum(), a.sum(dtype=np.float64), rtol=2e-3)
     # census polygons in Web Mercator, inside the tiles: every count is shared out entirely
-    cells = [shapely.box(121.445 + 0.002 * i, 31.245 + 0.002 * j, 121.447 + 0.002 * i, 31.247 + 0.002 * j)
-             for i in range(4) for j in range(4)]
+    cells = [
+        shapely.box(121.445 + 0.002 * i, 31.245 + 0.002 * j, 121.447 + 0.002 * i, 31.247 + 0.002 * j)
+        for i in range(4)
+        for j in range(4)
+    ]
     census = gpd.GeoDataFrame({"POP": np.arange(16) * 10 + 5}, geometry=cells, crs="EPSG:4326").to_crs("EPSG:3857")
     census.to_file(tmp_path / "census.gpkg")
     tg = open_target(parse_target(f"pop={tmp_path / 'census.gpkg'}:POP"), UTM, (x0, y1 - 3000, x0 + 3000, y1))
@@ -98,8 +106,20 @@ def test_parse_target():
             parse_target(bad, reserved=("sub_shanghai_img",))
 
 
-@pytest.mark.parametrize("case", ["missing_column", "not_numeric", "no_crs_vector", "no_crs_raster", "no_overlap",
-                                  "corrupt_vector", "corrupt_raster", "band", "no_column"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_column",
+        "not_numeric",
+        "no_crs_vector",
+        "no_crs_raster",
+        "no_overlap",
+        "corrupt_vector",
+        "corrupt_raster",
+        "band",
+        "no_column",
+    ],
+)
 def test_bad_targets_one_sentence(tmp_path, case):
     tiles_extent = (0.0, 0.0, 100.0, 100.0)
     df = gpd.GeoDataFrame({"POP": [1.0], "NAME": ["a"]}, geometry=[shapely.box(0, 0, 50, 50)], crs=UTM)
@@ -122,8 +142,10 @@ def test_bad_targets_one_sentence(tmp_path, case):
     elif case == "no_overlap":
         df.to_crs("EPSG:4326").to_file(gpkg)
         tiles_extent = (5000.0, 5000.0, 6000.0, 6000.0)
-        match = (r"target .*c\.gpkg does not overlap the tiles: its extent is \(0, 0, 50, 50\), the tiles' is "
-                 r"\(5000, 5000, 6000, 6000\) \(both in EPSG:32651\)")
+        match = (
+            r"target .*c\.gpkg does not overlap the tiles: its extent is \(0, 0, 50, 50\), the tiles' is "
+            r"\(5000, 5000, 6000, 6000\) \(both in EPSG:32651\)"
+        )
     elif case == "corrupt_vector":
         gpkg.write_bytes(bytes(range(256)) * 8)
         match = r"cannot read .*c\.gpkg as a vector file"

@@ -12,9 +12,17 @@ def test_roundtrip_with_crs_and_columns(tmp_path):
     bounds = grid_bounds(500_000, 3_400_000, 250, 2, 3)
     rows, cols = np.divmod(np.arange(6), 3)
     names = [f"r{r:04d}_c{c:04d}.png" for r, c in zip(rows, cols, strict=True)]
-    idx = TileIndex(names=names, bounds=bounds, crs="EPSG:32651", rows=rows, cols=cols,
-                    columns={"split": np.array(["train", "", "val", "train", "", ""], dtype=object),
-                             "pop": np.array([1.5, np.nan, 3, 4, 5, 6])})
+    idx = TileIndex(
+        names=names,
+        bounds=bounds,
+        crs="EPSG:32651",
+        rows=rows,
+        cols=cols,
+        columns={
+            "split": np.array(["train", "", "val", "train", "", ""], dtype=object),
+            "pop": np.array([1.5, np.nan, 3, 4, 5, 6]),
+        },
+    )
     assert read_tile_index(tmp_path) is None
     write_tile_index(tmp_path, idx)
     back = read_tile_index(tmp_path)

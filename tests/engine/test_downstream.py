@@ -23,8 +23,20 @@ from models.loading import load_image_encoder
 from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import UserError
 
-FAST = ["--batch_size", "4", "--img_size", "24", "--device", "cpu", "--workers", "0", "--total_epoch", "2",
-        "--eval_from", "1"]
+FAST = [
+    "--batch_size",
+    "4",
+    "--img_size",
+    "24",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--total_epoch",
+    "2",
+    "--eval_from",
+    "1",
+]
 TYPES = ("residential", "commercial", "water")
 
 
@@ -97,9 +109,30 @@ def test_cached_features_equal_full_forward(setup):
 
 def test_res_pop_options_end_to_end(setup, tmp_path):
     data, ckpt = setup
-    r = run_script([str(ROOT / "res_pop.py"), "--data_path", str(data), "--ckpt", str(ckpt), *FAST,
-                    "--target_dir", "gdp1km", "--log_target", "--label_fraction", "0.5", "--finetune", "--backbone_lr",
-                    "1e-5", "--seeds", "0", "1", "--train_record", "gdp.txt"], cwd=tmp_path)
+    r = run_script(
+        [
+            str(ROOT / "res_pop.py"),
+            "--data_path",
+            str(data),
+            "--ckpt",
+            str(ckpt),
+            *FAST,
+            "--target_dir",
+            "gdp1km",
+            "--log_target",
+            "--label_fraction",
+            "0.5",
+            "--finetune",
+            "--backbone_lr",
+            "1e-5",
+            "--seeds",
+            "0",
+            "1",
+            "--train_record",
+            "gdp.txt",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("4 training and 4 validation tiles; fine-tuning the whole encoder") == 2
     assert "mean ± std over 2 seeds (last): MAE" in r.stdout
@@ -174,8 +207,9 @@ def test_zscore_predictions_are_relu_of_mu_plus_sigma_h_in_original_units(setup)
         train_one_epoch(run, epoch, 1.0, False, torch.device("cpu"))
     with torch.no_grad():
         h = run.model.encoder.fc(run.val_feats).numpy()
-    np.testing.assert_allclose(evaluate(run, torch.device("cpu")), np.maximum(run.task.mu + run.task.sigma * h, 0),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        evaluate(run, torch.device("cpu")), np.maximum(run.task.mu + run.task.sigma * h, 0), rtol=1e-5
+    )
 
 
 def test_cached_training_features_equal_the_loader_path(setup):
@@ -194,8 +228,21 @@ def test_cached_training_features_equal_the_loader_path(setup):
 
 def test_random_init_encoder_seeded_by_the_run(setup, capsys):
     data, ckpt = setup
-    rand = ["--data_path", str(data), "--ckpt", "random", "--resnet", "resnet18", "--projection_dim", "16", *FAST,
-            "--plot", "none", "--augment", "false"]
+    rand = [
+        "--data_path",
+        str(data),
+        "--ckpt",
+        "random",
+        "--resnet",
+        "resnet18",
+        "--projection_dim",
+        "16",
+        *FAST,
+        "--plot",
+        "none",
+        "--augment",
+        "false",
+    ]
     a = res_pop.main(rand)["results"][0].pred
     assert "seed 0: random init (resnet18)" in capsys.readouterr().out
     assert np.array_equal(a, res_pop.main(rand)["results"][0].pred)
@@ -215,13 +262,21 @@ def test_random_init_encoder_seeded_by_the_run(setup, capsys):
 
 def test_baselines_print_the_comparison_with_the_std_ratio(setup, capsys):
     data, ckpt = setup
-    out = res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--baselines", "--augment", "false",
-                        "--plot", "none"])
+    out = res_pop.main(
+        ["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--baselines", "--augment", "false", "--plot", "none"]
+    )
     text = capsys.readouterr().out
     assert "(2) a randomly initialised resnet18" in text and "seed 0: random init (resnet18)" in text
-    table = text[text.index("comparison on the 4 validation tiles of pop1km"):]
-    for row in ("pretrained (wuhan_img_1.tar)", "random init", "mean predictor", "pretrained - random init",
-                "pretrained - mean predictor", "std ratio = std(predictions) / std(truth)", "On R2 (higher is better)"):
+    table = text[text.index("comparison on the 4 validation tiles of pop1km") :]
+    for row in (
+        "pretrained (wuhan_img_1.tar)",
+        "random init",
+        "mean predictor",
+        "pretrained - random init",
+        "pretrained - mean predictor",
+        "std ratio = std(predictions) / std(truth)",
+        "On R2 (higher is better)",
+    ):
         assert row in table
     y = np.array([float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8, 12)])
     pred, rand = out["results"][0].pred[:, 0], out["baselines"]["random init"][0].pred[:, 0]
@@ -266,8 +321,9 @@ def test_list_and_image_folder_fallbacks(tmp_path, capsys):
     (data / "img_backup").rename(data / "img")
     (data / "train-wuhan.txt").write_text("t000.png\n")
     assert downstream_layout(args).train_list == "train-wuhan.txt" and downstream_layout(args).img_dir == "img"
-    explicit = downstream_layout(res_pop.parse_args(["--data_path", str(data), "--train_list", "train.txt", "--img_dir",
-                                                     "sub_shanghai_img"]))
+    explicit = downstream_layout(
+        res_pop.parse_args(["--data_path", str(data), "--train_list", "train.txt", "--img_dir", "sub_shanghai_img"])
+    )
     assert (explicit.train_list, explicit.img_dir) == ("train.txt", "sub_shanghai_img")
     (data / "val.txt").unlink()
     with pytest.raises(UserError, match="neither val-wuhan.txt nor val.txt"):
@@ -289,8 +345,9 @@ def test_a_folder_with_a_projected_tile_index_gets_a_map_of_every_tile(setup, sc
     add_tile_index(data)
     (data / target / "t011.txt").unlink()  # an unlabelled tile still gets a prediction on the map
     (data / "val-wuhan.txt").write_text("t008.png\nt009.png\nt010.png\n")
-    script.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--train_record", f"{target}.txt",
-                 "--seeds", "0", "1"])
+    script.main(
+        ["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--train_record", f"{target}.txt", "--seeds", "0", "1"]
+    )
     frame = gpd.read_file(Path("train-records") / f"{target}_map.gpkg")
     assert frame.crs.to_epsg() == 32650 and len(frame) == 12
     assert list(frame["split"]) == ["train"] * 8 + ["val"] * 3 + [""]

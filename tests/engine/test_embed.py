@@ -29,15 +29,28 @@ def checkpoints(tmp_path, kind="gcn"):
     d.mkdir(exist_ok=True)
     torch.save(img.state_dict(), d / "wuhan_img_3.tar")
     torch.save(poi.state_dict(), d / "wuhan_poi_3.tar")
-    torch.save({"img": img.state_dict(), "poi": poi.state_dict(), "opt_img": {}, "opt_poi": {}, "epoch": 3, "args": {}},
-               d / "checkpoint_last.pt")
+    torch.save(
+        {"img": img.state_dict(), "poi": poi.state_dict(), "opt_img": {}, "opt_poi": {}, "epoch": 3, "args": {}},
+        d / "checkpoint_last.pt",
+    )
     return d, img.eval(), poi.eval()
 
 
 def test_export_matches_models_and_formats(tmp_path, tiny_data):
     d, img, poi = checkpoints(tmp_path)
-    out = embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "e"),
-                      "--projected", "--poi", *ARGS])
+    out = embed.main(
+        [
+            "--ckpt",
+            str(d / "wuhan_img_3.tar"),
+            "--data_path",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "e"),
+            "--projected",
+            "--poi",
+            *ARGS,
+        ]
+    )
     names = (tmp_path / "e" / "names.txt").read_text().split()
     assert names == [f"t{i:03d}.png" for i in range(12)]  # downstream layout img/ found first
     b = np.load(tmp_path / "e" / "backbone.npy")
@@ -66,10 +79,34 @@ def test_export_matches_models_and_formats(tmp_path, tiny_data):
 
 def test_resumable_checkpoint_and_pretraining_layout(tmp_path, tiny_data):
     d, _, _ = checkpoints(tmp_path, kind="set2set")
-    embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "a"),
-                "--poi", *ARGS])
-    embed.main(["--ckpt", str(d / "checkpoint_last.pt"), "--data_path", str(tiny_data), "--img_dir", "sub_shanghai_img",
-                "--out", str(tmp_path / "b"), "--poi", "--lists", "val-wuhan.txt", *ARGS])
+    embed.main(
+        [
+            "--ckpt",
+            str(d / "wuhan_img_3.tar"),
+            "--data_path",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "a"),
+            "--poi",
+            *ARGS,
+        ]
+    )
+    embed.main(
+        [
+            "--ckpt",
+            str(d / "checkpoint_last.pt"),
+            "--data_path",
+            str(tiny_data),
+            "--img_dir",
+            "sub_shanghai_img",
+            "--out",
+            str(tmp_path / "b"),
+            "--poi",
+            "--lists",
+            "val-wuhan.txt",
+            *ARGS,
+        ]
+    )
     a, b = np.load(tmp_path / "a" / "poi.npy"), np.load(tmp_path / "b" / "poi.npy")
     assert b.shape == (4, 16) and np.allclose(a[8:], b, atol=1e-6)  # the val list is t008..t011
     assert poi_checkpoint_for(d / "wuhan_img_3.tar") == d / "wuhan_poi_3.tar"
@@ -78,18 +115,46 @@ def test_resumable_checkpoint_and_pretraining_layout(tmp_path, tiny_data):
 
 def test_probe_cli_and_errors(tmp_path, tiny_data):
     d, _, _ = checkpoints(tmp_path)
-    r = run_script([str(ROOT / "embed.py"), "--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data),
-                    "--out", str(tmp_path / "e"), "--probe", "pop1km", "--knn", "3", *ARGS], cwd=tmp_path)
+    r = run_script(
+        [
+            str(ROOT / "embed.py"),
+            "--ckpt",
+            str(d / "wuhan_img_3.tar"),
+            "--data_path",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "e"),
+            "--probe",
+            "pop1km",
+            "--knn",
+            "3",
+            *ARGS,
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "probe   pop1km ridge (backbone): MAE" in r.stdout and "knn" in r.stdout
     probe = json.loads((tmp_path / "e" / "probe.json").read_text())
     assert {"MAE", "RMSE", "R2"} <= set(probe["pop1km"]["knn"])
     with pytest.raises(UserError, match="wuhan_poi_3.tar"):  # run_main turns it into "error: ..." and exit 2
-        embed.main(["--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"),
-                    *ARGS])
+        embed.main(
+            ["--ckpt", str(d / "wuhan_poi_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"), *ARGS]
+        )
     with pytest.raises(UserError, match="no MMGR POI encoder"):
-        embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "x"),
-                    "--poi", "--poi_ckpt", str(d / "wuhan_img_3.tar"), *ARGS])
+        embed.main(
+            [
+                "--ckpt",
+                str(d / "wuhan_img_3.tar"),
+                "--data_path",
+                str(tiny_data),
+                "--out",
+                str(tmp_path / "x"),
+                "--poi",
+                "--poi_ckpt",
+                str(d / "wuhan_img_3.tar"),
+                *ARGS,
+            ]
+        )
 
 
 def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):
@@ -97,8 +162,23 @@ def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):
     d, _, _ = checkpoints(tmp_path)
     for split in ("train", "val"):
         (tiny_data / f"{split}-wuhan.txt").rename(tiny_data / f"{split}.txt")
-    out = embed.main(["--ckpt", str(d / "wuhan_img_3.tar"), "--data_path", str(tiny_data), "--out", str(tmp_path / "e"),
-                      "--probe", "pop1km", "--knn", "3", "--cv", "3", *ARGS])
+    out = embed.main(
+        [
+            "--ckpt",
+            str(d / "wuhan_img_3.tar"),
+            "--data_path",
+            str(tiny_data),
+            "--out",
+            str(tmp_path / "e"),
+            "--probe",
+            "pop1km",
+            "--knn",
+            "3",
+            "--cv",
+            "3",
+            *ARGS,
+        ]
+    )
     text = capsys.readouterr().out
     assert "probe   pop1km ridge (backbone, 3-fold CV): MAE" in text and "random folds (no tile index" in text
     cv = json.loads((tmp_path / "e" / "probe.json").read_text())["pop1km"]["cv"]
@@ -109,8 +189,22 @@ def test_embedding_map_with_a_projected_tile_index(tmp_path, tiny_data, monkeypa
     add_tile_index(tiny_data)
     torch.manual_seed(0)
     torch.save(ImageEncoder("resnet18", 16).state_dict(), tmp_path / "ck.tar")
-    embed.main(["--data_path", str(tiny_data), "--ckpt", str(tmp_path / "ck.tar"), "--out", str(tmp_path / "e"),
-                "--clusters", "3", "--workers", "0", "--device", "cpu"])
+    embed.main(
+        [
+            "--data_path",
+            str(tiny_data),
+            "--ckpt",
+            str(tmp_path / "ck.tar"),
+            "--out",
+            str(tmp_path / "e"),
+            "--clusters",
+            "3",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ]
+    )
     frame = gpd.read_parquet(tmp_path / "e" / "embeddings_map.parquet")
     assert frame.crs.to_epsg() == 32650 and len(frame) == 12 and frame["cluster"].nunique() == 3
     back = np.load(tmp_path / "e" / "backbone.npy")

@@ -16,8 +16,28 @@ from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.signals import StopOnSignal
 
-TINY = ["--resnet", "resnet18", "--img_size", "16", "--batch_size", "4", "--projection_dim", "8", "--workers", "0",
-        "--lr", "1e-3", "--total_epoch", "2", "--device", "cpu", "--channels_last", "false", "--train_record", "rec.txt"]
+TINY = [
+    "--resnet",
+    "resnet18",
+    "--img_size",
+    "16",
+    "--batch_size",
+    "4",
+    "--projection_dim",
+    "8",
+    "--workers",
+    "0",
+    "--lr",
+    "1e-3",
+    "--total_epoch",
+    "2",
+    "--device",
+    "cpu",
+    "--channels_last",
+    "false",
+    "--train_record",
+    "rec.txt",
+]
 
 
 @pytest.fixture
@@ -34,8 +54,10 @@ def trainer(work: Path, run: str, *extra: str) -> Pretrainer:
 
 
 def weights(t: Pretrainer) -> dict[str, torch.Tensor]:
-    return {**{f"img.{k}": v for k, v in t.img_model.state_dict().items()},
-            **{f"poi.{k}": v for k, v in t.poi_model.state_dict().items()}}
+    return {
+        **{f"img.{k}": v for k, v in t.img_model.state_dict().items()},
+        **{f"poi.{k}": v for k, v in t.poi_model.state_dict().items()},
+    }
 
 
 def test_train_one_epoch_in_process(work):
@@ -43,7 +65,9 @@ def test_train_one_epoch_in_process(work):
     before = {k: v.clone() for k, v in weights(t).items()}
     entry = t.train_one_epoch()
     assert t.epoch == 0 and t.step == t.steps_per_epoch == 2 and t.global_step == 2
-    assert entry["epoch"] == 1 and all(torch.isfinite(torch.tensor(entry[k])) for k in ("loss", "loss_inter", "loss_intra"))
+    assert entry["epoch"] == 1 and all(
+        torch.isfinite(torch.tensor(entry[k])) for k in ("loss", "loss_inter", "loss_intra")
+    )
     assert entry["loss"] == pytest.approx(0.5 * entry["loss_inter"] + 0.5 * entry["loss_intra"])
     lines = (work / "train-records" / "rec.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["Step [1/2]", "Step [2/2]"]

@@ -45,6 +45,7 @@ def test_ridge_matches_normal_equations_and_loo():
             w = np.linalg.solve(ac.T @ ac + al * np.eye(a.shape[1]), ac.T @ (y[keep] - y[keep].mean(0)))
             errs.append(((a[i] - a[keep].mean(0)) @ w + y[keep].mean(0) - y[i]) ** 2)
         return np.mean(errs)
+
     assert alpha == alphas[np.argmin([loo(al) for al in alphas])]
     w, ym = fit(a, y, alpha)
     np.testing.assert_allclose(pred, b @ w + ym, rtol=1e-8, atol=1e-8)

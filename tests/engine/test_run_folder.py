@@ -34,9 +34,11 @@ def put(folder: Path, *names: str) -> None:
 def temp_names(folder: Path) -> list[str]:
     """Temporary files exactly as utils/fileio.py's writers name them."""
     folder.mkdir(parents=True, exist_ok=True)
-    made = [tempfile.mkstemp(prefix=".checkpoint_last.pt.", suffix=".tmp", dir=folder),
-            tempfile.mkstemp(prefix=".wuhan_img_3.", suffix=".tmp.tar", dir=folder),
-            tempfile.mkstemp(prefix=".train_log.jsonl.", suffix=".tmp", dir=folder)]
+    made = [
+        tempfile.mkstemp(prefix=".checkpoint_last.pt.", suffix=".tmp", dir=folder),
+        tempfile.mkstemp(prefix=".wuhan_img_3.", suffix=".tmp.tar", dir=folder),
+        tempfile.mkstemp(prefix=".train_log.jsonl.", suffix=".tmp", dir=folder),
+    ]
     for fd, _ in made:
         os.close(fd)
     return sorted(Path(p).name for _, p in made)
@@ -48,25 +50,43 @@ def listing(folder: Path) -> list[str]:
 
 def test_contents_by_kind_and_only_the_tools_files(tmp_path):
     m = tmp_path / "m"
-    put(m, RESUME_NAME, "wuhan_img_1.tar", "wuhan_poi_1.tar", "other_img_12.tar", "args.json", "train_log.jsonl",
-        "scan_cache.json", ".mmgr.lock", "notes.txt", "wuhan_img_x.tar", ".notes.txt.abcdefgh.tmp")
+    put(
+        m,
+        RESUME_NAME,
+        "wuhan_img_1.tar",
+        "wuhan_poi_1.tar",
+        "other_img_12.tar",
+        "args.json",
+        "train_log.jsonl",
+        "scan_cache.json",
+        ".mmgr.lock",
+        "notes.txt",
+        "wuhan_img_x.tar",
+        ".notes.txt.abcdefgh.tmp",
+    )
     (m / "wuhan_img_2.tar").mkdir()  # a subfolder is never the tool's
     tmps = temp_names(m)
     held = RunFolder(m).holds_run()
     assert held and held.kinds == ["resumable checkpoint", "epoch files", "logs"]
     assert [p.name for p in held.epoch_files] == ["other_img_12.tar", "wuhan_img_1.tar", "wuhan_poi_1.tar"]
     assert sorted(p.name for p in held.temp) == tmps
-    assert held.describe() == ("a resumable checkpoint (checkpoint_last.pt), 3 epoch files (up to epoch 12), "
-                               "logs (args.json, train_log.jsonl)")
+    assert held.describe() == (
+        "a resumable checkpoint (checkpoint_last.pt), 3 epoch files (up to epoch 12), logs (args.json, train_log.jsonl)"
+    )
     assert not RunFolder(tmp_path / "none").holds_run()
     put(tmp_path / "cache_only", "scan_cache.json", ".mmgr.lock", MANIFEST_NAME)
     assert not RunFolder(tmp_path / "cache_only").holds_run()  # a --check_data, or a claim that never trained
 
 
-@pytest.mark.parametrize("names,kind", [([RESUME_NAME], "a resumable checkpoint (checkpoint_last.pt)"),
-                                        (["wuhan_img_3.tar", "wuhan_poi_3.tar"], "2 epoch files (up to epoch 3)"),
-                                        (["train_log.jsonl"], "logs (train_log.jsonl)"),
-                                        (["args.json"], "logs (args.json)")])
+@pytest.mark.parametrize(
+    "names,kind",
+    [
+        ([RESUME_NAME], "a resumable checkpoint (checkpoint_last.pt)"),
+        (["wuhan_img_3.tar", "wuhan_poi_3.tar"], "2 epoch files (up to epoch 3)"),
+        (["train_log.jsonl"], "logs (train_log.jsonl)"),
+        (["args.json"], "logs (args.json)"),
+    ],
+)
 def test_fresh_start_refused_on_each_kind_of_earlier_run(tmp_path, names, kind):
     m = tmp_path / "m"
     put(m, *names)
@@ -101,8 +121,19 @@ def test_fresh_claim_writes_a_run_id_and_holds_the_folder_and_the_record(tmp_pat
 
 def test_overwrite_removes_only_the_tools_files_and_empties_the_record_first(tmp_path, capsys):
     m, rec = tmp_path / "m", tmp_path / "train-records" / "rec.txt"
-    put(m, RESUME_NAME, "wuhan_img_1.tar", "wuhan_poi_1.tar", "r18_img_3.tar", "args.json", "train_log.jsonl",
-        MANIFEST_NAME, "scan_cache.json", "notes.txt", "wuhan_img_x.tar")
+    put(
+        m,
+        RESUME_NAME,
+        "wuhan_img_1.tar",
+        "wuhan_poi_1.tar",
+        "r18_img_3.tar",
+        "args.json",
+        "train_log.jsonl",
+        MANIFEST_NAME,
+        "scan_cache.json",
+        "notes.txt",
+        "wuhan_img_x.tar",
+    )
     (m / "sub").mkdir()
     (m / "sub" / "wuhan_img_9.tar").write_bytes(b"kept")
     (m / "wuhan_img_7.tar").mkdir()
@@ -111,8 +142,15 @@ def test_overwrite_removes_only_the_tools_files_and_empties_the_record_first(tmp
     with RunFolder(m, record=rec) as folder:
         claimed = folder.claim("overwrite")
         assert claimed.start == "fresh" and len(claimed.removed) == 10
-        assert listing(m) == [".mmgr.lock", MANIFEST_NAME, "notes.txt", "scan_cache.json", "sub", "wuhan_img_7.tar",
-                              "wuhan_img_x.tar"]
+        assert listing(m) == [
+            ".mmgr.lock",
+            MANIFEST_NAME,
+            "notes.txt",
+            "scan_cache.json",
+            "sub",
+            "wuhan_img_7.tar",
+            "wuhan_img_x.tar",
+        ]
         assert (m / "sub" / "wuhan_img_9.tar").read_bytes() == b"kept" and rec.read_bytes() == b""
         assert json.loads((m / MANIFEST_NAME).read_text())["epoch_files"] == {}
     assert capsys.readouterr().out.startswith(f"overwrite: removed 10 file(s) of the replaced run from {m} (")
@@ -120,8 +158,11 @@ def test_overwrite_removes_only_the_tools_files_and_empties_the_record_first(tmp
 
 def test_resume_and_auto(tmp_path, capsys):
     gone = tmp_path / "gone"
-    with pytest.raises(UserError, match=rf"^{gone / RESUME_NAME} does not exist, so there is no run to resume in {gone}; "
-                                        r"start without --resume \(or use --resume auto\)$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^{gone / RESUME_NAME} does not exist, so there is no run to resume in {gone}; "
+        r"start without --resume \(or use --resume auto\)$",
+    ):
         RunFolder(gone).claim("resume")
     assert not gone.exists()  # not created by a refused resume
     assert RunFolder(gone).claim("auto").start == "fresh"
@@ -130,8 +171,11 @@ def test_resume_and_auto(tmp_path, capsys):
     put(m, "wuhan_img_2.tar")
     with pytest.raises(UserError, match=r"it holds 1 epoch file \(up to epoch 2\); start without --resume"):
         RunFolder(m).claim("resume")
-    with pytest.raises(UserError, match=r"holds 1 epoch file \(up to epoch 2\) but no checkpoint_last.pt to resume; "
-                                        "pass another --model_path, or --overwrite to replace that run$"):
+    with pytest.raises(
+        UserError,
+        match=r"holds 1 epoch file \(up to epoch 2\) but no checkpoint_last.pt to resume; "
+        "pass another --model_path, or --overwrite to replace that run$",
+    ):
         RunFolder(m).claim("auto")
 
     with RunFolder(m) as f:
@@ -139,7 +183,11 @@ def test_resume_and_auto(tmp_path, capsys):
     put(m, "args.json", "train_log.jsonl")  # a start killed before its first checkpoint
     with RunFolder(m) as f:
         claimed = f.claim("auto")
-    assert claimed.start == "fresh" and {p.name for p in claimed.removed} == {"args.json", "train_log.jsonl", MANIFEST_NAME}
+    assert claimed.start == "fresh" and {p.name for p in claimed.removed} == {
+        "args.json",
+        "train_log.jsonl",
+        MANIFEST_NAME,
+    }
     assert claimed.run_id != first and "start that never reached a checkpoint" in capsys.readouterr().out
     put(m, RESUME_NAME)
     for mode in ("resume", "auto"):
@@ -182,9 +230,12 @@ def test_check_space_counts_what_the_folder_holds_and_names_the_flag(tmp_path, m
     folder = RunFolder(m, record=tmp_path / "train-records" / "rec.txt")
     need = est.folder - 5010 + est.record
     monkeypatch.setattr(ds, "free_bytes", lambda p: need - 1)
-    with pytest.raises(StorageError, match=r"^this run \(3 epoch pair\(s\) of .* two resumable checkpoints of .*, logs, "
-                                           r"per-step record\) needs about .* free there; free at least 1 bytes or pass "
-                                           r"another --model_path$"):
+    with pytest.raises(
+        StorageError,
+        match=r"^this run \(3 epoch pair\(s\) of .* two resumable checkpoints of .*, logs, "
+        r"per-step record\) needs about .* free there; free at least 1 bytes or pass "
+        r"another --model_path$",
+    ):
         folder.check_space(est)
     monkeypatch.setattr(ds, "free_bytes", lambda p: need)
     folder.check_space(est)
@@ -210,11 +261,16 @@ def test_consistent_image_checkpoint_with_run_ids(tmp_path, capsys):
     torch.save({"w": torch.zeros(3)}, m / "wuhan_img_5.tar")  # copied in from another run: not listed
     torch.save({"w": torch.ones(20)}, m / "wuhan_img_2.tar")  # replaced by hand: its size changed
     assert consistent_image_checkpoint(m) == m / "wuhan_img_1.tar"
-    assert capsys.readouterr().err == (f"note: using wuhan_img_1.tar; ignoring wuhan_img_2.tar, wuhan_img_5.tar in {m}: "
-                                       f"not listed as run {run_id}'s in {MANIFEST_NAME}\n")
+    assert capsys.readouterr().err == (
+        f"note: using wuhan_img_1.tar; ignoring wuhan_img_2.tar, wuhan_img_5.tar in {m}: "
+        f"not listed as run {run_id}'s in {MANIFEST_NAME}\n"
+    )
     (m / "wuhan_img_1.tar").unlink()
-    with pytest.raises(UserError, match=rf"^{m} holds no image checkpoint of its run {run_id} \(the \*_img_\*.tar files "
-                                        r"there, wuhan_img_2.tar, wuhan_img_5.tar, are not listed"):
+    with pytest.raises(
+        UserError,
+        match=rf"^{m} holds no image checkpoint of its run {run_id} \(the \*_img_\*.tar files "
+        r"there, wuhan_img_2.tar, wuhan_img_5.tar, are not listed",
+    ):
         consistent_image_checkpoint(m)
     (m / "args.json").write_text(json.dumps({"run_id": "0" * 16}))
     with pytest.raises(UserError, match="the folder mixes two runs; pass --ckpt"):
@@ -226,14 +282,19 @@ def test_consistent_image_checkpoint_in_folders_from_before_run_ids(tmp_path, ca
     m = tmp_path / "m"
     put(m, "wuhan_img_3.tar", "other_img_9.tar")
     torch.save(image_state(), m / "wuhan_img_1.tar")
-    (m / "args.json").write_text(json.dumps({"resnet": "resnet18", "projection_dim": 8, "ckpt_prefix": "wuhan",
-                                             "total_epoch": 1}))
+    (m / "args.json").write_text(
+        json.dumps({"resnet": "resnet18", "projection_dim": 8, "ckpt_prefix": "wuhan", "total_epoch": 1})
+    )
     assert consistent_image_checkpoint(m) == m / "wuhan_img_1.tar"
     assert "ignoring wuhan_img_3.tar, other_img_9.tar" in capsys.readouterr().err
-    (m / "args.json").write_text(json.dumps({"resnet": "resnet34", "projection_dim": 8, "ckpt_prefix": "wuhan",
-                                             "total_epoch": 1}))
-    with pytest.raises(UserError, match=r"wuhan_img_1.tar holds resnet18 weights with projection 8 but .*args.json "
-                                        r"describes a resnet34 run .*mixes files of two runs; pass --ckpt"):
+    (m / "args.json").write_text(
+        json.dumps({"resnet": "resnet34", "projection_dim": 8, "ckpt_prefix": "wuhan", "total_epoch": 1})
+    )
+    with pytest.raises(
+        UserError,
+        match=r"wuhan_img_1.tar holds resnet18 weights with projection 8 but .*args.json "
+        r"describes a resnet34 run .*mixes files of two runs; pass --ckpt",
+    ):
         consistent_image_checkpoint(m)
     (m / "args.json").unlink()  # published checkpoints, no logs: the newest epoch, as before
     assert consistent_image_checkpoint(m) == m / "other_img_9.tar"
@@ -256,8 +317,11 @@ def test_overwrite_that_cannot_remove_a_file_says_so_and_lets_go(tmp_path, monke
         return real(self, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", refuse)
-    with pytest.raises(UserError, match=rf"^cannot remove {m / RESUME_NAME} \(Permission denied\) to replace the "
-                                        "earlier run; remove it by hand or pass another --model_path$"):
+    with pytest.raises(
+        UserError,
+        match=rf"^cannot remove {m / RESUME_NAME} \(Permission denied\) to replace the "
+        "earlier run; remove it by hand or pass another --model_path$",
+    ):
         RunFolder(m).claim("overwrite")
     with RunFolder(m).lock as lock:  # the refused claim let go of the lock
         assert lock.held

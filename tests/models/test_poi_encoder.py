@@ -12,7 +12,14 @@ def graphs(sizes, dim=8, seed=0):
     out = []
     for n in sizes:
         ei = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n]) if n > 1 else torch.zeros(2, 0, dtype=torch.long)
-        out.append(Data(x=torch.randn(n, dim, generator=g), edge_index=ei, edge_weight=torch.rand(ei.shape[1], generator=g), num_nodes=n))
+        out.append(
+            Data(
+                x=torch.randn(n, dim, generator=g),
+                edge_index=ei,
+                edge_weight=torch.rand(ei.shape[1], generator=g),
+                num_nodes=n,
+            )
+        )
     return out
 
 
@@ -23,8 +30,16 @@ def encode(model, data_list):
 
 def test_published_keys():
     keys = set(Set2SetPOIEncoder(64, 128).state_dict())
-    assert keys == {"set2set.lstm.weight_ih_l0", "set2set.lstm.weight_hh_l0", "set2set.lstm.bias_ih_l0",
-                    "set2set.lstm.bias_hh_l0", "linear1.weight", "linear1.bias", "projector.1.weight", "projector.1.bias"}
+    assert keys == {
+        "set2set.lstm.weight_ih_l0",
+        "set2set.lstm.weight_hh_l0",
+        "set2set.lstm.bias_ih_l0",
+        "set2set.lstm.bias_hh_l0",
+        "linear1.weight",
+        "linear1.bias",
+        "projector.1.weight",
+        "projector.1.bias",
+    }
     m = Set2SetPOIEncoder(64, 128)
     assert (m.linear1.in_features, m.linear1.out_features, m.projector[1].out_features) == (128, 256, 128)
     assert m.set2set.processing_steps == 5

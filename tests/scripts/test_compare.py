@@ -12,17 +12,30 @@ from benchmarks import compare
 from tests.conftest import ROOT
 from utils.errors import UserError
 
-ROWS = ("mean predictor (lower bound)", "random init (lower bound)", "image only (λ=1)", "image–POI only (λ=0)",
-        "MMGR (λ=0.5)", "supervised end to end (upper bound)")
+ROWS = (
+    "mean predictor (lower bound)",
+    "random init (lower bound)",
+    "image only (λ=1)",
+    "image–POI only (λ=0)",
+    "MMGR (λ=0.5)",
+    "supervised end to end (upper bound)",
+)
 
 
 def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
     """The GPU script's whole flow (city, pack, device augmentation, bound, 3 variants x 2 seeds, probes,
     paired tests), tiny, on CPU."""
-    env = dict(os.environ, GPU_COMPARE_TINY="1", OUT=str(tmp_path / "out"), GPU_COMPARE_WORK=str(tmp_path / "work"),
-               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_compare.sh")], env=env, capture_output=True, text=True,
-                       timeout=300)
+    env = dict(
+        os.environ,
+        GPU_COMPARE_TINY="1",
+        OUT=str(tmp_path / "out"),
+        GPU_COMPARE_WORK=str(tmp_path / "work"),
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_compare.sh")], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "--pack 1" in md and "--augment gpu" in md and "synthetic city version 2" in md
@@ -55,9 +68,34 @@ def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
 def test_compare_on_user_data_reuses_finished_runs(tmp_path, tiny_data, capsys):
     """Your own data in the published layouts, in this process (--jobs 0); a second run reuses the
     pretraining checkpoints and the cached supervised runs and gives the same numbers."""
-    argv = ["--data_path", str(tiny_data), "--out", str(tmp_path / "o"), "--targets", "pop1km", "--variants", "mean",
-            "random", "mmgr", "poi_encoder", "poi_counts", "supervised", "--epochs", "1", "--batch_size", "4",
-            "--img_size", "16", "--seeds", "0", "1", "--knn", "3", "--jobs", "0"]
+    argv = [
+        "--data_path",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "o"),
+        "--targets",
+        "pop1km",
+        "--variants",
+        "mean",
+        "random",
+        "mmgr",
+        "poi_encoder",
+        "poi_counts",
+        "supervised",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "4",
+        "--img_size",
+        "16",
+        "--seeds",
+        "0",
+        "1",
+        "--knn",
+        "3",
+        "--jobs",
+        "0",
+    ]
     first = compare.main(argv)
     out = capsys.readouterr().out
     assert out.count("pretrained mmgr seed") == 2 and out.count("supervised pop1km seed") == 2
@@ -75,14 +113,22 @@ def test_compare_on_user_data_reuses_finished_runs(tmp_path, tiny_data, capsys):
 
 def _results(values: dict[str, list[float]], target: str = "pop1km", metric: str = "R2") -> dict:
     proto = {"mean": "mean", "supervised": "end_to_end"}
-    return {v: {str(s): {f"{target}/{proto.get(v, 'ridge')}/{metric}": x} for s, x in enumerate(xs)}
-            for v, xs in values.items()}
+    return {
+        v: {str(s): {f"{target}/{proto.get(v, 'ridge')}/{metric}": x} for s, x in enumerate(xs)}
+        for v, xs in values.items()
+    }
 
 
 def test_gap_closed_and_paired_verdicts():
-    res = _results({"random": [0.2, 0.3, 0.25, 0.22, 0.28], "supervised": [0.8, 0.8, 0.8, 0.8, 0.8],
-                    "simclr": [0.40, 0.52, 0.44, 0.41, 0.50], "img_poi": [0.5, 0.3, 0.6, 0.2, 0.4],
-                    "mmgr": [0.45, 0.55, 0.50, 0.45, 0.55]})
+    res = _results(
+        {
+            "random": [0.2, 0.3, 0.25, 0.22, 0.28],
+            "supervised": [0.8, 0.8, 0.8, 0.8, 0.8],
+            "simclr": [0.40, 0.52, 0.44, 0.41, 0.50],
+            "img_poi": [0.5, 0.3, 0.6, 0.2, 0.4],
+            "mmgr": [0.45, 0.55, 0.50, 0.45, 0.55],
+        }
+    )
     summary = compare.summarise(res, ["pop1km"], list(compare.VARIANTS))
     assert summary["mmgr"]["pop1km"]["mean"] == pytest.approx(0.5)
     assert summary["mmgr"]["pop1km"]["gap_closed"] == pytest.approx((0.5 - 0.25) / (0.8 - 0.25))

@@ -31,21 +31,46 @@ def city(tmp_path_factory):
     xy = rng.uniform([X0, Y1 - 640], [X0 + 1280, Y1], size=(300, 2))
     lon, lat = Transformer.from_crs("EPSG:32651", "EPSG:4326", always_xy=True).transform(xy[:, 0], xy[:, 1])
     cat = rng.integers(0, 6, 300)
-    gpd.GeoDataFrame({"category": [f"c{c}" for c in cat], "parent": [f"p{c // 3}" for c in cat]},
-                     geometry=shapely.points(np.stack([lon, lat], 1)), crs="EPSG:4326").to_file(root / "pois.gpkg")
+    gpd.GeoDataFrame(
+        {"category": [f"c{c}" for c in cat], "parent": [f"p{c // 3}" for c in cat]},
+        geometry=shapely.points(np.stack([lon, lat], 1)),
+        crs="EPSG:4326",
+    ).to_file(root / "pois.gpkg")
     # census: 4 x 4 polygons of 320 m covering the mosaic, in Web Mercator
-    cells = [shapely.box(X0 + 320 * i, Y1 - 160 * (j + 1), X0 + 320 * (i + 1), Y1 - 160 * j)
-             for i in range(4) for j in range(4)]
+    cells = [
+        shapely.box(X0 + 320 * i, Y1 - 160 * (j + 1), X0 + 320 * (i + 1), Y1 - 160 * j)
+        for i in range(4)
+        for j in range(4)
+    ]
     census = gpd.GeoDataFrame({"POP": (np.arange(16) + 1) * 100.0}, geometry=cells, crs="EPSG:32651")
     census.to_crs("EPSG:3857").to_file(root / "census.gpkg")
     return root
 
 
 def prepare_args(city, out, *extra):
-    return ["--mosaic", str(city / "mosaic.tif"), "--tile_size_m", str(TILE), "--tile_px", "32",
-            "--pois", str(city / "pois.gpkg"), "--parent_col", "parent", "--embed_dim", "16",
-            "--target", f"pop1km={city / 'census.gpkg'}:POP", "--block_tiles", "2", "--val_fraction", "0.25",
-            "--out", str(out), *extra]
+    return [
+        "--mosaic",
+        str(city / "mosaic.tif"),
+        "--tile_size_m",
+        str(TILE),
+        "--tile_px",
+        "32",
+        "--pois",
+        str(city / "pois.gpkg"),
+        "--parent_col",
+        "parent",
+        "--embed_dim",
+        "16",
+        "--target",
+        f"pop1km={city / 'census.gpkg'}:POP",
+        "--block_tiles",
+        "2",
+        "--val_fraction",
+        "0.25",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_mosaic_pois_census_to_training(city, tmp_path):
@@ -72,9 +97,30 @@ def test_mosaic_pois_census_to_training(city, tmp_path):
     assert np.allclose(idx.bounds[0], [X0, Y1 - TILE, X0 + TILE, Y1])
     assert json.loads((out / "prepare_summary.json").read_text())["targets"]["pop1km"]["tiles_with_value"] == 32
 
-    r = run_script(["mmgr.py", "--data_path", str(out), "--total_epoch", "1", "--batch_size", "8", "--resnet",
-                    "resnet18", "--img_size", "32", "--model_path", str(tmp_path / "ckpt"), "--train_record",
-                    str(tmp_path / "rec"), "--device", "cpu", "--workers", "0"], cwd=ROOT)
+    r = run_script(
+        [
+            "mmgr.py",
+            "--data_path",
+            str(out),
+            "--total_epoch",
+            "1",
+            "--batch_size",
+            "8",
+            "--resnet",
+            "resnet18",
+            "--img_size",
+            "32",
+            "--model_path",
+            str(tmp_path / "ckpt"),
+            "--train_record",
+            str(tmp_path / "rec"),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ],
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "ckpt" / "wuhan_img_1.tar").is_file()
 
@@ -92,16 +138,27 @@ def test_bad_input_writes_nothing(city, tmp_path):
     before = sorted(os.listdir(out / "sub_shanghai_img"))
     far = gpd.GeoDataFrame({"POP": [1.0]}, geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:4326")
     far.to_file(tmp_path / "far.gpkg")
-    with pytest.raises(UserError, match=r"far\.gpkg does not overlap the tiles: its extent is .* the tiles' is "
-                                        r"\(400000, 3459360, 401280, 3460000\) \(both in EPSG:32651\)"):
+    with pytest.raises(
+        UserError,
+        match=r"far\.gpkg does not overlap the tiles: its extent is .* the tiles' is "
+        r"\(400000, 3459360, 401280, 3460000\) \(both in EPSG:32651\)",
+    ):
         main(prepare_args(city, out, "--overwrite", "--target", f"gdp={tmp_path / 'far.gpkg'}:POP"))
     # the earlier preparation is untouched
     assert sorted(os.listdir(out / "sub_shanghai_img")) == before and (out / "prepare_summary.json").is_file()
     # from the command line: exit 2, one line, no traceback (a lon/lat mosaic with --tile_size_m)
     write_raster(tmp_path / "ll.tif", np.zeros((3, 8, 8), np.uint8), "EPSG:4326", (121.4, 31.2), 0.001)
-    r = run_script([os.path.join(ROOT, "prepare_pois.py"), "--mosaic", str(tmp_path / "ll.tif"), "--tile_size_m",
-                    "100", "--out", str(tmp_path / "new")], cwd=tmp_path)
+    r = run_script(
+        [
+            os.path.join(ROOT, "prepare_pois.py"),
+            "--mosaic",
+            str(tmp_path / "ll.tif"),
+            "--tile_size_m",
+            "100",
+            "--out",
+            str(tmp_path / "new"),
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "EPSG:32651" in r.stderr and not (tmp_path / "new").exists()
-
-

@@ -17,8 +17,26 @@ from utils.errors import UserError
 from utils.fileio import load_file
 from utils.signals import StopOnSignal
 
-TINY = ["--batch_size", "4", "--resnet", "resnet18", "--img_size", "24", "--device", "cpu", "--workers", "0",
-        "--projection_dim", "16", "--lr", "1e-3", "--total_epoch", "1", "--train_record", "rec.txt"]
+TINY = [
+    "--batch_size",
+    "4",
+    "--resnet",
+    "resnet18",
+    "--img_size",
+    "24",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--projection_dim",
+    "16",
+    "--lr",
+    "1e-3",
+    "--total_epoch",
+    "1",
+    "--train_record",
+    "rec.txt",
+]
 
 
 class Payload:
@@ -165,7 +183,9 @@ def test_log_has_collapse_figures_each_epoch(work):
     train(data, work / "m", "--total_epoch", "2")
     log = [json.loads(line) for line in (work / "m" / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2]
-    assert all(e["emb_std"] > 0 and e["loss_uniform"] == pytest.approx(torch.log(torch.tensor(7.0)).item()) for e in log)
+    assert all(
+        e["emb_std"] > 0 and e["loss_uniform"] == pytest.approx(torch.log(torch.tensor(7.0)).item()) for e in log
+    )
 
 
 def test_stop_on_signal_records_then_restores():

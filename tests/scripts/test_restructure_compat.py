@@ -17,9 +17,29 @@ import torch
 from tests.conftest import ROOT, make_layout, run_script
 
 BEFORE = "8f882b6"  # main just before the restructuring
-FLAGS = ["--resnet", "resnet18", "--img_size", "16", "--batch_size", "4", "--projection_dim", "8", "--workers", "0",
-         "--lr", "1e-3", "--total_epoch", "2", "--device", "cpu", "--save_every_steps", "1", "--deterministic",
-         "--channels_last", "false"]  # the earlier default on CPU (now on where AVX-512 makes it faster)
+FLAGS = [
+    "--resnet",
+    "resnet18",
+    "--img_size",
+    "16",
+    "--batch_size",
+    "4",
+    "--projection_dim",
+    "8",
+    "--workers",
+    "0",
+    "--lr",
+    "1e-3",
+    "--total_epoch",
+    "2",
+    "--device",
+    "cpu",
+    "--save_every_steps",
+    "1",
+    "--deterministic",
+    "--channels_last",
+    "false",
+]  # the earlier default on CPU (now on where AVX-512 makes it faster)
 # Runs the earlier mmgr.py and dies (as a SIGKILL would) right after its first mid-epoch checkpoint.
 DIE_AFTER_MID_EPOCH_SAVE = """
 import os, sys
@@ -39,9 +59,13 @@ mmgr.main(sys.argv[2:])
 
 def earlier_tree(dest: Path) -> Path:
     """The repository at BEFORE, extracted from git into ``dest``."""
-    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{BEFORE}^{{commit}}"], capture_output=True).returncode:
+    if subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{BEFORE}^{{commit}}"], capture_output=True
+    ).returncode:
         pytest.skip(f"commit {BEFORE} is not in this clone's history (a shallow clone); fetch it to run this check")
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", BEFORE], capture_output=True, check=True).stdout
+    blob = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", BEFORE], capture_output=True, check=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(dest, filter="data")
     return dest
@@ -70,7 +94,16 @@ def test_earlier_code_and_its_mid_epoch_checkpoint_agree_with_the_current_code(t
     data = make_layout(tmp_path / "d", n_tiles=8, size=16)
 
     def args(model: str, record: str, *extra: str) -> list[str]:
-        return ["--data_path", str(data), "--model_path", str(tmp_path / model), "--train_record", record, *FLAGS, *extra]
+        return [
+            "--data_path",
+            str(data),
+            "--model_path",
+            str(tmp_path / model),
+            "--train_record",
+            record,
+            *FLAGS,
+            *extra,
+        ]
 
     assert run_earlier(tree, tmp_path, args("m_before", "before.txt")).returncode == 0
     now = run_script([str(ROOT / "mmgr.py"), *args("m_now", "now.txt")], cwd=tmp_path)
@@ -86,4 +119,6 @@ def test_earlier_code_and_its_mid_epoch_checkpoint_agree_with_the_current_code(t
     assert "resumed from" in resumed.stdout and "epoch 1, step 1" in resumed.stdout
     assert_same(final_weights(tmp_path / "m_now"), final_weights(tmp_path / "m_mixed"))
     records = tmp_path / "train-records"
-    assert (records / "mixed.txt").read_text() == (records / "now.txt").read_text() == (records / "before.txt").read_text()
+    assert (
+        (records / "mixed.txt").read_text() == (records / "now.txt").read_text() == (records / "before.txt").read_text()
+    )

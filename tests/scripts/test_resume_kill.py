@@ -19,14 +19,41 @@ from tests.conftest import ROOT, make_layout, run_script
 
 STEPS_PER_EPOCH = 4  # 16 tiles / batch 4
 EPOCHS = 2
-CONFIG = ["--batch_size", "4", "--resnet", "resnet18", "--img_size", "24", "--device", "cpu", "--projection_dim", "16",
-          "--lr", "1e-3", "--total_epoch", str(EPOCHS), "--save_every_steps", "2", "--deterministic",
-          "--train_record", "rec.txt"]
+CONFIG = [
+    "--batch_size",
+    "4",
+    "--resnet",
+    "resnet18",
+    "--img_size",
+    "24",
+    "--device",
+    "cpu",
+    "--projection_dim",
+    "16",
+    "--lr",
+    "1e-3",
+    "--total_epoch",
+    str(EPOCHS),
+    "--save_every_steps",
+    "2",
+    "--deterministic",
+    "--train_record",
+    "rec.txt",
+]
 
 
 def command(data: Path, model: Path, workers: int, *extra: str) -> list[str]:
-    return [str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(model), "--workers", str(workers),
-            *CONFIG, *extra]
+    return [
+        str(ROOT / "mmgr.py"),
+        "--data_path",
+        str(data),
+        "--model_path",
+        str(model),
+        "--workers",
+        str(workers),
+        *CONFIG,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +67,9 @@ def reference(tmp_path_factory):
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_lines(proc: subprocess.Popen, record: Path, n: int, timeout: float = 240) -> None:

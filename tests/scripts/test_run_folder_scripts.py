@@ -22,8 +22,24 @@ from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import EXIT_BUSY, EXIT_STORAGE, UserError
 from utils.runlock import read_holder
 
-TINY = ["--batch_size", "4", "--resnet", "resnet18", "--img_size", "16", "--device", "cpu", "--workers", "0",
-        "--projection_dim", "8", "--lr", "1e-3", "--train_record", "rec.txt"]
+TINY = [
+    "--batch_size",
+    "4",
+    "--resnet",
+    "resnet18",
+    "--img_size",
+    "16",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--projection_dim",
+    "8",
+    "--lr",
+    "1e-3",
+    "--train_record",
+    "rec.txt",
+]
 # mmgr.py whose disk "fills up" during the third write of checkpoint_last.pt (the saves before the first
 # step and after epoch 1 succeed, the one after epoch 2 fails after 1000 bytes); the file as it was just
 # before that write is copied to before_failure.pt for the test to compare.
@@ -83,11 +99,14 @@ def cmd(work: Path, model: str, *extra: str) -> list[str]:
     return [str(ROOT / "mmgr.py"), "--data_path", str(work / "d"), "--model_path", str(work / model), *TINY, *extra]
 
 
-@pytest.mark.parametrize("kind, files, named", [
-    ("resumable checkpoint", ["checkpoint_last.pt"], "a resumable checkpoint (checkpoint_last.pt)"),
-    ("epoch files", ["wuhan_img_1.tar", "wuhan_poi_1.tar"], "2 epoch files (up to epoch 1)"),
-    ("logs", ["args.json", "train_log.jsonl"], "logs (args.json, train_log.jsonl)"),
-])
+@pytest.mark.parametrize(
+    "kind, files, named",
+    [
+        ("resumable checkpoint", ["checkpoint_last.pt"], "a resumable checkpoint (checkpoint_last.pt)"),
+        ("epoch files", ["wuhan_img_1.tar", "wuhan_poi_1.tar"], "2 epoch files (up to epoch 1)"),
+        ("logs", ["args.json", "train_log.jsonl"], "logs (args.json, train_log.jsonl)"),
+    ],
+)
 def test_fresh_start_refused_on_a_folder_of_each_kind_of_earlier_run(work, kind, files, named):
     train(work, "done", "--total_epoch", "1", "--save_every", "1")
     (work / "m").mkdir()
@@ -96,8 +115,10 @@ def test_fresh_start_refused_on_a_folder_of_each_kind_of_earlier_run(work, kind,
     before = {p.name: p.read_bytes() for p in (work / "m").iterdir()}
     with pytest.raises(UserError) as err:
         train(work, "m", "--total_epoch", "1")
-    assert str(err.value) == (f"{work / 'm'} already holds a run ({named}); pass --resume to continue it, another "
-                              "--model_path, or --overwrite to replace it")
+    assert str(err.value) == (
+        f"{work / 'm'} already holds a run ({named}); pass --resume to continue it, another "
+        "--model_path, or --overwrite to replace it"
+    )
     assert err.value.exit_code == 2
     assert {p.name: p.read_bytes() for p in (work / "m").iterdir() if p.name in before} == before  # nothing touched
 
@@ -110,27 +131,46 @@ def test_overwrite_replaces_only_the_tools_files(work):
     train(work, "m", "--total_epoch", "1", "--save_every", "1", "--overwrite", "--resnet", "resnet34")
     m = work / "m"
     assert sorted(p.name for p in m.iterdir() if not p.name.startswith(".")) == [
-        "args.json", "checkpoint_last.pt", "mmgr_run.json", "notes.txt", "scan_cache.json", "sub", "train_log.jsonl",
-        "wuhan_img_1.tar", "wuhan_poi_1.tar"]
+        "args.json",
+        "checkpoint_last.pt",
+        "mmgr_run.json",
+        "notes.txt",
+        "scan_cache.json",
+        "sub",
+        "train_log.jsonl",
+        "wuhan_img_1.tar",
+        "wuhan_poi_1.tar",
+    ]
     assert (m / "notes.txt").read_text() == "mine" and (m / "sub" / "wuhan_img_9.tar").is_file()
     args = json.loads((m / "args.json").read_text())
     assert args["resnet"] == "resnet34" and args["total_epoch"] == 1
     assert [json.loads(x)["epoch"] for x in (m / "train_log.jsonl").read_text().splitlines()] == [1]
     assert len((work / "train-records" / "rec.txt").read_text().splitlines()) == 2  # this run's 2 steps only
     manifest = json.loads((m / "mmgr_run.json").read_text())
-    assert manifest["run_id"] == args["run_id"] and set(manifest["epoch_files"]) == {"wuhan_img_1.tar", "wuhan_poi_1.tar"}
+    assert manifest["run_id"] == args["run_id"] and set(manifest["epoch_files"]) == {
+        "wuhan_img_1.tar",
+        "wuhan_poi_1.tar",
+    }
     with pytest.raises(UserError, match="pass one of them"):
         train(work, "m", "--overwrite", "--resume")
 
 
 def test_second_process_refused_then_sigkilled_holder_resumes_at_once(work):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    holder = subprocess.Popen([sys.executable, *cmd(work, "m", "--total_epoch", "200")], cwd=work, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, *cmd(work, "m", "--total_epoch", "200")],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
-        while not ((work / "m" / "checkpoint_last.pt").is_file() and
-                   (read_holder(work / "m" / ".mmgr.lock") or {}).get("pid") == holder.pid):
+        while not (
+            (work / "m" / "checkpoint_last.pt").is_file()
+            and (read_holder(work / "m" / ".mmgr.lock") or {}).get("pid") == holder.pid
+        ):
             assert holder.poll() is None, holder.stderr.read()
             assert time.time() < deadline, "the first run never took its folder"
             time.sleep(0.1)
@@ -150,8 +190,14 @@ def test_second_process_refused_then_sigkilled_holder_resumes_at_once(work):
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(work):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT), *cmd(work, "m", "--total_epoch", "2")[1:]],
-                       cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(ROOT), *cmd(work, "m", "--total_epoch", "2")[1:]],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     m = work / "m"
     assert r.returncode == EXIT_STORAGE, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1

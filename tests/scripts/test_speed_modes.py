@@ -13,20 +13,39 @@ from tests.conftest import ROOT, run_script
 from tests.scripts.test_end_to_end import PRETRAIN
 
 
-@pytest.mark.parametrize("extra", [
-    ["--augment", "gpu", "--precision", "bf16"],
-    ["--channels_last", "false", "--precision", "fp16"],
-    ["--packed", "--augment", "gpu"],
-    ["--packed"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--augment", "gpu", "--precision", "bf16"],
+        ["--channels_last", "false", "--precision", "fp16"],
+        ["--packed", "--augment", "gpu"],
+        ["--packed"],
+    ],
+)
 def test_speed_modes_train(tmp_path: Path, tiny_data, extra):
     data = tiny_data
     if "--packed" in extra:
         data = tmp_path / "packed"
         pack(tiny_data, data, shard_size=5, progress=False)
         extra = [e for e in extra if e != "--packed"]
-    r = run_script([str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(tmp_path / "ck"),
-                    "--train_record", "rec.txt", *PRETRAIN, "--img_size", "24", "--total_epoch", "1", *extra], cwd=tmp_path)
+    r = run_script(
+        [
+            str(ROOT / "mmgr.py"),
+            "--data_path",
+            str(data),
+            "--model_path",
+            str(tmp_path / "ck"),
+            "--train_record",
+            "rec.txt",
+            *PRETRAIN,
+            "--img_size",
+            "24",
+            "--total_epoch",
+            "1",
+            *extra,
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = json.loads((tmp_path / "ck" / "train_log.jsonl").read_text())
     assert log["loss"] > 0 and log["samples_per_s"] > 0
@@ -40,6 +59,16 @@ def test_speed_modes_train(tmp_path: Path, tiny_data, extra):
 
 
 def test_sync_bn_on_cpu_is_a_user_error(tmp_path: Path, tiny_data):
-    r = run_script([str(ROOT / "mmgr.py"), "--data_path", str(tiny_data), "--model_path", str(tmp_path / "ck"),
-                    *PRETRAIN, "--sync_bn"], cwd=tmp_path)
+    r = run_script(
+        [
+            str(ROOT / "mmgr.py"),
+            "--data_path",
+            str(tiny_data),
+            "--model_path",
+            str(tmp_path / "ck"),
+            *PRETRAIN,
+            "--sync_bn",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "--sync_bn needs CUDA" in r.stderr and "Traceback" not in r.stderr

@@ -31,8 +31,14 @@ def saved_size(obj) -> int:
 
 
 def test_human_bytes():
-    assert [human_bytes(n) for n in (0, 1023, 1536, 5 * MiB, 3 * 2**30 + 2**29, 2**50)] == \
-        ["0 bytes", "1023 bytes", "1.5 KiB", "5.0 MiB", "3.5 GiB", "1024.0 TiB"]
+    assert [human_bytes(n) for n in (0, 1023, 1536, 5 * MiB, 3 * 2**30 + 2**29, 2**50)] == [
+        "0 bytes",
+        "1023 bytes",
+        "1.5 KiB",
+        "5.0 MiB",
+        "3.5 GiB",
+        "1024.0 TiB",
+    ]
 
 
 def test_free_bytes_of_a_folder_not_created_yet(tmp_path):
@@ -51,7 +57,10 @@ def test_check_free_space_stops_warns_or_stays_quiet(tmp_path, monkeypatch, caps
     assert msg.endswith("but only 1000.0 MiB is free there; free at least 500.0 MiB or pass another --model_path")
     assert check_free_space(tmp_path, 950 * MiB, "the pack") == 1000 * MiB  # 50 MiB spare < 100 MiB: warn
     warn = capsys.readouterr().err
-    assert warn.startswith("warning: the pack needs about 950.0 MiB") and "only 50.0 MiB to spare (less than 100.0 MiB)" in warn
+    assert (
+        warn.startswith("warning: the pack needs about 950.0 MiB")
+        and "only 50.0 MiB to spare (less than 100.0 MiB)" in warn
+    )
     assert warn.count("\n") == 1
     check_free_space(tmp_path, 1000 * MiB - MARGIN_BYTES, "x")  # exactly the margin: quiet
     monkeypatch.setattr(ds, "free_bytes", lambda p: 100_000 * MiB)

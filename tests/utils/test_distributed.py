@@ -26,7 +26,9 @@ WORLD, B, F_IN, D = 2, 3, 6, 5
 
 def _models() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(F_IN, 7), torch.nn.ReLU(), torch.nn.Linear(7, D)), torch.nn.Linear(F_IN, D)
+    return torch.nn.Sequential(torch.nn.Linear(F_IN, 7), torch.nn.ReLU(), torch.nn.Linear(7, D)), torch.nn.Linear(
+        F_IN, D
+    )
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,12 +48,14 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     try:
         img, poi = _models()
         img_d, poi_d = DDP(img), DDP(poi)
-        x1, x2, xp = (x[rank * B:(rank + 1) * B] for x in _data())
+        x1, x2, xp = (x[rank * B : (rank + 1) * B] for x in _data())
         loss = _objective(img_d, poi_d, x1, x2, xp, nt_xent_gathered)
         loss.backward()  # DDP averages the parameter gradients over ranks
         grads = [p.grad.clone() for p in [*img.parameters(), *poi.parameters()]]
-        torch.save({"loss": du.all_reduce_mean(loss), "grads": grads, "world": du.world_size(), "rank": du.rank()},
-                   f"{out}.{rank}")
+        torch.save(
+            {"loss": du.all_reduce_mean(loss), "grads": grads, "world": du.world_size(), "rank": du.rank()},
+            f"{out}.{rank}",
+        )
     finally:
         du.cleanup()
 
@@ -77,6 +81,7 @@ def _buggy_worker(rank: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
+
         class LocalOnlyGather(torch.autograd.Function):
             @staticmethod
             def forward(ctx, x):
@@ -90,7 +95,7 @@ def _buggy_worker(rank: int, init_file: str, out: str) -> None:
 
         img, poi = _models()
         img_d, poi_d = DDP(img), DDP(poi)
-        x1, x2, xp = (x[rank * B:(rank + 1) * B] for x in _data())
+        x1, x2, xp = (x[rank * B : (rank + 1) * B] for x in _data())
         za, zb = img_d(x1), poi_d(xp)
         # Global-batch loss on every rank from the buggy gather, as the published code would do.
         ga, gb = torch.cat(LocalOnlyGather.apply(za)), torch.cat(LocalOnlyGather.apply(zb))
@@ -129,12 +134,44 @@ def test_single_process_is_plain_nt_xent():
 def test_torchrun_two_processes_end_to_end(tmp_path: Path, tiny_data):
     # The real script under torchrun on CPU (gloo): 12 tiles, 2 processes x batch 2 -> 3 steps per epoch.
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                        str(ROOT / "mmgr.py"), "--data_path", str(tiny_data), "--model_path", str(tmp_path / "ck"),
-                        "--train_record", "rec.txt", "--batch_size", "2", "--resnet", "resnet18", "--img_size", "24",
-                        "--device", "cpu", "--workers", "0", "--projection_dim", "8", "--total_epoch", "1",
-                        "--augment", "gpu"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(ROOT / "mmgr.py"),
+            "--data_path",
+            str(tiny_data),
+            "--model_path",
+            str(tmp_path / "ck"),
+            "--train_record",
+            "rec.txt",
+            "--batch_size",
+            "2",
+            "--resnet",
+            "resnet18",
+            "--img_size",
+            "24",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--projection_dim",
+            "8",
+            "--total_epoch",
+            "1",
+            "--augment",
+            "gpu",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 process(es) x batch 2 = global batch 4" in r.stdout
     assert r.stdout.count("epoch 1/1") == 1 and r.stdout.count("done:") == 1  # rank 0 alone prints
@@ -184,22 +221,56 @@ def test_torchrun_stop_signal_on_one_rank_then_resume_is_bit_identical(tmp_path:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 
     def job(run: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                str(ROOT / "mmgr.py"), "--data_path", str(data), "--model_path", str(tmp_path / run / "ck"),
-                "--train_record", "rec.txt", "--batch_size", "2", "--resnet", "resnet18", "--img_size", "24",
-                "--device", "cpu", "--workers", "0", "--projection_dim", "8", "--total_epoch", "2", "--lr", "1e-3",
-                "--augment", "gpu", "--deterministic", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(ROOT / "mmgr.py"),
+            "--data_path",
+            str(data),
+            "--model_path",
+            str(tmp_path / run / "ck"),
+            "--train_record",
+            "rec.txt",
+            "--batch_size",
+            "2",
+            "--resnet",
+            "resnet18",
+            "--img_size",
+            "24",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--projection_dim",
+            "8",
+            "--total_epoch",
+            "2",
+            "--lr",
+            "1e-3",
+            "--augment",
+            "gpu",
+            "--deterministic",
+            *extra,
+        ]
 
     def run(name: str, *extra: str) -> subprocess.CompletedProcess:
         (tmp_path / name).mkdir(exist_ok=True)
-        return subprocess.run(job(name, *extra), cwd=tmp_path / name, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            job(name, *extra), cwd=tmp_path / name, env=env, capture_output=True, text=True, timeout=300
+        )
 
     ref = run("ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     (tmp_path / "cut").mkdir()
     record = tmp_path / "cut" / "train-records" / "rec.txt"
-    proc = subprocess.Popen(job("cut"), cwd=tmp_path / "cut", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        job("cut"), cwd=tmp_path / "cut", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         t0 = time.time()
         while not (record.is_file() and record.read_text().count("\n") >= 1):
@@ -233,6 +304,14 @@ def test_torchrun_stop_signal_on_one_rank_then_resume_is_bit_identical(tmp_path:
     assert record.read_text() == (tmp_path / "ref" / "train-records" / "rec.txt").read_text()
 
     # A mid-epoch checkpoint of 2 processes cannot continue in 1 (its steps were global batches of 4).
-    single = subprocess.run([sys.executable, str(ROOT / "mmgr.py"), *job("one")[7:], "--resume", str(tmp_path / "mid.pt")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 2 and "saved mid-epoch by 2 process(es) but this run has 1" in single.stderr, single.stderr
+    single = subprocess.run(
+        [sys.executable, str(ROOT / "mmgr.py"), *job("one")[7:], "--resume", str(tmp_path / "mid.pt")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 2 and "saved mid-epoch by 2 process(es) but this run has 1" in single.stderr, (
+        single.stderr
+    )

@@ -68,9 +68,11 @@ class FailingFile(io.RawIOBase):
 @pytest.fixture
 def disk_fills(monkeypatch):
     """``disk_fills(limit, err)``: the next files opened by atomic_write fail after ``limit`` bytes."""
+
     def arm(limit=3000, err=errno.ENOSPC):
         real = os.fdopen
         monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: FailingFile(real(fd, mode), limit, err))
+
     return arm
 
 
@@ -85,25 +87,34 @@ def test_atomic_save_mid_write_enospc(tmp_path, disk_fills):
     assert isinstance(e, OSError)  # so the scan cache's "warn and go on" (data/scan.py) still catches it
     assert e.written == 3000 and e.expected > 256 * 1024
     msg = str(e)
-    assert msg.startswith(f"could not write {path} (2.9 KiB of about {human_bytes(e.expected)} written): the disk is full "
-                          "(file system at ")
-    assert msg.endswith("free); the previous file is kept; free space there or pass another folder, then run the command again")
+    assert msg.startswith(
+        f"could not write {path} (2.9 KiB of about {human_bytes(e.expected)} written): the disk is full "
+        "(file system at "
+    )
+    assert msg.endswith(
+        "free); the previous file is kept; free space there or pass another folder, then run the command again"
+    )
 
 
-@pytest.mark.parametrize("err,reason,fix", [
-    (errno.ENOSPC, "the disk is full", "free space there"),
-    (errno.EDQUOT, "the disk quota is exceeded", "free space within your quota there"),
-    (errno.EFBIG, "the file exceeds the file size limit", "raise the file size limit (ulimit -f)"),
-    (errno.EIO, "an I/O error occurred", "check the disk"),
-    (errno.EROFS, "the file system is read-only", "remount it writable"),
-    (errno.EACCES, "permission is denied", "make the folder writable"),
-    (errno.EPERM, "the operation is not permitted", "make the folder writable"),
-])
+@pytest.mark.parametrize(
+    "err,reason,fix",
+    [
+        (errno.ENOSPC, "the disk is full", "free space there"),
+        (errno.EDQUOT, "the disk quota is exceeded", "free space within your quota there"),
+        (errno.EFBIG, "the file exceeds the file size limit", "raise the file size limit (ulimit -f)"),
+        (errno.EIO, "an I/O error occurred", "check the disk"),
+        (errno.EROFS, "the file system is read-only", "remount it writable"),
+        (errno.EACCES, "permission is denied", "make the folder writable"),
+        (errno.EPERM, "the operation is not permitted", "make the folder writable"),
+    ],
+)
 def test_atomic_write_each_storage_error(tmp_path, disk_fills, err, reason, fix):
     path, before = previous(tmp_path)
     disk_fills(100, err)
-    with write_advice("another --model_path", "continue with the same command plus --resume"), \
-            pytest.raises(WriteFailed) as e:
+    with (
+        write_advice("another --model_path", "continue with the same command plus --resume"),
+        pytest.raises(WriteFailed) as e,
+    ):
         atomic_write(path, lambda f: f.write(b"x" * 5000), expected_bytes=5000)
     assert_untouched(path, before)
     msg = str(e.value)
@@ -120,8 +131,11 @@ def test_torch_error_without_errno_is_judged_by_the_free_space(tmp_path, monkeyp
 
     monkeypatch.setattr(torch, "save", torn_save)
     monkeypatch.setattr(fileio, "free_bytes", lambda p: 10)
-    with pytest.raises(WriteFailed, match=r"\(1000 bytes of about .* written\): it does not fit in the free space "
-                                          r"\(file system at .*, 10 bytes free\)"):
+    with pytest.raises(
+        WriteFailed,
+        match=r"\(1000 bytes of about .* written\): it does not fit in the free space "
+        r"\(file system at .*, 10 bytes free\)",
+    ):
         atomic_save({"w": torch.zeros(100)}, path)
     assert_untouched(path, before)
     monkeypatch.setattr(fileio, "free_bytes", lambda p: 10**12)
@@ -133,8 +147,10 @@ def test_torch_error_without_errno_is_judged_by_the_free_space(tmp_path, monkeyp
 def test_atomic_path_mid_write_quota_and_tempfile_refused(tmp_path, monkeypatch):
     path = tmp_path / "tile.png"
     path.write_bytes(b"old")
-    with pytest.raises(WriteFailed, match=r"could not write .*tile.png \(5 bytes written\): the disk quota is exceeded"), \
-            atomic_path(path) as tmp:
+    with (
+        pytest.raises(WriteFailed, match=r"could not write .*tile.png \(5 bytes written\): the disk quota is exceeded"),
+        atomic_path(path) as tmp,
+    ):
         assert tmp.suffix == ".png"
         tmp.write_bytes(b"12345")
         raise OSError(errno.EDQUOT, "Disk quota exceeded")

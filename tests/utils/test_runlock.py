@@ -35,8 +35,11 @@ time.sleep(60)
 def start_holder(tmp_path: Path, folder: Path, fork: bool = False) -> tuple[subprocess.Popen, int]:
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
-    proc = subprocess.Popen([sys.executable, str(script), str(ROOT), str(folder), "fork" if fork else "-"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ROOT), str(folder), "fork" if fork else "-"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline().split()
     assert line[0] == "locked", line
     return proc, int(line[1])
@@ -51,7 +54,9 @@ def test_second_holder_in_another_process_is_refused_naming_it_and_sigkill_frees
         msg = str(err.value)
         assert msg.startswith(f"{folder} is in use by pid {proc.pid} on host ")
         assert "holder.py" in msg and "pretraining since 20" in msg
-        assert msg.endswith("wait until it has ended (a killed process releases it at once), or pass another --model_path")
+        assert msg.endswith(
+            "wait until it has ended (a killed process releases it at once), or pass another --model_path"
+        )
         assert err.value.exit_code == EXIT_BUSY == 75 and msg.count(";") == 1
     finally:
         proc.kill()
@@ -124,6 +129,15 @@ def test_unwritable_folder_is_a_user_error(tmp_path, monkeypatch):
 def test_holder_description():
     assert describe_holder(None) == "another process (it has not written its details yet)"
     since = time.mktime((2026, 11, 28, 10, 2, 3, 0, 0, -1))
-    text = describe_holder({"pid": 7, "host": "n1", "argv": ["python", "mmgr.py"] + ["--x"] * 100, "since": since,
-                            "purpose": "pretraining"})
-    assert text.startswith("pid 7 on host n1 (python mmgr.py --x") and text.endswith("...), pretraining since 2026-11-28 10:02:03")
+    text = describe_holder(
+        {
+            "pid": 7,
+            "host": "n1",
+            "argv": ["python", "mmgr.py"] + ["--x"] * 100,
+            "since": since,
+            "purpose": "pretraining",
+        }
+    )
+    assert text.startswith("pid 7 on host n1 (python mmgr.py --x") and text.endswith(
+        "...), pretraining since 2026-11-28 10:02:03"
+    )

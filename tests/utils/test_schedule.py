@@ -35,8 +35,10 @@ def test_str2bool_rejects_garbage():
         str2bool("maybe")
 
 
-@pytest.mark.parametrize("cpus,local,expected", [(2, None, 1), (16, None, 8), (16, "1", 8), (16, "4", 3), (96, "8", 8),
-                                                 (1, None, 0), (8, "8", 0)])
+@pytest.mark.parametrize(
+    "cpus,local,expected",
+    [(2, None, 1), (16, None, 8), (16, "1", 8), (16, "4", 3), (96, "8", 8), (1, None, 0), (8, "8", 0)],
+)
 def test_default_workers_share_the_cpus_among_local_processes(monkeypatch, cpus, local, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     if local is None:

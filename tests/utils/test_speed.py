@@ -8,8 +8,10 @@ import torch
 from utils.speed import default_channels_last
 
 
-@pytest.mark.parametrize("cap, expected", [("AVX512", True), ("AVX512_BF16", True), ("AMX", True), ("AVX2", False),
-                                           ("DEFAULT", False), ("ZVECTOR", False)])
+@pytest.mark.parametrize(
+    "cap, expected",
+    [("AVX512", True), ("AVX512_BF16", True), ("AMX", True), ("AVX2", False), ("DEFAULT", False), ("ZVECTOR", False)],
+)
 def test_cpu_default_follows_the_capability(cap, expected):
     assert default_channels_last(torch.device("cpu"), cap) is expected
 

@@ -42,30 +42,47 @@ PREFIX = {"backbone": "b", "projection": "proj", "poi": "poi"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """embed.py's flags, one group per theme (the module docstring says what each output holds)."""
     p = argparse.ArgumentParser(description="Export MMGR region embeddings (one row per tile) and probe them.")
-    p.add_argument(
+    _input_flags(p)
+    _export_flags(p)
+    _probe_flags(p)
+    p.add_argument("--demo", action="store_true", help="use the demo city and checkpoints of `python mmgr.py --demo`")
+    p.add_argument("--demo_dir", default="mmgr_demo", help="where --demo keeps its files (default 'mmgr_demo')")
+    return p
+
+
+def _input_flags(p: argparse.ArgumentParser) -> None:
+    """Which encoder (``--ckpt``, or the newest in ``--model_path``) and which tiles of which data folder."""
+    g = p.add_argument_group("checkpoint and data")
+    g.add_argument(
         "--ckpt",
         default=None,
         help="image checkpoint (*_img_<epoch>.tar or checkpoint_last.pt); default: the newest *_img_*.tar "
         "in --model_path",
     )
-    p.add_argument(
+    g.add_argument(
         "--model_path", default="./checkpoints", help="where to look when --ckpt is not given (default './checkpoints')"
     )
-    p.add_argument("--data_path", default="./DATA", help="data root in either published layout (default './DATA')")
-    p.add_argument(
+    g.add_argument("--data_path", default="./DATA", help="data root in either published layout (default './DATA')")
+    g.add_argument(
         "--img_dir",
         default=None,
         help="tile directory under --data_path (default: 'img' if present, else 'sub_shanghai_img')",
     )
-    p.add_argument(
+    g.add_argument(
         "--lists",
         nargs="*",
         default=None,
         help="export only the tiles named in these list files under --data_path (default: every tile of --img_dir)",
     )
-    p.add_argument("--out", default="embeddings", help="output directory (default './embeddings')")
-    p.add_argument(
+
+
+def _export_flags(p: argparse.ArgumentParser) -> None:
+    """What is written to ``--out`` (backbone always; projection, POI embeddings, CSV on request) and how fast."""
+    g = p.add_argument_group("export")
+    g.add_argument("--out", default="embeddings", help="output directory (default './embeddings')")
+    g.add_argument(
         "--projected",
         type=str2bool,
         nargs="?",
@@ -73,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="also export the image projection head's output (default off)",
     )
-    p.add_argument(
+    g.add_argument(
         "--poi",
         type=str2bool,
         nargs="?",
@@ -81,51 +98,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="also export the POI-encoder embedding of each tile's POI graph (default off)",
     )
-    p.add_argument(
+    g.add_argument(
         "--poi_ckpt",
         default=None,
         help="POI checkpoint (default: <prefix>_poi_<epoch>.tar beside --ckpt, or --ckpt itself if it is "
         "checkpoint_last.pt)",
     )
-    p.add_argument(
+    g.add_argument(
         "--csv", type=str2bool, nargs="?", const=True, default=True, help="write embeddings.csv (default on)"
     )
-    p.add_argument("--batch_size", type=int, default=64, help="tiles per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
-    p.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available, else cpu)")
-    p.add_argument(
+    g.add_argument("--batch_size", type=int, default=64, help="tiles per forward pass (default 64)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
+    g.add_argument("--device", default=None, help="'cpu', 'cuda', ... (default: cuda if available, else cpu)")
+
+
+def _probe_flags(p: argparse.ArgumentParser) -> None:
+    """Ridge and kNN probes of the exported embeddings (engine/probes.py) and the embedding map's clusters."""
+    g = p.add_argument_group("probes and map")
+    g.add_argument(
         "--probe",
         nargs="*",
         default=None,
         help="target directories to probe with ridge and kNN on the exported embeddings, e.g. pop1km "
         "gdp1km func (default: no probe)",
     )
-    p.add_argument(
+    g.add_argument(
         "--probe_features",
         default="backbone",
         choices=tuple(PREFIX),
         help="which exported embedding the probes and the map read (default backbone)",
     )
-    p.add_argument(
+    g.add_argument(
         "--clusters",
         type=int,
         default=0,
         help="with a tile index with a CRS in --data_path, also colour the embedding map by K k-means "
         "clusters (default 0: the principal-components map only)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-means clustering (default 0)")
-    p.add_argument(
+    g.add_argument("--seed", type=int, default=0, help="seed of the k-means clustering (default 0)")
+    g.add_argument(
         "--train_list",
         default=None,
         help="probe training list (default 'train-wuhan.txt' when present (published), else 'train.txt', "
         "what prepare_pois.py writes)",
     )
-    p.add_argument(
+    g.add_argument(
         "--val_list",
         default=None,
         help="probe validation list (default 'val-wuhan.txt' when present (published), else 'val.txt')",
     )
-    p.add_argument(
+    g.add_argument(
         "--cv",
         type=int,
         default=0,
@@ -133,11 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "lists), folds grouped by spatial blocks when the data folder has a tile index; mean ± std "
         "over folds (default 0: off)",
     )
-    p.add_argument(
+    g.add_argument(
         "--block_tiles", type=int, default=4, help="side of the spatial blocks of --cv, in tiles (default 4, ours)"
     )
-    p.add_argument("--knn", type=int, default=10, help="neighbours of the kNN probe (default 10)")
-    p.add_argument(
+    g.add_argument("--knn", type=int, default=10, help="neighbours of the kNN probe (default 10)")
+    g.add_argument(
         "--log_target",
         type=str2bool,
         nargs="?",
@@ -145,9 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="probes fit log1p of scalar targets, metrics in original units (default off)",
     )
-    p.add_argument("--demo", action="store_true", help="use the demo city and checkpoints of `python mmgr.py --demo`")
-    p.add_argument("--demo_dir", default="mmgr_demo", help="where --demo keeps its files (default 'mmgr_demo')")
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

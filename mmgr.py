@@ -47,6 +47,7 @@ DEMO_DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """mmgr.py's flags: the shared ones (utils/args.py) at the published pretraining values, then one group per theme."""
     common = common_parser(
         data_path="./DATA",
         model_path="./checkpoints",
@@ -60,45 +61,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="MMGR multi-modal contrastive pretraining (Bai et al., 2023).", parents=[common]
     )
-    p.add_argument("--resnet", default="resnet50", choices=RESNETS, help="image backbone (default resnet50, published)")
-    p.add_argument(
+    _method_flags(p)
+    _run_folder_flags(p)
+    _data_check_flags(p)
+    _start_flags(p)
+    add_layout_flags(p)
+    add_speed_flags(p)
+    return p
+
+
+def _method_flags(p: argparse.ArgumentParser) -> None:
+    """The two encoders and the loss: ``--resnet --projection_dim --temperature --img_lmd --poi_encoder`` (and the
+    published ``--world_size``, kept for its scripts)."""
+    g = p.add_argument_group("method (published defaults)")
+    g.add_argument("--resnet", default="resnet50", choices=RESNETS, help="image backbone (default resnet50, published)")
+    g.add_argument(
         "--projection_dim", type=int, default=128, help="projection width of both encoders (default 128, published)"
     )
-    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature (default 0.5, published)")
-    p.add_argument(
+    g.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature (default 0.5, published)")
+    g.add_argument(
         "--img_lmd",
         type=float,
         default=0.5,
         help="λ: loss = (1-λ)·NTXent(image, POI) + λ·NTXent(image, image) (default 0.5, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--poi_encoder",
         default="set2set",
         choices=POI_ENCODERS,
         help="set2set = released encoder (default); gcn = GCN layers over the POI graph (paper's description)",
     )
-    p.add_argument(
+    g.add_argument(
         "--world_size",
         type=int,
         default=1,
         help="published flag, ignored: the number of processes is taken from torchrun's environment "
         "(torchrun --nproc_per_node N mmgr.py ...); default 1",
     )
-    p.add_argument(
+
+
+def _run_folder_flags(p: argparse.ArgumentParser) -> None:
+    """What the run writes into --model_path and ./train-records/, and how it continues or replaces a run
+    (docs/run_folder.md, docs/reliability.md)."""
+    g = p.add_argument_group("run folder, checkpoints and resume")
+    g.add_argument(
         "--train_record",
         default="mmgr_pretrain.txt",
         help="per-step record file name under ./train-records/ (default 'mmgr_pretrain.txt')",
     )
-    p.add_argument(
+    g.add_argument(
         "--ckpt_prefix", default="wuhan", help="checkpoint names <prefix>_img_<epoch>.tar (default 'wuhan', published)"
     )
-    p.add_argument(
+    g.add_argument(
         "--save_every",
         type=int,
         default=20,
         help="write the bare state dicts every N epochs and at the end (default 20, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--resume",
         default=None,
         nargs="?",
@@ -106,42 +126,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run: a checkpoint path, 'last' (the flag alone: MODEL_PATH/checkpoint_last.pt, must exist) "
         "or 'auto' (resume if it exists, else start fresh); default: start fresh",
     )
-    p.add_argument(
+    g.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run already in --model_path: its checkpoints, logs and per-step record are removed "
         "before anything new is written (default off: a folder holding a run is refused unless --resume)",
     )
-    p.add_argument(
+    g.add_argument(
         "--save_every_steps",
         type=int,
         default=0,
         help="also write the resumable checkpoint every N steps within an epoch (default 0: only after each epoch)",
     )
-    p.add_argument(
+    g.add_argument(
         "--keep_last",
         type=int,
         default=0,
         help="keep only the K newest epochs of bare state dicts (default 0: keep all, as published)",
     )
-    p.add_argument(
+
+
+def _data_check_flags(p: argparse.ArgumentParser) -> None:
+    """``--bad_samples --check_data --rescan``: the pre-scan of every tile before training (data/scan.py)."""
+    g = p.add_argument_group("data checks (the pre-scan of every file)")
+    g.add_argument(
         "--bad_samples",
         default="error",
         choices=("error", "skip"),
         help="bad or missing tile files found by the pre-scan: error = stop and list them all (default); "
         "skip = train on the other tiles",
     )
-    p.add_argument(
+    g.add_argument(
         "--check_data", action="store_true", help="only scan the data, list every bad file and exit (2 if any)"
     )
-    p.add_argument(
+    g.add_argument(
         "--rescan",
         action="store_true",
         help="ignore the pre-scan cache (MODEL_PATH/scan_cache.json) and check every file again, for files "
         "edited in a way that kept their size and modification time (default off: tiles found good "
         "before, with unchanged files, are not read again)",
     )
-    p.add_argument(
+
+
+def _start_flags(p: argparse.ArgumentParser) -> None:
+    """``--deterministic --backbone_weights --demo_tiles``: how the run starts (kernels, backbone, --demo's city)."""
+    g = p.add_argument_group("start: reproducibility, initial weights, demo city")
+    g.add_argument(
         "--deterministic",
         type=str2bool,
         nargs="?",
@@ -151,20 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
         "runs, where a busy machine otherwise changes the POI encoder's gradients in the last bits, at "
         "a cost of about 5-10 %% of a demo-sized step; off on GPU: docs/reliability.md)",
     )
-    p.add_argument(
+    g.add_argument(
         "--backbone_weights",
         default=None,
         help="local torchvision ResNet state dict to start the image backbone from (default: random init, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--demo_tiles",
         type=int,
         default=400,
         help="with --demo: tiles of the synthetic city (default 400, generated once into DEMO_DIR/city)",
     )
-    add_layout_flags(p)
-    add_speed_flags(p)
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -148,125 +148,158 @@ FULL = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """compare.py's flags, one group per theme (CPU defaults; ``--full``: the published sizes)."""
     p = argparse.ArgumentParser(description="MMGR vs its baselines and bounds on population, GDP and urban functions.")
-    p.add_argument("--out", default="compare_out", help="output directory (default './compare_out')")
-    p.add_argument(
+    _data_flags(p)
+    _city_flags(p)
+    _pretraining_flags(p)
+    _row_flags(p)
+    _speed_flags(p)
+    return p
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the results go and what data the comparison reads (default: the synthetic city in OUT/city)."""
+    g = p.add_argument_group("output and data")
+    g.add_argument("--out", default="compare_out", help="output directory (default './compare_out')")
+    g.add_argument(
         "--data_path",
         default=None,
         help="data root holding both published layouts (default: the synthetic city, generated in OUT/city)",
     )
-    p.add_argument(
+    g.add_argument(
         "--pretrain_data",
         default=None,
         help="what mmgr.py reads for pretraining, e.g. a pack of --data_path (python -m data.pack) "
         "(default: --data_path)",
     )
-    p.add_argument(
+    g.add_argument(
         "--pack",
         type=int,
         default=0,
         help="1: pack the pretraining layout of the data into OUT/packed (data.pack: memory-mapped shards, "
         "no file opened per tile) and pretrain from it (default 0; the GPU script uses 1)",
     )
-    p.add_argument(
+
+
+def _city_flags(p: argparse.ArgumentParser) -> None:
+    """``--full`` (published sizes instead of the CPU configuration) and the synthetic city's size and seed."""
+    g = p.add_argument_group("configuration and synthetic city")
+    g.add_argument(
         "--full",
         action="store_true",
         help=f"published sizes instead of the CPU configuration ({FULL}); explicit flags still win",
     )
-    p.add_argument(
+    g.add_argument(
         "--n_tiles",
         type=int,
         default=None,
         help=f"synthetic city tiles (default {CPU['n_tiles']}; --full {FULL['n_tiles']})",
     )
-    p.add_argument(
+    g.add_argument(
         "--tile_size",
         type=int,
         default=None,
         help=f"synthetic tile pixels (default {CPU['tile_size']}; --full {FULL['tile_size']})",
     )
-    p.add_argument("--city_seed", type=int, default=0, help="synthetic city seed (default 0)")
-    p.add_argument(
+    g.add_argument("--city_seed", type=int, default=0, help="synthetic city seed (default 0)")
+
+
+def _pretraining_flags(p: argparse.ArgumentParser) -> None:
+    """Backbone, crop, batch, epochs, lr schedule and seeds shared by pretraining and the supervised bound
+    (None: taken from CPU or FULL by :func:`parse_args`)."""
+    g = p.add_argument_group("pretraining and supervised bound (default: the CPU configuration)")
+    g.add_argument(
         "--resnet",
         default=None,
         choices=RESNETS,
         help=f"image backbone (default {CPU['resnet']}; --full {FULL['resnet']}, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--img_size",
         type=int,
         default=None,
         help=f"crop size of pretraining and of the supervised bound (default {CPU['img_size']}; --full 224, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--batch_size",
         type=int,
         default=None,
         help=f"batch of pretraining and of the supervised bound (default {CPU['batch_size']}; --full 128, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--epochs",
         type=int,
         default=None,
         help=f"pretraining epochs (default {CPU['epochs']}, ours; --full 120, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--schedule",
         type=int,
         nargs="*",
         default=None,
         help="lr drop epochs (x0.1) when --cos is off (default none; --full 90 110, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--cos", type=int, default=None, help="1: cosine lr decay over the epochs (default 1, ours; --full 0)"
     )
-    p.add_argument(
+    g.add_argument(
         "--lr",
         type=float,
         default=None,
         help=f"pretraining Adam lr (default {CPU['lr']:g}: the published 1e-2 collapses small CPU runs; "
         "--full 1e-2, published)",
     )
-    p.add_argument(
+    g.add_argument(
         "--seeds",
         type=int,
         nargs="+",
         default=None,
         help=f"seeds of every seeded row: pretraining, random init, supervised (default {CPU['seeds']})",
     )
-    p.add_argument(
+
+
+def _row_flags(p: argparse.ArgumentParser) -> None:
+    """Which rows and targets, the supervised bound's budget and lr, and the probes' settings."""
+    g = p.add_argument_group("rows, targets, bound and probes")
+    g.add_argument(
         "--variants",
         nargs="+",
         default=list(DEFAULT_VARIANTS),
         choices=VARIANTS,
         help=f"rows to run (default {' '.join(DEFAULT_VARIANTS)}; mmgr_gcn on request)",
     )
-    p.add_argument(
+    g.add_argument(
         "--targets",
         nargs="+",
         default=["pop1km", "gdp1km", "func"],
         help="target directories (default pop1km gdp1km func; one value = regression, several = distribution)",
     )
-    p.add_argument(
+    g.add_argument(
         "--bound_epochs",
         type=int,
         default=None,
         help="epochs of the supervised bound (default: --epochs, the same budget as pretraining)",
     )
-    p.add_argument(
+    g.add_argument(
         "--bound_lr",
         type=float,
         default=1e-3,
         help="Adam lr of the supervised bound (default 1e-3, ours: the lr its city check used)",
     )
-    p.add_argument(
+    g.add_argument(
         "--log_target",
         type=int,
         default=0,
         help="1: probes fit log1p of scalar targets (metrics in original units); default 0: raw values",
     )
-    p.add_argument("--knn", type=int, default=10, help="kNN neighbours of the secondary probe (default 10)")
-    p.add_argument(
+    g.add_argument("--knn", type=int, default=10, help="kNN neighbours of the secondary probe (default 10)")
+
+
+def _speed_flags(p: argparse.ArgumentParser) -> None:
+    """How the runs are spread over processes and which device and precision they use."""
+    g = p.add_argument_group("speed and device (no effect on the method)")
+    g.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -274,34 +307,33 @@ def build_parser() -> argparse.ArgumentParser:
         "process (no start-up cost, for tiny runs); with 2 or more the supervised bound trains in "
         "this process meanwhile",
     )
-    p.add_argument(
+    g.add_argument(
         "--workers",
         type=int,
         default=0,
         help="DataLoader workers of each pretraining run and of tile decoding (default 0: measured fastest "
         "on the shared 2-core machine)",
     )
-    p.add_argument("--device", default="cpu", help="device of pretraining, bound and embeddings (default cpu)")
-    p.add_argument(
+    g.add_argument("--device", default="cpu", help="device of pretraining, bound and embeddings (default cpu)")
+    g.add_argument(
         "--precision",
         default="fp32",
         choices=tuple(PRECISIONS),
         help="autocast precision of pretraining and of the bound's training (default fp32; bf16 on GPUs)",
     )
-    p.add_argument(
+    g.add_argument(
         "--channels_last",
         type=int,
         default=None,
         help="1/0: channels-last layout for pretraining and bound (default: mmgr.py's rule, "
         "utils.speed.default_channels_last: on for CUDA and AVX-512 CPUs)",
     )
-    p.add_argument(
+    g.add_argument(
         "--augment",
         default="cpu",
         choices=("cpu", "gpu"),
         help="mmgr.py --augment: cpu (PIL in workers, default) or gpu (batched on --device)",
     )
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -436,24 +468,58 @@ def train_supervised(
         for g in opt.param_groups:
             g["lr"] = lr_at(epoch, lr, epochs, schedule, cos)
         model.train()
-        total, steps = 0.0, 0
-        perm = torch.randperm(n, generator=order)
-        for idx in perm[: n // batch_size * batch_size].split(batch_size):
-            idx_dev = idx.to(device)
-            x = augment(images[idx_dev], generator=order, channels_last=channels_last)
-            with autocast(device, precision):
-                out = model(x)
-            loss = task.loss(out.float(), task.to_train(y_dev[idx_dev]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + loss.item(), steps + 1
+        mean_loss = _supervised_epoch(
+            model, opt, task, augment, images, y_dev, batch_size, order, device, precision, channels_last
+        )
         if log:
-            print(f"    epoch {epoch + 1}/{epochs} loss {total / steps:.4f}", flush=True)
+            print(f"    epoch {epoch + 1}/{epochs} loss {mean_loss:.4f}", flush=True)
     seconds = time.perf_counter() - t0
+    pred = task.to_original(_supervised_predict(model, task, val_images, device, memory).astype(np.float64))
+    out = {**task.metrics(y_val, pred), "train_seconds": round(seconds, 1)}
+    if y_val.shape[1] == 1:
+        out["pred_std_over_true_std"] = float(pred[:, 0].std() / max(float(y_val[:, 0].std()), 1e-12))
+    out["predictions"] = pred
+    return out
+
+
+def _supervised_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    task: Task,
+    augment: GPUAugment,
+    images: torch.Tensor,
+    y_dev: torch.Tensor,
+    batch_size: int,
+    order: torch.Generator,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> float:
+    """One epoch of :func:`train_supervised` over ``images`` ``uint8 [N, 3, H, W]`` / ``y_dev`` ``[N, K]`` (on
+    ``device``), in an order and with crops drawn from ``order``; incomplete last batch dropped. -> mean loss."""
+    n = len(images)
+    total, steps = 0.0, 0
+    perm = torch.randperm(n, generator=order)
+    for idx in perm[: n // batch_size * batch_size].split(batch_size):
+        idx_dev = idx.to(device)
+        x = augment(images[idx_dev], generator=order, channels_last=channels_last)
+        with autocast(device, precision):
+            out = model(x)
+        loss = task.loss(out.float(), task.to_train(y_dev[idx_dev]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, steps = total + loss.item(), steps + 1
+    return total / steps
+
+
+def _supervised_predict(
+    model: torch.nn.Module, task: Task, val_images: torch.Tensor, device: torch.device, memory: torch.memory_format
+) -> np.ndarray:
+    """Eval-mode predictions (training units) on whole tiles ``uint8 [M, 3, H, W]`` -> ``[M, K]`` (fp32)."""
     model.eval()
     with torch.no_grad():
-        pred = torch.cat(
+        return torch.cat(
             [
                 task.predict(
                     model(normalise(val_images[i : i + 256].to(device)).contiguous(memory_format=memory)).float()
@@ -461,12 +527,6 @@ def train_supervised(
                 for i in range(0, len(val_images), 256)
             ]
         ).numpy()
-    pred = task.to_original(pred.astype(np.float64))
-    out = {**task.metrics(y_val, pred), "train_seconds": round(seconds, 1)}
-    if y_val.shape[1] == 1:
-        out["pred_std_over_true_std"] = float(pred[:, 0].std() / max(float(y_val[:, 0].std()), 1e-12))
-    out["predictions"] = pred
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -215,33 +215,10 @@ def scan_pretrain(
     listing = _list_layout(layout)
     candidates = listing.candidates
     poi_dim = _first_width(listing.dirs[0] / name for _, name in candidates)
-    # A tile's verdict depends on its files and on these: with any of them changed, no entry holds.
-    key = {
-        "root": str(layout.root.resolve()),
-        "img_dir": layout.img_dir,
-        "emb_dir": layout.emb_dir,
-        "edge_dir": layout.edge_dir,
-        "weight_dir": layout.weight_dir,
-        "weights": len(listing.dirs) > 2,
-        "poi_dim": poi_dim,
-    }
+    key = _cache_key(layout, listing, poi_dim)
     known = None if cache is None or rescan else load_cache(cache, key)
-    # Stat before reading: a file changed after its stat gets a new signature, so it is checked next time.
-    # Serially: in threads it was slower on this machine's local disk (the GIL; measured, 2 cores).
-    folders = [os.fspath(d) for d in listing.dirs]
-    sigs = (
-        [signature([os.fspath(img)] + [os.path.join(f, name) for f in folders]) for img, name in candidates]
-        if cache is not None
-        else []
-    )
-    zero_flag = [0] * len(candidates)
-    todo: list[int] = []
-    for i, (img, _) in enumerate(candidates):
-        hit = known.get(img.name) if known is not None and sigs[i] is not None else None
-        if hit is not None and hit[0] == sigs[i][0]:
-            zero_flag[i] = int(bool(hit[1]))
-        else:
-            todo.append(i)
+    sigs = _signatures(listing) if cache is not None else []
+    zero_flag, todo = _split_cached(candidates, known, sigs)
     # Tiles are checked in listing order, cached ones contribute no problem: the same list as uncached.
     checked = _check_all(listing, todo, poi_dim, workers)
     for i in todo:
@@ -271,6 +248,45 @@ def scan_pretrain(
         checked=len(todo),
         cached=len(candidates) - len(todo),
     )
+
+
+def _cache_key(layout: PretrainLayout, listing: _Listing, poi_dim: int | None) -> dict:
+    """What a tile's verdict depends on besides its own files: with any of it changed, no cache entry holds."""
+    return {
+        "root": str(layout.root.resolve()),
+        "img_dir": layout.img_dir,
+        "emb_dir": layout.emb_dir,
+        "edge_dir": layout.edge_dir,
+        "weight_dir": layout.weight_dir,
+        "weights": len(listing.dirs) > 2,
+        "poi_dim": poi_dim,
+    }
+
+
+def _signatures(listing: _Listing) -> list[tuple[int, int] | None]:
+    """The scan-cache signature of each candidate's files (data.scan_cache.signature; None where one is missing).
+
+    Taken before reading: a file changed after its stat gets a new signature, so it is checked next time.
+    Serially: in threads it was slower on this machine's local disk (the GIL; measured, 2 cores).
+    """
+    folders = [os.fspath(d) for d in listing.dirs]
+    return [signature([os.fspath(img)] + [os.path.join(f, name) for f in folders]) for img, name in listing.candidates]
+
+
+def _split_cached(
+    candidates: list[tuple[Path, str]], known: dict[str, Entry] | None, sigs: list[tuple[int, int] | None]
+) -> tuple[list[int], list[int]]:
+    """``(zero_flag, todo)``: per candidate, 1 where the cache says it has zero POIs; the indices not in the
+    cache with an unchanged signature, which must be read and checked (every index without a cache)."""
+    zero_flag = [0] * len(candidates)
+    todo: list[int] = []
+    for i, (img, _) in enumerate(candidates):
+        hit = known.get(img.name) if known is not None and sigs[i] is not None else None
+        if hit is not None and hit[0] == sigs[i][0]:
+            zero_flag[i] = int(bool(hit[1]))
+        else:
+            todo.append(i)
+    return zero_flag, todo
 
 
 def _write_cache(cache: str | Path, key: dict, entries: dict[str, Entry], known: dict[str, Entry] | None) -> None:

@@ -434,29 +434,70 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
         ``[N]``: ``kind``, ``lot`` (flat lot index), ``x0, y0, x1, y1`` (metres), ``floors``;
         ``fields`` float ``[F, 4]`` (sports grounds, ``x0, y0, x1, y1``).
     """
+    # One stream for the whole tile: the helpers below draw from it in a fixed order (blocks, sports
+    # grounds, building slots), which the city's bytes depend on (CITY_VERSION).
     rng = np.random.default_rng([seed, 2, i])
-    L, B = LOTS, LOTS // BLOCK
-    lu, u, w = int(plan["land_use"][i]), float(plan["u"][i]), float(plan["wealth"][i])
-    rural = bool(plan["rural"][i])
+    L = LOTS
     minx, miny = _tile_origin(plan, i)
+    block_type, block_kind, floors = _blocks(rng, plan, i)
+    up = lambda a: np.repeat(np.repeat(a, BLOCK, axis=0), BLOCK, axis=1)  # noqa: E731  [B, B] -> [L, L]
+    lot_type, lot_kind, lot_floors = up(block_type), up(block_kind), up(floors)
+    lot_c = (np.arange(L) + 0.5) * LOT_M
+    lot_water = plan["river"].water(minx + lot_c[None, :], miny + TILE_M - lot_c[:, None])
+    field_lots, fields = _sports_grounds(rng, block_kind)
+    slots = _building_slots(rng, lot_kind, lot_floors, bool(plan["rural"][i]))
 
-    # Block function types drawn from the tile's land-use mix (Dirichlet around its profile).
+    present = slots.used & ~lot_water[..., None] & ~field_lots[..., None]
+    rr, cc, ss = np.nonzero(present)
+    x0 = (cc + slots.bx[rr, cc, ss]) * LOT_M
+    y0 = (rr + slots.by[rr, cc, ss]) * LOT_M
+    x1 = x0 + slots.bw[rr, cc, ss] * LOT_M
+    y1 = y0 + slots.bh[rr, cc, ss] * LOT_M
+    ok = _clear_of_river_and_roads(plan, minx, miny, x0, y0, x1, y1)
+    rr, cc, ss = rr[ok], cc[ok], ss[ok]
+    return dict(
+        block_kind=block_kind,
+        lot_type=lot_type,
+        lot_kind=lot_kind,
+        lot_water=lot_water,
+        kind=lot_kind[rr, cc],
+        lot=rr * L + cc,
+        x0=x0[ok],
+        y0=y0[ok],
+        x1=x1[ok],
+        y1=y1[ok],
+        floors=slots.floors[rr, cc, ss],
+        fields=np.array(fields, dtype=np.float64).reshape(-1, 4),
+    )
+
+
+def _blocks(rng: np.random.Generator, plan: dict, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Function type, building kind and floor count of each block of tile ``i``, each int ``[B, B]``.
+
+    Function types are drawn from the tile's land-use mix (Dirichlet around its profile); a rural tile
+    is farmland whatever was drawn (the draws are still made, so the stream stays the same).
+    """
+    B = LOTS // BLOCK
+    lu, u, w = int(plan["land_use"][i]), float(plan["u"][i]), float(plan["wealth"][i])
     mix = rng.dirichlet(_LU_MIX[lu] * 12.0 + 0.05)
     block_type = rng.choice(N_BUILT, size=(B, B), p=mix / mix.sum())
     block_kind = _block_kinds(rng, block_type, u, w)
     floors = _block_floors(rng, block_kind, u)
-    if rural:
+    if bool(plan["rural"][i]):
         block_type = np.full((B, B), FUNC_TYPES.index("green_space"))
         block_kind = np.full((B, B), _K["farm"])
         floors = np.full((B, B), 2) + (rng.random((B, B)) < 0.5)
-    up = lambda a: np.repeat(np.repeat(a, BLOCK, axis=0), BLOCK, axis=1)  # noqa: E731  [B, B] -> [L, L]
-    lot_type, lot_kind, lot_floors = up(block_type), up(block_kind), up(floors)
+    return block_type, block_kind, floors
 
-    lot_c = (np.arange(L) + 0.5) * LOT_M
-    lot_water = plan["river"].water(minx + lot_c[None, :], miny + TILE_M - lot_c[:, None])
 
-    # Sports grounds (school tracks) on half of the public blocks: 3 x 2 lots without buildings.
-    field_lots = np.zeros((L, L), bool)
+def _sports_grounds(rng: np.random.Generator, block_kind: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
+    """Sports grounds (school tracks) on half of the public blocks: 3 x 2 lots without buildings.
+
+    Returns ``(field_lots, fields)``: bool ``[L, L]`` lots they cover, and one ``(x0, y0, x1, y1)`` in
+    metres per ground.
+    """
+    B = LOTS // BLOCK
+    field_lots = np.zeros((LOTS, LOTS), bool)
     fields = []
     has_field = rng.random((B, B)) < 0.5
     fr, fc = rng.integers(0, 3, (B, B)), rng.integers(0, 2, (B, B))
@@ -464,16 +505,32 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
         r0, c0 = br * BLOCK + fr[br, bc], bc * BLOCK + fc[br, bc]
         field_lots[r0 : r0 + 2, c0 : c0 + 3] = True
         fields.append((c0 * LOT_M + 6.0, r0 * LOT_M + 6.0, (c0 + 3) * LOT_M - 6.0, (r0 + 2) * LOT_M - 6.0))
+    return field_lots, fields
 
-    # Up to four building slots per lot, drawn for every lot whatever its kind (a fixed number of
-    # draws keeps the stream simple); each kind keeps and shapes the slots it uses.
+
+class _Slots(NamedTuple):
+    """Up to four building slots per lot, each array ``[L, L, 4]``; boxes in fractions of the lot side."""
+
+    used: np.ndarray  # bool: a building the lot's kind places there (before water and sports grounds)
+    bx: np.ndarray  # west edge
+    by: np.ndarray  # north edge
+    bw: np.ndarray  # width (east-west)
+    bh: np.ndarray  # height (north-south)
+    floors: np.ndarray  # int64
+
+
+def _building_slots(rng: np.random.Generator, lot_kind: np.ndarray, lot_floors: np.ndarray, rural: bool) -> _Slots:
+    """Which of each lot's four slots hold a building, their boxes and floors (``lot_*``: ``[L, L]``).
+
+    The slots are drawn for every lot whatever its kind (a fixed number of draws keeps the stream
+    simple); each kind keeps and shapes the slots it uses.
+    """
+    L = LOTS
     k = lot_kind[..., None]  # [L, L, 1]
     q = np.arange(4)
-    qx, qy = (q % 2)[None, None, :], (q // 2)[None, None, :]
     keep, wid, hei = rng.random((L, L, 4)), rng.random((L, L, 4)), rng.random((L, L, 4))
     jx, jy = rng.random((L, L, 4)), rng.random((L, L, 4))
     jf = rng.normal(0.0, 1.0, (L, L, 4))
-    span = 1.0 - 2 * _LOT_MARGIN
     # Defaults: one building per lot (slot 0), sides as fractions of the lot.
     p_keep = np.select(
         [
@@ -491,6 +548,18 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
         0.03,
     ) * np.ones((1, 1, 4))
     n_slots = np.where(k == _K["villa"], 4, np.where(k == _K["midrise"], 2, 1))
+    used = (keep < p_keep) & (q[None, None, :] < n_slots)
+    bx, by, bw, bh = _slot_boxes(k, q, wid, hei, jx, jy)
+    return _Slots(used, bx, by, bw, bh, _slot_floors(k, lot_floors, jf, rural))
+
+
+def _slot_boxes(
+    k: np.ndarray, q: np.ndarray, wid: np.ndarray, hei: np.ndarray, jx: np.ndarray, jy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Box ``(bx, by, bw, bh)`` ``[L, L, 4]`` of every slot from the kinds ``k`` ``[L, L, 1]``, the slot
+    index ``q`` ``[4]`` and uniform draws ``[L, L, 4]`` (sides ``wid``/``hei``, position ``jx``/``jy``)."""
+    qx, qy = (q % 2)[None, None, :], (q // 2)[None, None, :]
+    span = 1.0 - 2 * _LOT_MARGIN
     side_lo = np.select(
         [
             k == _K["highrise"],
@@ -529,6 +598,12 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     villa = k == _K["villa"]
     bx = np.where(villa, _LOT_MARGIN + qx * span / 2 + jx * (span / 2 - bw), bx)
     by = np.where(villa, _LOT_MARGIN + qy * span / 2 + jy * (span / 2 - bh), by)
+    return bx, by, bw, bh
+
+
+def _slot_floors(k: np.ndarray, lot_floors: np.ndarray, jf: np.ndarray, rural: bool) -> np.ndarray:
+    """Floors int64 ``[L, L, 4]`` of every slot: the block's count (``lot_floors`` ``[L, L]``) jittered by
+    ``jf`` ``[L, L, 4]`` (standard normal) for the kinds that vary, within the kind's range; farms as drawn."""
     jitter = np.select(
         [k == _K["highrise"], k == _K["office"], k == _K["informal"], k == _K["public"]], [2.0, 3.0, 0.7, 0.7], 0.0
     )
@@ -537,15 +612,15 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     fl = np.clip(np.rint(lot_floors[..., None] + jitter * jf), lo, hi).astype(np.int64)
     if rural:
         fl = np.broadcast_to(lot_floors[..., None], fl.shape).astype(np.int64)
+    return fl
 
-    present = (keep < p_keep) & (q[None, None, :] < n_slots) & ~lot_water[..., None] & ~field_lots[..., None]
-    rr, cc, ss = np.nonzero(present)
-    x0 = (cc + bx[rr, cc, ss]) * LOT_M
-    y0 = (rr + by[rr, cc, ss]) * LOT_M
-    x1 = x0 + bw[rr, cc, ss] * LOT_M
-    y1 = y0 + bh[rr, cc, ss] * LOT_M
-    # Drop buildings the river or a major road would cover (truth must count only what is visible).
-    ok = np.ones(rr.size, bool)
+
+def _clear_of_river_and_roads(
+    plan: dict, minx: float, miny: float, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray
+) -> np.ndarray:
+    """bool ``[N]``: buildings ``[N]`` (tile metres, tile corner at world ``(minx, miny)``) that neither the
+    river nor a major road covers (the truth must count only what is visible)."""
+    ok = np.ones(x0.size, bool)
     for ax, ay in ((x0, y0), (x1, y0), (x0, y1), (x1, y1), ((x0 + x1) / 2, (y0 + y1) / 2)):
         ok &= ~plan["river"].water(minx + ax, miny + TILE_M - ay)
     hw = _MAJOR_HALF_M + 2.0
@@ -555,21 +630,7 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
             if flip:
                 t = TILE_M - t
             ok &= (a1 < t - hw) | (a0 > t + hw)
-    rr, cc, ss = rr[ok], cc[ok], ss[ok]
-    return dict(
-        block_kind=block_kind,
-        lot_type=lot_type,
-        lot_kind=lot_kind,
-        lot_water=lot_water,
-        kind=lot_kind[rr, cc],
-        lot=rr * L + cc,
-        x0=x0[ok],
-        y0=y0[ok],
-        x1=x1[ok],
-        y1=y1[ok],
-        floors=fl[rr, cc, ss],
-        fields=np.array(fields, dtype=np.float64).reshape(-1, 4),
-    )
+    return ok
 
 
 def tile_truth(layout: dict, plan: dict, i: int, seed: int) -> dict:

@@ -114,16 +114,73 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
     )
     p = argparse.ArgumentParser(description=description, parents=[common])
     _encoder_and_data_flags(p, target_dir)
-    p.add_argument(
+    _training_flags(p, train_record)
+    _study_flags(p)
+    _report_flags(p)
+    return p
+
+
+def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None:
+    """Which encoder, and where the data are (names not given are found in --data_path: docs/downstream.md)."""
+    g = p.add_argument_group("encoder and data")
+    g.add_argument(
+        "--ckpt",
+        default=None,
+        help="image checkpoint (*_img_<epoch>.tar, ours or the published script's, or checkpoint_last.pt), "
+        "or 'random': a randomly initialised encoder of --resnet/--projection_dim drawn from each "
+        "run's seed (the lower bound; with --finetune the supervised upper bound); default: the "
+        "newest *_img_*.tar in --model_path",
+    )
+    g.add_argument(
+        "--resnet",
+        default="resnet50",
+        choices=RESNETS,
+        help="architecture of --ckpt random (default resnet50, published; a checkpoint brings its own)",
+    )
+    g.add_argument(
+        "--projection_dim",
+        type=int,
+        default=128,
+        help="projection width of --ckpt random (default 128, published; replaced by the head anyway)",
+    )
+    g.add_argument(
+        "--img_dir",
+        default=None,
+        help="tile directory under --data_path (default 'img' when present (published), else "
+        "'sub_shanghai_img', the pretraining layout)",
+    )
+    g.add_argument(
+        "--target_dir",
+        default=target_dir,
+        help=f"per-tile target directory under --data_path, NAME.txt per tile (default {target_dir!r})",
+    )
+    g.add_argument(
+        "--train_list",
+        default=None,
+        help="training list file (default 'train-wuhan.txt' when present (published), else 'train.txt', "
+        "what prepare_pois.py writes)",
+    )
+    g.add_argument(
+        "--val_list",
+        default=None,
+        help="validation list file (default 'val-wuhan.txt' when present (published), else 'val.txt')",
+    )
+
+
+def _training_flags(p: argparse.ArgumentParser, train_record: str) -> None:
+    """How the head (or, with --finetune, the whole encoder) trains and when it is evaluated; ``train_record``
+    is the script's record name (docs/downstream.md)."""
+    g = p.add_argument_group("training and evaluation (the published protocol unless said)")
+    g.add_argument(
         "--eval_from", type=int, default=5, help="first epoch evaluated on the validation list (default 5, published)"
     )
-    p.add_argument(
+    g.add_argument(
         "--train_record",
         default=train_record,
         help=f"metrics record file under ./train-records/ (default {train_record!r}); the predictions CSV "
         "and plot are written beside it unless --pred_csv/--plot say otherwise",
     )
-    p.add_argument(
+    g.add_argument(
         "--augment",
         type=str2bool,
         nargs="?",
@@ -133,7 +190,7 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
         "published); off: on the whole tile, as validated, so that with a frozen backbone each tile's "
         "features are computed once and an epoch only trains the head (the demo's setting)",
     )
-    p.add_argument(
+    g.add_argument(
         "--finetune",
         type=str2bool,
         nargs="?",
@@ -142,28 +199,33 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
         help="train the whole encoder (BatchNorm in train mode) instead of the frozen-backbone probe "
         "(default off: the published protocol)",
     )
-    p.add_argument(
+    g.add_argument(
         "--backbone_lr",
         type=float,
         default=1e-4,
         help="Adam lr of the backbone with --finetune; the head keeps --lr (default 1e-4, ours: "
         "the paper gives no fine-tuning lr)",
     )
-    p.add_argument(
+    g.add_argument(
         "--label_fraction",
         type=float,
         default=1.0,
         help="train on this fraction of the training list, a subset drawn with each run's seed "
         "(default 1.0: all labels, published)",
     )
-    p.add_argument(
+
+
+def _study_flags(p: argparse.ArgumentParser) -> None:
+    """``--seeds --head_bias_init --baselines``: repeated runs and what the encoder is compared with."""
+    g = p.add_argument_group("repeats and baselines")
+    g.add_argument(
         "--seeds",
         type=int,
         nargs="+",
         default=None,
         help="repeat the run with each seed and report mean ± std (default: one run with --seed)",
     )
-    p.add_argument(
+    g.add_argument(
         "--head_bias_init",
         default="default",
         choices=("default", "mean"),
@@ -172,7 +234,7 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
         "start dead, i.e. below zero for every tile (with --target_norm zscore the head learns "
         "z-scores, whose mean is 0, and cannot die anyway)",
     )
-    p.add_argument(
+    g.add_argument(
         "--baselines",
         type=str2bool,
         nargs="?",
@@ -181,64 +243,22 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
         help="also train the same head, same seeds, on a randomly initialised encoder of the checkpoint's "
         "architecture, and compare both with the mean predictor (default off; on with --demo)",
     )
-    p.add_argument(
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    """Where the per-tile predictions CSV and the scatter plot go (engine/reports.py)."""
+    g = p.add_argument_group("reports")
+    g.add_argument(
         "--pred_csv",
         default=None,
         help="per-tile validation predictions of the last epoch, every seed (default: "
         "train-records/<record name>_pred.csv)",
     )
-    p.add_argument(
+    g.add_argument(
         "--plot",
         default=None,
         help="predicted-vs-true scatter PNG, regression only (default: "
         "train-records/<record name>_scatter.png; 'none' skips it)",
-    )
-    return p
-
-
-def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None:
-    """Which encoder, and where the data are (names not given are found in --data_path: docs/downstream.md)."""
-    p.add_argument(
-        "--ckpt",
-        default=None,
-        help="image checkpoint (*_img_<epoch>.tar, ours or the published script's, or checkpoint_last.pt), "
-        "or 'random': a randomly initialised encoder of --resnet/--projection_dim drawn from each "
-        "run's seed (the lower bound; with --finetune the supervised upper bound); default: the "
-        "newest *_img_*.tar in --model_path",
-    )
-    p.add_argument(
-        "--resnet",
-        default="resnet50",
-        choices=RESNETS,
-        help="architecture of --ckpt random (default resnet50, published; a checkpoint brings its own)",
-    )
-    p.add_argument(
-        "--projection_dim",
-        type=int,
-        default=128,
-        help="projection width of --ckpt random (default 128, published; replaced by the head anyway)",
-    )
-    p.add_argument(
-        "--img_dir",
-        default=None,
-        help="tile directory under --data_path (default 'img' when present (published), else "
-        "'sub_shanghai_img', the pretraining layout)",
-    )
-    p.add_argument(
-        "--target_dir",
-        default=target_dir,
-        help=f"per-tile target directory under --data_path, NAME.txt per tile (default {target_dir!r})",
-    )
-    p.add_argument(
-        "--train_list",
-        default=None,
-        help="training list file (default 'train-wuhan.txt' when present (published), else 'train.txt', "
-        "what prepare_pois.py writes)",
-    )
-    p.add_argument(
-        "--val_list",
-        default=None,
-        help="validation list file (default 'val-wuhan.txt' when present (published), else 'val.txt')",
     )
 
 

@@ -17,16 +17,20 @@ from utils.errors import EXIT_BUSY, FolderBusy, UserError
 from utils.runlock import LOCK_NAME, FolderLock, describe_holder, read_holder
 
 # A holder in its own process: takes the lock, optionally forks a child that keeps running (as a
-# DataLoader worker would), says so, then sleeps until killed.
+# DataLoader worker would) and waits until the child has run, says so, then sleeps until killed.
 HOLDER = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
 from utils.runlock import FolderLock
 lock = FolderLock(sys.argv[2], purpose="pretraining").acquire()
 child = os.fork() if sys.argv[3] == "fork" else 0
+ready = sys.argv[2] + ".child_running"
 if child == 0 and sys.argv[3] == "fork":
+    open(ready, "w").close()  # the at-fork handlers have run in this child
     time.sleep(60)
     os._exit(0)
+while child and not os.path.exists(ready):  # a child not yet scheduled would still hold the lock
+    time.sleep(0.01)
 print("locked", child, flush=True)
 time.sleep(60)
 """

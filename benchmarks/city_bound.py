@@ -42,18 +42,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare import load_tiles, task_for, train_supervised  # noqa: E402
+from benchmarks.compare import category_counts, load_tiles, task_for, train_supervised  # noqa: E402
 from data.downstream import read_list  # noqa: E402
+from data.pretrain import list_images  # noqa: E402
 from data.synthetic import CITY_VERSION, ensure_city  # noqa: E402
-from engine.probes import load_targets  # noqa: E402
+from engine.probes import load_targets, probe_target  # noqa: E402
 from models.image_encoder import RESNETS  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_write_text  # noqa: E402
@@ -200,30 +198,16 @@ def oracle(data: Path) -> dict | None:
 
 
 def poi_counts_probe(data: Path) -> dict | None:
-    """Ridge probe (leave-one-out penalty) on log1p POI category counts per tile, for reference."""
-    if not (data / "pois.csv").is_file() or not (data / "tile_index.csv").is_file():
+    """The comparison's POI reference: ridge probe (engine.probes, penalty by leave-one-out) on log(1 + count)
+    of each POI category per tile (compare.category_counts), fit on train-wuhan.txt, scored on val-wuhan.txt."""
+    if not (data / "sub_shanghai_emb").is_dir():
         return None
-    with open(data / "tile_index.csv", newline="") as f:
-        index = list(csv.DictReader(f))
-    with open(data / "pois.csv", newline="") as f:
-        pois = list(csv.DictReader(f))
-    cats = sorted({p["category"] for p in pois})
-    key = {(int(float(r["minx"])) // 1000, int(float(r["miny"])) // 1000): j for j, r in enumerate(index)}
-    counts = np.zeros((len(index), len(cats)))
-    cid = {c: j for j, c in enumerate(cats)}
-    for p in pois:
-        counts[key[(int(float(p["x"]) // 1000), int(float(p["y"]) // 1000))], cid[p["category"]]] += 1
-    names = [r["name"] for r in index]
-    row = {n: j for j, n in enumerate(names)}
-    tr = [row[n] for n in read_list(data / "train-wuhan.txt")]
-    va = [row[n] for n in read_list(data / "val-wuhan.txt")]
-    x = np.log1p(counts)
+    files = list_images(data / "img")
+    feats, names = category_counts(data, files), [p.name for p in files]
     out = {}
     for task in ("pop1km", "gdp1km"):
-        y = np.array([float((data / task / (Path(n).stem + ".txt")).read_text()) for n in names])
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13) * len(tr)))
-        model.fit(x[tr], y[tr])
-        out[task] = regression_metrics(y[va], np.clip(model.predict(x[va]), 0, None))
+        ridge = probe_target(feats, names, data, task, "train-wuhan.txt", "val-wuhan.txt")["ridge"]
+        out[task] = {k: v for k, v in ridge.items() if k != "alpha"}
     return out
 
 

@@ -78,7 +78,7 @@ from data.gpu_augment import GPUAugment  # noqa: E402
 from data.pack import is_packed, pack  # noqa: E402
 from data.pretrain import list_images, open_rgb  # noqa: E402
 from data.synthetic import ensure_city  # noqa: E402
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from data.transforms import normalize_batch  # noqa: E402
 from engine.embeddings import poi_embeddings  # noqa: E402
 from engine.probes import load_targets, probe_target, score  # noqa: E402
 from engine.stats import format_ci, gap_closed, mean_ci, paired_comparison  # noqa: E402
@@ -385,9 +385,7 @@ def load_tiles(files: list[Path], workers: int = 0) -> torch.Tensor:
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """``uint8 [B, 3, H, W]`` -> float ImageNet-normalised (as data.transforms.eval_transform)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return normalize_batch(images.float() / 255.0)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import roi_align
 
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from data.transforms import normalize_batch
 
 __all__ = ["AugmentParams", "GPUAugment", "sample_crops", "adjust_hue", "grayscale"]
 
@@ -210,9 +210,7 @@ class GPUAugment:
         g = p.gray.to(dev).view(-1, 1, 1, 1)
         x = torch.where(g, grayscale(x).expand_as(x), x)
         x = torch.where(p.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
-        mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
-        x = ((x - mean) / std).to(out_dtype)
+        x = normalize_batch(x).to(out_dtype)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:

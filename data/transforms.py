@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import torch
 from torchvision import transforms as T
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "pretrain_transform", "downstream_train_transform", "eval_transform"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "normalize_batch",
+    "pretrain_transform",
+    "downstream_train_transform",
+    "eval_transform",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,3 +47,10 @@ def downstream_train_transform(img_size: int = 224) -> T.Compose:
 def eval_transform() -> T.Compose:
     """Evaluation transform: the tile at full size, normalised."""
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """``T.Normalize`` of a batch already on its device: float ``[B, 3, H, W]`` in [0, 1] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -66,20 +66,14 @@ def city(tmp_path):
     return tmp_path
 
 
+def cli_args(city, *extra) -> list[str]:
+    """prepare_pois.py's arguments for the hand-made city, writing to ``city/out``."""
+    inputs = ["--pois", city / "pois.csv", "--tiles", city / "tiles", "--tile_index", city / "index.csv"]
+    return [str(a) for a in (*inputs, "--out", city / "out", *extra)]
+
+
 def run(city, *extra):
-    out = city / "out"
-    args = [
-        "--pois",
-        str(city / "pois.csv"),
-        "--tiles",
-        str(city / "tiles"),
-        "--tile_index",
-        str(city / "index.csv"),
-        "--out",
-        str(out),
-        *extra,
-    ]
-    return main(args), out
+    return main(cli_args(city, *extra)), city / "out"
 
 
 def load(out, kind, stem):
@@ -414,16 +408,7 @@ def test_out_taken_while_the_inputs_are_read(city):
     # takes it meanwhile (at the first log line).
     out = city / "out"
     other = FolderLock(out, purpose="prepare_pois", flag="--out")
-    args = [
-        "--pois",
-        str(city / "pois.csv"),
-        "--tiles",
-        str(city / "tiles"),
-        "--tile_index",
-        str(city / "index.csv"),
-        "--out",
-        str(out),
-    ]
+    args = cli_args(city)
     try:
         with pytest.raises(FolderBusy, match=f"^{out} is in use by this same process .* or pass another --out$"):
             prepare(PrepareConfig(**vars(build_parser().parse_args(args))), log=lambda line: other.acquire())

@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.layout import resolve_img_dir, resolve_list
-from data.tile_index import read_tile_index
 from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, tile_files, write_meta
 from engine.maps import write_embedding_map
 from engine.probes import probe_target, probe_target_cv
 from engine.run_folder import consistent_image_checkpoint
+from prepare.tile_index import read_tile_index
 from utils.args import parse_with_demo, resolve_device, str2bool
 from utils.errors import UserError, run_main
 from utils.fileio import atomic_path, atomic_save_npy, atomic_write_text

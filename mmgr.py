@@ -18,11 +18,11 @@ from data.gpu_augment import GPUAugment
 from data.layout import add_layout_flags
 from data.pretrain import PretrainBatch
 from data.raw import RawBatch
-from data.synthetic import ensure_city
 from engine.pretrain import Pretrainer, claim_run_folder, prepare_data
 from models.image_encoder import RESNETS
 from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS
+from synthetic.city import ensure_city
 from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
 from utils.distributed import DistInfo, barrier, cleanup, init_from_env
 from utils.errors import run_main

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from data.prepare import PrepareConfig, prepare
+from prepare.pipeline import PrepareConfig, prepare
 from utils.errors import run_main
 
 

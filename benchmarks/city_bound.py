@@ -5,7 +5,7 @@
     python benchmarks/city_bound.py --tasks pop1km --seeds 0 1 2            # population only, 3 seeds
     python benchmarks/city_bound.py --data_path DATA --tasks pop1km         # any data in the downstream layout
 
-For each task the comparison's supervised upper bound (``benchmarks.compare.train_supervised``: one
+For each task the comparison's supervised upper bound (``engine.supervised.train_supervised``: one
 implementation for both scripts) is trained and scored: the same backbone as the comparison (torchvision
 ResNet via ``models.image_encoder.ImageEncoder``, random initialisation, the published downstream head
 ``Linear(d, d/2) -> ReLU -> Linear(d/2, K)`` in place of the projection), trained end to end on the labels
@@ -47,12 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare import category_counts, load_tiles, task_for, train_supervised  # noqa: E402
 from data.downstream import read_list  # noqa: E402
 from data.pretrain import list_images  # noqa: E402
-from data.synthetic import CITY_VERSION, ensure_city  # noqa: E402
+from engine.compare.run import category_counts  # noqa: E402
 from engine.probes import load_targets, probe_target  # noqa: E402
+from engine.supervised import load_tiles, task_for, train_supervised  # noqa: E402
 from models.image_encoder import RESNETS  # noqa: E402
+from synthetic.city import CITY_VERSION, ensure_city  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_write_text  # noqa: E402
 from utils.metrics import regression_metrics  # noqa: E402
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_and_score(args: argparse.Namespace, data: Path, task: str, seed: int, tiles: dict) -> dict:
-    """Train one end-to-end model on ``task`` (benchmarks.compare.train_supervised, the comparison's own
+    """Train one end-to-end model on ``task`` (engine.supervised.train_supervised, the comparison's own
     bound) and score the last epoch on the validation list."""
     names = {"train": read_list(data / "train-wuhan.txt"), "val": read_list(data / "val-wuhan.txt")}
     y_tr = load_targets(data, task, names["train"])
@@ -199,7 +200,7 @@ def oracle(data: Path) -> dict | None:
 
 def poi_counts_probe(data: Path) -> dict | None:
     """The comparison's POI reference: ridge probe (engine.probes, penalty by leave-one-out) on log(1 + count)
-    of each POI category per tile (compare.category_counts), fit on train-wuhan.txt, scored on val-wuhan.txt."""
+    of each POI category per tile (engine.compare.run.category_counts), fit on train-wuhan.txt, scored on val-wuhan.txt."""
     if not (data / "sub_shanghai_emb").is_dir():
         return None
     files = list_images(data / "img")

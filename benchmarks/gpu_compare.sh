@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The comparison of benchmarks/compare.py at GPU scale, in one go, for a lent H100/H200 (issue 12 §4):
+# The comparison (compare.py) at GPU scale, in one go, for a lent H100/H200 (issue 12 §4):
 # bounds (mean predictor, random init, supervised end to end), image-only, image–POI only and MMGR
 # pretraining, 5 seeds each, ridge and kNN probes, paired tests; prints one table. Run from anywhere:
 #
@@ -28,7 +28,8 @@
 #
 # Writes $OUT/gpu_compare.txt (everything printed), $OUT/results.md, results.json and compare.png if $OUT
 # is set, else ./gpu_compare_out/. Needs torch, torchvision, torch_geometric, scikit-learn, scipy,
-# matplotlib; nothing is downloaded.
+# matplotlib; nothing is downloaded. Python is $PYTHON when set (the tests set it to their own
+# interpreter), else the first `python` on PATH.
 set -u
 cd "$(dirname "$0")/.."
 RES_DIR="${OUT:-./gpu_compare_out}"
@@ -38,6 +39,7 @@ RES="$RES_DIR/gpu_compare.txt"
 WORK="${GPU_COMPARE_WORK:-$(mktemp -d)}"
 START=$(date +%s)
 log() { echo "$*" | tee -a "$RES"; }
+PY="${PYTHON:-python}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore
 
 log "== MMGR gpu_compare $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)  work $WORK"
@@ -48,14 +50,14 @@ if [ "${GPU_COMPARE_TINY:-0}" = 1 ]; then
   ARGS=(--device cpu --n_tiles 36 --tile_size 24 --img_size 16 --batch_size 8 --epochs "${GPU_COMPARE_EPOCHS:-1}"
         --seeds 0 1 --jobs 0 --workers 0 --knn 3 --precision fp32)
 else
-  python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { log "no CUDA device visible: stopped (GPU_COMPARE_TINY=1 runs the tiny CPU version)"; exit 1; }
   ARGS=(--device cuda --n_tiles 4000 --tile_size 256 --img_size 128 --batch_size 256 --epochs "${GPU_COMPARE_EPOCHS:-25}"
         --seeds 0 1 2 3 4 --jobs "${GPU_COMPARE_JOBS:-5}" --workers 2 --precision bf16)
 fi
 ARGS+=(--resnet resnet18 --lr 1e-3 --cos 1 --channels_last 1 --augment gpu --pack 1 --out "$WORK/compare")
-log "python benchmarks/compare.py ${ARGS[*]}"
-python benchmarks/compare.py "${ARGS[@]}" 2>&1 | tee -a "$RES"
+log "python compare.py ${ARGS[*]}"
+"$PY" compare.py "${ARGS[@]}" 2>&1 | tee -a "$RES"
 rc=${PIPESTATUS[0]}
 for f in results.md results.json compare.png; do
   [ -f "$WORK/compare/$f" ] && cp "$WORK/compare/$f" "$RES_DIR/$f"

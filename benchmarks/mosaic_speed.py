@@ -41,9 +41,9 @@ from rasterio.windows import Window
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import targets  # noqa: E402
-from data.prepare import PrepareConfig, prepare  # noqa: E402
-from data.tile_index import grid_positions  # noqa: E402
+from prepare import targets  # noqa: E402
+from prepare.pipeline import PrepareConfig, prepare  # noqa: E402
+from prepare.tile_index import grid_positions  # noqa: E402
 
 UTM = "EPSG:32651"
 X0, Y1 = 300_000.0, 3_500_000.0  # upper-left corner of everything, UTM 51N (Shanghai's zone)

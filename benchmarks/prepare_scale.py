@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.prepare import PrepareConfig, prepare  # noqa: E402
+from prepare.pipeline import PrepareConfig, prepare  # noqa: E402
 
 
 def make_city(root: str, n_pois: int, n_tiles: int, seed: int = 0) -> tuple[str, str, str]:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from data.scan import scan_pretrain  # noqa: E402
 from data.scan_cache import RACY_SECONDS, load_cache, save_cache  # noqa: E402
-from data.synthetic import ensure_city  # noqa: E402
+from synthetic.city import ensure_city  # noqa: E402
 
 
 def best_of(repeat: int, scan) -> object:

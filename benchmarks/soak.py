@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data.synthetic import ensure_city  # noqa: E402
+from synthetic.city import ensure_city  # noqa: E402
 
 
 def run_cmd(data: Path, model: Path, a: argparse.Namespace) -> list[str]:

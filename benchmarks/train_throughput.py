@@ -49,12 +49,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mmgr  # noqa: E402
 from benchmarks.published_reference import broadcast_nt_xent  # noqa: E402
 from data.gpu_augment import GPUAugment  # noqa: E402
-from data.graph import delaunay_edges  # noqa: E402
 from data.pretrain import collate_pretrain  # noqa: E402
 from data.raw import collate_raw  # noqa: E402
 from data.transforms import pretrain_transform  # noqa: E402
 from models.image_encoder import RESNETS, ImageEncoder  # noqa: E402
 from models.poi_encoder import build_poi_encoder  # noqa: E402
+from prepare.graph import delaunay_edges  # noqa: E402
 from utils.args import str2bool  # noqa: E402
 from utils.distributed import DistInfo, cleanup, init_from_env  # noqa: E402
 from utils.speed import PRECISIONS, default_channels_last, make_scaler, prepare_models  # noqa: E402

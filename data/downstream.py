@@ -5,7 +5,7 @@ tile's population), and list files (``train-wuhan.txt``, ``val-wuhan.txt``) nami
 line. Targets may be vectors (several floats on a line, e.g. function proportions).
 
 Names that are not given are found in the data folder (:class:`data.layout.DownstreamLayout`).
-The tiles' positions, where known, come from the folder's tile index (data/tile_index.py).
+The tiles' positions, where known, come from the folder's tile index (prepare/tile_index.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Maps of per-tile results: predictions and embeddings as GIS files and PNG maps (docs/real_data.md).
 
-Every function here is pure: it takes the tile index of the data folder (``data.tile_index``) and
+Every function here is pure: it takes the tile index of the data folder (``prepare.tile_index``) and
 arrays in the order of a list of tile names, and returns a GeoDataFrame or writes files (atomically,
 ``utils.fileio``). The scripts (``res_pop.py``, ``res_func.py``, ``embed.py``) call them when the data
 folder has a tile index.
@@ -39,7 +39,7 @@ from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from data.tile_index import TileIndex
+from prepare.tile_index import TileIndex
 from utils.fileio import atomic_path
 
 __all__ = [

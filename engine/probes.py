@@ -28,8 +28,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from data.downstream import read_list, read_target, select_fraction
-from data.splits import block_ids
-from data.tile_index import read_tile_index
+from prepare.splits import block_ids
+from prepare.tile_index import read_tile_index
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
@@ -160,8 +160,8 @@ def cv_folds(
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """``n_folds`` (train indices, test indices) pairs over ``tiles`` and a phrase saying how they were made.
 
-    With a tile index in ``root`` (:func:`data.tile_index.read_tile_index`): ``GroupKFold`` over spatial
-    blocks of ``block_tiles`` x ``block_tiles`` tiles of its grid (:func:`data.splits.block_ids`, the
+    With a tile index in ``root`` (:func:`prepare.tile_index.read_tile_index`): ``GroupKFold`` over spatial
+    blocks of ``block_tiles`` x ``block_tiles`` tiles of its grid (:func:`prepare.splits.block_ids`, the
     blocks of prepare_pois.py's split), so that no block is split between training and test. Without
     one: shuffled ``KFold`` (seeded), which lets neighbouring tiles fall on both sides.
     """

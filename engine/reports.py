@@ -19,8 +19,8 @@ from pyproj import CRS
 
 from data.downstream import read_target
 from data.layout import DownstreamLayout
-from data.tile_index import TileIndex, read_tile_index
 from engine.tasks import Task
+from prepare.tile_index import TileIndex, read_tile_index
 from utils.fileio import atomic_write_bytes, atomic_write_text
 from utils.metrics import std_ratio
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.tile_index import TileIndex
 from engine.maps import write_distribution_map, write_prediction_map
+from prepare.tile_index import TileIndex
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 

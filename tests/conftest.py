@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.graph import delaunay_edges  # noqa: E402
+from prepare.graph import delaunay_edges  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -1,7 +1,9 @@
 """The floors of the code base (docs/architecture.md), checked on the import statements themselves.
 
-utils/ (ground) imports nothing of the project; data/ and models/ import only utils/ (and their own
-package); engine/ imports those three; the scripts and benchmarks stand on top. No project import
+utils/ (ground) imports nothing of the project; data/ (the training input) and models/ import only utils/
+(and their own package); prepare/ (a real city's preparation, which writes the training input) stands on
+data/; synthetic/ (the built-in city, drawn with the preparation's graph and tile index) on prepare/;
+engine/ imports all of those; the scripts and benchmarks stand on top. No project import
 may hide inside a function or class body, where it would dodge a cycle instead of removing it.
 """
 
@@ -13,9 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("utils", "data", "models", "engine")
+PACKAGES = ("utils", "data", "models", "prepare", "synthetic", "engine")
 # What each package may import from the project, besides itself.
-ALLOWED = {"utils": set(), "data": {"utils"}, "models": {"utils"}, "engine": {"utils", "data", "models"}}
+ALLOWED = {
+    "utils": set(),
+    "data": {"utils"},
+    "models": {"utils"},
+    "prepare": {"utils", "data"},
+    "synthetic": {"utils", "data", "prepare"},
+    "engine": {"utils", "data", "models", "prepare", "synthetic"},
+}
 SCRIPTS = sorted(p.name for p in ROOT.glob("*.py"))
 
 
@@ -77,6 +86,6 @@ def test_no_project_import_hides_in_a_function(where):
 
 def test_the_checker_sees_violations(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import os\nfrom engine.pretrain import x\n\ndef f():\n    from data.graph import y\n")
+    bad.write_text("import os\nfrom engine.pretrain import x\n\ndef f():\n    from prepare.graph import y\n")
     found = _imports(bad)
-    assert (2, "engine", True) in found and (5, "data", False) in found
+    assert (2, "engine", True) in found and (5, "prepare", False) in found

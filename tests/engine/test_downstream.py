@@ -13,13 +13,13 @@ from torch.utils.data import DataLoader
 import res_func
 import res_pop
 from data.downstream import TileTargetDataset, read_list, select_fraction
-from data.tile_index import TileIndex, write_tile_index
 from data.transforms import eval_transform
 from engine.downstream import Encoder, backbone_features, downstream_layout, evaluate, setup_seed, train_one_epoch
 from engine.tasks import distribution_task, regression_task
 from models.heads import with_task_head
 from models.image_encoder import ImageEncoder
 from models.loading import load_image_encoder
+from prepare.tile_index import TileIndex, write_tile_index
 from tests.conftest import ROOT, make_layout, run_script
 from utils.errors import UserError
 

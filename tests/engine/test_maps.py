@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.tile_index import TileIndex
 from engine import maps
-from tests.data.geo_helpers import grid_bounds
+from prepare.tile_index import TileIndex
+from tests.prepare.geo_helpers import grid_bounds
 from utils.errors import UserError
 
 

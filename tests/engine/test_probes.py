@@ -11,9 +11,9 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data.splits import block_ids
-from data.tile_index import read_tile_index
 from engine.probes import cv_folds, knn_predict, load_targets, probe_target, probe_target_cv, ridge_fit_predict
+from prepare.splits import block_ids
+from prepare.tile_index import read_tile_index
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics, std_ratio
 

@@ -1,4 +1,4 @@
-"""benchmarks/compare.py and benchmarks/gpu_compare.sh: the comparison's tables (bounds, 95 % intervals,
+"""compare.py and benchmarks/gpu_compare.sh: the comparison's tables (bounds, 95 % intervals,
 paired tests, gap closed) from the real scripts, and its statistics on hand-made numbers."""
 
 import json
@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from benchmarks import compare
+import compare
+from engine.compare import report, rows
 from tests.conftest import ROOT
 from utils.errors import UserError
 
@@ -32,6 +33,7 @@ def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
         GPU_COMPARE_WORK=str(tmp_path / "work"),
         OMP_NUM_THREADS="1",
         PYTHONWARNINGS="ignore",
+        PYTHON=sys.executable,
     )
     r = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_compare.sh")], env=env, capture_output=True, text=True, timeout=300
@@ -100,7 +102,7 @@ def test_compare_on_user_data_reuses_finished_runs(tmp_path, tiny_data, capsys):
     out = capsys.readouterr().out
     assert out.count("pretrained mmgr seed") == 2 and out.count("supervised pop1km seed") == 2
     md = (tmp_path / "o" / "results.md").read_text()
-    assert f"Command: `python benchmarks/compare.py --data_path {tiny_data}" in md
+    assert f"Command: `python compare.py --data_path {tiny_data}" in md
     assert first["city_version"] is None and "synthetic city" not in md.split("Machine")[0]
     assert set(first["results"]) == {"mean", "random", "mmgr", "poi_encoder", "poi_counts", "supervised"}
     assert set(first["results"]["poi_counts"]) == {"0"}  # no learning: one row, like the mean predictor
@@ -129,22 +131,22 @@ def test_gap_closed_and_paired_verdicts():
             "mmgr": [0.45, 0.55, 0.50, 0.45, 0.55],
         }
     )
-    summary = compare.summarise(res, ["pop1km"], list(compare.VARIANTS))
+    summary = report.summarise(res, ["pop1km"], list(rows.VARIANTS))
     assert summary["mmgr"]["pop1km"]["mean"] == pytest.approx(0.5)
     assert summary["mmgr"]["pop1km"]["gap_closed"] == pytest.approx((0.5 - 0.25) / (0.8 - 0.25))
     assert summary["supervised"]["pop1km"]["ci"] == 0  # identical values: a zero-width interval
-    paired = compare.paired_tests(res, ["pop1km"])
+    paired = report.paired_tests(res, ["pop1km"])
     assert paired["mmgr-simclr"]["pop1km"]["better"] == 5 and paired["mmgr-simclr"]["pop1km"]["p_t"] < 0.05
     assert paired["mmgr-simclr"]["pop1km"]["verdict"] == "better (p < 0.05, all 5 seeds)"
     assert paired["mmgr-img_poi"]["pop1km"]["verdict"] == "not established (p >= 0.05)"
     assert paired["mmgr-random"]["pop1km"]["diffs"] == pytest.approx([0.25, 0.25, 0.25, 0.23, 0.27])
-    table = compare.main_table(summary, ["pop1km"], list(compare.VARIANTS))
+    table = report.main_table(summary, ["pop1km"], list(rows.VARIANTS))
     assert "| MMGR (λ=0.5) | 5 | 0.500 ± 0.062 | 0.45 |" in table  # t(4) 2.776 x 0.05 / sqrt(5)
 
 
 def test_kl_lower_is_better_in_verdicts():
     res = _results({"simclr": [0.50, 0.52, 0.55, 0.51, 0.53], "mmgr": [0.40, 0.41, 0.43, 0.42, 0.40]}, "func", "KL")
-    c = compare.paired_tests(res, ["func"])["mmgr-simclr"]["func"]
+    c = report.paired_tests(res, ["func"])["mmgr-simclr"]["func"]
     assert c["metric"] == "KL" and c["diff"] < 0 and c["better"] == 5
     assert c["verdict"] == "better (p < 0.05, all 5 seeds)"
 
@@ -154,4 +156,4 @@ def test_bad_jobs_and_missing_data_are_one_sentence(tmp_path):
         compare.parse_args(["--jobs", "-1"])
     with pytest.raises(UserError, match="does not exist"):
         compare.main(["--data_path", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
-    assert sys.modules["benchmarks.compare"] is compare
+    assert sys.modules["compare"] is compare

@@ -12,10 +12,10 @@ import shapely
 import torch
 from pyproj import Transformer
 
-from data.tile_index import read_tile_index
+from prepare.tile_index import read_tile_index
 from prepare_pois import main
 from tests.conftest import ROOT, run_script
-from tests.data.geo_helpers import write_raster
+from tests.prepare.geo_helpers import write_raster
 from utils.errors import UserError
 
 X0, Y1, RES, TILE = 400_000.0, 3_460_000.0, 10.0, 160.0  # UTM 51N; 16 px tiles of 10 m

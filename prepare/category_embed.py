@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from data.poi_io import InputError, csv_header
+from prepare.poi_io import InputError, csv_header
 from utils.fileio import atomic_write_text
 
 __all__ = ["cooccurrence", "learn_embeddings", "read_table", "write_table"]

@@ -10,8 +10,8 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
-from data import mosaic
-from tests.data.geo_helpers import write_raster
+from prepare import mosaic
+from tests.prepare.geo_helpers import write_raster
 from utils.errors import UserError
 
 X0, Y1 = 500_000.0, 3_400_000.0  # upper-left corner, UTM 51N metres

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data.category_embed import cooccurrence, learn_embeddings, read_table, write_table
+from prepare.category_embed import cooccurrence, learn_embeddings, read_table, write_table
 
 
 def test_cooccurrence_by_hand():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data.splits import split_tiles
+from prepare.splits import split_tiles
 from utils.errors import UserError
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data.graph import delaunay_edges, edge_weights
+from prepare.graph import delaunay_edges, edge_weights
 
 
 def undirected(edge_index):

@@ -31,7 +31,7 @@ the tile size (only the painting does).
 
 Usage::
 
-    python -m data.synthetic --out DATA [--n_tiles 1000] [--tile_size 256] [--seed 0] [--embed_dim 64]
+    python -m synthetic.city --out DATA [--n_tiles 1000] [--tile_size 256] [--seed 0] [--embed_dim 64]
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ from pyproj import CRS
 from scipy.ndimage import gaussian_filter
 from scipy.special import ndtri
 
-from data.graph import delaunay_edges
 from data.layout import PretrainLayout
-from data.tile_index import TileIndex, write_tile_index
+from prepare.graph import delaunay_edges
+from prepare.tile_index import TileIndex, write_tile_index
 
 __all__ = [
     "CITY_VERSION",
@@ -918,7 +918,7 @@ def _fmt(v: float) -> str:
     return f"{v:.6f}"
 
 
-_README = """Synthetic city written by data/synthetic.py (MMGR). These data are SYNTHETIC: no real imagery,
+_README = """Synthetic city written by synthetic/city.py (MMGR). These data are SYNTHETIC: no real imagery,
 POIs, population or GDP. They exist so the pipeline can run before real data are prepared.
 City version {version} (its generative rules and their reasons: docs/synthetic_city.md).
 

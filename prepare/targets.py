@@ -33,8 +33,8 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject, tr
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from data.gdal_errors import reason
-from data.poi_io import crs_name, crs_object, extent_overlaps, format_extent, read_vector, same_crs
+from prepare.gdal_errors import reason
+from prepare.poi_io import crs_name, crs_object, extent_overlaps, format_extent, read_vector, same_crs
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
 

@@ -1,8 +1,8 @@
 """The synthetic city as the raw files a real city arrives as, to try the whole real-data path offline.
 
-    python -m data.synthetic_raw --city CITY --out RAW
+    python -m synthetic.raw --city CITY --out RAW
 
-From a city written by :mod:`data.synthetic` (``CITY``), writes to ``RAW``:
+From a city written by :mod:`synthetic.city` (``CITY``), writes to ``RAW``:
 
 * ``mosaic.tif`` — one georeferenced GeoTIFF of the whole city (the tiles stitched in their grid, in
   the city's projected CRS, internally tiled and compressed), as a VHR mosaic would come;
@@ -31,7 +31,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from data.layout import PretrainLayout
-from data.tile_index import read_tile_index
+from prepare.tile_index import read_tile_index
 from utils.errors import UserError, run_main
 from utils.fileio import atomic_path
 
@@ -43,10 +43,10 @@ def _grid(city: Path):
     if index is None or index.crs is None:
         raise UserError(
             f"{city} holds no georeferenced tile index (tile_index.gpkg); generate the city with "
-            "`python -m data.synthetic` (city version 2 or later)"
+            "`python -m synthetic.city` (city version 2 or later)"
         )
     if not index.regular:
-        raise UserError(f"the tiles of {city} are not one regular grid; pass a city written by data.synthetic")
+        raise UserError(f"the tiles of {city} are not one regular grid; pass a city written by synthetic.city")
     return index
 
 
@@ -129,7 +129,7 @@ def write_raw_city(city: str | Path, out: str | Path, district_tiles: int = 3) -
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Write the synthetic city as raw GIS files (mosaic, POIs, census).")
-    p.add_argument("--city", required=True, help="a city written by `python -m data.synthetic --out CITY`")
+    p.add_argument("--city", required=True, help="a city written by `python -m synthetic.city --out CITY`")
     p.add_argument("--out", required=True, help="folder of mosaic.tif, pois.gpkg and census.gpkg")
     p.add_argument(
         "--district_tiles",

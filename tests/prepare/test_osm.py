@@ -5,9 +5,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data.osm import POI_KEYS, parse_other_tags, read_osm_pois
-from data.poi_io import read_pois
-from tests.data.geo_helpers import HELSINKI_PBF
+from prepare.osm import POI_KEYS, parse_other_tags, read_osm_pois
+from prepare.poi_io import read_pois
+from tests.prepare.geo_helpers import HELSINKI_PBF
 from utils.errors import UserError
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyogrio
 import shapely
 
-from data.gdal_errors import reason
+from prepare.gdal_errors import reason
 from utils.errors import UserError
 
 __all__ = ["POI_KEYS", "parse_other_tags", "read_osm_pois"]

@@ -28,8 +28,8 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from data.gdal_errors import reason
-from data.poi_io import crs_name
+from prepare.gdal_errors import reason
+from prepare.poi_io import crs_name
 from utils.errors import UserError
 from utils.fileio import atomic_write
 

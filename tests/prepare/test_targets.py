@@ -7,8 +7,8 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from data.targets import TargetSpec, compute_target, open_target, parse_target, polygon_shares, raster_sums
-from tests.data.geo_helpers import grid_bounds, write_raster
+from prepare.targets import TargetSpec, compute_target, open_target, parse_target, polygon_shares, raster_sums
+from tests.prepare.geo_helpers import grid_bounds, write_raster
 from utils.errors import UserError
 
 UTM = "EPSG:32651"

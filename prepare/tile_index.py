@@ -25,7 +25,7 @@ import numpy as np
 import pyogrio
 import shapely
 
-from data.gdal_errors import reason
+from prepare.gdal_errors import reason
 from utils.errors import UserError
 from utils.fileio import atomic_path, atomic_write_text
 

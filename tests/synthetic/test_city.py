@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from pyproj import CRS
 
-from data import synthetic
-from data.graph import delaunay_edges
-from data.synthetic import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
-from data.tile_index import read_tile_index
+from prepare.graph import delaunay_edges
+from prepare.tile_index import read_tile_index
+from synthetic import city as synthetic
+from synthetic.city import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
 
 N, S, SEED = 24, 48, 3
 REPO = Path(__file__).resolve().parents[2]
@@ -258,7 +258,7 @@ def test_cli(tmp_path):
         [
             sys.executable,
             "-m",
-            "data.synthetic",
+            "synthetic.city",
             "--out",
             str(out),
             "--n_tiles",

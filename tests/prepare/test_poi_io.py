@@ -8,7 +8,7 @@ import pytest
 import shapely
 from PIL import Image
 
-from data.poi_io import InputError, read_pois, read_tile_index, tiles_from_georeferencing
+from prepare.poi_io import InputError, read_pois, read_tile_index, tiles_from_georeferencing
 
 POINTS = [(1.5, 2.5, "shop", "retail"), (3.0, -1.0, "bank", "service"), (0.0, 0.0, "cafe", "food")]
 

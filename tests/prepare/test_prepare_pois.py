@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, TiffImagePlugin, TiffTags
 
-from data.prepare import PrepareConfig, assign_to_tiles, prepare
+from prepare.pipeline import PrepareConfig, assign_to_tiles, prepare
 from prepare_pois import build_parser, main
 from tests.conftest import run_script
 from utils.errors import EXIT_BUSY, EXIT_STORAGE, FolderBusy, StorageError

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from data.tile_index import TileIndex, grid_positions, read_tile_index, write_tile_index
-from tests.data.geo_helpers import grid_bounds
+from prepare.tile_index import TileIndex, grid_positions, read_tile_index, write_tile_index
+from tests.prepare.geo_helpers import grid_bounds
 from utils.errors import UserError
 
 

@@ -9,7 +9,7 @@ POIs (``read_pois``):
   GML...; GeoParquet with geopandas (the GDAL in pyogrio's wheel has no Parquet driver). Point
   geometries are POIs, MultiPoints are exploded into one POI per part, other geometries are skipped
   and counted;
-- OpenStreetMap ``.osm.pbf`` extracts through GDAL's OSM driver (``data/osm.py``).
+- OpenStreetMap ``.osm.pbf`` extracts through GDAL's OSM driver (``prepare/osm.py``).
 
 Tiles already cut (``read_tile_index`` / ``tiles_from_georeferencing``): a tile index CSV
 ``name,minx,miny,maxx,maxy``, or each image's own georeferencing read with rasterio (GeoTIFF tags,
@@ -31,8 +31,8 @@ import rasterio
 import shapely
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from data import osm
-from data.gdal_errors import reason
+from prepare import osm
+from prepare.gdal_errors import reason
 from utils.errors import UserError
 
 __all__ = [
@@ -336,7 +336,7 @@ def read_pois(
 
     Rows with missing or non-finite coordinates or an empty category are dropped and counted; so are
     features whose geometry is not a (Multi)Point. ``crs`` (the user's ``--crs``) overrides what the
-    file says. For ``.osm.pbf`` the category and parent come from the OSM tags (``data/osm.py``) and
+    file says. For ``.osm.pbf`` the category and parent come from the OSM tags (``prepare/osm.py``) and
     the column flags are ignored.
     """
     if not os.path.isfile(path):

@@ -5,11 +5,11 @@ Output folder ``OUT``::
 
     sub_shanghai_img/NAME.png|jpg      the tile image (cut from --mosaic, or copied / linked / converted)
     sub_shanghai_emb/STEM.tensor       float32 [n_poi, D]: category vector of each POI in the tile
-    sub_shanghai_edge/STEM.tensor      int64 [2, E]: Delaunay graph of the tile's POIs (data/graph.py)
+    sub_shanghai_edge/STEM.tensor      int64 [2, E]: Delaunay graph of the tile's POIs (prepare/graph.py)
     sub_shanghai_weight/STEM.tensor    float32 [E]: edge weights 1 / (1 + d / median edge length)
     TARGET/STEM.txt                    one number per labelled tile, for every --target TARGET=...
     train.txt, val.txt                 the labelled tiles of each side of the split (with --target)
-    tile_index.gpkg, tile_index.csv    tile polygons with the CRS (data/tile_index.py)
+    tile_index.gpkg, tile_index.csv    tile polygons with the CRS (prepare/tile_index.py)
     category_embeddings.csv            category,v0..v{D-1}: the table used (reusable via --embeddings)
     prepare_summary.json               counts; written LAST, so a folder without it is an unfinished run
     .mmgr.lock                         the lock of OUT (utils/runlock.py); stays, like a run folder's
@@ -42,12 +42,12 @@ from PIL import Image
 from rasterio.errors import RasterioIOError
 from tqdm import tqdm
 
-from data import category_embed, mosaic, poi_io, splits, targets
-from data.gdal_errors import reason
-from data.graph import delaunay_edges
 from data.layout import PUBLISHED_PRETRAIN_DIRS
-from data.poi_io import InputError
-from data.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
+from prepare import category_embed, mosaic, poi_io, splits, targets
+from prepare.gdal_errors import reason
+from prepare.graph import delaunay_edges
+from prepare.poi_io import InputError
+from prepare.tile_index import INDEX_CSV, INDEX_GPKG, TileIndex, grid_positions, write_tile_index
 from utils.errors import StorageError
 from utils.fileio import WriteFailed, atomic_path, atomic_save, atomic_write_text, write_advice
 from utils.runlock import FolderLock

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from data import synthetic
-from data.synthetic_raw import write_raw_city
 from prepare_pois import main as prepare_main
+from synthetic import city as synthetic
+from synthetic.raw import write_raw_city
 from utils.errors import UserError
 
 

@@ -352,7 +352,7 @@ def test_mmgr_trains_on_prepared_folder(city, tmp_path):
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp / "ckpt" / "wuhan_img_1.tar").is_file()
+    assert (tmp / "ckpt" / "mmgr_img_1.tar").is_file()  # a prepared folder: the neutral prefix
 
 
 def test_pois_far_from_the_tiles_stop_before_writing(city):

@@ -110,7 +110,7 @@ def test_parse_target():
     "case",
     [
         "missing_column",
-        "not_numeric",
+        "mixed_column",
         "no_crs_vector",
         "no_crs_raster",
         "no_overlap",
@@ -129,10 +129,10 @@ def test_bad_targets_one_sentence(tmp_path, case):
         df.to_file(gpkg)
         spec = TargetSpec("pop", str(gpkg), "PEOPLE")
         match = r"c\.gpkg has no column 'PEOPLE'; its columns are 'POP', 'NAME'"
-    elif case == "not_numeric":
-        df.to_file(gpkg)
-        spec = TargetSpec("pop", str(gpkg), "NAME")
-        match = r"column 'NAME' of target .*c\.gpkg is not numeric \(e\.g\. 'a'\)"
+    elif case == "mixed_column":  # numbers and texts: neither counts nor classes
+        gpd.GeoDataFrame({"MIX": ["12", "x"]}, geometry=[shapely.box(0, 0, 50, 50)] * 2, crs=UTM).to_file(gpkg)
+        spec = TargetSpec("pop", str(gpkg), "MIX")
+        match = r"column 'MIX' of target .*c\.gpkg mixes numbers and texts \(e\.g\. 'x'\)"
     elif case == "no_crs_vector":
         df.set_crs(None, allow_override=True).to_file(gpkg)
         match = r"target .*c\.gpkg has no CRS; assign"
@@ -157,7 +157,10 @@ def test_bad_targets_one_sentence(tmp_path, case):
         spec, match = TargetSpec("pop", str(tif), "2"), r"band 2 is out of range for target raster .*p\.tif"
     else:
         df.to_file(gpkg)
-        spec, match = TargetSpec("pop", str(gpkg), None), r"needs its count column: --target pop=.*c\.gpkg:COLUMN"
+        spec, match = (
+            TargetSpec("pop", str(gpkg), None),
+            r"needs its count or class column: --target pop=.*c\.gpkg:COLUMN",
+        )
     with pytest.raises(UserError, match=match) as e:
         open_target(spec, UTM, tiles_extent)
     assert "\n" not in str(e.value)

@@ -122,7 +122,7 @@ def test_mosaic_pois_census_to_training(city, tmp_path):
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "ckpt" / "wuhan_img_1.tar").is_file()
+    assert (tmp_path / "ckpt" / "mmgr_img_1.tar").is_file()  # a prepared folder: the neutral prefix
 
 
 def test_image_only_preparation(city, tmp_path):

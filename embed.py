@@ -159,8 +159,9 @@ def _probe_flags(p: argparse.ArgumentParser) -> None:
         "--cluster_min_brightness",
         type=float,
         default=0.0,
-        help="leave tiles whose mean RGB value (0-255) is lower out of the k-means: open water and shadow are "
-        "dark, and otherwise take several clusters (default 0: cluster every tile)",
+        help="leave tiles whose darkest channel's mean (0-255) is lower out of the k-means: open water is dark "
+        "in near-infrared and red, e.g. 20 on tiles cut with a near-infrared band (docs/downstream.md) "
+        "(default 0: cluster every tile)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seed of the k-means clustering and the random encoder (default 0)"

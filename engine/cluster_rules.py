@@ -1,8 +1,7 @@
 """Which tiles the k-means of the embedding map clusters (``embed.py --clusters``; docs/downstream.md).
 
 K-means spends its K clusters on whatever varies most among the tiles it is given. A mosaic with the sea
-in it gives it open-water tiles that differ from each other more than districts of the city do, and
-several of the K clusters go to shades of water (on the Olinda mosaic, 144 of 1,089 tiles are open sea).
+in it gives it open-water tiles, and several of the K clusters can go to shades of water.
 A rule leaves such tiles out of the clustering: they keep their principal components in the map and
 get cluster -1 ("left out"), drawn in grey.
 
@@ -32,7 +31,7 @@ class TileFacts:
     Attributes:
         names: ``[N]`` tile file names.
         embeddings: ``[N, D]`` the embeddings being clustered.
-        brightness: ``[N]`` mean RGB value of each tile, 0..255.
+        brightness: ``[N]`` the mean of each tile's darkest channel, 0..255.
         n_poi: ``[N]`` POIs in each tile, or None when the data folder does not say.
     """
 
@@ -61,9 +60,11 @@ def min_poi_rule(n: int) -> Rule:
 
 
 def min_brightness_rule(value: float) -> Rule:
-    """Keep tiles whose mean RGB value is at least ``value`` (0..255; ``--cluster_min_brightness``): open
-    water, shadow and unlit ground are dark."""
-    return f"mean brightness under {value:g}", lambda facts: facts.brightness >= value
+    """Keep tiles whose darkest channel's mean is at least ``value`` (0..255; ``--cluster_min_brightness``).
+    Open water is dark in near-infrared and red, not in blue: on the Olinda mosaic cut with ``--bands
+    4,3,2`` (near-infrared as red), 144 of 1,089 tiles of 300 m have a darkest channel under 20, the sea;
+    with bands 1,2,3 (blue, green, red) no threshold separates it (docs/downstream.md)."""
+    return f"a darkest channel under {value:g}", lambda facts: facts.brightness >= value
 
 
 def apply_rules(facts: TileFacts, rules: list[Rule]) -> tuple[np.ndarray, dict[str, int]]:

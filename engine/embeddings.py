@@ -101,7 +101,7 @@ def encode_tiles(
     """Backbone (and optionally projection) embeddings of ``files`` by ``model``, and each tile's brightness.
 
     Returns ``({"backbone": [N, d], "projection": [N, P]}, brightness [N])`` (projection only when asked);
-    brightness is the mean of the tile's RGB values in 0..255, for the clustering rules of embed.py.
+    brightness is the mean of the tile's darkest channel in 0..255, for the clustering rules of embed.py.
     """
     model = model.to(device).eval()
     loader = DataLoader(TileImages(files), batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -116,7 +116,8 @@ def encode_tiles(
                 "tiles of one export must share one size"
             ) from None
         feats.append(f.float().cpu())
-        bright.append(((x * std + mean).mean(dim=(1, 2, 3)) * 255.0).float())
+        # the darkest channel's mean: water is dark in near-infrared (or red), not in blue
+        bright.append(((x * std + mean).mean(dim=(2, 3)).amin(dim=1) * 255.0).float())
         if projected:
             projs.append(model.encoder.fc(f).float().cpu())
     out = {"backbone": torch.cat(feats).numpy()}

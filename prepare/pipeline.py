@@ -877,10 +877,10 @@ def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
         if os.path.isdir(cfg.out):
             lock.acquire()  # an OUT in use is refused at once, not after minutes of reading the inputs
         src = _open_tiles(cfg, log_and_keep)
-        pts = _read_pois(cfg, src, log_and_keep)
-        opened = _open_targets(cfg, src)
         survey = _survey(cfg, src, log_and_keep)
         stretch = survey.stretch if survey is not None else None
+        pts = _read_pois(cfg, src, log_and_keep)
+        opened = _open_targets(cfg, src)
         emb = _embeddings(cfg, pts, log_and_keep)
         # Writing starts here; a new OUT is only created now, so bad inputs leave no folder behind.
         lock.acquire()  # a no-op when held already

@@ -16,12 +16,12 @@ def test_every_rule_must_keep_a_tile():
     keep, left = apply_rules(facts(), [min_poi_rule(1), min_brightness_rule(20)])
     assert keep.tolist() == [False, True, True, True] and left == {
         "fewer than 1 POIs": 1,
-        "mean brightness under 20": 1,
+        "a darkest channel under 20": 1,
     }
     keep, left = apply_rules(facts(), [min_poi_rule(1), min_brightness_rule(50)])  # t0 fails both: counted twice
     assert keep.tolist() == [False, True, True, False] and left == {
         "fewer than 1 POIs": 1,
-        "mean brightness under 50": 2,
+        "a darkest channel under 50": 2,
     }
     assert apply_rules(facts(), [])[0].all()
 

@@ -209,7 +209,7 @@ def test_clusters_leave_out_tiles_by_poi_count_and_brightness(tmp_path, tiny_dat
         + ["--clusters", "3", "--cluster_min_poi", "1", "--cluster_min_brightness", "40", *ARGS]
     )
     assert (
-        "clusters: 9 of 12 tiles clustered; left out: 2 with fewer than 1 POIs, 1 with mean brightness under 40"
+        "clusters: 9 of 12 tiles clustered; left out: 2 with fewer than 1 POIs, 1 with a darkest channel under 40"
         in capsys.readouterr().out
     )
     frame = gpd.read_parquet(tmp_path / "e" / "embeddings_map.parquet")

@@ -398,7 +398,7 @@ def _references(
         )
     shown = [("mean predictor", refs["mean"])]
     if random_feats is not None:
-        shown += [(f"random init {m}", refs["random_init"][m]) for m in ("ridge", "knn")]
+        shown += [(f"random init {m}", refs["random_init"][m]) for m in ("ridge", "knn")]  # backbone features
     for label, m in shown:
         text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
         print(f"  reference {target:>8} {label:>16}: {text}", flush=True)

@@ -11,10 +11,13 @@ Writes to ``--out``: ``names.txt`` (one tile file name per line, the row order),
 joins, ``embeddings.parquet``, and ``meta.json``; when the data folder has a tile index with a CRS
 (prepare_pois.py writes one), also ``embeddings_map.parquet`` (GeoParquet with the tile polygons) and
 ``embeddings_map.png`` (the first three principal components as RGB; k-means clusters with
-``--clusters K``), the kind of urban-structure map the paper shows. With ``--probe``, ridge
-and kNN probes (scikit-learn, engine/probes.py) fit on the training list and score on the validation
-list, and with ``--cv K`` also by K-fold cross-validation over all labelled tiles (folds grouped by
-spatial blocks when the data folder has a tile index); results print and go to ``probe.json``.
+``--clusters K``; ``--cluster_min_poi`` and ``--cluster_min_brightness`` leave tiles out of the
+clustering, engine/cluster_rules.py), the kind of urban-structure map the paper shows. With ``--probe``,
+ridge and kNN probes (scikit-learn, engine/probes.py) fit on the training list and score on the
+validation list, beside two references on the same tiles: the mean predictor and the same probes on a
+randomly initialised encoder of the checkpoint's architecture; with ``--cv K`` also by K-fold
+cross-validation over all labelled tiles (folds grouped by spatial blocks when the data folder has a
+tile index); results print and go to ``probe.json``.
 The lists default to ``train-wuhan.txt``/``val-wuhan.txt`` when present, else ``train.txt``/``val.txt``.
 """
 
@@ -28,10 +31,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data.downstream import read_list
 from data.layout import resolve_img_dir, resolve_list
-from engine.embeddings import image_embeddings, poi_checkpoint_for, poi_embeddings, tile_files, write_meta
+from engine.cluster_rules import Rule, TileFacts, apply_rules, min_brightness_rule, min_poi_rule
+from engine.embeddings import (
+    image_embeddings,
+    poi_checkpoint_for,
+    poi_embeddings,
+    random_image_embeddings,
+    tile_files,
+    tile_poi_counts,
+    write_meta,
+)
 from engine.maps import write_embedding_map
-from engine.probes import probe_target, probe_target_cv
+from engine.probes import mean_predictor_scores, probe_target, probe_target_cv
 from engine.run_folder import consistent_image_checkpoint
 from prepare.tile_index import read_tile_index
 from utils.args import parse_with_demo, resolve_device, str2bool
@@ -135,7 +148,24 @@ def _probe_flags(p: argparse.ArgumentParser) -> None:
         help="with a tile index with a CRS in --data_path, also colour the embedding map by K k-means "
         "clusters (default 0: the principal-components map only)",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the k-means clustering (default 0)")
+    g.add_argument(
+        "--cluster_min_poi",
+        type=int,
+        default=0,
+        help="leave tiles with fewer POIs out of the k-means (cluster -1, grey on the map), e.g. 1 for a city "
+        "whose empty tiles are sea or countryside (default 0: cluster every tile)",
+    )
+    g.add_argument(
+        "--cluster_min_brightness",
+        type=float,
+        default=0.0,
+        help="leave tiles whose darkest channel's mean (0-255) is lower out of the k-means: open water is dark "
+        "in near-infrared and red, e.g. 20 on tiles cut with a near-infrared band (docs/downstream.md) "
+        "(default 0: cluster every tile)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the k-means clustering and the random encoder (default 0)"
+    )
     g.add_argument(
         "--train_list",
         default=None,
@@ -159,6 +189,16 @@ def _probe_flags(p: argparse.ArgumentParser) -> None:
         "--block_tiles", type=int, default=4, help="side of the spatial blocks of --cv, in tiles (default 4, ours)"
     )
     g.add_argument("--knn", type=int, default=10, help="neighbours of the kNN probe (default 10)")
+    g.add_argument(
+        "--probe_references",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="print beside the probes the mean predictor and the same probes on a randomly initialised encoder "
+        "of the checkpoint's architecture (seed --seed), which costs one more pass over the labelled tiles "
+        "(default on)",
+    )
     g.add_argument(
         "--log_target",
         type=str2bool,
@@ -193,7 +233,20 @@ def write_parquet(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -
         pq.write_table(pa.table(cols), tmp)
 
 
-def write_map(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray]) -> list[str]:
+def cluster_rules(args: argparse.Namespace) -> list[Rule]:
+    """The rules that leave tiles out of the k-means (engine/cluster_rules.py), from the flags; a new rule
+    (e.g. a labelled-domain test) is one more entry here."""
+    rules = []
+    if args.cluster_min_poi > 0:
+        rules.append(min_poi_rule(args.cluster_min_poi))
+    if args.cluster_min_brightness > 0:
+        rules.append(min_brightness_rule(args.cluster_min_brightness))
+    return rules
+
+
+def write_map(
+    args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray], brightness: np.ndarray, img_dir: str
+) -> list[str]:
     """With a tile index with a CRS in the data folder: ``embeddings_map.parquet`` (GeoParquet: tile polygons,
     the first three principal components, k-means clusters with ``--clusters``, the vectors) and
     ``embeddings_map.png`` (PCs as RGB, clusters); returns the files written (none without such an index)."""
@@ -203,6 +256,15 @@ def write_map(args: argparse.Namespace, names: list[str], arrays: dict[str, np.n
     out = Path(args.out)
     kind = args.probe_features if args.probe_features in arrays else "backbone"
     clusters = args.clusters or None
+    mask, rules = None, cluster_rules(args) if clusters else []
+    if rules:
+        n_poi = tile_poi_counts(Path(args.data_path), img_dir, names, index)
+        mask, left_out = apply_rules(TileFacts(names, arrays[kind], brightness, n_poi), rules)
+        print(
+            f"clusters: {int(mask.sum())} of {len(names)} tiles clustered; left out: "
+            + ", ".join(f"{n} with {why}" for why, n in left_out.items()),
+            flush=True,
+        )
     write_embedding_map(
         index,
         names,
@@ -212,14 +274,16 @@ def write_map(args: argparse.Namespace, names: list[str], arrays: dict[str, np.n
         clusters=clusters,
         seed=args.seed,
         title=f"{kind} embeddings of {len(names)} tiles",
+        cluster_mask=mask,
     )
     return ["embeddings_map.parquet", "embeddings_map.png"]
 
 
-def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
+def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray], Path]:
     """Embed every tile (or the listed ones) and write names, arrays, CSV, Parquet and meta to ``--out``.
 
-    Returns ``(names, {"backbone": [N, d], "projection": [N, P], "poi": [N, P]})`` (only what was asked).
+    Returns ``(names, {"backbone": [N, d], "projection": [N, P], "poi": [N, P]}, image checkpoint)`` (only
+    what was asked).
     """
     root = Path(args.data_path)
     if not root.is_dir():
@@ -230,7 +294,7 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
     img_dir = resolve_img_dir(root, args.img_dir)
     files = tile_files(root, img_dir, args.lists)
     names = [p.name for p in files]
-    arrays, resnet = image_embeddings(ckpt, files, device, args.batch_size, args.workers, args.projected)
+    arrays, resnet, brightness = image_embeddings(ckpt, files, device, args.batch_size, args.workers, args.projected)
     poi_ckpt = None
     if args.poi:
         poi_ckpt = Path(args.poi_ckpt) if args.poi_ckpt else poi_checkpoint_for(ckpt)
@@ -245,7 +309,7 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
         write_csv(out / "embeddings.csv", names, arrays)
         written.append("embeddings.csv")
     write_parquet(out / "embeddings.parquet", names, arrays)
-    written += ["embeddings.parquet", *write_map(args, names, arrays)]
+    written += ["embeddings.parquet", *write_map(args, names, arrays, brightness, img_dir)]
     write_meta(
         out / "meta.json",
         {
@@ -262,53 +326,122 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
         f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}",
         flush=True,
     )
-    return names, arrays
+    return names, arrays, ckpt
 
 
-def probe(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray]) -> dict:
+def probe(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray], ckpt: Path | None = None) -> dict:
     """Ridge and kNN probes of each ``--probe`` target on the chosen embedding (validation list, and with
-    ``--cv`` cross-validated); printed and written to probe.json."""
+    ``--cv`` cross-validated), with the mean predictor and a random encoder's probes as references (with
+    ``ckpt``, the image checkpoint, and ``--probe_references``); printed and written to probe.json."""
     if args.probe_features not in arrays:
         flag = "projected" if args.probe_features == "projection" else "poi"
         raise UserError(f"--probe_features {args.probe_features} was not exported; add --{flag}")
     feats, root = arrays[args.probe_features], Path(args.data_path)
     lists = [resolve_list(root, args.train_list, "train"), resolve_list(root, args.val_list, "val")]
+    n_train, n_val = (len(read_list(root / lf)) for lf in lists)
+    random_feats = _random_features(args, names, lists, ckpt) if args.probe_references and ckpt else None
+    print(
+        f"probes fit on {n_train} tiles of {lists[0]} and score on {n_val} tiles of {lists[1]} "
+        f"(of {len(names)} exported)",
+        flush=True,
+    )
     probes: dict = {}
     for target in args.probe:
         probes[target] = probe_target(feats, names, root, target, *lists, k=args.knn, log_target=args.log_target)
         for method, m in probes[target].items():
             text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
             print(f"probe {target:>8} {method:>5} ({args.probe_features}): {text}", flush=True)
+        if args.probe_references:
+            probes[target]["references"] = _references(args, root, target, lists, random_feats, names)
+        probes[target]["tiles"] = {"train": n_train, "val": n_val}
         if args.cv:
-            cv = probe_target_cv(
-                feats,
-                names,
-                root,
-                target,
-                lists,
-                args.cv,
-                k=args.knn,
-                log_target=args.log_target,
-                block_tiles=args.block_tiles,
-            )
-            probes[target]["cv"] = cv
-            for method in ("ridge", "knn"):
-                text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in cv[method].items())
-                pooled = "  ".join(f"{k} {v:.4f}" for k, v in cv["pooled"][method].items())
-                print(
-                    f"probe {target:>8} {method:>5} ({args.probe_features}, {args.cv}-fold CV): {text}  |  "
-                    f"pooled out-of-fold: {pooled}",
-                    flush=True,
-                )
-            print(f"  ({cv['grouping']}; mean ± std over folds, then all folds' predictions together)", flush=True)
+            _cross_validate(args, feats, names, root, target, lists, probes)
     atomic_write_text(json.dumps(probes, indent=2) + "\n", Path(args.out) / "probe.json")
     return probes
 
 
+def _random_features(args: argparse.Namespace, names: list[str], lists: list[str], ckpt: Path) -> np.ndarray:
+    """``[N, d]`` backbone embeddings of a random encoder of ``ckpt``'s architecture, rows of the labelled
+    tiles filled (the others 0: no probe reads them)."""
+    root = Path(args.data_path)
+    labelled = set(n for lf in lists for n in read_list(root / lf))
+    rows = [i for i, n in enumerate(names) if n in labelled]
+    files = tile_files(root, resolve_img_dir(root, args.img_dir))
+    by_name = {p.name: p for p in files}
+    emb = random_image_embeddings(
+        ckpt,
+        [by_name[names[i]] for i in rows],
+        resolve_device(args.device),
+        args.batch_size,
+        args.workers,
+        args.seed,
+    )
+    out = np.zeros((len(names), emb.shape[1]), np.float32)
+    out[rows] = emb
+    return out
+
+
+def _references(
+    args: argparse.Namespace,
+    root: Path,
+    target: str,
+    lists: list[str],
+    random_feats: np.ndarray | None,
+    names: list[str],
+) -> dict:
+    """The mean predictor's scores and (with ``random_feats``) the random encoder's probes on the same split;
+    printed."""
+    refs = {"mean": mean_predictor_scores(root, target, *lists)}
+    if random_feats is not None:
+        refs["random_init"] = probe_target(
+            random_feats, names, root, target, *lists, k=args.knn, log_target=args.log_target
+        )
+    shown = [("mean predictor", refs["mean"])]
+    if random_feats is not None:
+        shown += [(f"random init {m}", refs["random_init"][m]) for m in ("ridge", "knn")]  # backbone features
+    for label, m in shown:
+        text = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "alpha")
+        print(f"  reference {target:>8} {label:>16}: {text}", flush=True)
+    return refs
+
+
+def _cross_validate(
+    args: argparse.Namespace,
+    feats: np.ndarray,
+    names: list[str],
+    root: Path,
+    target: str,
+    lists: list[str],
+    probes: dict,
+) -> None:
+    """``--cv``: the probes scored by K-fold cross-validation; printed and added to ``probes[target]``."""
+    cv = probe_target_cv(
+        feats,
+        names,
+        root,
+        target,
+        lists,
+        args.cv,
+        k=args.knn,
+        log_target=args.log_target,
+        block_tiles=args.block_tiles,
+    )
+    probes[target]["cv"] = cv
+    for method in ("ridge", "knn"):
+        text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in cv[method].items())
+        pooled = "  ".join(f"{k} {v:.4f}" for k, v in cv["pooled"][method].items())
+        print(
+            f"probe {target:>8} {method:>5} ({args.probe_features}, {args.cv}-fold CV): {text}  |  "
+            f"pooled out-of-fold: {pooled}",
+            flush=True,
+        )
+    print(f"  ({cv['grouping']}; mean ± std over folds, then all folds' predictions together)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    names, arrays = export(args)
-    probes = probe(args, names, arrays) if args.probe else {}
+    names, arrays, ckpt = export(args)
+    probes = probe(args, names, arrays, ckpt) if args.probe else {}
     return {"names": names, "arrays": arrays, "probes": probes}
 
 

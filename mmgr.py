@@ -18,6 +18,7 @@ from data.gpu_augment import GPUAugment
 from data.layout import add_layout_flags
 from data.pretrain import PretrainBatch
 from data.raw import RawBatch
+from engine.checkpoints import default_ckpt_prefix
 from engine.pretrain import Pretrainer, claim_run_folder, prepare_data
 from models.image_encoder import RESNETS
 from models.loss import nt_xent_gathered
@@ -110,7 +111,10 @@ def _run_folder_flags(p: argparse.ArgumentParser) -> None:
         help="per-step record file name under ./train-records/ (default 'mmgr_pretrain.txt')",
     )
     g.add_argument(
-        "--ckpt_prefix", default="wuhan", help="checkpoint names <prefix>_img_<epoch>.tar (default 'wuhan', published)"
+        "--ckpt_prefix",
+        default=None,
+        help="checkpoint names <prefix>_img_<epoch>.tar (default 'wuhan', published, for the published layout and "
+        "the synthetic city; 'mmgr' for a folder prepared by prepare_pois.py; a resumed run keeps its own)",
     )
     g.add_argument(
         "--save_every",
@@ -195,7 +199,9 @@ def _start_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
+    args = parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
+    args.ckpt_prefix = default_ckpt_prefix(args)
+    return args
 
 
 def training_step(

@@ -53,8 +53,15 @@ def _imagery_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--bands",
         default=None,
-        help="1-based bands of the mosaic as R,G,B, e.g. 3,2,1, or one band repeated to grey RGB "
-        "(default: the first three, or band 1)",
+        help="1-based bands of the mosaic as R,G,B, e.g. 3,2,1 (Landsat 8: 4,3,2), or one band repeated to "
+        "grey RGB (default: the first three, or band 1; the first line printed names the bands used)",
+    )
+    g.add_argument(
+        "--nodata",
+        type=float,
+        default=None,
+        help="the mosaic's nodata value for every band, used instead of its own tag without editing the file, "
+        "e.g. 0 for a scene's zero fill (default: the file's nodata tag or mask, if any)",
     )
     g.add_argument(
         "--max_nodata",
@@ -109,6 +116,12 @@ def _poi_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="column of the first-level (parent) category; pulls sibling categories together "
         "in learned embeddings (default: none; for .osm.pbf the OSM key)",
+    )
+    g.add_argument(
+        "--osm_nodes_only",
+        action="store_true",
+        help="for .osm.pbf, read tagged nodes only (default off: tagged areas, e.g. a school's outline, "
+        "are POIs too, at a point inside each; docs/real_data.md)",
     )
     g.add_argument("--layer", default=None, help="layer of a multi-layer vector file (default: the only layer)")
     g.add_argument(
@@ -195,9 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
     if summary["image_only"]:
         pois = "no --pois: every tile has 0 POIs (image-only pretraining)"
     else:
+        dropped = [
+            (summary["pois_skipped_no_category"], "without a category"),
+            (summary["pois_skipped_bad_coordinates"], "with bad coordinates"),
+            (summary["pois_skipped_not_point"], "not points"),
+        ]
         pois = (
-            f"{summary['pois_used']} POIs ({summary['pois_outside_every_tile']} outside every tile, "
-            f"{summary['pois_skipped_bad_coordinates']} skipped for bad coordinates)"
+            f"{summary['pois_used']} of {summary['pois_in_file']} POIs ({summary['pois_outside_every_tile']} outside "
+            f"every tile; dropped: {', '.join(f'{n} {why}' for n, why in dropped if n) or 'none'})"
         )
     labelled = ""
     if summary["split"]:

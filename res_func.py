@@ -1,11 +1,14 @@
 """Urban functional distributions from a pretrained MMGR image encoder.
 
     python res_func.py --data_path DATA --ckpt ckpt/wuhan_img_120.tar
+    python res_func.py --data_path my_city --model_path my_city/models --target_dir lc   # land-cover shares
     python res_func.py --demo                 # after `python mmgr.py --demo`: pretrained vs random vs mean
 
 Ground truth: ``DATA/func/NAME.txt`` holds the tile's K function-type proportions on one line
 (whitespace or comma separated, summing to 1) and ``DATA/func_types.txt`` names the K types, one per
-line (optional: without it the columns are type_0..type_{K-1}). The encoder's ``fc`` becomes
+line (optional: without it the columns are type_0..type_{K-1}). Any other ``--target_dir T`` reads
+``DATA/T_types.txt``: ``prepare_pois.py --target lc=landcover.gpkg:CLASS`` writes ``lc/`` and
+``lc_types.txt`` from land-cover polygons (docs/real_data.md). The encoder's ``fc`` becomes
 ``Linear(d, d/2) -> ReLU -> Linear(d/2, K)``; prediction = softmax(output); loss = KL(true || predicted).
 Reported on the validation list: L1, KL divergence and cosine similarity (means over tiles). The
 protocol and the shared flags are those of res_pop.py (engine/downstream.py); its --target_norm and
@@ -34,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--types_file",
-        default="func_types.txt",
-        help="names of the K function types under --data_path, one per line (default 'func_types.txt'; optional)",
+        default=None,
+        help="names of the K function types under --data_path, one per line (default '<target_dir>_types.txt': "
+        "'func_types.txt' as published, or what prepare_pois.py writes beside a class target such as "
+        "--target lc=landcover.gpkg:CLASS; optional)",
     )
     return p
 
@@ -44,7 +49,7 @@ def function_types(args: argparse.Namespace) -> tuple[str, ...]:
     """The K type names: from ``--types_file`` when present, else ``type_<k>`` from the first target file."""
     layout = downstream_layout(args)
     root = layout.root
-    types_path = root / args.types_file
+    types_path = root / (args.types_file or f"{args.target_dir}_types.txt")
     first = read_list(root / layout.val_list)[0]
     k = read_target(layout.targets / (Path(first).stem + ".txt")).size
     if not types_path.is_file():

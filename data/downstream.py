@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.layout import check_target
 from data.pretrain import open_rgb
 from utils.errors import UserError
 
@@ -80,8 +81,7 @@ class TileTargetDataset(Dataset):
         self.img_dir = self.root / img_dir
         self.transform = transform
         tdir = self.root / target_dir
-        if not tdir.is_dir():
-            raise UserError(f"target directory {tdir} does not exist; check --target_dir")
+        check_target(self.root, target_dir)
         missing = [n for n in self.names if not (self.img_dir / n).is_file()]
         if missing:
             raise UserError(

@@ -20,6 +20,7 @@ writes); the tiles in ``img/`` when present, else in the pretraining layout's ``
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ __all__ = [
     "resolve_list",
     "LIST_NAMES",
     "IMG_DIRS",
+    "PREPARE_SUMMARY",
+    "is_prepared_folder",
+    "available_targets",
+    "check_target",
 ]
 
 # Sub-folder names of the published pretraining layout (the authors' sample is a part of Shanghai).
@@ -126,6 +131,60 @@ def add_layout_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Written last by prepare_pois.py into its --out: the mark of a folder it prepared (docs/real_data.md).
+PREPARE_SUMMARY = "prepare_summary.json"
+
+
+def is_prepared_folder(root: str | Path) -> bool:
+    """Whether ``root`` was written by ``prepare_pois.py`` (it holds :data:`PREPARE_SUMMARY`)."""
+    return (Path(root) / PREPARE_SUMMARY).is_file()
+
+
+def available_targets(root: str | Path) -> list[str]:
+    """The target folders of a data folder, sorted: sub-folders other than the tile and POI folders that
+    hold ``STEM.txt`` files (only the first entries of each are looked at)."""
+    root = Path(root)
+    skip = {*IMG_DIRS, *PUBLISHED_PRETRAIN_DIRS.values()}
+    out = []
+    try:
+        subdirs = [e for e in os.scandir(root) if e.is_dir() and e.name not in skip and not e.name.startswith(".")]
+    except OSError:
+        return []
+    for d in subdirs:
+        with os.scandir(d.path) as it:
+            for k, e in enumerate(it):
+                if e.name.endswith(".txt"):
+                    out.append(d.name)
+                    break
+                if k >= 100:  # not a target folder (a run folder, a tile folder of another name)
+                    break
+    return sorted(out)
+
+
+def _no_target_reason(root: Path) -> str:
+    """Why a data folder without target folders has none, and how to get one."""
+    if is_prepared_folder(root):
+        return (
+            f"{root} was prepared by prepare_pois.py without --target, so it has no target and no train/val "
+            "lists; prepare it again with --target NAME=FILE:COLUMN (e.g. pop1km=census.gpkg:POP; docs/real_data.md)"
+        )
+    return f"{root} holds no target folder (NAME/STEM.txt files); check --data_path"
+
+
+def check_target(root: str | Path, target_dir: str, flag: str = "--target_dir") -> None:
+    """Raise a :class:`UserError` naming the targets ``root`` has when it has no folder ``target_dir``."""
+    root = Path(root)
+    if (root / target_dir).is_dir():
+        return
+    have = available_targets(root)
+    if have:
+        raise UserError(
+            f"{root} has no target {target_dir!r} (no folder {root / target_dir}); its targets are "
+            f"{', '.join(have)}: pass one with {flag}"
+        )
+    raise UserError(f"{root} has no target {target_dir!r}: {_no_target_reason(root)}")
+
+
 # Looked for in this order when no list flag is given: the published names, then prepare_pois.py's.
 LIST_NAMES = {"train": ("train-wuhan.txt", "train.txt"), "val": ("val-wuhan.txt", "val.txt")}
 # Tile folders in this order when --img_dir is not given: the downstream layout, then the pretraining one.
@@ -153,6 +212,8 @@ def resolve_list(root: Path, list_file: str | None, split: str) -> str:
         if (Path(root) / cand).is_file():
             return cand
     published, prepared = LIST_NAMES[split]
+    if is_prepared_folder(root) and not available_targets(root):
+        raise UserError(f"{root} has no {split} list: {_no_target_reason(Path(root))}")
     raise UserError(
         f"{root} holds neither {published} nor {prepared}; write the {split} list (one image file name "
         f"per line) or pass --{split}_list"
@@ -182,9 +243,11 @@ class DownstreamLayout:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"data directory {root} does not exist; pass --data_path (or --demo)")
+        img_dir = resolve_img_dir(root, img_dir)
+        check_target(root, target_dir)
         return cls(
             root,
-            resolve_img_dir(root, img_dir),
+            img_dir,
             target_dir,
             resolve_list(root, train_list, "train"),
             resolve_list(root, val_list, "val"),

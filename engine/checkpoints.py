@@ -13,12 +13,15 @@ that hold NaN or Inf (:func:`assert_finite`), so the last one on disk is always 
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data.layout import is_prepared_folder
 from utils.errors import UserError
 from utils.fileio import atomic_save, load_file
 
@@ -32,6 +35,9 @@ __all__ = [
     "save_resumable",
     "read_resumable",
     "resume_checkpoint_path",
+    "PUBLISHED_PREFIX",
+    "PREPARED_PREFIX",
+    "default_ckpt_prefix",
 ]
 
 RESUME_NAME = "checkpoint_last.pt"
@@ -39,6 +45,10 @@ RESUME_NAME = "checkpoint_last.pt"
 RESUME_FORMAT = "mmgr-resumable-1"
 # Flags that fix the shapes of the models: a resumed run must use the same ones.
 ARCH_FLAGS = ("resnet", "projection_dim", "poi_encoder")
+# --ckpt_prefix: the published name (the authors' city) for the published layout and the synthetic city,
+# a neutral one for a user's city prepared by prepare_pois.py. Readers take any prefix (engine/run_folder.py).
+PUBLISHED_PREFIX = "wuhan"
+PREPARED_PREFIX = "mmgr"
 # Keys every resumable checkpoint holds (older ones may lack the optional "format", "scaler", "rng_ranks").
 _RESUME_KEYS = {"img", "poi", "opt_img", "opt_poi", "epoch"}
 
@@ -113,3 +123,19 @@ def resume_checkpoint_path(resume: str | None, model_path: Path) -> Path | None:
     if resume == "auto" and not path.is_file():
         return None
     return path
+
+
+def default_ckpt_prefix(args: argparse.Namespace) -> str:
+    """``--ckpt_prefix`` when not given: the prefix of the run being resumed (its ``args.json``), else
+    ``mmgr`` for a data folder written by prepare_pois.py (it holds ``prepare_summary.json``), else the
+    published ``wuhan``."""
+    if args.ckpt_prefix:
+        return args.ckpt_prefix
+    if getattr(args, "resume", None):
+        try:
+            earlier = json.loads((Path(args.model_path) / "args.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = {}
+        if isinstance(earlier, dict) and isinstance(earlier.get("ckpt_prefix"), str):
+            return earlier["ckpt_prefix"]
+    return PREPARED_PREFIX if is_prepared_folder(args.data_path) else PUBLISHED_PREFIX

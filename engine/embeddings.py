@@ -23,13 +23,24 @@ from tqdm import tqdm
 from data.downstream import read_list
 from data.layout import PretrainLayout, resolve_img_dir
 from data.pretrain import PretrainDataset, list_images, open_rgb
-from data.transforms import eval_transform
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from engine.checkpoints import RESUME_NAME
-from models.loading import load_image_encoder, load_poi_encoder
+from models.image_encoder import ImageEncoder, infer_resnet
+from models.loading import load_image_encoder, load_image_state, load_poi_encoder
+from prepare.tile_index import TileIndex
 from utils.errors import UserError
-from utils.fileio import atomic_write_text
+from utils.fileio import atomic_write_text, load_file
 
-__all__ = ["poi_checkpoint_for", "TileImages", "image_embeddings", "poi_embeddings", "resolve_img_dir"]
+__all__ = [
+    "poi_checkpoint_for",
+    "TileImages",
+    "image_embeddings",
+    "random_image_embeddings",
+    "encode_tiles",
+    "poi_embeddings",
+    "tile_poi_counts",
+    "resolve_img_dir",
+]
 
 
 def poi_checkpoint_for(img_ckpt: Path) -> Path:
@@ -78,22 +89,24 @@ def tile_files(root: Path, img_dir: str, list_files: list[str] | None = None) ->
 
 
 @torch.no_grad()
-def image_embeddings(
-    ckpt: Path,
+def encode_tiles(
+    model: ImageEncoder,
     files: list[Path],
     device: torch.device,
     batch_size: int = 64,
     workers: int = 0,
     projected: bool = False,
     progress: bool = True,
-) -> tuple[dict[str, np.ndarray], str]:
-    """Backbone (and optionally projection) embeddings of ``files``.
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Backbone (and optionally projection) embeddings of ``files`` by ``model``, and each tile's brightness.
 
-    Returns ``({"backbone": [N, d], "projection": [N, P]}, resnet)`` (projection only when asked).
+    Returns ``({"backbone": [N, d], "projection": [N, P]}, brightness [N])`` (projection only when asked);
+    brightness is the mean of the tile's darkest channel in 0..255, for the clustering rules of embed.py.
     """
-    model = load_image_encoder(ckpt).to(device).eval()
+    model = model.to(device).eval()
     loader = DataLoader(TileImages(files), batch_size=batch_size, shuffle=False, num_workers=workers)
-    feats, projs = [], []
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    feats, projs, bright = [], [], []
     for x, _ in tqdm(loader, desc="image embeddings", disable=not progress or None, mininterval=1.0):
         try:
             f = model.features(x.to(device))
@@ -103,12 +116,50 @@ def image_embeddings(
                 "tiles of one export must share one size"
             ) from None
         feats.append(f.float().cpu())
+        # the darkest channel's mean: water is dark in near-infrared (or red), not in blue
+        bright.append(((x * std + mean).mean(dim=(2, 3)).amin(dim=1) * 255.0).float())
         if projected:
             projs.append(model.encoder.fc(f).float().cpu())
     out = {"backbone": torch.cat(feats).numpy()}
     if projected:
         out["projection"] = torch.cat(projs).numpy()
-    return out, model.resnet
+    return out, torch.cat(bright).numpy()
+
+
+def image_embeddings(
+    ckpt: Path,
+    files: list[Path],
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    projected: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, np.ndarray], str, np.ndarray]:
+    """Backbone (and optionally projection) embeddings of ``files`` by the encoder of ``ckpt``.
+
+    Returns ``({"backbone": [N, d], "projection": [N, P]}, resnet, brightness [N])`` (projection only when
+    asked; brightness: :func:`encode_tiles`).
+    """
+    model = load_image_encoder(ckpt)
+    arrays, brightness = encode_tiles(model, files, device, batch_size, workers, projected, progress)
+    return arrays, model.resnet, brightness
+
+
+def random_image_embeddings(
+    ckpt: Path,
+    files: list[Path],
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Backbone embeddings ``[N, d]`` of ``files`` by a randomly initialised encoder of ``ckpt``'s architecture
+    (torchvision's initialisation, drawn from ``seed``): the reference a pretrained encoder must beat."""
+    resnet, proj = infer_resnet(load_image_state(ckpt)[0])
+    torch.manual_seed(seed)
+    arrays, _ = encode_tiles(ImageEncoder(resnet, proj), files, device, batch_size, workers, False, progress)
+    return arrays["backbone"]
 
 
 @torch.no_grad()
@@ -141,6 +192,17 @@ def poi_embeddings(
             .cpu()
         )
     return torch.cat(out).numpy()
+
+
+def tile_poi_counts(root: Path, img_dir: str, names: list[str], index: TileIndex | None = None) -> np.ndarray | None:
+    """``[N]`` POIs in each named tile: the tile index's ``n_poi`` column (prepare_pois.py and the synthetic city
+    write it), else the rows of each tile's ``sub_shanghai_emb`` tensor; None when the folder has neither."""
+    if index is not None and "n_poi" in index.columns:
+        return np.asarray(index.columns["n_poi"], np.int64)[index.locate(names)]
+    layout = PretrainLayout(Path(root), img_dir=img_dir)
+    if not layout.emb.is_dir():
+        return None
+    return np.array([load_file(layout.poi_files(n)[0], "POI embedding file").shape[0] for n in names], np.int64)
 
 
 def write_meta(path: Path, meta: dict) -> None:

@@ -136,12 +136,15 @@ def embedding_frame(
     clusters: int | None = None,
     seed: int = 0,
     keep_vectors: bool = True,
+    cluster_mask: np.ndarray | None = None,
 ):
     """Embeddings with the tile polygons, their first three principal components and k-means clusters.
 
     Args:
         embeddings: ``[N, D]``.
         clusters: K for k-means (scikit-learn, ``n_init=10``), or None.
+        cluster_mask: ``[N]`` bool, the tiles k-means clusters (engine/cluster_rules.py); the others get
+            cluster -1. None: every tile.
         keep_vectors: add the vector itself as columns ``e0..e{D-1}`` (GeoParquet; a GeoPackage holds at
             most ~2,000 columns, so leave it off there for wide embeddings).
 
@@ -157,8 +160,11 @@ def embedding_frame(
     for k in range(3):
         frame[f"pc{k + 1}"] = pcs[:, k]
     if clusters:
-        k = min(int(clusters), x.shape[0])
-        frame["cluster"] = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x).astype(np.int64)
+        mask = np.ones(len(x), bool) if cluster_mask is None else np.asarray(cluster_mask, bool)
+        k = min(int(clusters), int(mask.sum()))
+        labels = np.full(len(x), -1, dtype=np.int64)
+        labels[mask] = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x[mask])
+        frame["cluster"] = labels
     if keep_vectors:
         vec = pd.DataFrame(x.astype(np.float32), columns=[f"e{k}" for k in range(x.shape[1])], index=frame.index)
         frame = frame.join(vec)
@@ -395,14 +401,16 @@ def plot_embedding_map(frame, path: str | Path, title: str = "", index: TileInde
     _draw(axes[0], frame, _rgb(frame[["pc1", "pc2", "pc3"]].to_numpy(np.float64)), None, None, ctx)
     _axes_in_crs(axes[0], frame.crs, "principal components 1-3 as RGB")
     if has_k:
-        ks = sorted(int(k) for k in np.unique(frame["cluster"]))
+        ks = sorted(int(k) for k in np.unique(frame["cluster"]) if k >= 0)
         col = _class_colours([str(k) for k in ks])
+        col["-1"] = (0.85, 0.85, 0.85, 1.0)  # left out of the clustering by a rule (engine/cluster_rules.py)
         _draw(
             axes[1], frame, np.array([col[str(int(k))][:3] for k in frame["cluster"]]).reshape(-1, 3), None, None, ctx
         )
         _axes_in_crs(axes[1], frame.crs, f"k-means, K = {len(ks)}")
+        left = [-1] if (frame["cluster"] < 0).any() else []
         axes[1].legend(
-            handles=[Patch(color=col[str(k)], label=f"cluster {k}") for k in ks],
+            handles=[Patch(color=col[str(k)], label=f"cluster {k}" if k >= 0 else "left out") for k in ks + left],
             fontsize=7,
             loc="upper right",
             ncol=1 + len(ks) // 10,
@@ -459,11 +467,12 @@ def write_embedding_map(
     clusters: int | None = None,
     seed: int = 0,
     title: str = "",
+    cluster_mask: np.ndarray | None = None,
 ):
     """GeoParquet (``.parquet``: PCs, clusters and the vectors) or GeoPackage (``.gpkg``: PCs and clusters)
-    + PNG map of embeddings (``embed.py``); returns the frame."""
+    + PNG map of embeddings (``embed.py``); returns the frame. ``cluster_mask``: :func:`embedding_frame`."""
     keep = Path(vector_path).suffix.lower() != ".gpkg"
-    frame = embedding_frame(index, names, embeddings, clusters, seed, keep_vectors=keep)
+    frame = embedding_frame(index, names, embeddings, clusters, seed, keep_vectors=keep, cluster_mask=cluster_mask)
     write_frame(frame, vector_path)
     plot_embedding_map(frame, png_path, title, index)
     return frame

@@ -28,12 +28,21 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from data.downstream import read_list, read_target, select_fraction
+from data.layout import check_target
 from prepare.splits import block_ids
 from prepare.tile_index import read_tile_index
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
 
-__all__ = ["ridge_fit_predict", "knn_predict", "load_targets", "probe_target", "probe_target_cv", "cv_folds"]
+__all__ = [
+    "ridge_fit_predict",
+    "knn_predict",
+    "load_targets",
+    "probe_target",
+    "probe_target_cv",
+    "cv_folds",
+    "mean_predictor_scores",
+]
 
 
 def default_alphas(n: int) -> np.ndarray:
@@ -75,8 +84,7 @@ def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k:
 def load_targets(root: Path, target_dir: str, names: list[str]) -> np.ndarray:
     """``[N, K]`` targets of the named tiles from ``root/target_dir/STEM.txt``."""
     tdir = Path(root) / target_dir
-    if not tdir.is_dir():
-        raise UserError(f"target directory {tdir} does not exist; check the target names")
+    check_target(root, target_dir, "--probe")
     rows = [read_target(tdir / (Path(n).stem + ".txt")) for n in names]
     if len({r.shape for r in rows}) != 1:
         raise UserError(f"target files in {tdir} hold different numbers of values; each must hold the same count")
@@ -153,6 +161,15 @@ def probe_target(
     return fit_and_score(
         x_tr, load_targets(root, target_dir, tr), x_va, load_targets(root, target_dir, va), k, log_target
     )
+
+
+def mean_predictor_scores(root: Path, target_dir: str, train_list: str, val_list: str) -> dict[str, float]:
+    """The scores of predicting every validation tile by the training tiles' mean target (the floor a probe
+    must clear: R² about 0 on one value per tile, the spread of the targets on distributions)."""
+    root = Path(root)
+    y_tr = load_targets(root, target_dir, read_list(root / train_list))
+    y_va = load_targets(root, target_dir, read_list(root / val_list))
+    return score(y_va, np.repeat(y_tr.mean(axis=0, keepdims=True), len(y_va), axis=0))
 
 
 def cv_folds(

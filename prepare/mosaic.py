@@ -33,7 +33,18 @@ from prepare.poi_io import crs_name
 from utils.errors import UserError
 from utils.fileio import atomic_write
 
-__all__ = ["MosaicGrid", "CutResult", "open_mosaic", "parse_bands", "estimate_stretch", "cut_mosaic", "utm_crs_for"]
+__all__ = [
+    "MosaicGrid",
+    "CutResult",
+    "MosaicSurvey",
+    "open_mosaic",
+    "parse_bands",
+    "estimate_stretch",
+    "survey_mosaic",
+    "cut_mosaic",
+    "utm_crs_for",
+    "MIN_TILE_PX",
+]
 
 # GDAL's block cache per process. Its default (5 % of RAM) lets a long cut grow by gigabytes, as the
 # cache fills with blocks of rows long done. Tiles are cut left to right, one row of tiles per task, so
@@ -50,6 +61,13 @@ PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = zlib.Z_RLE
 # Windows sampled for the stretch when the raster has no overviews: a 16 x 16 grid of 64 px windows.
 _SAMPLE_GRID, _SAMPLE_PX = 16, 64
+# The smallest side of a written tile, in pixels: below it a tile is too small for a ResNet (whose stem
+# alone divides the side by 4), and a city becomes hundreds of thousands of near-empty files (3 m tiles of
+# a 5 m mosaic wrote 575,718 PNGs of 1 x 1 px before this rule). A tile must also cover MIN_SOURCE_PX
+# pixels of the mosaic, enlarged or not: fewer is a handful of pixels blown up (30 m Landsat pixels in
+# 300 m tiles, 10.5 px enlarged to 64, are fine).
+MIN_TILE_PX = 16
+MIN_SOURCE_PX = 4
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,13 @@ class MosaicGrid:
         bands: 1-based bands read, 1 or 3 of them.
         px: native pixels per cell side ``(x, y)`` (may be fractional).
         dtype: the raster's data type.
+        count: bands of the raster.
+        band_names: what the raster says each band of ``bands`` is (its description, else its colour
+            interpretation when that names a colour), '' where it says nothing.
+        bands_default: True when ``bands`` is the default (no --bands).
+        nodata: a nodata value given by the user (--nodata), used instead of the file's own; None: the
+            file's masks as GDAL reads them.
+        res: the raster's pixel size ``(x, y)`` in CRS units.
     """
 
     path: str
@@ -79,6 +104,31 @@ class MosaicGrid:
     bands: tuple[int, ...]
     px: tuple[float, float]
     dtype: str
+    count: int = 1
+    band_names: tuple[str, ...] = ()
+    bands_default: bool = True
+    nodata: float | None = None
+    res: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def source(self) -> str:
+        """What rasterio opens: the file, or with ``nodata`` set a GDAL ``vrt://`` view of it that declares
+        that nodata value for every band (GDAL >= 3.7), so masks, resampling and overviews all honour it
+        without the file being edited."""
+        if self.nodata is None:
+            return self.path
+        return f"vrt://{os.path.abspath(self.path)}?a_nodata={self.nodata:.17g}"
+
+    def describe_bands(self) -> str:
+        """``'bands 1,2,3 of 6 as R,G,B (the default: the first three)'``, with the bands' names where the
+        raster gives them (``'bands 1,2,3 (red, green, blue)'``)."""
+        used = ",".join(map(str, self.bands))
+        role = "as R,G,B" if len(self.bands) == 3 else "repeated to grey RGB"
+        names = f" ({', '.join(n or '?' for n in self.band_names)})" if any(self.band_names) else ""
+        text = f"band{'s' if len(self.bands) > 1 else ''} {used}{names} of {self.count} {role}"
+        if self.bands_default and self.count > 1:
+            text += " (default; --bands picks others, e.g. 3,2,1 where bands 1-3 are blue, green, red)"
+        return text
 
     def bounds(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``[N, 4]`` ``(minx, miny, maxx, maxy)`` of cells ``(rows[i], cols[i])``."""
@@ -109,6 +159,7 @@ class CutResult:
     bounds: np.ndarray
     skipped_nodata: int
     seconds: float
+    flat: int = 0  # written tiles of one colour throughout (fill no nodata marks, or a featureless scene)
 
 
 def utm_crs_for(lon: float, lat: float) -> tuple[str, str]:
@@ -143,13 +194,48 @@ def parse_bands(text: str | None, count: int, path: str) -> tuple[int, ...]:
     return bands
 
 
-def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: str | None = None) -> MosaicGrid:
+def _band_name(description: str | None, colour) -> str:
+    """A band's name: its description, else its colour interpretation when that names a colour."""
+    if description:
+        return str(description)
+    name = getattr(colour, "name", "")
+    return name if name in ("red", "green", "blue", "alpha") else ""
+
+
+def _check_nodata(nodata: float | None, dtype: str, path: str) -> None:
+    """--nodata must be a value the raster's data type can hold (a nodata outside it marks nothing)."""
+    if nodata is None:
+        return
+    if "?" in path:
+        raise UserError(
+            f"--nodata cannot be applied to {path}, whose name holds a '?'; rename the file or set its "
+            "nodata tag (gdal_edit.py -a_nodata)."
+        )
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(np.dtype(dtype))
+        if not (np.isfinite(nodata) and info.min <= nodata <= info.max and float(nodata).is_integer()):
+            raise UserError(
+                f"--nodata {nodata:g} is not a {dtype} value, the data type of mosaic {path}; give an integer "
+                f"in [{info.min}, {info.max}], e.g. --nodata 0."
+            )
+
+
+def open_mosaic(
+    path: str,
+    tile_size: float,
+    tile_px: int | None = None,
+    bands: str | None = None,
+    nodata: float | None = None,
+) -> MosaicGrid:
     """Check a mosaic and lay the tile grid over it (reads metadata only).
+
+    Args:
+        nodata: a nodata value for every band, instead of the file's own tag (``--nodata``).
 
     Raises:
         UserError: missing or unreadable file, no CRS, a geographic CRS (the message names the UTM zone
-            of its centre to warp to), a rotated raster, bands out of range, or a mosaic smaller than
-            one tile.
+            of its centre to warp to), a rotated raster, bands out of range, a mosaic smaller than one
+            tile, a tile under :data:`MIN_TILE_PX` pixels, or a ``nodata`` the data type cannot hold.
     """
     if not os.path.isfile(path):
         raise UserError(f"mosaic {path} does not exist; check --mosaic.")
@@ -158,6 +244,7 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
     try:
         with rasterio.open(path) as src:
             crs, tr, w, h, count, dtype = src.crs, src.transform, src.width, src.height, src.count, src.dtypes[0]
+            descriptions, colours = src.descriptions, src.colorinterp
             lonlat_centre = None
             if crs is not None and crs.is_geographic:
                 cx, cy = tr.c + tr.a * w / 2, tr.f + tr.e * h / 2
@@ -183,6 +270,7 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
     if tr.b != 0 or tr.d != 0 or tr.a <= 0 or tr.e >= 0:
         raise UserError(f"mosaic {path} is rotated or not north-up; warp it north-up first (gdalwarp).")
     band_tuple = parse_bands(bands, count, path)
+    _check_nodata(nodata, dtype, path)
     sx, sy = tr.a, -tr.e
     n_cols = int(np.floor(w * sx / tile_size + 1e-9))
     n_rows = int(np.floor(h * sy / tile_size + 1e-9))
@@ -192,10 +280,25 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
             f"--tile_size_m {tile_size:g}; give a smaller tile size."
         )
     px = (tile_size / sx, tile_size / sy)
+    if max(px) < MIN_SOURCE_PX - 1e-6:
+        raise UserError(
+            f"a tile of --tile_size_m {tile_size:g} is {max(px):.3g} px of mosaic {path}, whose pixels are "
+            f"{min(sx, sy):g} CRS units; a tile must cover at least {MIN_SOURCE_PX} px of the mosaic, so give "
+            f"--tile_size_m {MIN_SOURCE_PX * min(sx, sy):g} or more (and at least {MIN_TILE_PX} px with --tile_px)."
+        )
     if tile_px is None:
         tile_px = int(round(max(px)))  # the finer axis: no detail is lost
-    if tile_px < 1:
-        raise UserError(f"--tile_px must be at least 1, not {tile_px}.")
+        if tile_px < MIN_TILE_PX:
+            raise UserError(
+                f"a tile of --tile_size_m {tile_size:g} is {max(px):.3g} px of mosaic {path}, under the "
+                f"{MIN_TILE_PX} px a tile needs; give --tile_size_m {MIN_TILE_PX * min(sx, sy):g} or more, or "
+                f"--tile_px {MIN_TILE_PX} or more to enlarge the tiles."
+            )
+    if tile_px < MIN_TILE_PX:
+        raise UserError(
+            f"--tile_px {tile_px} is under the {MIN_TILE_PX} px a tile needs; give --tile_px {MIN_TILE_PX} or "
+            f"more, or leave it out (the native size of these tiles is {max(px):.3g} px)."
+        )
     return MosaicGrid(
         path=path,
         crs=crs_name(crs, path),
@@ -208,6 +311,11 @@ def open_mosaic(path: str, tile_size: float, tile_px: int | None = None, bands: 
         bands=band_tuple,
         px=px,
         dtype=dtype,
+        count=count,
+        band_names=tuple(_band_name(descriptions[b - 1], colours[b - 1]) for b in band_tuple),
+        bands_default=bands is None,
+        nodata=None if nodata is None else float(nodata),
+        res=(float(sx), float(sy)),
     )
 
 
@@ -228,25 +336,35 @@ def _valid(src, bands, data: np.ndarray, need_masks: bool, **read) -> np.ndarray
     return valid
 
 
-def estimate_stretch(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray | None:
-    """One linear 8-bit stretch for the whole mosaic: per band, the 2 % and 98 % percentiles of its values.
+@dataclass(frozen=True)
+class MosaicSurvey:
+    """What a sample of the mosaic's valid pixels says (:func:`survey_mosaic`).
 
-    8-bit data is not stretched (None). The values come from the raster's overviews when it has some
-    (one read at about 1,000 x 1,000 pixels), else from a 16 x 16 grid of 64 px windows spread over it,
-    nodata excluded, so the cost does not grow with the mosaic's size.
-
-    Returns:
-        ``[B, 2]`` float64 ``(low, high)`` per band read, or None for 8-bit data.
-
-    Raises:
-        UserError: no valid pixel in the sample.
+    Attributes:
+        stretch: ``[B, 2]`` float64 ``(low, high)`` per band read, or None for 8-bit data.
+        low: ``[B]`` the 2 % percentile of each band (the stretch's lower bound, also for 8-bit data).
+        fill_value: the value suspected of being unmarked fill, or None: the type's minimum or 0 when it
+            is the low end of every band read (at least 2 % of the pixels hold it in every band).
+        fill_fraction: the fraction of the sampled pixels that hold ``fill_value`` in every band read.
+        declared_nodata: the nodata of the file (or of --nodata), None when it declares none.
     """
-    if grid.dtype == "uint8":
-        return None
+
+    stretch: np.ndarray | None
+    low: np.ndarray
+    fill_value: float | None = None
+    fill_fraction: float = 0.0
+    declared_nodata: float | None = None
+
+
+def _sample(grid: MosaicGrid) -> tuple[np.ndarray, float | None]:
+    """``([B, N] float64 valid values of the bands read, the nodata in force)`` from the raster's overviews
+    when it has some (one read at about 1,000 x 1,000 pixels), else from a 16 x 16 grid of 64 px windows
+    spread over it, nodata excluded, so the cost does not grow with the mosaic's size."""
     bands = list(grid.bands)
     values: list[np.ndarray] = []
-    with rasterio.open(grid.path) as src:
+    with rasterio.open(grid.source) as src:
         need = _masks_needed(src, bands)
+        nodata = src.nodata
         if src.overviews(bands[0]):
             f = max(1.0, np.sqrt(src.width * src.height / 1e6))
             shape = (len(bands), max(1, int(src.height / f)), max(1, int(src.width / f)))
@@ -267,14 +385,51 @@ def estimate_stretch(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 
                     )
                     data = src.read(bands, window=win)
                     values.append(data[:, _valid(src, bands, data, need, window=win)])
-    v = np.concatenate(values, axis=1).astype(np.float64)
+    return np.concatenate(values, axis=1).astype(np.float64), nodata
+
+
+def survey_mosaic(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 98.0)) -> MosaicSurvey:
+    """One linear 8-bit stretch for the whole mosaic, and a check for fill that no nodata marks.
+
+    The stretch: per band, the 2 % and 98 % percentiles of its valid values (8-bit data is not
+    stretched: None). Unmarked fill: a scene's zero-filled edge without a nodata tag counts as valid, so
+    it drags the stretch's lower bound to 0 (a Landsat-8 scene with 16.5 % fill: ``[0, 8567]`` instead of
+    ``[7412, 8622]``, every tile washed out) and its tiles are kept as real ones. When the lower bound of
+    every band read equals the type's minimum or 0, that value is reported with the fraction of pixels
+    holding it, for a warning that names ``--nodata`` (docs/real_data.md, "Nodata").
+
+    Raises:
+        UserError: no valid pixel in the sample.
+    """
+    try:
+        v, nodata = _sample(grid)
+    except RasterioError as e:  # a damaged block: the header was fine, the data is not
+        raise UserError(
+            f"cannot read mosaic {grid.path} ({reason(e)}); the file is damaged, copy or export it again."
+        ) from None
     if v.shape[1] == 0:
         raise UserError(
             f"mosaic {grid.path} has no valid pixel in its sample (all nodata); check its nodata value and bands."
         )
     lo, hi = np.percentile(v, percentiles, axis=1)
-    hi = np.where(hi > lo, hi, lo + 1.0)  # a constant band: everything maps to 0
-    return np.stack([lo, hi], axis=1)
+    fill, fraction = None, 0.0
+    dtype = np.dtype(grid.dtype)
+    lowest = float(np.iinfo(dtype).min) if np.issubdtype(dtype, np.integer) else float(np.finfo(dtype).min)
+    for candidate in dict.fromkeys((lowest, 0.0)):
+        if np.all(lo == candidate):
+            fill, fraction = candidate, float(np.mean(np.all(v == candidate, axis=0)))
+            break
+    stretch = None
+    if grid.dtype != "uint8":
+        hi = np.where(hi > lo, hi, lo + 1.0)  # a constant band: everything maps to 0
+        stretch = np.stack([lo, hi], axis=1)
+    return MosaicSurvey(stretch, lo, fill, fraction, None if nodata is None else float(nodata))
+
+
+def estimate_stretch(grid: MosaicGrid, percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray | None:
+    """The stretch of :func:`survey_mosaic`: ``[B, 2]`` float64 ``(low, high)`` per band read, or None for
+    8-bit data."""
+    return survey_mosaic(grid, percentiles).stretch
 
 
 def to_uint8(data: np.ndarray, stretch: np.ndarray | None) -> np.ndarray:
@@ -295,13 +450,14 @@ def _open_in_process():
         env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
         env.__enter__()  # for the life of this process: every read below uses the capped cache
         _CUT["env"] = env
-        _CUT["src"] = rasterio.open(_CUT["grid"].path)
+        _CUT["src"] = rasterio.open(_CUT["grid"].source)
         _CUT["need_masks"] = _masks_needed(_CUT["src"], _CUT["grid"].bands)
     return _CUT["src"]
 
 
-def _cut_row(row: int) -> list[tuple[int, int, bool]]:
-    """Write the tiles of grid row ``row``; returns ``(row, col, written)`` per cell."""
+def _cut_row(row: int) -> list[tuple[int, int, bool, bool]]:
+    """Write the tiles of grid row ``row``; returns ``(row, col, written, flat)`` per cell, ``flat`` when a
+    written tile is one colour (all fill, say)."""
     src = _open_in_process()
     g: MosaicGrid = _CUT["grid"]
     p = g.tile_px
@@ -322,7 +478,7 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
                 "copy or export it again."
             ) from None
         if 1.0 - valid.mean() > _CUT["max_nodata"]:
-            out.append((row, col, False))
+            out.append((row, col, False, False))
             continue
         img = to_uint8(np.where(valid, data, 0), _CUT["stretch"])
         img[:, ~valid] = 0
@@ -334,7 +490,7 @@ def _cut_row(row: int) -> list[tuple[int, int, bool]]:
             lambda f, im=im: im.save(f, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_STRATEGY),
             durable=False,
         )
-        out.append((row, col, True))
+        out.append((row, col, True, bool(img.min() == img.max())))
     return out
 
 
@@ -362,7 +518,7 @@ def cut_mosaic(
     t0 = time.time()
     _CUT.clear()
     _CUT.update(grid=grid, out_dir=out_dir, stretch=stretch, max_nodata=float(max_nodata))
-    results: list[tuple[int, int, bool]] = []
+    results: list[tuple[int, int, bool, bool]] = []
     bar = tqdm(
         total=grid.n_rows * grid.n_cols, unit="tile", desc="tiles", disable=None if progress is None else not progress
     )
@@ -384,7 +540,7 @@ def cut_mosaic(
             _CUT["env"].__exit__(None, None, None)
         _CUT.clear()
     results.sort()
-    kept = np.array([(r, c) for r, c, ok in results if ok], dtype=np.int64).reshape(-1, 2)
+    kept = np.array([(r, c) for r, c, ok, _ in results if ok], dtype=np.int64).reshape(-1, 2)
     rows, cols = kept[:, 0], kept[:, 1]
     return CutResult(
         rows=rows,
@@ -393,4 +549,5 @@ def cut_mosaic(
         bounds=grid.bounds(rows, cols),
         skipped_nodata=len(results) - len(kept),
         seconds=time.time() - t0,
+        flat=sum(flat for *_, flat in results),
     )

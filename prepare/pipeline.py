@@ -42,7 +42,7 @@ from PIL import Image
 from rasterio.errors import RasterioIOError
 from tqdm import tqdm
 
-from data.layout import PUBLISHED_PRETRAIN_DIRS
+from data.layout import PREPARE_SUMMARY, PUBLISHED_PRETRAIN_DIRS
 from prepare import category_embed, mosaic, poi_io, splits, targets
 from prepare.gdal_errors import reason
 from prepare.graph import delaunay_edges
@@ -55,9 +55,12 @@ from utils.runlock import FolderLock
 __all__ = ["assign_to_tiles", "PrepareConfig", "prepare"]
 
 SUBDIRS = {k[: -len("_dir")]: v for k, v in PUBLISHED_PRETRAIN_DIRS.items()}  # img, emb, edge, weight
-SUMMARY = "prepare_summary.json"
+SUMMARY = PREPARE_SUMMARY  # its presence tells the readers a folder is prepare_pois.py's (data/layout.py)
 TABLE = "category_embeddings.csv"
 LISTS = {"train": "train.txt", "val": "val.txt"}
+# With POIs given, this fraction of tiles or more without any POI draws a warning: the image-POI term
+# then learns from a handful of tiles (a real run: 6 POIs, 668 of 674 tiles empty, and no word said).
+SPARSE_POI_FRACTION = 0.9
 # Names a --target may not take: the output's own folders, and the downstream image folder.
 RESERVED = (*SUBDIRS.values(), "img", "func")
 
@@ -157,6 +160,7 @@ class PrepareConfig:
     parent_col: str | None = None
     layer: str | None = None
     crs: str | None = None
+    osm_nodes_only: bool = False
     tile_index: str | None = None
     tile_crs: str | None = None
     embeddings: str | None = None
@@ -171,6 +175,7 @@ class PrepareConfig:
     tile_size_m: float | None = None
     tile_px: int | None = None
     bands: str | None = None
+    nodata: float | None = None
     max_nodata: float = 0.5
     target: list[str] = field(default_factory=list)
     min_coverage: float = 0.95
@@ -271,7 +276,8 @@ def _outputs(cfg: PrepareConfig, target_names: list[str]) -> list[str]:
             old_targets = [t for t in json.load(f).get("targets", {}) if t not in RESERVED and "/" not in t]
     except (OSError, ValueError, AttributeError):
         pass
-    return [TABLE, *SUBDIRS.values(), INDEX_GPKG, INDEX_CSV, *LISTS.values(), *target_names, *old_targets]
+    names = list(dict.fromkeys([*target_names, *old_targets]))
+    return [TABLE, *SUBDIRS.values(), INDEX_GPKG, INDEX_CSV, *LISTS.values(), *names, *map(targets.types_file, names)]
 
 
 def _prepare_out(cfg: PrepareConfig, target_names: list[str]) -> dict[str, str]:
@@ -381,6 +387,7 @@ class _Placed:
     names: list[str] | None  # [T] image names of the cut mosaic; None for --tiles (known once placed)
     paths: list[str] | None  # [T] source images of --tiles, placed with the graphs; None for a mosaic
     skipped_nodata: int = 0  # cells of the mosaic left out for nodata
+    flat: int = 0  # cut tiles of one colour throughout
 
 
 @dataclass
@@ -405,14 +412,18 @@ class _Labels:
 def _open_tiles(cfg: PrepareConfig, log: Log) -> _Source:
     """Stage 1: the mosaic's grid, or the tiles already cut (metadata only, nothing written yet)."""
     if cfg.mosaic:
-        grid = mosaic.open_mosaic(cfg.mosaic, cfg.tile_size_m, cfg.tile_px, cfg.bands)
+        grid = mosaic.open_mosaic(cfg.mosaic, cfg.tile_size_m, cfg.tile_px, cfg.bands, cfg.nodata)
         if cfg.tile_crs and not poi_io.same_crs(cfg.tile_crs, grid.crs, "--tile_crs", cfg.mosaic):
             raise InputError(
                 f"--tile_crs {cfg.tile_crs} differs from the CRS of mosaic {cfg.mosaic}; drop --tile_crs "
                 "(the mosaic's own CRS is used)."
             )
         src = _Source(grid.crs, grid.extent, grid.n_rows * grid.n_cols, grid=grid)
-        what = f"{grid.n_rows} x {grid.n_cols} cells of {grid.tile_size:g} units ({grid.tile_px} px) of {cfg.mosaic}"
+        what = (
+            f"{grid.n_rows} rows x {grid.n_cols} columns of {grid.tile_size:g}-unit cells ({grid.tile_px} px"
+            f"{'' if abs(max(grid.px) - grid.tile_px) < 1e-6 else f' from {max(grid.px):.3g} px of the mosaic'}) "
+            f"of {cfg.mosaic}, {grid.describe_bands()}"
+        )
     else:
         src = _open_cut_tiles(cfg)
         what = f"{src.n_cells} tiles of {cfg.tiles}"
@@ -441,12 +452,39 @@ def _open_cut_tiles(cfg: PrepareConfig) -> _Source:
     return _Source(crs, extent, len(tiles.paths), tiles=tiles)
 
 
+def _survey(cfg: PrepareConfig, src: _Source, log: Log) -> mosaic.MosaicSurvey | None:
+    """Stage 1b: the mosaic's stretch, and a warning when its low end looks like fill no nodata marks
+    (docs/real_data.md, "Nodata"); None for tiles already cut."""
+    if src.grid is None:
+        return None
+    survey = mosaic.survey_mosaic(src.grid)
+    if survey.stretch is not None:
+        ranges = ", ".join(f"[{lo:.6g}, {hi:.6g}]" for lo, hi in survey.stretch)
+        log(f"stretch (2-98 % of the valid pixels, one for the whole mosaic): {ranges}")
+    if survey.fill_value is not None:
+        v = f"{survey.fill_value:g}"
+        tag = (
+            "declares no nodata"
+            if survey.declared_nodata is None
+            else f"marks {survey.declared_nodata:g} as nodata, not {v}"
+        )
+        log(
+            f"warning: {survey.fill_fraction:.1%} of the sampled pixels of {cfg.mosaic} are {v} in every band "
+            f"used, the low end of {'its stretch' if survey.stretch is not None else 'every band'}, and the "
+            f"mosaic {tag}; if {v} is fill (a scene's edge, a mask), give --nodata {v}: otherwise its tiles "
+            "are kept as real ones" + (" and the stretch spends its range on it" if survey.stretch is not None else "")
+        )
+    return survey
+
+
 def _read_pois(cfg: PrepareConfig, src: _Source, log: Log) -> _Points:
     """Stage 2: the POIs (optional), reprojected to the tiles' CRS and checked to overlap the tiles."""
     if not cfg.pois:  # every tile has zero POIs: image-only pretraining
         return _Points(None, np.zeros((0, 2)), False)
     tile_crs = src.crs
-    pois = poi_io.read_pois(cfg.pois, cfg.x_col, cfg.y_col, cfg.category_col, cfg.parent_col, cfg.crs, cfg.layer)
+    pois = poi_io.read_pois(
+        cfg.pois, cfg.x_col, cfg.y_col, cfg.category_col, cfg.parent_col, cfg.crs, cfg.layer, not cfg.osm_nodes_only
+    )
     xy = pois.xy
     reprojected = not poi_io.same_crs(pois.crs, tile_crs)
     if reprojected:
@@ -461,8 +499,21 @@ def _read_pois(cfg: PrepareConfig, src: _Source, log: Log) -> _Points:
             f"{poi_io.format_extent(src.extent)} (both in the tiles' CRS {tile_crs}); check --crs or "
             "the files' CRS."
         )
-    log(f"read {len(xy)} POIs from {cfg.pois}")
+    log(f"read {len(xy)} of {pois.in_file} POIs from {cfg.pois}{_poi_origin(pois)}")
     return _Points(pois, xy, reprojected)
+
+
+def _poi_origin(pois: poi_io.Pois) -> str:
+    """`` (1881 tagged nodes, 129 tagged areas ...; dropped: 82 without a category)`` for the log."""
+    parts = []
+    if pois.osm is not None:
+        o = pois.osm
+        parts.append(f"{o['nodes']} tagged nodes, {o['areas']} tagged areas at a point inside each")
+        if o["areas_without_geometry"]:
+            parts.append(f"{o['areas_without_geometry']} tagged areas cut by the extract's edge left out")
+    if pois.dropped_text():
+        parts.append(f"dropped: {pois.dropped_text()}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _open_targets(cfg: PrepareConfig, src: _Source) -> list[targets.Target]:
@@ -556,12 +607,19 @@ def _cut_or_list(
         f"tiles: cut {len(cut.names)} of {src.n_cells} cells from {cfg.mosaic} ({cut.skipped_nodata} skipped with "
         f"more than {cfg.max_nodata:.0%} nodata) in {cut.seconds:.1f}s"
     )
+    if cut.flat:
+        log(
+            f"warning: {cut.flat} of the {len(cut.names)} tiles are one colour throughout: fill that no nodata "
+            "marks (give --nodata VALUE to skip it) or featureless ground; they are kept as tiles"
+        )
     if not cut.names:
         raise InputError(
             f"every tile of mosaic {cfg.mosaic} has more than {cfg.max_nodata:.0%} nodata; check its "
             "nodata value or raise --max_nodata."
         )
-    return _Placed(cut.bounds, cut.rows, cut.cols, names=cut.names, paths=None, skipped_nodata=cut.skipped_nodata)
+    return _Placed(
+        cut.bounds, cut.rows, cut.cols, names=cut.names, paths=None, skipped_nodata=cut.skipped_nodata, flat=cut.flat
+    )
 
 
 def _write_graphs(
@@ -600,6 +658,14 @@ def _write_graphs(
         f"POI graphs: {n_tiles} tiles, {int((per_tile > 0).sum())} with POIs, {int(n_edges)} edges "
         f"({time.time() - t0:.1f}s)"
     )
+    with_poi = int((per_tile > 0).sum())
+    if pts.pois is not None and n_tiles - with_poi >= SPARSE_POI_FRACTION * n_tiles:
+        log(
+            f"warning: {n_tiles - with_poi} of {n_tiles} tiles ({(n_tiles - with_poi) / n_tiles:.0%}) have no POI "
+            f"({poi.size} POIs fall in the other {with_poi}), so the image-POI term of pretraining learns from "
+            f"{with_poi} tiles; check that {cfg.pois} covers the mosaic, or pretrain on the images alone "
+            "(mmgr.py --img_lmd 1)"
+        )
     return _Graphs(names, poi, per_tile, int(n_edges))
 
 
@@ -636,29 +702,55 @@ def _label_tiles(
     for tg in opened:
         t0 = time.time()
         values, coverage = targets.compute_target(tg, placed.bounds, tile_crs, cfg.min_coverage, placed.rows)
-        ok = np.isfinite(values)
+        ok = np.isfinite(values.reshape(n_tiles, -1)).all(axis=1)
         labelled &= ok
         targets.write_values(os.path.join(cfg.out, tg.spec.name), graphs.names, values)
-        columns[tg.spec.name] = values
-        columns[f"{tg.spec.name}_coverage"] = coverage
-        target_summary[tg.spec.name] = {
-            "source": tg.spec.path,
-            "kind": tg.kind,
-            "column": tg.spec.column,
-            "tiles_with_value": int(ok.sum()),
-            "tiles_below_min_coverage": int((~ok).sum()),
-            "total_on_tiles": float(np.nansum(values)),
-            "seconds": round(time.time() - t0, 2),
-        }
+        name = tg.spec.name
+        tile_columns, summary, what = _target_columns(cfg, tg, values, ok)
+        columns.update(tile_columns)
+        columns[f"{name}_coverage"] = coverage
+        summary.update(
+            tiles_with_value=int(ok.sum()),
+            tiles_below_min_coverage=int((~ok).sum()),
+            polygons=tg.dropped or None,
+            seconds=round(time.time() - t0, 2),
+        )
+        target_summary[name] = summary
+        dropped = targets.dropped_summary(tg)
         log(
-            f"target {tg.spec.name}: {int(ok.sum())} of {n_tiles} tiles labelled ({int((~ok).sum())} less than "
-            f"{cfg.min_coverage:.0%} covered), total {np.nansum(values):.6g}, from {tg.spec.path} "
+            f"target {name}: {int(ok.sum())} of {n_tiles} tiles labelled ({int((~ok).sum())} less than "
+            f"{cfg.min_coverage:.0%} covered), {what}, from {tg.spec.path}{f' ({dropped})' if dropped else ''} "
             f"({time.time() - t0:.1f}s)"
         )
     split_col = np.full(n_tiles, "", dtype=object)
     split_summary = _write_split(cfg, labelled, placed, graphs.names, split_col, log) if opened else None
     columns["split"] = split_col
     return _Labels(columns, target_summary, split_summary)
+
+
+def _target_columns(
+    cfg: PrepareConfig, tg: targets.Target, values: np.ndarray, ok: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict, str]:
+    """A computed target's tile index columns, its summary and a phrase for the log; writes a class target's
+    ``NAME_types.txt``. ``values``: ``[T]``, or ``[T, K]`` shares; ``ok``: ``[T]`` tiles with a value."""
+    name = tg.spec.name
+    summary = {"source": tg.spec.path, "kind": tg.kind, "column": tg.spec.column}
+    if tg.kind != "classes":
+        summary["total_on_tiles"] = float(np.nansum(values))
+        what = f"total {np.nansum(values):.6g} on labelled tiles"
+        if tg.kind == "polygons":
+            what += f" of {tg.dropped['count_in_file']:.6g} in the file (the rest on tiles under the coverage or off the grid)"
+        return {name: values}, summary, what
+    targets.write_types(cfg.out, tg)
+    shares = np.nan_to_num(values)
+    # In the tile index: the dominant class, and each class's share (NaN where the tile has no value).
+    columns = {name: np.where(ok, np.asarray(tg.classes, dtype=object)[shares.argmax(axis=1)], "")}
+    columns.update({f"{name}_{c}": values[:, k] for k, c in enumerate(tg.classes)})
+    mean = shares[ok].mean(axis=0) if ok.any() else np.zeros(len(tg.classes))
+    summary["classes"] = list(tg.classes)
+    summary["mean_share_on_labelled_tiles"] = {c: round(float(m), 6) for c, m in zip(tg.classes, mean, strict=True)}
+    shown = ", ".join(tg.classes[:8]) + (" ..." if len(tg.classes) > 8 else "")
+    return columns, summary, f"shares of {len(tg.classes)} classes ({shown}) -> {name}/, {targets.types_file(name)}"
 
 
 def _write_split(
@@ -696,7 +788,7 @@ def _summary(
     placed: _Placed,
     graphs: _Graphs,
     labels: _Labels,
-    stretch: np.ndarray | None,
+    survey: mosaic.MosaicSurvey | None,
     seconds: float,
 ) -> dict:
     """The counts of ``prepare_summary.json`` (docs/real_data.md, "Summary")."""
@@ -704,7 +796,7 @@ def _summary(
     n_tiff = (
         0 if placed.paths is None else sum(os.path.splitext(p)[1].lower() in poi_io.TIFF_EXTS for p in placed.paths)
     )
-    n_read = len(pts.xy) + (pois.skipped_bad_coords + pois.skipped_no_category + pois.skipped_not_point if pois else 0)
+    n_read = pois.in_file if pois else 0
     in_any = np.zeros(len(pts.xy), dtype=bool)
     in_any[graphs.poi] = True
     per_poi = np.bincount(graphs.poi, minlength=len(pts.xy))
@@ -717,6 +809,9 @@ def _summary(
         "pois_skipped_bad_coordinates": pois.skipped_bad_coords if pois else 0,
         "pois_skipped_no_category": pois.skipped_no_category if pois else 0,
         "pois_skipped_not_point": pois.skipped_not_point if pois else 0,
+        "pois_osm_nodes": pois.osm["nodes"] if pois and pois.osm else None,
+        "pois_osm_areas": pois.osm["areas"] if pois and pois.osm else None,
+        "osm_areas_without_geometry": pois.osm["areas_without_geometry"] if pois and pois.osm else None,
         "pois_outside_every_tile": int((~in_any).sum()),
         "pois_in_several_tiles": int((per_poi > 1).sum()),
         "poi_tile_assignments": int(graphs.poi.size),
@@ -742,7 +837,15 @@ def _summary(
             "grid_cols": grid.n_cols,
             "tiles_skipped_nodata": placed.skipped_nodata,
             "max_nodata": cfg.max_nodata,
-            "stretch": None if stretch is None else [[float(lo), float(hi)] for lo, hi in stretch],
+            "stretch": None
+            if survey is None or survey.stretch is None
+            else [[float(lo), float(hi)] for lo, hi in survey.stretch],
+            "nodata": cfg.nodata if cfg.nodata is not None else (survey.declared_nodata if survey else None),
+            "nodata_from": "--nodata" if cfg.nodata is not None else "file",
+            "suspected_fill": None
+            if survey is None or survey.fill_value is None
+            else {"value": survey.fill_value, "fraction_of_sampled_pixels": round(survey.fill_fraction, 4)},
+            "tiles_flat": placed.flat,
         },
         "targets": labels.targets,
         "min_coverage": cfg.min_coverage,
@@ -761,23 +864,32 @@ def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
     """
     t_start = time.time()
     _check_flags(cfg)
+    said: list[str] = []
+
+    def log_and_keep(line: str) -> object:
+        # The warnings also go into the summary, for whoever reads the folder later.
+        if line.startswith("warning: "):
+            said.append(line[len("warning: ") :])
+        return log(line)
+
     lock = FolderLock(cfg.out, purpose="prepare_pois", flag="--out")
     try:
         if os.path.isdir(cfg.out):
             lock.acquire()  # an OUT in use is refused at once, not after minutes of reading the inputs
-        src = _open_tiles(cfg, log)
-        pts = _read_pois(cfg, src, log)
+        src = _open_tiles(cfg, log_and_keep)
+        survey = _survey(cfg, src, log_and_keep)
+        stretch = survey.stretch if survey is not None else None
+        pts = _read_pois(cfg, src, log_and_keep)
         opened = _open_targets(cfg, src)
-        stretch = mosaic.estimate_stretch(src.grid) if src.grid is not None else None
-        emb = _embeddings(cfg, pts, log)
+        emb = _embeddings(cfg, pts, log_and_keep)
         # Writing starts here; a new OUT is only created now, so bad inputs leave no folder behind.
         lock.acquire()  # a no-op when held already
         # A refused write leaves an unfinished OUT, which a rerun must replace: hence "with --overwrite".
         with write_advice("another --out", "run the command again with --overwrite"):
             dirs = _prepare_out(cfg, [tg.spec.name for tg in opened])
-            placed = _cut_or_list(cfg, src, stretch, dirs, log)
-            graphs = _write_graphs(cfg, placed, pts, emb, dirs, log)
-            labels = _label_tiles(cfg, opened, placed, graphs, src.crs, log)
+            placed = _cut_or_list(cfg, src, stretch, dirs, log_and_keep)
+            graphs = _write_graphs(cfg, placed, pts, emb, dirs, log_and_keep)
+            labels = _label_tiles(cfg, opened, placed, graphs, src.crs, log_and_keep)
             write_tile_index(
                 cfg.out,
                 TileIndex(
@@ -790,7 +902,8 @@ def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
                 ),
             )
             category_embed.write_table(os.path.join(cfg.out, TABLE), emb.saved_categories, emb.saved_table)
-            summary = _summary(cfg, src, pts, emb, placed, graphs, labels, stretch, time.time() - t_start)
+            summary = _summary(cfg, src, pts, emb, placed, graphs, labels, survey, time.time() - t_start)
+            summary["warnings"] = said
             # Last write: marks the folder complete.
             atomic_write_text(json.dumps(summary, indent=2, ensure_ascii=False), os.path.join(cfg.out, SUMMARY))
     finally:

@@ -80,6 +80,8 @@ class Pois:
         skipped_bad_coords: features dropped for missing / non-numeric / non-finite / empty coordinates.
         skipped_no_category: features dropped for an empty category.
         skipped_not_point: features dropped because their geometry is neither a Point nor a MultiPoint.
+        osm: for an OSM extract, ``{"nodes": n, "areas": a, "areas_without_geometry": m}`` (POIs from tagged
+            nodes and from tagged areas, and tagged areas GDAL could not build); None for other files.
     """
 
     xy: np.ndarray
@@ -90,6 +92,21 @@ class Pois:
     skipped_bad_coords: int = 0
     skipped_no_category: int = 0
     skipped_not_point: int = 0
+    osm: dict | None = None
+
+    @property
+    def in_file(self) -> int:
+        """Features (rows) read from the file, the dropped ones included."""
+        return len(self.xy) + self.skipped_bad_coords + self.skipped_no_category + self.skipped_not_point
+
+    def dropped_text(self) -> str:
+        """``'82 without a category, 2 with bad coordinates'``: what was dropped, '' when nothing was."""
+        parts = [
+            (self.skipped_no_category, "without a category"),
+            (self.skipped_bad_coords, "with missing or bad coordinates"),
+            (self.skipped_not_point, "not points (lines, polygons)"),
+        ]
+        return ", ".join(f"{n} {why}" for n, why in parts if n)
 
 
 @dataclass
@@ -331,13 +348,14 @@ def read_pois(
     parent_col: str | None = None,
     crs: str | None = None,
     layer: str | None = None,
+    osm_areas: bool = True,
 ) -> Pois:
     """Read POIs from CSV, any vector file or an OSM ``.pbf`` (chosen by extension), keeping file order.
 
     Rows with missing or non-finite coordinates or an empty category are dropped and counted; so are
     features whose geometry is not a (Multi)Point. ``crs`` (the user's ``--crs``) overrides what the
     file says. For ``.osm.pbf`` the category and parent come from the OSM tags (``prepare/osm.py``) and
-    the column flags are ignored.
+    the column flags are ignored; tagged areas are POIs too unless ``osm_areas`` is False.
     """
     if not os.path.isfile(path):
         raise InputError(f"POI file {path} does not exist; check --pois.")
@@ -345,8 +363,11 @@ def read_pois(
         raise InputError(f"POI file {path} is empty; give a file with one POI per row.")
     ext = os.path.splitext(path)[1].lower()
     n_not_point = 0
+    osm_counts = None
     if ext == ".pbf":
-        x, y, cats, pars, file_crs = osm.read_osm_pois(path)
+        o = osm.read_osm_pois(path, osm_areas)
+        x, y, cats, pars, file_crs = o.x, o.y, o.category, o.parent, o.crs
+        osm_counts = {"nodes": o.nodes, "areas": o.areas, "areas_without_geometry": o.areas_without_geometry}
         feature = np.arange(len(x))
         bad = ~(np.isfinite(x) & np.isfinite(y))
     elif ext in CSV_EXTS:
@@ -381,7 +402,7 @@ def read_pois(
         raise InputError(
             f"POI file {path} has no row with finite coordinates and a category; check --x_col/--y_col/--category_col."
         )
-    return _pois(
+    pois = _pois(
         x,
         y,
         cats,
@@ -393,6 +414,8 @@ def read_pois(
         int((good_xy & ~has_cat).sum()),
         n_not_point,
     )
+    pois.osm = osm_counts
+    return pois
 
 
 def _pois(x, y, cats, pars, feature, keep, crs, n_bad, n_no_cat, n_not_point) -> Pois:

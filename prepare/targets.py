@@ -1,26 +1,32 @@
 """Per-tile downstream targets from census polygons or a population raster (docs/real_data.md).
 
 ``--target NAME=FILE[:COLUMN]`` gives one target; its values are written as the published
-``NAME/STEM.txt`` (one number per tile). Two kinds of source, both reprojected to the tiles' CRS first:
+``NAME/STEM.txt`` (one number per tile, or K shares on one line). Three kinds of source, all reprojected
+to the tiles' CRS first:
 
 - **polygons with a count column** (census units): each polygon's count is shared among the tiles by
   the fraction of the polygon's area inside each tile, i.e. people are assumed to be spread evenly
   within a polygon. Intersections are computed with shapely 2 over an STRtree of the tiles.
+- **polygons with a class column** (land cover, land use: a text column): each tile gets the share of
+  its covered area under each class, K shares on one line, and ``NAME_types.txt`` names the K classes
+  (the layout ``res_func.py`` reads).
 - **a raster of counts per pixel** (WorldPop-style): a tile gets the sum of the pixels inside it, a
   pixel cut by the tile's edge counted by the fraction of its area inside. In the raster's own CRS the
   fractions are exact and separable (x overlap times y overlap); a raster in another CRS is first
   resampled onto a grid in the tiles' CRS (area-weighted mean x source pixels per grid pixel, which
   keeps totals).
 
-A tile less than ``min_coverage`` covered by polygons with a count, or by valid pixels, gets no value
-(NaN here; no file, and it stays out of the train/val lists).
+A tile less than ``min_coverage`` covered by polygons with a count or a class, or by valid pixels, gets
+no value (NaN here; no file, and it stays out of the train/val lists). Polygons that cannot take part
+(no geometry, not a polygon, invalid beyond repair, no count or class) are counted, with the count they
+carry, in :attr:`Target.dropped`.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -34,6 +40,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from prepare.gdal_errors import reason
+from prepare.geometry import repair_polygons
 from prepare.poi_io import crs_name, crs_object, extent_overlaps, format_extent, read_vector, same_crs
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
@@ -44,14 +51,21 @@ __all__ = [
     "parse_target",
     "open_target",
     "polygon_shares",
+    "class_shares",
     "raster_sums",
     "compute_target",
     "write_values",
+    "write_types",
+    "dropped_summary",
+    "types_file",
     "RASTER_EXTS",
+    "MAX_CLASSES",
 ]
 
 # Files read as rasters; anything else is read as a vector file.
 RASTER_EXTS = (".tif", ".tiff", ".vrt", ".img", ".asc", ".nc", ".jp2", ".bil", ".hdr", ".dem", ".sdat")
+# More distinct texts than this in a class column: an identifier or a name column, not classes.
+MAX_CLASSES = 100
 
 
 @dataclass(frozen=True)
@@ -67,16 +81,21 @@ class TargetSpec:
 class Target:
     """A checked target source, ready to allocate (from :func:`open_target`).
 
-    For polygons: ``polygons`` ``[P]`` shapely geometries in the tiles' CRS and ``counts`` ``[P]``
-    float64 (NaN = no count). For rasters: ``band`` (1-based). ``extent`` is in the tiles' CRS.
+    For polygons: ``polygons`` ``[P]`` shapely geometries in the tiles' CRS (None where dropped) and
+    ``counts`` ``[P]`` float64 (NaN = no count). For classes: also ``codes`` ``[P]`` int64 (each polygon's
+    row of ``classes``, -1 = dropped) and ``classes`` ``[K]``. For rasters: ``band`` (1-based).
+    ``extent`` is in the tiles' CRS. ``dropped``: polygons left out and why (:func:`_open_polygons`).
     """
 
     spec: TargetSpec
-    kind: str  # "polygons" or "raster"
+    kind: str  # "polygons" (counts), "classes" (area shares) or "raster"
     extent: tuple[float, float, float, float]
     polygons: np.ndarray | None = None
     counts: np.ndarray | None = None
     band: int = 1
+    codes: np.ndarray | None = None
+    classes: tuple[str, ...] = ()
+    dropped: dict = field(default_factory=dict)
 
 
 def parse_target(text: str, reserved: tuple[str, ...] = ()) -> TargetSpec:
@@ -163,9 +182,11 @@ def _open_raster(spec: TargetSpec, tiles_crs: str) -> Target:
 
 
 def _open_polygons(spec: TargetSpec, tiles_crs: str) -> Target:
+    """Census polygons with a count column, or land-cover polygons with a class (text) column."""
     if spec.column is None:
         raise UserError(
-            f"target {spec.path} is a vector file and needs its count column: --target {spec.name}={spec.path}:COLUMN."
+            f"target {spec.path} is a vector file and needs its count or class column: "
+            f"--target {spec.name}={spec.path}:COLUMN."
         )
     df = read_vector(spec.path, None, [spec.column])
     if df.crs is None:
@@ -173,26 +194,142 @@ def _open_polygons(spec: TargetSpec, tiles_crs: str) -> Target:
             f"target {spec.path} has no CRS; assign the one it was made in (e.g. ogr2ogr -a_srs "
             "EPSG:4326) so it can be placed on the tiles."
         )
-    col = df[spec.column]
-    counts = pd.to_numeric(col, errors="coerce")
-    if (counts.isna() & col.notna() & (col.astype(str).str.strip() != "")).any() or not counts.notna().any():
-        bad = col[counts.isna()].iloc[0] if counts.isna().any() else None
-        raise UserError(
-            f"column {spec.column!r} of target {spec.path} is not numeric (e.g. {bad!r}); pick the "
-            "column that holds the counts."
-        )
+    counts, codes, classes = _column_values(spec, df[spec.column])
     geoms = df.geometry
     if not same_crs(crs_name(df.crs, spec.path), tiles_crs, spec.path, "the tiles"):
         geoms = geoms.to_crs(crs_object(tiles_crs, "the tiles"))
-    polys = geoms.to_numpy()
-    kind = shapely.get_type_id(polys)
-    areal = (kind == 3) | (kind == 6)  # Polygon, MultiPolygon
-    if not areal.any():
-        raise UserError(f"target {spec.path} holds no polygons; give census units as polygons with a count column.")
-    polys = np.where(areal, shapely.make_valid(np.where(areal, polys, None)), None)
-    counts = np.where(areal, counts.to_numpy(np.float64), np.nan)
-    extent = tuple(shapely.total_bounds(polys[areal]))
-    return Target(spec=spec, kind="polygons", extent=extent, polygons=polys, counts=counts)
+    polys, dropped = _usable_polygons(geoms.to_numpy(), np.isfinite(counts) if codes is None else codes >= 0)
+    usable = ~shapely.is_missing(polys)
+    if codes is None:
+        dropped["count_in_file"] = float(np.nansum(counts))
+        dropped["count_in_dropped_polygons"] = float(np.nansum(np.where(usable, 0.0, counts)))
+        counts = np.where(usable, counts, np.nan)
+    else:
+        codes = np.where(usable, codes, -1)
+    if not usable.any():
+        raise UserError(
+            f"target {spec.path} holds no usable polygon with a value in {spec.column!r} ({_dropped_text(dropped)}); "
+            "give census units or land-cover areas as polygons."
+        )
+    extent = tuple(shapely.total_bounds(polys[usable]))
+    if codes is None:
+        return Target(spec=spec, kind="polygons", extent=extent, polygons=polys, counts=counts, dropped=dropped)
+    return Target(
+        spec=spec, kind="classes", extent=extent, polygons=polys, codes=codes, classes=classes, dropped=dropped
+    )
+
+
+def _column_values(spec: TargetSpec, col: pd.Series) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """``(counts [P], None, ())`` for a count column (numbers, or text that is all numbers), or
+    ``(NaN [P], codes [P], classes)`` for a class column (text that is never a number; -1 = empty).
+
+    Raises:
+        UserError: a column that mixes numbers and texts, or holds more than :data:`MAX_CLASSES` texts.
+    """
+    text = col.astype(str).str.strip().where(col.notna(), "")
+    present = text != ""
+    counts = pd.to_numeric(col, errors="coerce")
+    numeric = counts.notna()
+    if not present.any():
+        raise UserError(
+            f"column {spec.column!r} of target {spec.path} is empty; pick the column that holds the values."
+        )
+    if numeric[present].all():
+        return counts.to_numpy(np.float64), None, ()
+    if numeric[present].any():
+        bad = text[present & ~numeric].iloc[0]
+        raise UserError(
+            f"column {spec.column!r} of target {spec.path} mixes numbers and texts (e.g. {bad!r}); a count column "
+            "holds numbers only, a class column texts only: fix the column or pick another."
+        )
+    classes = tuple(sorted(set(text[present])))
+    if len(classes) > MAX_CLASSES:
+        raise UserError(
+            f"column {spec.column!r} of target {spec.path} holds {len(classes)} different texts, more than the "
+            f"{MAX_CLASSES} classes a class column may have (is it a name or an id?); pick the column of land-cover "
+            "or land-use classes, or of counts."
+        )
+    pos = {c: k for k, c in enumerate(classes)}
+    codes = np.array([pos.get(t, -1) for t in text], dtype=np.int64)
+    return np.full(len(col), np.nan), codes, classes
+
+
+def _usable_polygons(geoms: np.ndarray, has_value: np.ndarray) -> tuple[np.ndarray, dict]:
+    """``[P]`` polygons with positive area and a value (None where not), and the count of each reason to
+    drop one.
+
+    Null or empty geometries and non-polygons are dropped; an invalid polygon (e.g. a self-intersecting
+    ring) is repaired with shapely's ``make_valid`` and keeps its polygonal part when that has an area,
+    else it is dropped; a polygon without a value (``has_value`` ``[P]`` False) is dropped.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    kind = shapely.get_type_id(geoms)
+    null = shapely.is_missing(geoms) | (kind < 0) | shapely.is_empty(geoms)
+    areal = ~null & ((kind == 3) | (kind == 6))  # Polygon, MultiPolygon
+    not_polygon = ~null & ~areal
+    out, invalid = repair_polygons(np.where(areal, geoms, None))
+    no_area = areal & (shapely.is_missing(out) | (shapely.area(out) <= 0))
+    no_value = areal & ~no_area & ~np.asarray(has_value, bool)
+    keep = areal & ~no_area & ~no_value
+    dropped = {
+        "polygons_in_file": int(len(geoms)),
+        "polygons_used": int(keep.sum()),
+        "null_or_empty_geometry": int(null.sum()),
+        "not_a_polygon": int(not_polygon.sum()),
+        "invalid_repaired": int((invalid & ~no_area).sum()),
+        "invalid_or_without_area_dropped": int(no_area.sum()),
+        "without_value": int(no_value.sum()),
+    }
+    return np.where(keep, out, None), dropped
+
+
+def _dropped_text(d: dict) -> str:
+    """``'2 with a null or empty geometry, 1 invalid'``: the reasons of :func:`_usable_polygons` that occurred."""
+    words = {
+        "null_or_empty_geometry": "with a null or empty geometry",
+        "not_a_polygon": "not polygons",
+        "invalid_or_without_area_dropped": "invalid beyond repair or without area",
+        "without_value": "without a value",
+    }
+    parts = [f"{d[k]} {w}" for k, w in words.items() if d.get(k)]
+    return ", ".join(parts) if parts else "none dropped"
+
+
+def dropped_summary(target: Target) -> str:
+    """One phrase for the log: how many polygons were used, dropped and repaired, and the count they carry."""
+    d = target.dropped
+    if not d:
+        return ""
+    text = f"{d['polygons_used']} of {d['polygons_in_file']} polygons used"
+    lost = _dropped_text(d)
+    if lost != "none dropped":
+        text += f"; dropped: {lost}"
+    if d.get("invalid_repaired"):
+        text += f"; {d['invalid_repaired']} invalid repaired (make_valid)"
+    if d.get("count_in_dropped_polygons"):
+        text += f"; {d['count_in_dropped_polygons']:.6g} of the file's {d['count_in_file']:.6g} are in dropped polygons"
+    return text
+
+
+def _overlaps(polygons: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (polygon, tile) pair that overlaps and the area they share.
+
+    Args:
+        polygons: ``[P]`` shapely polygons of positive area; bounds: ``[T, 4]`` tiles, same CRS.
+
+    Returns:
+        ``(pi [M], ti [M], area of pi & ti [M], tile areas [T])``. An STRtree of the tiles finds the pairs;
+        tiles wholly inside their polygon (most of them in dense census data) need no intersection.
+    """
+    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+    tile_area = shapely.area(boxes)
+    pi, ti = shapely.STRtree(boxes).query(polygons, predicate="intersects")
+    inside = shapely.contains_properly(polygons[pi], boxes[ti])
+    inter = np.where(inside, tile_area[ti], 0.0)
+    cut = np.flatnonzero(~inside)
+    shapely.prepare(polygons)
+    inter[cut] = shapely.area(shapely.intersection(polygons[pi[cut]], boxes[ti[cut]]))
+    return pi, ti, inter, tile_area
 
 
 def polygon_shares(polygons: np.ndarray, counts: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,18 +350,35 @@ def polygon_shares(polygons: np.ndarray, counts: np.ndarray, bounds: np.ndarray)
     area = shapely.area(polys)
     pos = area > 0
     polys, cnt, area = polys[pos], cnt[pos], area[pos]
-    boxes = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
-    tile_area = shapely.area(boxes)
-    pi, ti = shapely.STRtree(boxes).query(polys, predicate="intersects")
-    # Tiles wholly inside their polygon (most of them in dense census data) need no intersection.
-    inside = shapely.contains_properly(polys[pi], boxes[ti])
-    inter = np.where(inside, tile_area[ti], 0.0)
-    cut = np.flatnonzero(~inside)
-    shapely.prepare(polys)
-    inter[cut] = shapely.area(shapely.intersection(polys[pi[cut]], boxes[ti[cut]]))
+    pi, ti, inter, tile_area = _overlaps(polys, bounds)
     values = np.bincount(ti, cnt[pi] * inter / area[pi], minlength=t)
     coverage = np.minimum(np.bincount(ti, inter, minlength=t) / tile_area, 1.0)
     return values, coverage
+
+
+def class_shares(
+    polygons: np.ndarray, codes: np.ndarray, n_classes: int, bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The share of each tile's covered area under each class, and how much of each tile polygons cover.
+
+    Args:
+        polygons: ``[P]`` shapely polygons (None or code -1 = skipped).
+        codes: ``[P]`` int64 class of each polygon in ``0..n_classes-1``.
+        bounds: ``[T, 4]`` tile ``(minx, miny, maxx, maxy)``, same CRS.
+
+    Returns:
+        ``(shares [T, K], coverage [T])``: ``area(class k & tile) / area(polygons & tile)`` (rows sum to 1;
+        NaN rows for tiles no polygon touches) and ``area(polygons & tile) / area(tile)`` clipped to 1.
+    """
+    t = bounds.shape[0]
+    ok = np.flatnonzero((codes >= 0) & ~shapely.is_missing(polygons))
+    ok = ok[shapely.area(polygons[ok]) > 0]
+    pi, ti, inter, tile_area = _overlaps(polygons[ok], bounds)
+    area = np.bincount(ti * n_classes + codes[ok][pi], inter, minlength=t * n_classes).reshape(t, n_classes)
+    covered = area.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(covered[:, None] > 0, area / covered[:, None], np.nan)
+    return shares, np.minimum(covered / tile_area, 1.0)
 
 
 def _axis_weights(lo: float, hi: float, start: int, n: int) -> np.ndarray:
@@ -450,34 +604,55 @@ def compute_target(
     """Values of one target on the tiles, NaN where coverage is below ``min_coverage``.
 
     Returns:
-        ``(values [T], coverage [T])``.
+        ``(values [T], coverage [T])``, or ``(shares [T, K], coverage [T])`` for a class target.
     """
-    if target.kind == "polygons":
+    if target.kind in ("polygons", "classes"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # shapely on degenerate slivers
-            values, coverage = polygon_shares(target.polygons, target.counts, bounds)
+            if target.kind == "polygons":
+                values, coverage = polygon_shares(target.polygons, target.counts, bounds)
+            else:
+                values, coverage = class_shares(target.polygons, target.codes, len(target.classes), bounds)
     else:
         values, coverage = raster_sums(target.spec.path, target.band, bounds, tiles_crs, rows, progress)
     # A hair of tolerance: a tile exactly covered can measure 0.9999999999 after floating-point areas.
-    return np.where(coverage >= min_coverage - 1e-9, values, np.nan), coverage
+    covered = coverage >= min_coverage - 1e-9
+    return np.where(covered if values.ndim == 1 else covered[:, None], values, np.nan), coverage
 
 
 def write_values(folder: str, names: list[str], values: np.ndarray, progress: bool | None = None) -> int:
-    """Write ``folder/STEM.txt`` (the published target layout: one number) for every finite value.
+    """Write ``folder/STEM.txt`` (the published target layout: one number, or K shares on one line) for
+    every tile with a value.
 
     Args:
-        names: ``[T]`` image file names (``STEM.png``); values: ``[T]``, NaN = no file.
+        names: ``[T]`` image file names (``STEM.png``); values: ``[T]`` or ``[T, K]``, NaN = no file.
 
     Returns:
         The number of files written.
     """
     os.makedirs(folder, exist_ok=True)
-    ok = np.flatnonzero(np.isfinite(values))
+    rows = values.reshape(len(values), -1)
+    ok = np.flatnonzero(np.isfinite(rows).all(axis=1))
     for k in tqdm(
         ok, desc=f"write {os.path.basename(folder)}", unit="tile", disable=None if progress is None else not progress
     ):
         # repr: the shortest text that reads back as the same float
         atomic_write_text(
-            f"{float(values[k])!r}\n", os.path.join(folder, os.path.splitext(names[k])[0] + ".txt"), durable=False
+            " ".join(repr(float(v)) for v in rows[k]) + "\n",
+            os.path.join(folder, os.path.splitext(names[k])[0] + ".txt"),
+            durable=False,
         )
     return int(ok.size)
+
+
+def types_file(name: str) -> str:
+    """``lc`` -> ``lc_types.txt``: where the classes of a class target are named, beside its folder (the
+    published ``func_types.txt`` of ``func``)."""
+    return f"{name}_types.txt"
+
+
+def write_types(out: str, target: Target) -> str:
+    """Write ``OUT/NAME_types.txt``, the K classes of a class target, one per line in share order; returns it."""
+    path = os.path.join(out, types_file(target.spec.name))
+    atomic_write_text("".join(c + "\n" for c in target.classes), path, durable=False)
+    return path

@@ -28,6 +28,7 @@ import torch
 from data.downstream import read_list
 from data.pack import is_packed, pack
 from data.pretrain import list_images
+from engine.checkpoints import PUBLISHED_PREFIX
 from engine.compare.report import flatten, load_average, machine, paired_tests, plot, report, summarise
 from engine.compare.rows import PRETRAINED, VARIANTS
 from engine.embeddings import poi_embeddings
@@ -66,6 +67,8 @@ def pretrain_argv(args: argparse.Namespace, data: Path, out: Path, variant: str,
         str(args.lr),
         "--seed",
         str(seed),
+        "--ckpt_prefix",  # the name final_checkpoint looks for, whatever kind of data folder this is
+        PUBLISHED_PREFIX,
         "--workers",
         str(args.workers),
         "--device",
@@ -88,7 +91,7 @@ def pretrain_argv(args: argparse.Namespace, data: Path, out: Path, variant: str,
 
 
 def final_checkpoint(args: argparse.Namespace, out: Path, variant: str, seed: int) -> Path:
-    return out / "ckpt" / f"{variant}_s{seed}" / f"wuhan_img_{args.epochs}.tar"
+    return out / "ckpt" / f"{variant}_s{seed}" / f"{PUBLISHED_PREFIX}_img_{args.epochs}.tar"
 
 
 def pretrain(
@@ -133,7 +136,7 @@ def pretrain(
 
 def random_checkpoint(args: argparse.Namespace, out: Path, seed: int) -> Path:
     """A randomly initialised encoder (torchvision's init, seeded), saved like a pretrained one."""
-    path = out / "ckpt" / f"random_s{seed}" / "wuhan_img_0.tar"
+    path = out / "ckpt" / f"random_s{seed}" / f"{PUBLISHED_PREFIX}_img_0.tar"
     if not path.is_file():
         torch.manual_seed(seed)
         atomic_save(ImageEncoder(args.resnet, 128).state_dict(), path)

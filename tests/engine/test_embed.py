@@ -7,6 +7,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import embed
 from data.pretrain import PretrainDataset, open_rgb
@@ -181,8 +182,39 @@ def test_probe_lists_fallback_and_cv(tmp_path, tiny_data, capsys):
     )
     text = capsys.readouterr().out
     assert "probe   pop1km ridge (backbone, 3-fold CV): MAE" in text and "random folds (no tile index" in text
-    cv = json.loads((tmp_path / "e" / "probe.json").read_text())["pop1km"]["cv"]
+    probe = json.loads((tmp_path / "e" / "probe.json").read_text())["pop1km"]
+    cv = probe["cv"]
     assert cv == out["probes"]["pop1km"]["cv"] and cv["folds"] == 3 and len(cv["knn"]["R2"]) == 2
+    # the tile counts and the two references, on the same split
+    assert "probes fit on 8 tiles of train.txt and score on 4 tiles of val.txt (of 12 exported)" in text
+    assert "reference   pop1km   mean predictor: MAE" in text and "random init ridge: MAE" in text
+    y = np.array([float((tiny_data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(12)])
+    mean_r2 = 1 - ((y[8:] - y[:8].mean()) ** 2).sum() / ((y[8:] - y[8:].mean()) ** 2).sum()
+    assert probe["references"]["mean"]["R2"] == pytest.approx(mean_r2, abs=1e-5)
+    assert probe["tiles"] == {"train": 8, "val": 4}
+    # the random encoder is the checkpoint's architecture drawn from --seed; the checkpoint here is itself
+    # torchvision's initialisation from seed 0, so the reference repeats the probe exactly
+    rand = probe["references"]["random_init"]
+    assert rand["ridge"] == probe["ridge"] and rand["knn"] == probe["knn"]
+
+
+def test_clusters_leave_out_tiles_by_poi_count_and_brightness(tmp_path, tiny_data, capsys):
+    """--cluster_min_poi and --cluster_min_brightness keep tiles out of the k-means (cluster -1, grey)."""
+    add_tile_index(tiny_data)  # no n_poi column: the counts come from the POI tensors (t000, t005 have none)
+    Image.new("RGB", (32, 32), (5, 10, 20)).save(tiny_data / "img" / "t003.png")  # dark as open water
+    torch.manual_seed(0)
+    torch.save(ImageEncoder("resnet18", 16).state_dict(), tmp_path / "ck.tar")
+    embed.main(
+        ["--data_path", str(tiny_data), "--ckpt", str(tmp_path / "ck.tar"), "--out", str(tmp_path / "e")]
+        + ["--clusters", "3", "--cluster_min_poi", "1", "--cluster_min_brightness", "40", *ARGS]
+    )
+    assert (
+        "clusters: 9 of 12 tiles clustered; left out: 2 with fewer than 1 POIs, 1 with a darkest channel under 40"
+        in capsys.readouterr().out
+    )
+    frame = gpd.read_parquet(tmp_path / "e" / "embeddings_map.parquet")
+    left = frame.loc[frame["cluster"] < 0, "name"].tolist()
+    assert left == ["t000.png", "t003.png", "t005.png"] and frame.loc[frame["cluster"] >= 0, "cluster"].nunique() == 3
 
 
 def test_embedding_map_with_a_projected_tile_index(tmp_path, tiny_data, monkeypatch):

@@ -1,4 +1,4 @@
-"""Small GIS files for the tests, written with rasterio and geopandas (no fixture files but the OSM extract)."""
+"""Small GIS files for the tests, written with rasterio and geopandas, and the real fixture files' paths."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from rasterio.transform import from_origin
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HELSINKI_PBF = FIXTURES / "helsinki.osm.pbf"
+LANDSAT_CROP = FIXTURES / "lc08_fill_crop.tif"  # 128 x 128 px of a Landsat-8 scene's top edge, zero fill untagged
+LANDCOVER = FIXTURES / "lc08_landcover.fgb"  # 4 land-cover polygons (class column 'name') over that scene
 
 
 def write_raster(

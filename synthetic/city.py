@@ -29,9 +29,15 @@ Every random draw comes from a ``numpy.random.Generator`` keyed by ``(seed, purp
 arguments give byte-identical files, and the layout, the ground truth and the POIs do not depend on
 the tile size (only the painting does).
 
+A city has a *style* (:class:`Style`, docs/synthetic_city.md "Style B"): style a is the city above
+(version 2, unchanged); style b is another town drawn by the same rules with another mix of land uses
+and building kinds, denser lots, other roofs, ground and vegetation, another road grid, sun and haze.
+Both share the targets' physics, the POI rules and the category table, so that a model trained on one
+style can be tested on the other.
+
 Usage::
 
-    python -m synthetic.city --out DATA [--n_tiles 1000] [--tile_size 256] [--seed 0] [--embed_dim 64]
+    python -m synthetic.city --out DATA [--n_tiles 1000] [--tile_size 256] [--seed 0] [--embed_dim 64] [--style a]
 """
 
 from __future__ import annotations
@@ -433,6 +439,16 @@ STYLE_B = Style(
 STYLES: dict[str, Style] = {s.name: s for s in (STYLE_A, STYLE_B)}
 
 
+def _as_style(style: str | Style) -> Style:
+    """A :class:`Style` from its name (a key of :data:`STYLES`) or itself (e.g. a variant made with
+    ``STYLE_B._replace(...)``, as benchmarks/city_styles.py makes to measure what each change costs)."""
+    if isinstance(style, Style):
+        return style
+    if style not in STYLES:
+        raise ValueError(f"unknown city style {style!r}; choose one of {', '.join(STYLES)}")
+    return STYLES[style]
+
+
 def _rng(plan_or_style: dict | Style, *key: int) -> np.random.Generator:
     """The random stream ``key`` (``seed, purpose[, tile]``) of a style (a plan carries its style)."""
     style = plan_or_style["style"] if isinstance(plan_or_style, dict) else plan_or_style
@@ -498,14 +514,14 @@ class _River:
         return np.abs(x - cx) < self.half_width
 
 
-def plan_city(n_tiles: int, seed: int, style: str = "a") -> dict:
+def plan_city(n_tiles: int, seed: int, style: str | Style = "a") -> dict:
     """Tile-level latent fields, land use and the city-wide river and road grid of a city ``style``.
 
     Returns a dict of ``[n_tiles]`` arrays (row, col, u, wealth, activity, water_frac, land_use, rural)
     plus ``rows``, ``cols``, ``river``, the major-road positions ``road_x``, ``road_y`` (metres) and
     the :class:`Style` (which every later step reads).
     """
-    st = STYLES[style]
+    st = _as_style(style)
     rows, cols = _grid_shape(n_tiles)
     rng = _rng(st, seed, 1)
     sigma = max(1.2, 0.08 * min(rows, cols))
@@ -1141,7 +1157,7 @@ def generate_city(
     seed: int = 0,
     embed_dim: int = 64,
     val_fraction: float = 0.2,
-    style: str = "a",
+    style: str | Style = "a",
 ) -> dict:
     """Generate the synthetic city into ``out_dir`` (replacing a previous synthetic city there).
 
@@ -1157,7 +1173,8 @@ def generate_city(
         embed_dim: POI category embedding width (the paper uses 64).
         val_fraction: share of tiles listed in ``val-wuhan.txt`` (seeded split).
         style: city style, a key of :data:`STYLES` (``"a"``: the city of version 2; ``"b"``: another mix,
-            density and look with the same targets' rules, docs/synthetic_city.md "Style B").
+            density and look with the same targets' rules, docs/synthetic_city.md "Style B") or a
+            :class:`Style` (its name is what ``.complete`` records).
 
     Returns:
         Summary dict: ``city_version, style, n_tiles, rows, cols, n_pois, n_zero_poi_tiles,
@@ -1168,16 +1185,15 @@ def generate_city(
             f"need n_tiles >= 1, tile_size >= 8, embed_dim >= 1 and 0 <= val_fraction < 1; got "
             f"{n_tiles}, {tile_size}, {embed_dim}, {val_fraction}"
         )
-    if style not in STYLES:
-        raise ValueError(f"unknown city style {style!r}; choose one of {', '.join(STYLES)}")
+    st = _as_style(style)
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     tmp = _atomic_dir(out_dir)
     try:
-        summary = _write_city(tmp, n_tiles, tile_size, seed, embed_dim, val_fraction, style)
+        summary = _write_city(tmp, n_tiles, tile_size, seed, embed_dim, val_fraction, st)
         # The marker is written last inside the temp folder; the rename publishes everything at once.
-        params = _params(n_tiles, tile_size, seed, embed_dim, val_fraction, style)
+        params = _params(n_tiles, tile_size, seed, embed_dim, val_fraction, st.name)
         (tmp / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
         # Move the old city aside (not delete) first, so the window without a city is two renames.
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -1194,7 +1210,7 @@ def generate_city(
 
 
 def _write_city(
-    root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, val_fraction: float, style: str
+    root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, val_fraction: float, style: Style
 ) -> dict:
     """Write every file of the city into ``root``; returns the summary (without timing)."""
     PretrainLayout(root).make_dirs()
@@ -1217,12 +1233,12 @@ def _write_city(
         header + "".join(c + "," + ",".join(f"{v:.8g}" for v in emb[k]) + "\n" for k, c in enumerate(CATEGORIES))
     )
     _write_tables(root, plan, writer, is_val)
-    style_line = "" if style == STYLE_A.name else textwrap.fill(plan["style"].title, 100) + "\n"
+    style_line = "" if style.name == STYLE_A.name else textwrap.fill(style.title, 100) + "\n"
     (root / "README.txt").write_text(_README.format(version=CITY_VERSION, style=style_line))
     lu_counts = np.bincount(plan["land_use"], minlength=len(LAND_USES))
     return dict(
         city_version=CITY_VERSION,
-        style=style,
+        style=style.name,
         n_tiles=n_tiles,
         rows=int(plan["rows"]),
         cols=int(plan["cols"]),
@@ -1351,7 +1367,7 @@ def ensure_city(
     *,
     embed_dim: int = 64,
     val_fraction: float = 0.2,
-    style: str = "a",
+    style: str | Style = "a",
 ) -> Path:
     """Return ``out_dir`` holding the synthetic city for these parameters, generating it only if needed.
 
@@ -1360,9 +1376,7 @@ def ensure_city(
     :func:`generate_city`.
     """
     out_dir = Path(out_dir)
-    if style not in STYLES:
-        raise ValueError(f"unknown city style {style!r}; choose one of {', '.join(STYLES)}")
-    want = _params(n_tiles, tile_size, seed, embed_dim, val_fraction, style)
+    want = _params(n_tiles, tile_size, seed, embed_dim, val_fraction, _as_style(style).name)
     try:
         have = json.loads((out_dir / MARKER).read_text())
     except (OSError, ValueError):

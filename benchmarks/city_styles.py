@@ -44,7 +44,17 @@ from data.pretrain import list_images  # noqa: E402
 from engine.probes import fit_and_score, load_targets  # noqa: E402
 from engine.supervised import backbone_embeddings, load_tiles, task_for, train_supervised  # noqa: E402
 from models.image_encoder import ImageEncoder  # noqa: E402
-from synthetic.city import KINDS, LAND_USES, STYLE_A, STYLE_B, city_style, ensure_city  # noqa: E402
+from synthetic.city import (  # noqa: E402
+    KINDS,
+    LAND_USES,
+    STYLE_A,
+    STYLE_B,
+    STYLES,
+    city_style,
+    ensure_city,
+    plan_city,
+    tile_layout,
+)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.fileio import atomic_write_text, load_file  # noqa: E402
 from utils.metrics import regression_metrics  # noqa: E402
@@ -98,6 +108,21 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def block_shares(data: Path) -> dict[str, float] | None:
+    """Share of the blocks of each building kind, from the city's layouts drawn again (its ``.complete``
+    gives the arguments; the layout does not depend on the tile size); None for a city of another style."""
+    params = json.loads((data / ".complete").read_text())
+    style = params.get("style", "a")
+    if style not in STYLES:
+        return None
+    plan = plan_city(params["n_tiles"], params["seed"], style)
+    n = sum(
+        np.bincount(tile_layout(plan, i, params["seed"])["block_kind"].ravel(), minlength=len(KINDS))
+        for i in range(params["n_tiles"])
+    )
+    return {k.name: round(float(v), 3) for k, v in zip(KINDS, n / n.sum(), strict=True)}
+
+
 def summary(data: Path, tiles: torch.Tensor) -> dict:
     """What a style makes different: colour, density, kind mix, land use, POIs and the targets' sizes."""
     comp = read_rows(data / "truth_components.csv")
@@ -112,6 +137,7 @@ def summary(data: Path, tiles: torch.Tensor) -> dict:
         "n_tiles": len(comp),
         "mean_rgb": [round(float(v), 1) for v in rgb],
         "brightness_std_within_tile": round(float(tiles.float().mean(dim=1).std(dim=(1, 2)).mean()), 1),
+        "block_share": block_shares(data),
         "footprint_share": round(float(np.mean([float(r["footprint_m2"]) for r in comp]) / 1e6), 3),
         "floor_share": {k.name: round(float(v), 3) for k, v in zip(KINDS, floor.sum(0) / floor.sum(), strict=True)},
         "land_use_share": {u: round(lu.count(u) / len(lu), 3) for u in LAND_USES},

@@ -67,6 +67,8 @@ from prepare.tile_index import TileIndex, write_tile_index
 __all__ = [
     "CITY_VERSION",
     "STYLES",
+    "STYLE_A",
+    "STYLE_B",
     "Style",
     "LAND_USES",
     "FUNC_TYPES",

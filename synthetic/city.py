@@ -29,9 +29,15 @@ Every random draw comes from a ``numpy.random.Generator`` keyed by ``(seed, purp
 arguments give byte-identical files, and the layout, the ground truth and the POIs do not depend on
 the tile size (only the painting does).
 
+A city has a *style* (:class:`Style`, docs/synthetic_city.md "Style B"): style a is the city above
+(version 2, unchanged); style b is another town drawn by the same rules with another mix of land uses
+and building kinds, denser lots, other roofs, ground and vegetation, another road grid, sun and haze.
+Both share the targets' physics, the POI rules and the category table, so that a model trained on one
+style can be tested on the other.
+
 Usage::
 
-    python -m synthetic.city --out DATA [--n_tiles 1000] [--tile_size 256] [--seed 0] [--embed_dim 64]
+    python -m synthetic.city --out DATA [--n_tiles 1000] [--tile_size 256] [--seed 0] [--embed_dim 64] [--style a]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -59,6 +66,10 @@ from prepare.tile_index import TileIndex, write_tile_index
 
 __all__ = [
     "CITY_VERSION",
+    "STYLES",
+    "STYLE_A",
+    "STYLE_B",
+    "Style",
     "LAND_USES",
     "FUNC_TYPES",
     "KINDS",
@@ -70,6 +81,7 @@ __all__ = [
     "tile_truth",
     "generate_city",
     "ensure_city",
+    "city_style",
     "category_embeddings",
     "main",
 ]
@@ -245,6 +257,207 @@ _MIN_RENDER = 192  # tiles are painted at >= this many px (at most 4x the tile s
 
 
 # --------------------------------------------------------------------------------------------------
+# City styles: what differs between two cities of the same rules (docs/synthetic_city.md, "Style B")
+
+
+class Style(NamedTuple):
+    """One city style: its plan, mix of building kinds, density and look (docs/synthetic_city.md).
+
+    What a style does NOT set is the physics that maps what is visible to the targets (persons and
+    output per m2 of floor of each kind, storey heights, floor ranges), the POI rules, the function
+    types and the POI taxonomy with its embeddings: they are the same in every style, so that a model
+    or a POI encoder trained on one style is tested on another by appearance and mix only.
+    Arrays indexed by kind follow :data:`KINDS`.
+    """
+
+    name: str
+    title: str  # one line for the city's README.txt
+    stream: tuple[int, ...]  # appended to every random stream's key except the category embeddings'
+    # Plan: urbanity exp(-(d / centre_radius)^2) (d in city radii) plus sub-centres (integers(lo, hi)).
+    centre_radius: float
+    sub_centres: tuple[int, int]
+    land_use_bias: tuple[float, ...]  # [6] added to the land-use scores (LAND_USES order)
+    river_half_m: tuple[float, float]  # half width of the river, uniform in this range
+    road_first_m: tuple[float, float]  # first major road from the city's edge
+    road_step_m: tuple[float, float]  # spacing of the major roads
+    major_half_m: float  # half width of a major road
+    # Blocks and lots.
+    lu_mix: np.ndarray  # [6, 5] expected block function-type shares per land use
+    res_bias: tuple[float, float, float, float]  # added to the residential kinds' logits
+    office_from: float  # urbanity at which an office is as likely as retail
+    p_keep: np.ndarray  # [K] chance that a slot of the kind holds a building
+    side: np.ndarray  # [K, 2] footprint side range, fraction of the lot (towers, village, commerce, ...)
+    # Look.
+    roof: np.ndarray  # float32 [K, 3]
+    ground: np.ndarray  # float32 [K, 3]
+    trees: np.ndarray  # [K] tree cover of the open ground
+    village: np.ndarray  # float32 [4, 3] urban-village roof cells
+    farm: np.ndarray  # float32 [4, 3] farm plots
+    fixed: np.ndarray  # float32 [6, 3] tree, track, pitch, minor road, water, major road
+    shadow_per_m: float  # shadow length per metre of building height
+    shadow_east: bool  # shadows point north-east (sun in the south-west) instead of north-west
+    noise_std: float  # sensor noise, grey levels
+    texture: float  # amplitude of the low-frequency brightness on open ground
+    haze: float  # share of the haze colour mixed into every pixel (0: none)
+    haze_rgb: tuple[float, float, float]
+
+
+STYLE_A = Style(
+    name="a",
+    title="Style a: the city of version 2 (towers, slabs and offices around a dense centre).",
+    stream=(),
+    centre_radius=0.75,
+    sub_centres=(1, 4),
+    land_use_bias=(0.0,) * len(LAND_USES),
+    river_half_m=(420.0, 480.0),
+    road_first_m=(300.0, 1500.0),
+    road_step_m=(1500.0, 3000.0),
+    major_half_m=_MAJOR_HALF_M,
+    lu_mix=_LU_MIX,
+    res_bias=(0.0, 0.0, 0.0, 0.0),
+    office_from=0.55,
+    # highrise, midrise, villa, informal, office, retail, factory, public, park, farm
+    p_keep=np.array([0.75, 0.85, 0.70, 0.90, 0.75, 0.85, 0.85, 0.65, 0.03, 0.03]),
+    side=np.array(
+        [
+            [0.28, 0.40],
+            [0.12, 0.25],  # mid-rise slabs have their own shape (_slot_boxes)
+            [0.12, 0.25],
+            [0.65, 0.80],
+            [0.40, 0.65],
+            [0.55, 0.80],
+            [0.60, 0.80],
+            [0.35, 0.60],
+            [0.12, 0.25],
+            [0.12, 0.25],
+        ]
+    ),
+    roof=_ROOF,
+    ground=_GROUND,
+    trees=_TREES,
+    village=_VILLAGE,
+    farm=_FARM,
+    fixed=np.stack([_TREE, _TRACK, _PITCH, _ROAD, _WATER, _MAJOR_ROAD]),
+    shadow_per_m=SHADOW_PER_M,
+    shadow_east=False,
+    noise_std=4.0,
+    texture=10.0,
+    haze=0.0,
+    haze_rgb=(0.0, 0.0, 0.0),
+)
+
+# Style b: a sprawling manufacturing town of the kind found in river deltas: many sub-centres, factories
+# spread through the residential areas, urban villages rather than towers, few offices and parks, denser
+# lots; flat grey concrete and dark-tile roofs where style a has terracotta and orange, white steel
+# factory sheds, little vegetation, a narrower muddy river, a denser grid of wider arterials, an
+# afternoon acquisition (shadows to the north-east, shorter) and a light haze.
+STYLE_B = Style(
+    name="b",
+    title=(
+        "Style b: a sprawling manufacturing town (urban villages and factories, few towers and offices; "
+        "other roofs, less vegetation, afternoon sun, haze)."
+    ),
+    stream=(2,),
+    centre_radius=0.88,
+    sub_centres=(3, 6),
+    # residential, commercial, industrial, green, water, mixed
+    land_use_bias=(0.0, -0.9, 0.6, -0.4, 0.0, 0.1),
+    river_half_m=(230.0, 300.0),
+    road_first_m=(200.0, 1000.0),
+    road_step_m=(1000.0, 2000.0),
+    major_half_m=15.0,
+    lu_mix=np.array(
+        [
+            [0.62, 0.07, 0.15, 0.10, 0.06],  # residential: workshops among the housing
+            [0.20, 0.55, 0.08, 0.12, 0.05],  # commercial
+            [0.10, 0.04, 0.80, 0.03, 0.03],  # industrial
+            [0.08, 0.02, 0.10, 0.08, 0.72],  # green
+            [0.10, 0.05, 0.10, 0.05, 0.70],  # water
+            [0.40, 0.25, 0.18, 0.12, 0.05],  # mixed
+        ]
+    ),
+    res_bias=(-1.6, 0.1, -0.8, 1.4),  # fewer towers and villas, many urban villages
+    office_from=0.8,
+    p_keep=np.array([0.80, 0.92, 0.75, 0.97, 0.80, 0.90, 0.95, 0.70, 0.03, 0.03]),
+    side=np.array(
+        [
+            [0.26, 0.36],
+            [0.12, 0.25],
+            [0.12, 0.25],
+            [0.72, 0.86],  # urban villages cover more of the lot
+            [0.40, 0.60],
+            [0.55, 0.80],
+            [0.66, 0.86],  # bigger sheds
+            [0.35, 0.60],
+            [0.12, 0.25],
+            [0.12, 0.25],
+        ]
+    ),
+    roof=np.array(
+        [
+            [190, 186, 172],  # highrise: beige-grey
+            [146, 144, 138],  # midrise: flat grey concrete
+            [94, 98, 110],  # villa: dark glazed tiles
+            [150, 148, 142],  # informal (the cells below)
+            [60, 86, 120],  # office: dark blue glass
+            [198, 202, 208],  # retail: light grey
+            [216, 216, 212],  # factory: white steel
+            [182, 122, 98],  # public: brick red
+            [150, 130, 110],  # park pavilion
+            [120, 116, 112],  # farmhouse
+        ],
+        dtype=np.float32,
+    ),
+    ground=np.array(
+        [
+            [128, 134, 110],
+            [152, 148, 138],
+            [112, 132, 94],
+            [118, 108, 98],
+            [172, 170, 166],
+            [112, 112, 114],
+            [152, 148, 140],
+            [160, 152, 136],
+            [90, 122, 74],
+            [124, 136, 92],
+        ],
+        dtype=np.float32,
+    ),
+    trees=np.array([0.18, 0.10, 0.25, 0.02, 0.05, 0.03, 0.03, 0.15, 0.45, 0.04]),
+    # Urban-village roofs: flat concrete, white paint, blue water tanks, green plastic sheds.
+    village=np.array([[166, 164, 158], [202, 202, 198], [72, 112, 162], [118, 140, 108]], dtype=np.float32),
+    farm=np.array([[96, 128, 88], [118, 140, 96], [84, 112, 100], [140, 130, 96]], dtype=np.float32),
+    fixed=np.array(
+        [[52, 78, 46], [64, 120, 86], [96, 140, 84], [120, 118, 112], [86, 102, 88], [84, 84, 88]],
+        dtype=np.float32,
+    ),
+    shadow_per_m=0.6,
+    shadow_east=True,
+    noise_std=5.0,
+    texture=14.0,
+    haze=0.12,
+    haze_rgb=(206.0, 200.0, 186.0),
+)
+STYLES: dict[str, Style] = {s.name: s for s in (STYLE_A, STYLE_B)}
+
+
+def _as_style(style: str | Style) -> Style:
+    """A :class:`Style` from its name (a key of :data:`STYLES`) or itself (e.g. a variant made with
+    ``STYLE_B._replace(...)``, as benchmarks/city_styles.py makes to measure what each change costs)."""
+    if isinstance(style, Style):
+        return style
+    if style not in STYLES:
+        raise ValueError(f"unknown city style {style!r}; choose one of {', '.join(STYLES)}")
+    return STYLES[style]
+
+
+def _rng(plan_or_style: dict | Style, *key: int) -> np.random.Generator:
+    """The random stream ``key`` (``seed, purpose[, tile]``) of a style (a plan carries its style)."""
+    style = plan_or_style["style"] if isinstance(plan_or_style, dict) else plan_or_style
+    return np.random.default_rng([*key, *style.stream])
+
+
+# --------------------------------------------------------------------------------------------------
 # Category embeddings
 
 
@@ -285,7 +498,9 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float
 class _River:
     """A meandering north-south river: centre ``x(y) = x0 + a1 sin(k1 y + p1) + a2 sin(k2 y + p2)``."""
 
-    def __init__(self, rng: np.random.Generator, width_m: float, height_m: float) -> None:
+    def __init__(
+        self, rng: np.random.Generator, width_m: float, height_m: float, half_width_m: tuple[float, float]
+    ) -> None:
         self.x0 = width_m * rng.uniform(0.35, 0.65)
         self.a1 = min(width_m, height_m) * rng.uniform(0.05, 0.12)
         self.k1 = 2 * math.pi / (height_m * rng.uniform(0.7, 1.3) + 1.0)
@@ -293,7 +508,7 @@ class _River:
         self.a2 = self.a1 * 0.3
         self.k2 = self.k1 * 2.7
         self.p2 = rng.uniform(0, 2 * math.pi)
-        self.half_width = rng.uniform(420.0, 480.0)
+        self.half_width = rng.uniform(*half_width_m)
 
     def water(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Boolean water mask for broadcastable world coordinates in metres."""
@@ -301,22 +516,24 @@ class _River:
         return np.abs(x - cx) < self.half_width
 
 
-def plan_city(n_tiles: int, seed: int) -> dict:
-    """Tile-level latent fields, land use and the city-wide river and road grid.
+def plan_city(n_tiles: int, seed: int, style: str | Style = "a") -> dict:
+    """Tile-level latent fields, land use and the city-wide river and road grid of a city ``style``.
 
     Returns a dict of ``[n_tiles]`` arrays (row, col, u, wealth, activity, water_frac, land_use, rural)
-    plus ``rows``, ``cols``, ``river`` and the major-road positions ``road_x``, ``road_y`` (metres).
+    plus ``rows``, ``cols``, ``river``, the major-road positions ``road_x``, ``road_y`` (metres) and
+    the :class:`Style` (which every later step reads).
     """
+    st = _as_style(style)
     rows, cols = _grid_shape(n_tiles)
-    rng = np.random.default_rng([seed, 1])
+    rng = _rng(st, seed, 1)
     sigma = max(1.2, 0.08 * min(rows, cols))
     rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     # Distances in units of the city radius so small and large cities have the same structure.
     radius = max(rows, cols) / 2.0
     cy, cx = (rows - 1) / 2.0 + rng.uniform(-0.1, 0.1) * rows, (cols - 1) / 2.0 + rng.uniform(-0.1, 0.1) * cols
     d = np.hypot(rr - cy, cc - cx) / radius
-    u = np.exp(-((d / 0.75) ** 2))
-    for _ in range(int(rng.integers(1, 4))):  # sub-centres
+    u = np.exp(-((d / st.centre_radius) ** 2))
+    for _ in range(int(rng.integers(*st.sub_centres))):  # sub-centres
         sy, sx = rng.uniform(0, rows - 1), rng.uniform(0, cols - 1)
         ds = np.hypot(rr - sy, cc - sx) / radius
         u = u + rng.uniform(0.25, 0.45) * np.exp(-((ds / 0.25) ** 2))
@@ -326,7 +543,7 @@ def plan_city(n_tiles: int, seed: int) -> dict:
     activity = _smooth_field(rng, (rows, cols), sigma)
     f_ind, f_park, f_mix = (_smooth_field(rng, (rows, cols), sigma) for _ in range(3))
 
-    river = _River(rng, cols * TILE_M, rows * TILE_M)
+    river = _River(rng, cols * TILE_M, rows * TILE_M, st.river_half_m)
     # Water fraction per tile from a 16 x 16 sample grid inside each tile.
     s = (np.arange(16) + 0.5) / 16 * TILE_M
     x = cc[:, :, None, None] * TILE_M + s[None, None, None, :]
@@ -343,6 +560,7 @@ def plan_city(n_tiles: int, seed: int) -> dict:
             0.5 * f_mix - 3.0 * (u - 0.6) ** 2,  # mixed: inner ring
         ]
     )
+    scores += np.asarray(st.land_use_bias)[:, None, None]  # the style's preferences (style a: none)
     land_use = np.argmax(scores, axis=0)
     rural = u < 0.12
     land_use[rural] = LAND_USES.index("green")
@@ -350,10 +568,10 @@ def plan_city(n_tiles: int, seed: int) -> dict:
 
     # City-wide major roads every 1.5-3 km (both directions), jittered, so they continue across tiles.
     def road_lines(extent: float) -> np.ndarray:
-        pos, out = rng.uniform(300, 1500), []
+        pos, out = rng.uniform(*st.road_first_m), []
         while pos < extent:
             out.append(pos)
-            pos += rng.uniform(1500, 3000)
+            pos += rng.uniform(*st.road_step_m)
         return np.array(out)
 
     road_x, road_y = road_lines(cols * TILE_M), road_lines(rows * TILE_M)
@@ -372,6 +590,7 @@ def plan_city(n_tiles: int, seed: int) -> dict:
         water_frac=flat(water_frac),
         land_use=flat(land_use),
         rural=flat(rural),
+        style=st,
     )
 
 
@@ -384,7 +603,7 @@ def _tile_origin(plan: dict, i: int) -> tuple[float, float]:
     return float(plan["col"][i]) * TILE_M, float(plan["rows"] - 1 - int(plan["row"][i])) * TILE_M
 
 
-def _block_kinds(rng: np.random.Generator, block_type: np.ndarray, u: float, w: float) -> np.ndarray:
+def _block_kinds(rng: np.random.Generator, block_type: np.ndarray, u: float, w: float, st: Style) -> np.ndarray:
     """Building kind of each block ``[B, B]`` from its function type, urbanity and wealth.
 
     Residential blocks: towers in the centre, slabs in the middle ring, villas on the wealthy
@@ -398,10 +617,11 @@ def _block_kinds(rng: np.random.Generator, block_type: np.ndarray, u: float, w: 
             -1.0 * w - 5.0 * (u - 0.45) ** 2 - 0.3,  # informal
         ]
     )
+    logits += np.asarray(st.res_bias)  # the style's preferences (style a: none)
     p_res = np.exp(logits - logits.max())
     p_res /= p_res.sum()
     res = rng.choice(4, size=block_type.shape, p=p_res)
-    p_office = 1.0 / (1.0 + math.exp(-8.0 * (u - 0.55)))
+    p_office = 1.0 / (1.0 + math.exp(-8.0 * (u - st.office_from)))
     com = np.where(rng.random(block_type.shape) < p_office, _K["office"], _K["retail"])
     by_type = np.stack(
         [res, com, np.full_like(res, _K["factory"]), np.full_like(res, _K["public"]), np.full_like(res, _K["park"])]
@@ -436,7 +656,7 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     """
     # One stream for the whole tile: the helpers below draw from it in a fixed order (blocks, sports
     # grounds, building slots), which the city's bytes depend on (CITY_VERSION).
-    rng = np.random.default_rng([seed, 2, i])
+    rng = _rng(plan, seed, 2, i)
     L = LOTS
     minx, miny = _tile_origin(plan, i)
     block_type, block_kind, floors = _blocks(rng, plan, i)
@@ -445,7 +665,7 @@ def tile_layout(plan: dict, i: int, seed: int) -> dict:
     lot_c = (np.arange(L) + 0.5) * LOT_M
     lot_water = plan["river"].water(minx + lot_c[None, :], miny + TILE_M - lot_c[:, None])
     field_lots, fields = _sports_grounds(rng, block_kind)
-    slots = _building_slots(rng, lot_kind, lot_floors, bool(plan["rural"][i]))
+    slots = _building_slots(rng, lot_kind, lot_floors, bool(plan["rural"][i]), plan["style"])
 
     present = slots.used & ~lot_water[..., None] & ~field_lots[..., None]
     rr, cc, ss = np.nonzero(present)
@@ -479,9 +699,10 @@ def _blocks(rng: np.random.Generator, plan: dict, i: int) -> tuple[np.ndarray, n
     """
     B = LOTS // BLOCK
     lu, u, w = int(plan["land_use"][i]), float(plan["u"][i]), float(plan["wealth"][i])
-    mix = rng.dirichlet(_LU_MIX[lu] * 12.0 + 0.05)
+    st = plan["style"]
+    mix = rng.dirichlet(st.lu_mix[lu] * 12.0 + 0.05)
     block_type = rng.choice(N_BUILT, size=(B, B), p=mix / mix.sum())
-    block_kind = _block_kinds(rng, block_type, u, w)
+    block_kind = _block_kinds(rng, block_type, u, w, st)
     floors = _block_floors(rng, block_kind, u)
     if bool(plan["rural"][i]):
         block_type = np.full((B, B), FUNC_TYPES.index("green_space"))
@@ -519,7 +740,9 @@ class _Slots(NamedTuple):
     floors: np.ndarray  # int64
 
 
-def _building_slots(rng: np.random.Generator, lot_kind: np.ndarray, lot_floors: np.ndarray, rural: bool) -> _Slots:
+def _building_slots(
+    rng: np.random.Generator, lot_kind: np.ndarray, lot_floors: np.ndarray, rural: bool, st: Style
+) -> _Slots:
     """Which of each lot's four slots hold a building, their boxes and floors (``lot_*``: ``[L, L]``).
 
     The slots are drawn for every lot whatever its kind (a fixed number of draws keeps the stream
@@ -532,58 +755,28 @@ def _building_slots(rng: np.random.Generator, lot_kind: np.ndarray, lot_floors: 
     jx, jy = rng.random((L, L, 4)), rng.random((L, L, 4))
     jf = rng.normal(0.0, 1.0, (L, L, 4))
     # Defaults: one building per lot (slot 0), sides as fractions of the lot.
-    p_keep = np.select(
-        [
-            k == _K["highrise"],
-            k == _K["midrise"],
-            k == _K["villa"],
-            k == _K["informal"],
-            k == _K["office"],
-            k == _K["retail"],
-            k == _K["factory"],
-            k == _K["public"],
-            k == _K["park"],
-        ],
-        [0.75, 0.85, 0.70, 0.90, 0.75, 0.85, 0.85, 0.65, 0.03],
-        0.03,
-    ) * np.ones((1, 1, 4))
+    p_keep = st.p_keep[k] * np.ones((1, 1, 4))
     n_slots = np.where(k == _K["villa"], 4, np.where(k == _K["midrise"], 2, 1))
     used = (keep < p_keep) & (q[None, None, :] < n_slots)
-    bx, by, bw, bh = _slot_boxes(k, q, wid, hei, jx, jy)
+    bx, by, bw, bh = _slot_boxes(k, q, wid, hei, jx, jy, st.side)
     return _Slots(used, bx, by, bw, bh, _slot_floors(k, lot_floors, jf, rural))
 
 
 def _slot_boxes(
-    k: np.ndarray, q: np.ndarray, wid: np.ndarray, hei: np.ndarray, jx: np.ndarray, jy: np.ndarray
+    k: np.ndarray,
+    q: np.ndarray,
+    wid: np.ndarray,
+    hei: np.ndarray,
+    jx: np.ndarray,
+    jy: np.ndarray,
+    side: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Box ``(bx, by, bw, bh)`` ``[L, L, 4]`` of every slot from the kinds ``k`` ``[L, L, 1]``, the slot
-    index ``q`` ``[4]`` and uniform draws ``[L, L, 4]`` (sides ``wid``/``hei``, position ``jx``/``jy``)."""
+    index ``q`` ``[4]``, uniform draws ``[L, L, 4]`` (sides ``wid``/``hei``, position ``jx``/``jy``) and
+    the style's footprint side range per kind ``side`` ``[K, 2]``."""
     qx, qy = (q % 2)[None, None, :], (q // 2)[None, None, :]
     span = 1.0 - 2 * _LOT_MARGIN
-    side_lo = np.select(
-        [
-            k == _K["highrise"],
-            k == _K["informal"],
-            k == _K["office"],
-            k == _K["retail"],
-            k == _K["factory"],
-            k == _K["public"],
-        ],
-        [0.28, 0.65, 0.40, 0.55, 0.60, 0.35],
-        0.12,
-    )
-    side_hi = np.select(
-        [
-            k == _K["highrise"],
-            k == _K["informal"],
-            k == _K["office"],
-            k == _K["retail"],
-            k == _K["factory"],
-            k == _K["public"],
-        ],
-        [0.40, 0.80, 0.65, 0.80, 0.80, 0.60],
-        0.25,
-    )
+    side_lo, side_hi = side[k, 0], side[k, 1]
     bw = side_lo + wid * (side_hi - side_lo)
     bh = np.where(k == _K["highrise"], bw, side_lo + hei * (side_hi - side_lo))  # towers are square
     bx = _LOT_MARGIN + jx * (span - bw)
@@ -623,7 +816,7 @@ def _clear_of_river_and_roads(
     ok = np.ones(x0.size, bool)
     for ax, ay in ((x0, y0), (x1, y0), (x0, y1), (x1, y1), ((x0 + x1) / 2, (y0 + y1) / 2)):
         ok &= ~plan["river"].water(minx + ax, miny + TILE_M - ay)
-    hw = _MAJOR_HALF_M + 2.0
+    hw = plan["style"].major_half_m + 2.0
     for lines, a0, a1, origin, flip in ((plan["road_x"], x0, x1, minx, False), (plan["road_y"], y0, y1, miny, True)):
         for g in lines:
             t = g - origin
@@ -642,7 +835,7 @@ def tile_truth(layout: dict, plan: dict, i: int, seed: int) -> dict:
         ``func`` float ``[6]`` (area shares of FUNC_TYPES); ``floor_m2`` float ``[len(KINDS)]``
         (floor area per kind); ``footprint_m2`` (all buildings); ``mean_floors`` (footprint-weighted).
     """
-    rng = np.random.default_rng([seed, 6, i])
+    rng = _rng(plan, seed, 6, i)
     eps_pop, eps_gdp = rng.standard_normal(2)
     kind = layout["kind"]
     footprint = (layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"])  # [N] m2
@@ -689,7 +882,7 @@ def _tile_pois(plan: dict, i: int, seed: int, layout: dict) -> tuple[np.ndarray,
     lu = int(plan["land_use"][i])
     if lu == LAND_USES.index("water") or plan["rural"][i]:
         return np.zeros((0, 2), np.int64), np.zeros((0,), np.int64)
-    rng = np.random.default_rng([seed, 5, i])
+    rng = _rng(plan, seed, 5, i)
     u, w, a = float(plan["u"][i]), float(plan["wealth"][i]), float(plan["activity"][i])
     land = ~layout["lot_water"].reshape(-1)
     t = layout["lot_type"].reshape(-1)
@@ -770,7 +963,8 @@ class _Painter:
 
 def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.ndarray:
     """Paint tile ``i`` from its layout -> uint8 ``[size, size, 3]`` (its own stream)."""
-    rng = np.random.default_rng([seed, 4, i])
+    rng = _rng(plan, seed, 4, i)
+    st = plan["style"]
     R, L = p.R, LOTS
     rural = bool(plan["rural"][i])
     wealth = float(plan["wealth"][i])
@@ -779,15 +973,15 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
 
     # Open ground as a palette-index map [R, R] (cheap 2-D work), coloured by one gather at the end.
     # Palette: the L*L lots' ground colours (farm plots at the rural edge), then the fixed colours.
-    ground = _GROUND[lot_kind] + rng.normal(0, 6, (L, L, 1)).astype(np.float32)
+    ground = st.ground[lot_kind] + rng.normal(0, 6, (L, L, 1)).astype(np.float32)
     if rural:
-        ground = _FARM[rng.integers(0, len(_FARM), (L, L))]
+        ground = st.farm[rng.integers(0, len(st.farm), (L, L))]
     n_lot = L * L
-    palette = np.concatenate([ground.reshape(n_lot, 3), np.stack([_TREE, _TRACK, _PITCH, _ROAD, _WATER, _MAJOR_ROAD])])
+    palette = np.concatenate([ground.reshape(n_lot, 3), st.fixed])
     TREE, TRACK, PITCH, ROAD, WATER, MAJOR = range(n_lot, n_lot + 6)
     idx = p.lot_id.copy()
     texture = p.smooth(rng)
-    cover = np.clip(_TREES[lot_kind] * math.exp(0.2 * wealth), 0.01, 0.95)
+    cover = np.clip(st.trees[lot_kind] * math.exp(0.2 * wealth), 0.01, 0.95)
     trees = p.smooth(rng) > p.px(ndtri(1.0 - cover).astype(np.float32))
     idx[trees] = TREE
     for x0, y0, x1, y1 in layout["fields"]:  # sports grounds: a red track around a green pitch
@@ -805,7 +999,7 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
         minor[:] = False
     water = plan["river"].water(minx + p.metres[None, :], miny + TILE_M - p.metres[:, None])
     idx[water] = WATER
-    hw = max(_MAJOR_HALF_M, 0.6 * p.mpp)
+    hw = max(st.major_half_m, 0.6 * p.mpp)
     gx, gy = minx + p.metres, miny + TILE_M - p.metres
     major_c = np.abs(gx[:, None] - plan["road_x"][None, :]).min(axis=1, initial=np.inf) < hw  # [R]
     major_r = np.abs(gy[:, None] - plan["road_y"][None, :]).min(axis=1, initial=np.inf) < hw  # [R]
@@ -818,11 +1012,11 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
     n = kind.size
     r0, r1 = p.span(layout["y0"], layout["y1"])
     c0, c1 = p.span(layout["x0"], layout["x1"])
-    reach = SHADOW_PER_M * floors * _STOREY[kind] / math.sqrt(2.0) / p.mpp  # [N]
+    reach = st.shadow_per_m * floors * _STOREY[kind] / math.sqrt(2.0) / p.mpp  # [N]
     tint = rng.normal(0, 9, (n, 1)).astype(np.float32) + rng.normal(0, 4, (n, 3)).astype(np.float32)
     tint += np.float32(6.0 * wealth) * (_KIND_FUNC[kind] == 0)[:, None]
-    roof = _ROOF[kind] + tint  # [N, 3]
-    cells = _VILLAGE[rng.integers(0, len(_VILLAGE), (p.n_cell, p.n_cell))]  # [n_cell, n_cell, 3]
+    roof = st.roof[kind] + tint  # [N, 3]
+    cells = st.village[rng.integers(0, len(st.village), (p.n_cell, p.n_cell))]  # [n_cell, n_cell, 3]
     spot = rng.random((n, 2))
     height = np.zeros((R, R), np.float32)
     building = np.zeros((R, R), bool)
@@ -850,18 +1044,24 @@ def _paint_tile(p: _Painter, plan: dict, i: int, seed: int, layout: dict) -> np.
             box[:, p.ridge[b0:b1]] *= np.float32(0.88)
         elif kj == village:  # mixed corrugated roofs, cell by cell
             box[:] = cells[p.cell[a0:a1]][:, p.cell[b0:b1]] + tint[j]
-    # Shadows swept up-left (north-west) from each roof, darkening the ground they fall on.
+    # Shadows swept up-left (north-west; style b: up-right, north-east) from each roof, darkening the
+    # ground they fall on.
     shadow = np.zeros((R, R), bool)
     for t in range(1, int(math.ceil(float(reach.max(initial=0.0)))) + 1):
-        shadow[:-t, :-t] |= height[t:, t:] >= t - 0.5
+        if st.shadow_east:
+            shadow[:-t, t:] |= height[t:, :-t] >= t - 0.5
+        else:
+            shadow[:-t, :-t] |= height[t:, t:] >= t - 0.5
     shade = np.where(shadow & ~building & ~water, np.float32(SHADOW_DARKEN), np.float32(1.0))
     img = palette.take(idx, axis=0) * shade[..., None]  # float32 [R, R, 3]
     img = np.where(building[..., None], roofs, img)
+    if st.haze > 0:  # atmospheric haze: a share of a bright colour over every pixel, lowering the contrast
+        img = img * np.float32(1.0 - st.haze) + np.float32(st.haze) * np.array(st.haze_rgb, np.float32)
 
     # Sensor and texture: low-frequency brightness on open ground, noise everywhere.
-    # (uniform noise of std 4: as good as Gaussian to the eye and three times cheaper to draw)
-    grey = np.float32(4.0 * math.sqrt(12.0)) * (rng.random((R, R), dtype=np.float32) - np.float32(0.5))
-    grey += np.float32(10.0) * texture * (~trees & ~building & ~water & ~major & ~minor)
+    # (uniform noise of std 4, style b 5: as good as Gaussian to the eye and three times cheaper to draw)
+    grey = np.float32(st.noise_std * math.sqrt(12.0)) * (rng.random((R, R), dtype=np.float32) - np.float32(0.5))
+    grey += np.float32(st.texture) * texture * (~trees & ~building & ~water & ~major & ~minor)
     img += grey[..., None]
     if p.f > 1:  # box average to the output size (a pixel integrates its ground), in a fixed order
         f, acc = p.f, None
@@ -903,8 +1103,10 @@ def _check_replaceable(out_dir: Path) -> None:
     )
 
 
-def _params(n_tiles: int, tile_size: int, seed: int, embed_dim: int, val_fraction: float) -> dict:
-    return dict(
+def _params(n_tiles: int, tile_size: int, seed: int, embed_dim: int, val_fraction: float, style: str) -> dict:
+    """The city's parameters, as its ``.complete`` marker records them. Style a writes no ``style`` key, so
+    that its marker keeps the bytes of city version 2 (a marker without the key is style a)."""
+    params = dict(
         city_version=CITY_VERSION,
         n_tiles=int(n_tiles),
         tile_size=int(tile_size),
@@ -912,6 +1114,19 @@ def _params(n_tiles: int, tile_size: int, seed: int, embed_dim: int, val_fractio
         embed_dim=int(embed_dim),
         val_fraction=float(val_fraction),
     )
+    if style != STYLE_A.name:
+        params["style"] = style
+    return params
+
+
+def city_style(data: str | os.PathLike) -> str | None:
+    """The style (``"a"``, ``"b"``) of a synthetic city folder, from its ``.complete`` marker; None for a
+    folder that is not a synthetic city."""
+    try:
+        params = json.loads((Path(data) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(params.get("style", STYLE_A.name)) if isinstance(params, dict) else None
 
 
 def _fmt(v: float) -> str:
@@ -921,7 +1136,7 @@ def _fmt(v: float) -> str:
 _README = """Synthetic city written by synthetic/city.py (MMGR). These data are SYNTHETIC: no real imagery,
 POIs, population or GDP. They exist so the pipeline can run before real data are prepared.
 City version {version} (its generative rules and their reasons: docs/synthetic_city.md).
-
+{style}
 Modelled: a grid of 1 km tiles with spatially smooth latent fields (urbanity with a centre and
 sub-centres, wealth, activity), a river, land use per tile, blocks of one building kind each
 (high-rise towers, mid-rise slabs, villas, urban village, offices, retail, factories, public
@@ -944,6 +1159,7 @@ def generate_city(
     seed: int = 0,
     embed_dim: int = 64,
     val_fraction: float = 0.2,
+    style: str | Style = "a",
 ) -> dict:
     """Generate the synthetic city into ``out_dir`` (replacing a previous synthetic city there).
 
@@ -958,24 +1174,28 @@ def generate_city(
         seed: seed of every random stream; same arguments give byte-identical files.
         embed_dim: POI category embedding width (the paper uses 64).
         val_fraction: share of tiles listed in ``val-wuhan.txt`` (seeded split).
+        style: city style, a key of :data:`STYLES` (``"a"``: the city of version 2; ``"b"``: another mix,
+            density and look with the same targets' rules, docs/synthetic_city.md "Style B") or a
+            :class:`Style` (its name is what ``.complete`` records).
 
     Returns:
-        Summary dict: ``city_version, n_tiles, rows, cols, n_pois, n_zero_poi_tiles, n_categories,
-        n_edges, land_use_counts, out_dir, seconds``.
+        Summary dict: ``city_version, style, n_tiles, rows, cols, n_pois, n_zero_poi_tiles,
+        n_categories, n_edges, land_use_counts, out_dir, seconds``.
     """
     if n_tiles < 1 or tile_size < 8 or embed_dim < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError(
             f"need n_tiles >= 1, tile_size >= 8, embed_dim >= 1 and 0 <= val_fraction < 1; got "
             f"{n_tiles}, {tile_size}, {embed_dim}, {val_fraction}"
         )
+    st = _as_style(style)
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     tmp = _atomic_dir(out_dir)
     try:
-        summary = _write_city(tmp, n_tiles, tile_size, seed, embed_dim, val_fraction)
+        summary = _write_city(tmp, n_tiles, tile_size, seed, embed_dim, val_fraction, st)
         # The marker is written last inside the temp folder; the rename publishes everything at once.
-        params = _params(n_tiles, tile_size, seed, embed_dim, val_fraction)
+        params = _params(n_tiles, tile_size, seed, embed_dim, val_fraction, st.name)
         (tmp / MARKER).write_text(json.dumps(params, sort_keys=True) + "\n")
         # Move the old city aside (not delete) first, so the window without a city is two renames.
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -991,19 +1211,22 @@ def generate_city(
     return summary
 
 
-def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, val_fraction: float) -> dict:
+def _write_city(
+    root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, val_fraction: float, style: Style
+) -> dict:
     """Write every file of the city into ``root``; returns the summary (without timing)."""
     PretrainLayout(root).make_dirs()
     for sub in ("img", "pop1km", "gdp1km", "func"):
         (root / sub).mkdir()
-    plan = plan_city(n_tiles, seed)
+    plan = plan_city(n_tiles, seed, style)
+    # Keyed by the seed alone, in every style: cities of one seed share the category table (POI encoders transfer).
     emb = category_embeddings(embed_dim, seed)
     writer = _TileWriter(root, _Painter(size), torch.from_numpy(emb))
     for i in range(n_tiles):
         writer.write(plan, i, seed)
     (root / "func_types.txt").write_text("".join(f + "\n" for f in FUNC_TYPES))
     (root / "pois.csv").write_text("".join(writer.poi_lines))
-    is_val = _write_split(root, writer.names, seed, val_fraction)
+    is_val = _write_split(root, writer.names, _rng(plan, seed, 3), val_fraction)
     (root / "categories.csv").write_text(
         "category,parent\n" + "".join(f"{c},{p}\n" for c, p in zip(CATEGORIES, PARENTS, strict=True))
     )
@@ -1012,10 +1235,12 @@ def _write_city(root: Path, n_tiles: int, size: int, seed: int, embed_dim: int, 
         header + "".join(c + "," + ",".join(f"{v:.8g}" for v in emb[k]) + "\n" for k, c in enumerate(CATEGORIES))
     )
     _write_tables(root, plan, writer, is_val)
-    (root / "README.txt").write_text(_README.format(version=CITY_VERSION))
+    style_line = "" if style.name == STYLE_A.name else textwrap.fill(style.title, 100) + "\n"
+    (root / "README.txt").write_text(_README.format(version=CITY_VERSION, style=style_line))
     lu_counts = np.bincount(plan["land_use"], minlength=len(LAND_USES))
     return dict(
         city_version=CITY_VERSION,
+        style=style.name,
         n_tiles=n_tiles,
         rows=int(plan["rows"]),
         cols=int(plan["cols"]),
@@ -1082,9 +1307,10 @@ class _TileWriter:
         shutil.copyfile(src, dst)
 
 
-def _write_split(root: Path, names: list[str], seed: int, val_fraction: float) -> np.ndarray:
-    """The seeded train/val lists (published names); returns ``[T]`` True for validation tiles."""
-    perm = np.random.default_rng([seed, 3]).permutation(len(names))
+def _write_split(root: Path, names: list[str], rng: np.random.Generator, val_fraction: float) -> np.ndarray:
+    """The seeded train/val lists (published names; ``rng``: the split's stream); returns ``[T]`` True for
+    validation tiles."""
+    perm = rng.permutation(len(names))
     is_val = np.zeros(len(names), bool)
     is_val[perm[: int(round(val_fraction * len(names)))]] = True
     (root / "train-wuhan.txt").write_text("".join(n + "\n" for n, v in zip(names, is_val, strict=True) if not v))
@@ -1143,20 +1369,22 @@ def ensure_city(
     *,
     embed_dim: int = 64,
     val_fraction: float = 0.2,
+    style: str | Style = "a",
 ) -> Path:
     """Return ``out_dir`` holding the synthetic city for these parameters, generating it only if needed.
 
     The city is reused when ``out_dir/.complete`` exists and records exactly these parameters (and
-    the current :data:`CITY_VERSION`); otherwise it is (re)generated with :func:`generate_city`.
+    the current :data:`CITY_VERSION`, and the ``style``); otherwise it is (re)generated with
+    :func:`generate_city`.
     """
     out_dir = Path(out_dir)
-    want = _params(n_tiles, tile_size, seed, embed_dim, val_fraction)
+    want = _params(n_tiles, tile_size, seed, embed_dim, val_fraction, _as_style(style).name)
     try:
         have = json.loads((out_dir / MARKER).read_text())
     except (OSError, ValueError):
         have = None
     if have != want:
-        generate_city(out_dir, n_tiles, tile_size, seed, embed_dim, val_fraction)
+        generate_city(out_dir, n_tiles, tile_size, seed, embed_dim, val_fraction, style)
     return out_dir
 
 
@@ -1173,9 +1401,18 @@ def main(argv: list[str] | None = None) -> dict:
         "--embed_dim", type=int, default=64, help="POI category embedding width (default 64, as in the paper)"
     )
     ap.add_argument("--val_fraction", type=float, default=0.2, help="share of tiles in val-wuhan.txt (default 0.2)")
+    ap.add_argument(
+        "--style",
+        choices=tuple(STYLES),
+        default=STYLE_A.name,
+        help="city style (default a: the city of version 2; b: a manufacturing town with another mix, density "
+        "and look and the same targets' rules, docs/synthetic_city.md)",
+    )
     args = ap.parse_args(argv)
     try:
-        summary = generate_city(args.out, args.n_tiles, args.tile_size, args.seed, args.embed_dim, args.val_fraction)
+        summary = generate_city(
+            args.out, args.n_tiles, args.tile_size, args.seed, args.embed_dim, args.val_fraction, args.style
+        )
     except (ValueError, FileExistsError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(summary, indent=2))

@@ -1,7 +1,9 @@
 """The synthetic city: both published layouts, determinism, consistency, plausibility and its generative
-rules (docs/synthetic_city.md): population from dwelling floor area, small invisible factors."""
+rules (docs/synthetic_city.md): population from dwelling floor area, small invisible factors; style b
+(another mix, density and look, the same targets' rules) and style a kept as city version 2."""
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -17,10 +19,26 @@ from pyproj import CRS
 from prepare.graph import delaunay_edges
 from prepare.tile_index import read_tile_index
 from synthetic import city as synthetic
-from synthetic.city import CATEGORIES, CITY_VERSION, FUNC_TYPES, KINDS, category_embeddings, ensure_city, generate_city
+from synthetic.city import (
+    CATEGORIES,
+    CITY_VERSION,
+    FUNC_TYPES,
+    KINDS,
+    category_embeddings,
+    city_style,
+    ensure_city,
+    generate_city,
+)
 
 N, S, SEED = 24, 48, 3
 REPO = Path(__file__).resolve().parents[2]
+# Content digests (content_digest) of two style-a cities, taken from the generator before styles existed
+# (commit 947c73a): style a must keep city version 2's output. Measured on the project's machine (numpy
+# 2.4, AMD EPYC avx512); another CPU or numpy could round a last digit of a float differently.
+V2_DIGESTS = {
+    (12, 32, 7, 8): "14db7ca1a311083d4edbe4c09d260831a0890472fe51a7d6889a6cbaf97e38e5",
+    (144, 16, 0, 4): "4025b0587f35079a4e3048323eaa0d7eb3684618d1fbd41aea25d304e62ce0e4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +59,29 @@ def load(path):
 
 def stems(out):
     return [r["name"][:-4] for r in read_csv(out / "tile_index.csv")]
+
+
+def tree(root):
+    """Every file's bytes, by its path in the city."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def content_digest(root):
+    """SHA-256 of a city's content: the files' bytes, the PNGs' pixels and the tensors' values (so that another
+    zlib or torch serialisation does not change it); the GeoPackage (SQLite pages) is left out."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix == ".gpkg":
+            continue
+        h.update(p.relative_to(root).as_posix().encode())
+        if p.suffix == ".png":
+            h.update(np.asarray(Image.open(p)).tobytes())
+        elif p.suffix == ".tensor":
+            t = load(p)
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes())
+        else:
+            h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def test_layout_and_shapes(city):
@@ -97,14 +138,11 @@ def test_deterministic_bytes(tmp_path):
     generate_city(a, n_tiles=12, tile_size=32, seed=7, embed_dim=8)
     generate_city(b, n_tiles=12, tile_size=32, seed=7, embed_dim=8)
     generate_city(c, n_tiles=12, tile_size=32, seed=8, embed_dim=8)
-
-    def tree(root):
-        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
     ta, tb, tc = tree(a), tree(b), tree(c)
     assert len(ta) > 12 * 8 and ta.keys() == tb.keys()
     assert [k for k in ta if ta[k] != tb[k]] == []
     assert ta["pois.csv"] != tc["pois.csv"]  # the seed matters
+    assert content_digest(a) == V2_DIGESTS[(12, 32, 7, 8)]  # style a is city version 2
 
 
 def test_zero_poi_tiles_and_counts(city):
@@ -193,6 +231,7 @@ def test_ground_truth_varies_with_land_use(tmp_path):
     # A somewhat larger city so every land use is present; still under a second.
     out = tmp_path / "big"
     generate_city(out, n_tiles=144, tile_size=16, seed=0, embed_dim=4)
+    assert content_digest(out) == V2_DIGESTS[(144, 16, 0, 4)]  # style a is city version 2
     tiles = read_csv(out / "tiles.csv")
     pop = np.array([float(r["population"]) for r in tiles])
     gdp = np.array([float(r["gdp"]) for r in tiles])
@@ -406,3 +445,103 @@ def test_taller_buildings_cast_longer_shadows(layouts):
         dark.append(int((img.mean(axis=2) < 60).sum()))
     # Same roofs, same stream: only the shadows changed, and they cover more ground.
     assert dark[1] > 1.3 * dark[0] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Style b (docs/synthetic_city.md, "Style B"): another mix, density and look; the same targets' rules
+
+
+def test_style_b_is_deterministic_says_its_style_and_shares_the_category_table(tmp_path):
+    a, b1, b2 = tmp_path / "a", tmp_path / "b1", tmp_path / "b2"
+    generate_city(a, n_tiles=9, tile_size=16, seed=4, embed_dim=8)
+    summary = generate_city(b1, n_tiles=9, tile_size=16, seed=4, embed_dim=8, style="b")
+    generate_city(b2, n_tiles=9, tile_size=16, seed=4, embed_dim=8, style="b")
+    ta, t1, t2 = tree(a), tree(b1), tree(b2)
+    assert t1.keys() == t2.keys() == ta.keys() and [k for k in t1 if t1[k] != t2[k]] == []
+    # The folder says which style it is; a style-a marker keeps version 2's bytes (no style key).
+    assert json.loads(t1[".complete"])["style"] == "b" and "style" not in json.loads(ta[".complete"])
+    assert summary["style"] == "b" and city_style(b1) == "b" and city_style(a) == "a" and city_style(tmp_path) is None
+    assert "\nStyle b: " in t1["README.txt"].decode() and "Style" not in ta["README.txt"].decode()
+    # Same seed: the same category table and function types (POI encoders transfer), another city.
+    for rel in ("categories.csv", "category_embeddings.csv", "func_types.txt"):
+        assert t1[rel] == ta[rel], rel
+    for rel in ("tiles.csv", "truth_components.csv"):
+        assert t1[rel].split(b"\n")[0] == ta[rel].split(b"\n")[0], rel  # same columns
+    assert (
+        t1["pois.csv"] != ta["pois.csv"]
+        and t1["sub_shanghai_img/tile_001_001.png"] != ta["sub_shanghai_img/tile_001_001.png"]
+    )
+
+
+def test_ensure_city_and_cli_take_the_style(tmp_path, monkeypatch):
+    out = tmp_path / "c"
+    calls = []
+    real = synthetic.generate_city
+    monkeypatch.setattr(synthetic, "generate_city", lambda *a, **k: calls.append(a) or real(*a, **k))
+    ensure_city(out, 4, 16, 1, style="b")
+    ensure_city(out, 4, 16, 1, style="b")
+    assert len(calls) == 1 and city_style(out) == "b"
+    ensure_city(out, 4, 16, 1)  # the default is style a: a style-b city is not reused for it
+    assert len(calls) == 2 and city_style(out) == "a"
+    with pytest.raises(ValueError, match="unknown city style 'c'"):
+        ensure_city(out, 4, 16, 1, style="c")
+    monkeypatch.undo()
+    summary = synthetic.main(["--out", str(tmp_path / "cli"), "--n_tiles", "4", "--tile_size", "16", "--style", "b"])
+    assert summary["style"] == "b" and city_style(tmp_path / "cli") == "b"
+
+
+@pytest.fixture(scope="module")
+def layouts_b():
+    plan = synthetic.plan_city(196, 0, "b")
+    lays = [synthetic.tile_layout(plan, i, 0) for i in range(196)]
+    return plan, lays, [synthetic.tile_truth(lay, plan, i, 0) for i, lay in enumerate(lays)]
+
+
+def kind_shares(lays):
+    """Share of the blocks of each kind ``[K]``."""
+    n = np.sum([np.bincount(lay["block_kind"].ravel(), minlength=len(KINDS)) for lay in lays], axis=0)
+    return n / n.sum()
+
+
+def test_style_b_mix_and_density_differ_as_documented(layouts, layouts_b):
+    (_, lays_a, truths_a), (_, lays_b, truths_b) = layouts, layouts_b
+    share_a, share_b = kind_shares(lays_a), kind_shares(lays_b)
+    k = synthetic._K
+    # docs/synthetic_city.md "Style B": factories and urban villages up, towers, villas, offices and farmland down.
+    assert share_b[k["factory"]] > 2 * share_a[k["factory"]] and share_b[k["informal"]] > 1.4 * share_a[k["informal"]]
+    for name in ("highrise", "villa", "office", "farm"):
+        assert share_b[k[name]] < 0.8 * share_a[k[name]], name
+    # Denser lots: more of the land under roofs.
+    fp_a = np.mean([t["footprint_m2"] for t in truths_a])
+    fp_b = np.mean([t["footprint_m2"] for t in truths_b])
+    assert fp_b > 1.4 * fp_a
+    # The same physics: population is the dwellings' floor area x the same persons per m2, and the
+    # invisible factors stay small.
+    for lay, t in zip(lays_b, truths_b, strict=True):
+        assert t["pop_visible"] == pytest.approx(float((floor_areas(lay) * PERSONS[lay["kind"]]).sum()), rel=1e-9)
+        assert t["gdp_visible"] == pytest.approx(float((floor_areas(lay) * OUTPUT[lay["kind"]]).sum()), rel=1e-9)
+    pop = np.array([t["population"] for t in truths_b])
+    occ = np.array([t["occupancy"] for t in truths_b])
+    big = pop >= 1000
+    assert np.var(np.log(occ[big])) / np.var(np.log(pop[big])) < 0.05
+    # Dense urban villages: the densest tiles hold up to about 90,000 persons (style a: 65,000).
+    assert pop.max() < 100_000 and (pop == 0).mean() > 0.05
+
+
+def test_style_b_shadows_point_north_east(layouts, layouts_b):
+    """One tower, painted with 1 and then 30 floors: the pixels that darken (its shadow) lie up-left of it
+    in style a and up-right in style b."""
+    painter = synthetic._Painter(192)
+    for (plan, lays, _), east in ((layouts, False), (layouts_b, True)):
+        i = next(j for j, lay in enumerate(lays) if (lay["kind"] == synthetic._K["highrise"]).any())
+        j = int(np.flatnonzero(lays[i]["kind"] == synthetic._K["highrise"])[0])
+        one = {key: v[j : j + 1] for key, v in lays[i].items() if key in ("kind", "lot", "x0", "y0", "x1", "y1")}
+        img = [
+            synthetic._paint_tile(painter, plan, i, 0, dict(lays[i], **one, floors=np.array([f]))).mean(axis=2)
+            for f in (1, 30)
+        ]
+        rows, cols = np.nonzero(img[1] < img[0] - 20)
+        px = 192 / 1000  # pixels per metre
+        cy, cx = (one["y0"][0] + one["y1"][0]) / 2 * px, (one["x0"][0] + one["x1"][0]) / 2 * px
+        assert rows.size >= 20 and rows.mean() < cy  # north (up)
+        assert (cols.mean() > cx) == east

@@ -6,6 +6,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from PIL import Image
 
 from prepare_pois import main as prepare_main
 from synthetic import city as synthetic
@@ -63,3 +64,19 @@ def test_prepare_cuts_the_same_grid_and_shares_the_census(raw, tmp_path):
     assert total == pytest.approx(gpd.read_file(r / "census.gpkg")["POP"].sum(), rel=1e-6)
     with pytest.raises(UserError, match="holds no georeferenced tile index"):
         write_raw_city(tmp_path / "nowhere", tmp_path / "raw2")
+
+
+def test_style_b_city_as_raw_files(tmp_path):
+    synthetic.generate_city(tmp_path / "city", n_tiles=9, tile_size=16, seed=1, embed_dim=4, style="b")
+    done = write_raw_city(tmp_path / "city", tmp_path / "raw", district_tiles=3)
+    assert done == {
+        "mosaic_px": [48, 48],
+        "pois": len((tmp_path / "city" / "pois.csv").read_text().splitlines()) - 1,
+        "districts": 1,
+    }
+    with rasterio.open(tmp_path / "raw" / "mosaic.tif") as src:
+        # The mosaic holds the city's own (style b) pixels, tile by tile.
+        tile = np.asarray(Image.open(tmp_path / "city" / "img" / "tile_001_002.png")).transpose(2, 0, 1)
+        assert np.array_equal(src.read(window=((16, 32), (32, 48))), tile)
+    pop = sum(float(p.read_text()) for p in (tmp_path / "city" / "pop1km").iterdir())
+    assert gpd.read_file(tmp_path / "raw" / "census.gpkg")["POP"].sum() == pytest.approx(pop, abs=1)

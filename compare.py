@@ -204,6 +204,13 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
         f"from scratch (default all: {' '.join(FEW_LABEL_ROWS)})",
     )
     g.add_argument(
+        "--image_only_up_to",
+        type=float,
+        default=None,
+        help=f"the image-only fine-tuned row runs at label fractions up to this one (default {CPU['image_only_up_to']:g}: "
+        "what the CPU configuration's hour allows, where the start matters most; --full 1: every fraction)",
+    )
+    g.add_argument(
         "--label_targets",
         nargs="+",
         default=None,

@@ -25,7 +25,8 @@
 # samples/s: 25 pretraining runs (15 for the comparison, 10 more for λ 0.25 and 0.75) x 25 epochs x 4,000
 # tiles = 2.5 M samples, 250-310 s; the bound (15 runs x 25 epochs x 3,200 single views, about 1/2 the work
 # per sample) and the few-label rows of population (3 trained rows x 5 seeds x 25 epochs x 3,200 x 1.9 of
-# the labels, the bound's runs reused for 100 % from scratch) another 190-240 s of the same GPU, in the main
+# the labels, image only fine-tuned at every fraction here, the bound's runs reused for 100 % from scratch)
+# another 190-240 s of the same GPU, in the main
 # process, overlapping the pretraining; city generation about 65 s (16 s per 1,000 tiles of 256 px measured
 # on the project's CPU); packing, decoding, process start-ups and probes 40-60 s. Total 8-11 min. If a run is
 # slower, rerun with GPU_COMPARE_EPOCHS lower: finished runs of the same settings are reused (keyed on their
@@ -54,13 +55,13 @@ if [ "${GPU_COMPARE_TINY:-0}" = 1 ]; then
   # tests), tiny and on CPU. fp32: bf16 is emulated on most CPUs, and the flow, not the precision, is tested.
   ARGS=(--device cpu --n_tiles 36 --tile_size 24 --img_size 16 --batch_size 8 --epochs "${GPU_COMPARE_EPOCHS:-1}"
         --seeds 0 1 --jobs 0 --workers 0 --knn 3 --precision fp32)
-  STUDIES=(--lambdas 0 0.5 1 --label_fractions 1)  # λ rows and few-label rows without extra pretraining
+  STUDIES=(--lambdas 0 0.5 1 --label_fractions 1 --image_only_up_to 1)  # no pretraining beyond the comparison's
 else
   "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
     || { log "no CUDA device visible: stopped (GPU_COMPARE_TINY=1 runs the tiny CPU version)"; exit 1; }
   ARGS=(--device cuda --n_tiles 4000 --tile_size 256 --img_size 128 --batch_size 256 --epochs "${GPU_COMPARE_EPOCHS:-25}"
         --seeds 0 1 2 3 4 --jobs "${GPU_COMPARE_JOBS:-5}" --workers 2 --precision bf16)
-  STUDIES=(--lambdas 0 0.25 0.5 0.75 1 --label_fractions 0.05 0.1 0.25 0.5 1)
+  STUDIES=(--lambdas 0 0.25 0.5 0.75 1 --label_fractions 0.05 0.1 0.25 0.5 1 --image_only_up_to 1)
 fi
 [ "${GPU_COMPARE_STUDIES:-1}" = 0 ] && STUDIES=()
 ARGS+=(--resnet resnet18 --lr 1e-3 --cos 1 --channels_last 1 --augment gpu --pack 1 ${STUDIES[@]+"${STUDIES[@]}"}

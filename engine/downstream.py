@@ -513,7 +513,9 @@ def _finetune_one_seed(
     seed_everything(seed)
     train_set = _training_set(args, layout, task, seed, train_names)
     task = task.fit(task.to_train(train_set.targets))
-    images = load_tiles([layout.root / layout.img_dir / n for n in train_set.names], args.workers)
+    with torch.random.fork_rng():  # decoding draws no weights: a random encoder and the head are as before
+        images = load_tiles([layout.root / layout.img_dir / n for n in train_set.names], args.workers)
+        val_images = load_tiles([layout.root / layout.img_dir / n for n in val_set.names], args.workers)
     trainer = EndToEnd(
         encoder.build(),
         task,
@@ -537,7 +539,6 @@ def _finetune_one_seed(
         f"validation tiles; fine-tuning the whole encoder{task.describe()}",
         flush=True,
     )
-    val_images = load_tiles([layout.root / layout.img_dir / n for n in val_set.names], args.workers)
     y_val = val_set.targets.numpy()
     result = SeedResult(seed, train_mean=train_set.targets.double().mean(dim=0).numpy())
     for epoch in range(args.total_epoch):

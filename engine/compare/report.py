@@ -306,7 +306,13 @@ def _few_label_section(blob: dict, a: argparse.Namespace) -> list[str]:
         f"the validation list whole), {a.finetune_epochs} epochs for each end-to-end row (batch {a.batch_size}, or "
         f"every labelled tile when they are fewer; {a.img_size} px crops; Adam, head at lr {a.bound_lr:g}; "
         f"fine-tuned backbones at {a.finetune_backbone_lr:g}, from scratch every parameter at {a.bound_lr:g}); "
-        "the frozen row is the comparison's ridge probe fit on the same labelled tiles. "
+        "the frozen row is the comparison's ridge probe fit on the same labelled tiles"
+        + (
+            f"; image only fine-tuned up to {a.image_only_up_to:g} of the labels (--image_only_up_to)"
+            if "simclr_finetuned" in a.label_variants and a.image_only_up_to < max(a.label_fractions)
+            else ""
+        )
+        + ". "
         "Primary metric, mean ± 95 % CI over seeds (figure: label_fractions.png):",
         "",
     ]

@@ -52,6 +52,14 @@ FEW_LABEL_ROWS = {
     "simclr_finetuned": ("finetune", "simclr"),
     "scratch": ("scratch", None),
 }
+
+
+def runs_at(variant: str, fraction: float, image_only_up_to: float) -> bool:
+    """Whether a few-label row runs at ``fraction``: the image-only fine-tuned row only up to
+    ``--image_only_up_to`` (the CPU configuration's hour allows no more), every other row always."""
+    return variant != "simclr_finetuned" or fraction <= image_only_up_to
+
+
 # At each fraction, seed by seed: does fine-tuning beat training from scratch, MMGR beat image-only
 # pretraining when both are fine-tuned, fine-tuning beat the frozen probe, the frozen probe beat scratch?
 FEW_LABEL_PAIRS = (
@@ -121,6 +129,7 @@ CPU = {
     "cos": True,
     "lr": 1e-3,
     "seeds": [0, 1, 2, 3, 4],
+    "image_only_up_to": 0.25,
 }
 FULL = {
     "n_tiles": 1000,
@@ -133,6 +142,7 @@ FULL = {
     "cos": False,
     "lr": 1e-2,
     "seeds": [0, 1, 2, 3, 4],
+    "image_only_up_to": 1.0,
 }
 
 

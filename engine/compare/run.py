@@ -26,7 +26,7 @@ from data.pretrain import list_images
 from engine.compare.figures import plot, plot_label_fractions, plot_lambdas
 from engine.compare.longform import write_long_form
 from engine.compare.report import load_average, machine, report
-from engine.compare.rows import FEW_LABEL_ROWS, comparison_rows, pretrained_needed
+from engine.compare.rows import FEW_LABEL_ROWS, comparison_rows, pretrained_needed, runs_at
 from engine.compare.runs import PretrainMain, fingerprint, pretrain, pretraining_source, random_checkpoint, train_cached
 from engine.compare.summary import few_label_summary, flatten, lambda_paired, paired_tests, summarise
 from engine.embeddings import poi_embeddings
@@ -73,7 +73,7 @@ def check_inputs(args: argparse.Namespace, data: Path) -> None:
                 "naming the target folders the data has"
             )
         load_targets(data, t, train + val)
-    label_variants = args.label_variants if args.label_fractions else []
+    label_variants = few_label_variants(args)
     trained = "supervised" in args.variants or any(FEW_LABEL_ROWS[v][0] != "probe" for v in label_variants)
     if trained and len(train) < args.batch_size:
         raise UserError(
@@ -87,6 +87,12 @@ def check_inputs(args: argparse.Namespace, data: Path) -> None:
                 f"--label_fractions {f:g} leaves {k} labelled tile of the {len(train)} in {data / TRAIN_LIST}; "
                 "the probes and the trained rows need at least 2: raise the fraction"
             )
+
+
+def few_label_variants(args: argparse.Namespace) -> list[str]:
+    """The few-label rows that run at some requested fraction (none without ``--label_fractions``)."""
+    fractions = args.label_fractions
+    return [v for v in args.label_variants if any(runs_at(v, f, args.image_only_up_to) for f in fractions)]
 
 
 class Comparison:
@@ -329,7 +335,8 @@ def city_version_of(data: Path) -> int | None:
 
 
 def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[Path, Path, str]:
-    """The data (the synthetic city, generated once, or --data_path), what pretraining reads, and a description."""
+    """The data (the synthetic city, generated once, or --data_path; its inputs checked), what pretraining reads
+    (a pack of the data with ``--pack 1``), and a description."""
     t0 = time.perf_counter()
     if args.data_path is None:
         data = ensure_city(out / "city", args.n_tiles, args.tile_size, args.city_seed)
@@ -344,6 +351,7 @@ def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[
         else str(data) + (f" (synthetic city version {version})" if version else "")
     )
     phases["data"] = time.perf_counter() - t0
+    check_inputs(args, data)
     pretrain_data = Path(args.pretrain_data) if args.pretrain_data else data
     if args.pack:
         # One pack per version of the data: a regenerated city or changed folder is packed anew.
@@ -363,7 +371,6 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
     out.mkdir(parents=True, exist_ok=True)
     started, load_start, phases = time.time(), load_average(), {}
     data, pretrain_data, where = comparison_data(args, out, phases)
-    check_inputs(args, data)
     rows = comparison_rows(args.variants, args.lambdas)
     print(
         f"comparison on {where}: {args.resnet}, crops {args.img_size}, batch {args.batch_size}, {args.epochs} "
@@ -383,7 +390,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
     if "mean" in args.variants:
         cmp.mean_predictor()
 
-    label_variants = args.label_variants if args.label_fractions else []
+    label_variants = few_label_variants(args)
     needed = pretrained_needed(args.variants, args.lambdas, label_variants)
     # With 2 or more --jobs every pretraining run is queued at once, seed by seed, and the bound and the
     # from-scratch rows train here meanwhile; otherwise each runs when its row is due.
@@ -412,7 +419,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
                 cmp.comparison_row(variant, seed)
             cmp.save()
             for f in args.label_fractions:
-                for variant in [v for v in label_variants if v != "scratch"]:
+                for variant in [v for v in label_variants if v != "scratch" and runs_at(v, f, args.image_only_up_to)]:
                     cmp.few_label_row(variant, f, seed)
             if label_variants:
                 cmp.save()

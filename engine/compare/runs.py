@@ -125,9 +125,9 @@ def _argv(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
 
 
 def pretrain_key(args: argparse.Namespace, source: str, variant: str, seed: int) -> str:
-    """The key of one pretraining run: every flag passed to mmgr.py but the paths, and the data's fingerprint
-    ``source``."""
-    return config_key({"data": source, "argv": _argv(args, variant, seed)})
+    """The key of one pretraining run: every flag passed to mmgr.py but the paths, whether it reads a pack, and
+    the data's fingerprint ``source``."""
+    return config_key({"data": source, "pack": bool(args.pack), "argv": _argv(args, variant, seed)})
 
 
 def run_name(args: argparse.Namespace, source: str, variant: str, seed: int) -> str:

@@ -30,6 +30,7 @@ def test_pretraining_key_changes_with_every_flag_passed_to_mmgr_and_with_the_dat
         ("--cos", "0"),
         ("--precision", "bf16"),
         ("--epochs", "3"),
+        ("--pack", "1"),
     ]
     keys = {runs.pretrain_key(_args(tmp_path, *flag), "data1", "mmgr", 0) for flag in changed}
     keys |= {runs.pretrain_key(base, "data2", "mmgr", 0), runs.pretrain_key(base, "data1", "mmgr", 1)}

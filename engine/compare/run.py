@@ -110,14 +110,8 @@ class Comparison:
         phases: dict[str, float],
         pretrain_main: PretrainMain,
     ):
-        self.args, self.data, self.pretrain_data, self.out, self.where, self.argv = (
-            args,
-            data,
-            pretrain_data,
-            out,
-            where,
-            argv,
-        )
+        self.args, self.data, self.pretrain_data, self.out = args, data, pretrain_data, out
+        self.where, self.argv = where, argv
         self.started, self.phases, self.pretrain_main = started, phases, pretrain_main
         self.source = fingerprint(pretraining_source(args, data))
         self.device = torch.device(args.device)
@@ -378,7 +372,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
         f"{' '.join(rows)}"
         + (
             f"; at label fractions {' '.join(f'{f:g}' for f in args.label_fractions)}: "
-            f"{' '.join(args.label_variants)} on {' '.join(args.label_targets)}, {args.finetune_epochs} epochs"
+            f"{' '.join(few_label_variants(args))} on {' '.join(args.label_targets)}, {args.finetune_epochs} epochs"
             if args.label_fractions
             else ""
         )
@@ -413,16 +407,22 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
                     cmp.few_label_row("scratch", f, seed)
                 cmp.save()
         phases["few labels: from scratch"] = time.perf_counter() - t0
+        # Seed by seed: the rows whose encoders the few-label rows start from (queued first), the few-label
+        # rows, then the other pretrained rows, so that fine-tuning overlaps the seed's last pretraining runs.
         t0 = time.perf_counter()
+        starts = {FEW_LABEL_ROWS[v][1] for v in label_variants} - {None}
+        probed = [v for v in rows if v not in ("mean", "supervised")]
+        late = [v for v in probed if v in needed and v not in starts]
         for seed in args.seeds:
-            for variant in [v for v in rows if v not in ("mean", "supervised")]:
+            for variant in [v for v in probed if v not in late]:
                 cmp.comparison_row(variant, seed)
             cmp.save()
             for f in args.label_fractions:
                 for variant in [v for v in label_variants if v != "scratch" and runs_at(v, f, args.image_only_up_to)]:
                     cmp.few_label_row(variant, f, seed)
-            if label_variants:
-                cmp.save()
+            for variant in late:
+                cmp.comparison_row(variant, seed)
+            cmp.save()
         phases["pretraining, probes, fine-tuning"] = time.perf_counter() - t0
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -214,6 +214,7 @@ def bound_check(results: dict) -> str | None:
 def report(blob: dict, load_start: str, load_end: str) -> str:
     a = argparse.Namespace(**blob["args"])
     results, variants = blob["results"], comparison_rows(a.variants, a.lambdas)
+    lists = blob["layout"]
     mach = blob["machine"]
     hw = f"{mach.get('gpu') or mach.get('cpu')}" + (
         f" (flags: {', '.join(mach.get('cpu_flags', [])) or 'none'})" if "gpu" not in mach else ""
@@ -226,7 +227,8 @@ def report(blob: dict, load_start: str, load_end: str) -> str:
         f"Pretraining: {a.resnet}, {a.img_size} px crops, batch {a.batch_size}, {a.epochs} epochs, Adam lr "
         f"{a.lr:g}, {sched}, precision {a.precision}, augmentation on {a.augment}; seeds {a.seeds}.",
         f"Probed rows: ridge (primary) and kNN (k = {a.knn}) on frozen backbone embeddings of the whole tile, fit "
-        f"on train-wuhan.txt, scored on val-wuhan.txt{', scalar targets fit as log1p' if a.log_target else ''}.",
+        f"on {lists['train_list']}, scored on {lists['val_list']}"
+        f"{', scalar targets fit as log1p' if a.log_target else ''}.",
         f"Supervised bound: the same {a.resnet} from random init trained end to end per task, {a.bound_epochs} "
         f"epochs (same budget: pretraining's epochs, batch, crop size and schedule), Adam lr {a.bound_lr:g}, "
         f"last epoch on the validation tiles.",
@@ -302,7 +304,8 @@ def _few_label_section(blob: dict, a: argparse.Namespace) -> list[str]:
     lines = [
         "## Few labels",
         "",
-        f"At each fraction of the labels of train-wuhan.txt (a subset drawn with each seed, the same for every row; "
+        f"At each fraction of the labels of {blob['layout']['train_list']} (a subset drawn with each seed, the same "
+        "for every row; "
         f"the validation list whole), {a.finetune_epochs} epochs for each end-to-end row (batch {a.batch_size}, or "
         f"every labelled tile when they are fewer; {a.img_size} px crops; Adam, head at lr {a.bound_lr:g}; "
         f"fine-tuned backbones at {a.finetune_backbone_lr:g}, from scratch every parameter at {a.bound_lr:g}); "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from data.downstream import read_list, select_fraction
+from data.layout import DownstreamLayout
 from data.pack import is_packed, pack
 from data.pretrain import list_images
 from engine.compare.figures import plot, plot_label_fractions, plot_lambdas
@@ -38,8 +39,6 @@ from utils.errors import UserError
 from utils.fileio import atomic_write_text, load_file
 
 __all__ = ["Comparison", "run_comparison", "check_inputs", "category_counts"]
-
-TRAIN_LIST, VAL_LIST = "train-wuhan.txt", "val-wuhan.txt"
 
 
 def category_counts(data: Path, files: list[Path]) -> np.ndarray:
@@ -61,11 +60,12 @@ def category_counts(data: Path, files: list[Path]) -> np.ndarray:
     return np.log1p(counts)
 
 
-def check_inputs(args: argparse.Namespace, data: Path) -> None:
+def check_inputs(args: argparse.Namespace, layout: DownstreamLayout) -> None:
     """Everything a user can get wrong in the data, refused in one sentence before any training: the lists,
     every target folder and file of the listed tiles, a batch larger than the training list, a label fraction
     that leaves fewer than 2 labelled tiles."""
-    train, val = read_list(data / TRAIN_LIST), read_list(data / VAL_LIST)
+    data = layout.root
+    train, val = read_list(data / layout.train_list), read_list(data / layout.val_list)
     for t in args.targets:
         if not (data / t).is_dir():
             raise UserError(
@@ -77,14 +77,14 @@ def check_inputs(args: argparse.Namespace, data: Path) -> None:
     trained = "supervised" in args.variants or any(FEW_LABEL_ROWS[v][0] != "probe" for v in label_variants)
     if trained and len(train) < args.batch_size:
         raise UserError(
-            f"{data / TRAIN_LIST} names {len(train)} tiles, fewer than one batch of --batch_size {args.batch_size}; "
+            f"{data / layout.train_list} names {len(train)} tiles, fewer than one batch of --batch_size {args.batch_size}; "
             "lower --batch_size"
         )
     for f in args.label_fractions:
         k = len(select_fraction(train, f, 0))
         if k < 2:
             raise UserError(
-                f"--label_fractions {f:g} leaves {k} labelled tile of the {len(train)} in {data / TRAIN_LIST}; "
+                f"--label_fractions {f:g} leaves {k} labelled tile of the {len(train)} in {data / layout.train_list}; "
                 "the probes and the trained rows need at least 2: raise the fraction"
             )
 
@@ -101,7 +101,7 @@ class Comparison:
     def __init__(
         self,
         args: argparse.Namespace,
-        data: Path,
+        layout: DownstreamLayout,
         pretrain_data: Path,
         out: Path,
         where: str,
@@ -110,21 +110,21 @@ class Comparison:
         phases: dict[str, float],
         pretrain_main: PretrainMain,
     ):
-        self.args, self.data, self.pretrain_data, self.out = args, data, pretrain_data, out
+        data = layout.root
+        self.args, self.layout, self.data, self.pretrain_data, self.out = args, layout, data, pretrain_data, out
         self.where, self.argv = where, argv
         self.started, self.phases, self.pretrain_main = started, phases, pretrain_main
         self.source = fingerprint(pretraining_source(args, data))
         self.device = torch.device(args.device)
-        self.files = list_images(data / "img")
+        self.files = list_images(data / layout.img_dir)
         self.names = [p.name for p in self.files]
         t0 = time.perf_counter()
         self.images = load_tiles(self.files, args.workers)
         phases["decode"] = time.perf_counter() - t0
         self.index = {n: i for i, n in enumerate(self.names)}
-        self.train_names, self.val_names = read_list(data / TRAIN_LIST), read_list(data / VAL_LIST)
-        self.data_keys = {
-            t: fingerprint([data / "img", data / TRAIN_LIST, data / VAL_LIST, data / t]) for t in args.targets
-        }
+        lists = [data / layout.train_list, data / layout.val_list]
+        self.train_names, self.val_names = read_list(lists[0]), read_list(lists[1])
+        self.data_keys = {t: fingerprint([data / layout.img_dir, *lists, data / t]) for t in args.targets}
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         # few-label rows: {variant: {fraction: {seed: values}}}
         self.few: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -150,7 +150,8 @@ class Comparison:
         missing = [n for n in names if n not in self.index]
         if missing:
             raise UserError(
-                f"{len(missing)} listed tiles are missing from {self.data / 'img'} (first: {missing[0]}); fix the lists"
+                f"{len(missing)} listed tiles are missing from {self.data / self.layout.img_dir} (first: {missing[0]}); "
+                "fix the lists"
             )
         return [self.index[n] for n in names]
 
@@ -215,8 +216,8 @@ class Comparison:
                 self.names,
                 self.data,
                 t,
-                TRAIN_LIST,
-                VAL_LIST,
+                self.layout.train_list,
+                self.layout.val_list,
                 k=self.args.knn,
                 log_target=bool(self.args.log_target),
                 label_fraction=1.0 if fraction is None else fraction,
@@ -255,7 +256,7 @@ class Comparison:
         elif variant == "poi_encoder":
             ckpt = self.checkpoint("mmgr", seed)
             poi = ckpt.with_name(ckpt.name.replace("_img_", "_poi_"))
-            feats = poi_embeddings(poi, self.data, "img", self.files, self.device, progress=False)
+            feats = poi_embeddings(poi, self.data, self.layout.img_dir, self.files, self.device, progress=False)
             self.probe(variant, seed, feats)
         else:
             self.probe(variant, seed, self.encoder_features(variant, seed))
@@ -288,6 +289,7 @@ class Comparison:
         blob = {
             "city_version": city_version_of(self.data),
             "data": self.where,
+            "layout": {k: getattr(self.layout, k) for k in ("img_dir", "train_list", "val_list")},
             "args": vars(a),
             "command": self.command(),
             "machine": machine(),
@@ -328,9 +330,11 @@ def city_version_of(data: Path) -> int | None:
         return None
 
 
-def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[Path, Path, str]:
-    """The data (the synthetic city, generated once, or --data_path; its inputs checked), what pretraining reads
-    (a pack of the data with ``--pack 1``), and a description."""
+def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[DownstreamLayout, Path, str]:
+    """The data (the synthetic city, generated once, or --data_path; its inputs checked) with its downstream
+    names (the published ``img/``, ``train-wuhan.txt`` and ``val-wuhan.txt``, or what prepare_pois.py writes:
+    ``sub_shanghai_img/``, ``train.txt``, ``val.txt``), what pretraining reads (a pack of the data with
+    ``--pack 1``), and a description."""
     t0 = time.perf_counter()
     if args.data_path is None:
         data = ensure_city(out / "city", args.n_tiles, args.tile_size, args.city_seed)
@@ -345,7 +349,8 @@ def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[
         else str(data) + (f" (synthetic city version {version})" if version else "")
     )
     phases["data"] = time.perf_counter() - t0
-    check_inputs(args, data)
+    layout = DownstreamLayout.find(data, args.targets[0])
+    check_inputs(args, layout)
     pretrain_data = Path(args.pretrain_data) if args.pretrain_data else data
     if args.pack:
         # One pack per version of the data: a regenerated city or changed folder is packed anew.
@@ -354,7 +359,7 @@ def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[
         if not is_packed(pretrain_data):
             pack(data, pretrain_data, workers=args.workers, progress=False)
         phases["pack"] = time.perf_counter() - t0
-    return data, pretrain_data, where
+    return layout, pretrain_data, where
 
 
 def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_main: PretrainMain) -> dict:
@@ -364,7 +369,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started, load_start, phases = time.time(), load_average(), {}
-    data, pretrain_data, where = comparison_data(args, out, phases)
+    layout, pretrain_data, where = comparison_data(args, out, phases)
     rows = comparison_rows(args.variants, args.lambdas)
     print(
         f"comparison on {where}: {args.resnet}, crops {args.img_size}, batch {args.batch_size}, {args.epochs} "
@@ -379,7 +384,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
         + f"; jobs {args.jobs}; threads {torch.get_num_threads()}",
         flush=True,
     )
-    cmp = Comparison(args, data, pretrain_data, out, where, argv, started, phases, pretrain_main)
+    cmp = Comparison(args, layout, pretrain_data, out, where, argv, started, phases, pretrain_main)
     print(f"decoded {len(cmp.files)} tiles in {phases['decode']:.1f} s", flush=True)
     if "mean" in args.variants:
         cmp.mean_predictor()

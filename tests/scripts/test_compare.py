@@ -5,8 +5,10 @@ tests/engine/test_compare_summary.py."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,18 +81,29 @@ def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
                                                               "scratch"}  # fmt: skip
 
 
+def prepared_folder(data: Path) -> Path:
+    """The tiny layout as prepare_pois.py writes a city: tiles only in sub_shanghai_img/, lists train.txt and
+    val.txt, a target folder named by the user (pop/)."""
+    shutil.rmtree(data / "img")
+    for split in ("train", "val"):
+        (data / f"{split}-wuhan.txt").rename(data / f"{split}.txt")
+    (data / "pop1km").rename(data / "pop")
+    return data
+
+
 def test_compare_on_user_data_with_both_studies_reuses_finished_runs(tmp_path, tiny_data, capsys):
-    """Your own data in the published layouts, in this process (--jobs 0), with the λ ablation and few labels:
-    every requested λ and fraction is in results.csv (read with pandas), with fine-tuned and from-scratch rows;
-    the figures are written; a second run reuses every pretraining and end-to-end run and gives the same
-    numbers (a changed flag reusing nothing: tests/engine/test_compare_runs.py)."""
+    """Your own city as prepare_pois.py writes it, in this process (--jobs 0), with the λ ablation and few
+    labels: every requested λ and fraction is in results.csv (read with pandas), with fine-tuned and
+    from-scratch rows; the figures are written; a second run reuses every pretraining and end-to-end run and
+    gives the same numbers (a changed flag reusing nothing: tests/engine/test_compare_runs.py)."""
+    data = prepared_folder(tiny_data)
     argv = [
         "--data_path",
-        str(tiny_data),
+        str(data),
         "--out",
         str(tmp_path / "o"),
         "--targets",
-        "pop1km",
+        "pop",
         "--variants",
         "mean",
         "random",
@@ -126,11 +139,11 @@ def test_compare_on_user_data_with_both_studies_reuses_finished_runs(tmp_path, t
     out = capsys.readouterr().out
     for v in ("mmgr", "lambda_0.25"):
         assert out.count(f"pretrained {v} seed") == 2
-    assert out.count("supervised pop1km seed") == 2
-    assert "trained scratch pop1km at 25 % of the labels, seed 0" in out
-    assert "trained scratch pop1km at 100 %" not in out  # from scratch with all labels is the bound's run
+    assert out.count("supervised pop seed") == 2
+    assert "trained scratch pop at 25 % of the labels, seed 0" in out
+    assert "trained scratch pop at 100 %" not in out  # from scratch with all labels is the bound's run
     md = (tmp_path / "o" / "results.md").read_text()
-    assert f"Command: `python compare.py --data_path {tiny_data}" in md
+    assert f"Command: `python compare.py --data_path {data}" in md and "fit on train.txt, scored on val.txt" in md
     assert first["city_version"] is None and "synthetic city" not in md.split("Machine")[0]
     rows = {"mean", "random", "mmgr", "poi_encoder", "poi_counts", "supervised", "lambda_0.25"}
     assert set(first["results"]) == rows
@@ -158,7 +171,7 @@ def test_compare_on_user_data_with_both_studies_reuses_finished_runs(tmp_path, t
 
     second = compare.main(argv)
     out = capsys.readouterr().out
-    assert "pretrained" not in out and "supervised pop1km seed" not in out and "  trained " not in out
+    assert "pretrained" not in out and "supervised pop seed" not in out and "  trained " not in out
     assert second["results"] == first["results"] and second["few_labels"] == first["few_labels"]
 
 

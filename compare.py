@@ -227,9 +227,10 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--finetune_backbone_lr",
         type=float,
-        default=1e-4,
-        help="Adam lr of a fine-tuned backbone; its head trains at --bound_lr (default 1e-4, as res_pop.py's "
-        "--backbone_lr; ours: the paper gives no fine-tuning lr)",
+        default=None,
+        help="Adam lr of a fine-tuned backbone; its head trains at --bound_lr (default --bound_lr, ours: the paper "
+        "gives no fine-tuning lr; one lr for every parameter, as from scratch, so that the two rows differ only in "
+        "their starting weights; res_pop.py's --backbone_lr default is 1e-4)",
     )
 
 
@@ -284,6 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bound_epochs = args.epochs
     if args.finetune_epochs is None:
         args.finetune_epochs = args.bound_epochs
+    if args.finetune_backbone_lr is None:
+        args.finetune_backbone_lr = args.bound_lr
     if args.jobs < 0:
         raise UserError(f"--jobs must be 0 (in this process) or a positive count, got {args.jobs}")
     for x in args.lambdas:

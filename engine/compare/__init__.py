@@ -24,8 +24,8 @@ Few labels (``--label_fractions``): at each fraction ``f`` and seed ``s`` one la
 training list (``data.downstream.select_fraction(train, f, s)``: the same tiles for every row), the
 validation list whole, and the rows of ``--label_variants`` (rows.FEW_LABEL_ROWS):
   mmgr_frozen       MMGR's frozen backbone + the ridge probe (and kNN) fit on the subset
-  mmgr_finetuned    MMGR's encoder (run of seed s) fine-tuned end to end: backbone at --finetune_backbone_lr,
-                    head at --bound_lr
+  mmgr_finetuned    MMGR's encoder (run of seed s) fine-tuned end to end: backbone at --finetune_backbone_lr
+                    (default --bound_lr), head at --bound_lr
   simclr_finetuned  the image-only encoder (run of seed s), fine-tuned the same way
   scratch           the same network from random initialisation trained end to end (every parameter at
                     --bound_lr): the supervised bound on fewer labels

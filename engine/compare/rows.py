@@ -44,8 +44,8 @@ PAIRS = (("mmgr", "simclr"), ("mmgr", "img_poi"), ("mmgr", "random"))
 
 # Few-label rows: variant -> (how it learns from the labelled subset, the pretraining it starts from).
 # "probe": ridge (and kNN) on the frozen backbone's features; "finetune": the whole network end to end from
-# the pretrained weights (backbone at --finetune_backbone_lr, head at --bound_lr); "scratch": end to end
-# from random initialisation (every parameter at --bound_lr), i.e. the supervised bound on fewer labels.
+# the pretrained weights (backbone at --finetune_backbone_lr, default --bound_lr; head at --bound_lr); "scratch":
+# end to end from random initialisation (every parameter at --bound_lr), i.e. the supervised bound on fewer labels.
 FEW_LABEL_ROWS = {
     "mmgr_frozen": ("probe", "mmgr"),
     "mmgr_finetuned": ("finetune", "mmgr"),

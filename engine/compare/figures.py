@@ -3,6 +3,7 @@ drawn; how to read them: docs/downstream.md, "The comparison")."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ __all__ = ["plot", "plot_lambdas", "plot_label_fractions"]
 
 
 def _axes(n: int, width: float = 3.8, height: float = 3.6) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(width * n, height), dpi=110)
+    fig = Figure(figsize=(max(width * n, 5.5), height), dpi=110)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(1, n, squeeze=False)[0]
 
@@ -26,7 +27,7 @@ def _title(target: str, metric: str) -> str:
 
 
 def _save(fig: Figure, path: Path, title: str) -> None:
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle("\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 15))), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -6,7 +6,7 @@ with few labels against training from scratch; repeated seeds, 95 % intervals, p
         --lambdas 0 0.25 0.5 0.75 1 --label_fractions 0.05 0.1 0.25 0.5 1   # both studies too (~1 h)
     python compare.py --full --device cuda                        # published sizes (GPU)
     bash benchmarks/gpu_compare.sh                                # GPU-scale comparison in one go
-    python compare.py --data_path DATA --targets pop1km           # your own data in the published layouts
+    python compare.py --data_path DATA --targets pop              # your city (prepare_pois.py's folder or the published layouts)
 
 Writes OUT/results.md (tables), results.json, results.csv (long form, for pandas) and the figures.
 
@@ -44,7 +44,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data_path",
         default=None,
-        help="data root holding both published layouts (default: the synthetic city, generated in OUT/city)",
+        help="data root: a folder prepared by prepare_pois.py, or one holding both published layouts (default: "
+        "the synthetic city, generated in OUT/city)",
     )
     g.add_argument(
         "--pretrain_data",
@@ -289,6 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.finetune_backbone_lr = args.bound_lr
     if args.jobs < 0:
         raise UserError(f"--jobs must be 0 (in this process) or a positive count, got {args.jobs}")
+    if args.finetune_epochs < 1:
+        raise UserError(f"--finetune_epochs must be at least 1, got {args.finetune_epochs}")
     for x in args.lambdas:
         if not 0.0 <= x <= 1.0:
             raise UserError(

@@ -1,9 +1,14 @@
-"""The paper's comparison, one command: MMGR against its baselines and bounds, repeated seeds, paired tests.
+"""The paper's claims, one command: MMGR against its baselines and bounds, the ablation over λ and fine-tuning
+with few labels against training from scratch; repeated seeds, 95 % intervals, paired tests.
 
-    OMP_NUM_THREADS=1 python compare.py --out /tmp/cmp --jobs 2   # CPU configuration (~30-60 min on 2 cores)
+    OMP_NUM_THREADS=1 python compare.py --out /tmp/cmp --jobs 2   # CPU configuration (~30-40 min on 2 cores)
+    OMP_NUM_THREADS=1 python compare.py --out /tmp/cmp --jobs 2 \
+        --lambdas 0 0.25 0.5 0.75 1 --label_fractions 0.05 0.1 0.25 0.5 1   # both studies too (~1 h)
     python compare.py --full --device cuda                        # published sizes (GPU)
-    bash benchmarks/gpu_compare.sh                                # GPU-scale comparison in one go (<= 8 min)
-    python compare.py --data_path DATA --targets pop1km           # your own data in the published layouts
+    bash benchmarks/gpu_compare.sh                                # GPU-scale comparison in one go
+    python compare.py --data_path DATA --targets pop              # your city (prepare_pois.py's folder or the published layouts)
+
+Writes OUT/results.md (tables), results.json, results.csv (long form, for pandas) and the figures.
 
 What the rows are, the protocol and the statistics: engine/compare/ and docs/downstream.md ("The comparison").
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import mmgr
-from engine.compare.rows import CPU, DEFAULT_VARIANTS, FULL, VARIANTS
+from engine.compare.rows import CPU, DEFAULT_VARIANTS, FEW_LABEL_ROWS, FULL, VARIANTS
 from engine.compare.run import run_comparison
 from models.image_encoder import RESNETS
 from utils.errors import UserError, run_main
@@ -27,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _city_flags(p)
     _pretraining_flags(p)
     _row_flags(p)
+    _study_flags(p)
     _speed_flags(p)
     return p
 
@@ -38,7 +44,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data_path",
         default=None,
-        help="data root holding both published layouts (default: the synthetic city, generated in OUT/city)",
+        help="data root: a folder prepared by prepare_pois.py, or one holding both published layouts (default: "
+        "the synthetic city, generated in OUT/city)",
     )
     g.add_argument(
         "--pretrain_data",
@@ -169,6 +176,65 @@ def _row_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--knn", type=int, default=10, help="kNN neighbours of the secondary probe (default 10)")
 
 
+def _study_flags(p: argparse.ArgumentParser) -> None:
+    """The two studies beside the comparison: the ablation over λ and few labels (docs/downstream.md)."""
+    g = p.add_argument_group("the λ ablation and few labels")
+    g.add_argument(
+        "--lambdas",
+        type=float,
+        nargs="+",
+        default=[],
+        help="λ rows (mmgr.py --img_lmd, each in [0, 1]) pretrained and probed like the other rows, same seeds; "
+        "0, 0.5 and 1 are the runs of img_poi, mmgr and simclr (default none; the paper's ablation: "
+        "0 0.25 0.5 0.75 1)",
+    )
+    g.add_argument(
+        "--label_fractions",
+        type=float,
+        nargs="+",
+        default=[],
+        help="fractions of the training labels, each in (0, 1]: at each, with each seed, the rows of "
+        "--label_variants on the same labelled subset (default none; e.g. 0.05 0.1 0.25 0.5 1)",
+    )
+    g.add_argument(
+        "--label_variants",
+        nargs="+",
+        default=list(FEW_LABEL_ROWS),
+        choices=tuple(FEW_LABEL_ROWS),
+        help="few-label rows: MMGR frozen + ridge, MMGR and image-only fine-tuned end to end, the same network "
+        f"from scratch (default all: {' '.join(FEW_LABEL_ROWS)})",
+    )
+    g.add_argument(
+        "--image_only_up_to",
+        type=float,
+        default=None,
+        help=f"the image-only fine-tuned row runs at label fractions up to this one (default {CPU['image_only_up_to']:g}: "
+        "what the CPU configuration's hour allows, where the start matters most; --full 1: every fraction)",
+    )
+    g.add_argument(
+        "--label_targets",
+        nargs="+",
+        default=None,
+        help="targets of the few-label rows, among --targets (default: pop1km when it is one of them, else "
+        "every target: each target multiplies the study's training time)",
+    )
+    g.add_argument(
+        "--finetune_epochs",
+        type=int,
+        default=None,
+        help="epochs of every end-to-end few-label row over its labelled tiles (default --bound_epochs: so from "
+        "scratch with all labels is the supervised bound's run)",
+    )
+    g.add_argument(
+        "--finetune_backbone_lr",
+        type=float,
+        default=None,
+        help="Adam lr of a fine-tuned backbone; its head trains at --bound_lr (default --bound_lr, ours: the paper "
+        "gives no fine-tuning lr; one lr for every parameter, as from scratch, so that the two rows differ only in "
+        "their starting weights; res_pop.py's --backbone_lr default is 1e-4)",
+    )
+
+
 def _speed_flags(p: argparse.ArgumentParser) -> None:
     """How the runs are spread over processes and which device and precision they use."""
     g = p.add_argument_group("speed and device (no effect on the method)")
@@ -218,8 +284,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cos = bool(args.cos)
     if args.bound_epochs is None:
         args.bound_epochs = args.epochs
+    if args.finetune_epochs is None:
+        args.finetune_epochs = args.bound_epochs
+    if args.finetune_backbone_lr is None:
+        args.finetune_backbone_lr = args.bound_lr
     if args.jobs < 0:
         raise UserError(f"--jobs must be 0 (in this process) or a positive count, got {args.jobs}")
+    if args.finetune_epochs < 1:
+        raise UserError(f"--finetune_epochs must be at least 1, got {args.finetune_epochs}")
+    for x in args.lambdas:
+        if not 0.0 <= x <= 1.0:
+            raise UserError(
+                f"--lambdas {x:g} lies outside [0, 1]; λ weighs the image–image term: pass values from 0 to 1"
+            )
+    for f in args.label_fractions:
+        if not 0.0 < f <= 1.0:
+            raise UserError(f"--label_fractions {f:g} lies outside (0, 1]; pass fractions of the training labels")
+    args.lambdas = sorted(set(args.lambdas))
+    args.label_fractions = sorted(set(args.label_fractions))
+    args.label_variants = list(dict.fromkeys(args.label_variants))
+    if args.label_targets is None:
+        args.label_targets = ["pop1km"] if "pop1km" in args.targets else list(args.targets)
+    stray = [t for t in args.label_targets if t not in args.targets]
+    if stray:
+        raise UserError(
+            f"--label_targets {' '.join(stray)} is not among --targets {' '.join(args.targets)}; add it there"
+        )
     return args
 
 

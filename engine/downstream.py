@@ -9,7 +9,8 @@ The protocol (docs/downstream.md) is the published one: the encoder's ``fc`` is 
 statistics frozen), training views are random crops and flips, Adam, step decay, metrics on the
 validation list from ``--eval_from`` on, best and last epoch printed; except that scalar targets are
 standardised for training by default (the task's ``--target_norm``). Opt-in additions: ``--finetune``
-(the whole encoder trains, BatchNorm in train mode, backbone at ``--backbone_lr``), ``--ckpt random``
+(the whole encoder trains, BatchNorm in train mode, backbone at ``--backbone_lr``; through the project's one
+end-to-end trainer, engine/supervised.py, on tiles decoded once), ``--ckpt random
 (a random encoder drawn from the run's seed), ``--augment false`` (whole tiles), ``--label_fraction``
 (few-label study), ``--seeds`` (repeats, mean ± std), ``--baselines`` (the same head on a random encoder
 and the mean predictor, compared), a per-tile predictions CSV and a scatter plot (engine/reports.py).
@@ -56,6 +57,7 @@ from engine.reports import (
     write_reports,
 )
 from engine.run_folder import consistent_image_checkpoint
+from engine.supervised import EndToEnd, load_tiles
 from engine.tasks import Task, distribution_task, regression_task
 from models.heads import with_task_head
 from models.image_encoder import RESNETS, ImageEncoder, infer_resnet
@@ -64,6 +66,7 @@ from utils.args import common_parser, resolve_device, str2bool
 from utils.errors import UserError
 from utils.reproducibility import seed_everything, worker_init
 from utils.schedule import lr_at
+from utils.speed import default_channels_last
 
 __all__ = [
     "DOWNSTREAM_DEMO",
@@ -320,8 +323,8 @@ class SeedRun:
     """What one seed trains and evaluates: built by :func:`setup_seed`.
 
     ``task`` is fitted to the seed's training targets; ``order`` reseeds the training loader's shuffling
-    each epoch; ``val_feats`` ``[N_val, d]`` are the cached validation features of the fast path (None
-    with ``--finetune``); ``train_mean`` ``[K]`` is the mean training target (original units).
+    each epoch; ``val_feats`` ``[N_val, d]`` are the cached validation features of the fast path;
+    ``train_mean`` ``[K]`` is the mean training target (original units).
     """
 
     seed: int
@@ -333,7 +336,7 @@ class SeedRun:
     order: torch.Generator
     train_mean: np.ndarray
     val_feats: torch.Tensor | None = None
-    train_feats: torch.Tensor | None = None  # [N_train, d] without --augment and --finetune
+    train_feats: torch.Tensor | None = None  # [N_train, d] without --augment
     train_y: torch.Tensor | None = None  # [N_train, K] their targets (original units)
 
 
@@ -356,14 +359,8 @@ def _training_set(
 
 
 def _optimizer(args: argparse.Namespace, model: ImageEncoder) -> torch.optim.Optimizer:
-    """Adam over the head at ``--lr`` (and the backbone at ``--backbone_lr`` with ``--finetune``); each
-    group's ``base_lr`` is scaled by the schedule every epoch."""
-    head = list(model.encoder.fc.parameters())
-    groups = [{"params": head, "base_lr": args.lr}]
-    if args.finetune:
-        head_ids = {id(p) for p in head}
-        groups.append({"params": [p for p in model.parameters() if id(p) not in head_ids], "base_lr": args.backbone_lr})
-    return torch.optim.Adam(groups, lr=args.lr)
+    """Adam over the head at ``--lr``; its ``base_lr`` is scaled by the schedule every epoch."""
+    return torch.optim.Adam([{"params": list(model.encoder.fc.parameters()), "base_lr": args.lr}], lr=args.lr)
 
 
 def setup_seed(
@@ -387,7 +384,7 @@ def setup_seed(
         train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=order, **loader_kw
     )
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
-    model = with_task_head(encoder.build(), out_dim=len(task.columns), freeze_backbone=not args.finetune)
+    model = with_task_head(encoder.build(), out_dim=len(task.columns), freeze_backbone=True)
     model = model.to(device)
     if args.head_bias_init == "mean":
         task.init_head(model.encoder.fc[-1], task.to_train(train_set.targets))
@@ -403,16 +400,15 @@ def setup_seed(
     )
     print(
         f"seed {seed}: {encoder.label} ({model.resnet}); {len(train_set)} training and {len(val_set)} validation "
-        f"tiles; {'fine-tuning the whole encoder' if args.finetune else 'frozen backbone'}{task.describe()}",
+        f"tiles; frozen backbone{task.describe()}",
         flush=True,
     )
     # Fast path: a frozen, eval-mode backbone maps each validation tile to the same features every epoch,
     # and each training tile too when it is not augmented.
-    if not args.finetune:
-        run.val_feats = backbone_features(model, val_loader, device)
-        if not args.augment:
-            plain = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
-            run.train_feats, run.train_y = backbone_features(model, plain, device), train_set.targets.to(device)
+    run.val_feats = backbone_features(model, val_loader, device)
+    if not args.augment:
+        plain = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
+        run.train_feats, run.train_y = backbone_features(model, plain, device), train_set.targets.to(device)
     return run
 
 
@@ -428,14 +424,14 @@ def _train_batches(run: SeedRun, batch_size: int, device: torch.device) -> Itera
         yield run.model.encoder.fc(run.train_feats[idx]), run.train_y[idx]
 
 
-def train_one_epoch(run: SeedRun, epoch: int, lr_factor: float, finetune: bool, device: torch.device) -> float:
+def train_one_epoch(run: SeedRun, epoch: int, lr_factor: float, device: torch.device) -> float:
     """One pass over the training loader at ``base_lr * lr_factor``; returns the mean training loss per tile."""
     for g in run.opt.param_groups:
         g["lr"] = g["base_lr"] * lr_factor
     seed_everything(epoch_seed(run.seed, epoch))
     run.order.manual_seed(epoch_seed(run.seed, epoch))
     # Frozen backbone: eval mode, BatchNorm keeps its pretrained statistics (published protocol).
-    run.model.train(finetune)
+    run.model.eval()
     total, n = 0.0, 0
     for out, y in _train_batches(run, run.train_loader.batch_size, device):
         loss = run.task.loss(out, run.task.to_train(y))
@@ -450,13 +446,9 @@ def train_one_epoch(run: SeedRun, epoch: int, lr_factor: float, finetune: bool, 
 
 @torch.no_grad()
 def evaluate(run: SeedRun, device: torch.device) -> np.ndarray:
-    """Validation predictions ``[N_val, K]`` in original units (the head on cached features when frozen)."""
-    if run.val_feats is not None:
-        run.model.eval()
-        pred = run.task.predict(run.model.encoder.fc(run.val_feats)).float().cpu().numpy()
-    else:
-        pred = predict_loader(run.model, run.val_loader, run.task, device)
-    return run.task.to_original(pred)
+    """Validation predictions ``[N_val, K]`` in original units (the head on the cached backbone features)."""
+    run.model.eval()
+    return run.task.to_original(run.task.predict(run.model.encoder.fc(run.val_feats)).float().cpu().numpy())
 
 
 def _record_line(args: argparse.Namespace, encoder: Encoder, layout: DownstreamLayout, seed: int, h: dict) -> str:
@@ -490,11 +482,89 @@ def train_one_seed(
 ) -> SeedResult:
     """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on; with ``tiles``,
     predict every tile of the map at the end."""
+    if args.finetune:
+        return _finetune_one_seed(args, layout, task, encoder, seed, train_names, val_set, device, record, tiles)
     run = setup_seed(args, layout, task, encoder, seed, train_names, val_set, device)
     with _head_threads(run):
         result = _epochs(args, layout, encoder, run, val_set.targets.numpy(), device, record)
     if tiles is not None:
         result.map_pred = predict_tiles(run, tiles.files, args.batch_size, device)
+    if result.history:
+        for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
+            print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
+    return result
+
+
+def _finetune_one_seed(
+    args: argparse.Namespace,
+    layout: DownstreamLayout,
+    task: Task,
+    encoder: Encoder,
+    seed: int,
+    train_names: list[str],
+    val_set: TileTargetDataset,
+    device: torch.device,
+    record: Path,
+    tiles: MapTiles | None,
+) -> SeedResult:
+    """``--finetune``: the whole encoder and the head train through the project's one end-to-end trainer
+    (engine.supervised.EndToEnd: tiles decoded once, crops drawn as a batch on the device), with the backbone
+    at ``--backbone_lr`` and the head at ``--lr``; printed and recorded per epoch as the frozen loop does."""
+    seed_everything(seed)
+    train_set = _training_set(args, layout, task, seed, train_names)
+    task = task.fit(task.to_train(train_set.targets))
+    with torch.random.fork_rng():  # decoding draws no weights: a random encoder and the head are as before
+        images = load_tiles([layout.root / layout.img_dir / n for n in train_set.names], args.workers)
+        val_images = load_tiles([layout.root / layout.img_dir / n for n in val_set.names], args.workers)
+    trainer = EndToEnd(
+        encoder.build(),
+        task,
+        images,
+        train_set.targets,
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        epochs=args.total_epoch,
+        lr=args.lr,
+        backbone_lr=args.backbone_lr,
+        seed=seed,
+        device=device,
+        schedule=args.schedule,
+        cos=args.cos,
+        augment=args.augment,
+        channels_last=default_channels_last(device),
+        head_bias_init=args.head_bias_init == "mean",
+    )
+    print(
+        f"seed {seed}: {encoder.label} ({trainer.model.resnet}); {len(train_set)} training and {len(val_set)} "
+        f"validation tiles; fine-tuning the whole encoder{task.describe()}",
+        flush=True,
+    )
+    y_val = val_set.targets.numpy()
+    result = SeedResult(seed, train_mean=train_set.targets.double().mean(dim=0).numpy())
+    for epoch in range(args.total_epoch):
+        t0 = time.time()
+        loss = trainer.train_epoch(epoch)
+        factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
+        line = (
+            f"epoch {epoch + 1}/{args.total_epoch}  lr {args.lr * factor:.2e}  train loss {loss:.4f}  "
+            f"{time.time() - t0:.1f}s"
+        )
+        if epoch + 1 >= args.eval_from or epoch + 1 == args.total_epoch:
+            result.pred = trainer.predict(val_images)
+            warning = task.warning(result.pred)
+            if warning and not result.dead_warned:
+                result.dead_warned = True
+                print(f"warning: epoch {epoch + 1}: {warning}", file=sys.stderr, flush=True)
+        if epoch + 1 >= args.eval_from:
+            m = task.metrics(y_val, result.pred)
+            result.history.append({"epoch": epoch + 1, **m})
+            line += f"  |  val {metric_text(m)}"
+            with record.open("a") as rec:
+                rec.write(_record_line(args, encoder, layout, seed, result.history[-1]))
+        print(line, flush=True)
+    if tiles is not None:  # the map: every tile of the index, decoded a chunk at a time
+        chunks = [tiles.files[i : i + 1024] for i in range(0, len(tiles.files), 1024)]
+        result.map_pred = np.concatenate([trainer.predict(load_tiles(c, args.workers)) for c in chunks])
     if result.history:
         for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
             print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
@@ -531,7 +601,7 @@ def _epochs(
     for epoch in range(args.total_epoch):
         factor = lr_at(epoch, 1.0, args.total_epoch, args.schedule, args.cos)
         t0 = time.time()
-        loss = train_one_epoch(run, epoch, factor, args.finetune, device)
+        loss = train_one_epoch(run, epoch, factor, device)
         line = (
             f"epoch {epoch + 1}/{args.total_epoch}  lr {args.lr * factor:.2e}  train loss {loss:.4f}  "
             f"{time.time() - t0:.1f}s"

@@ -1,4 +1,4 @@
-"""The comparison's statistics, tables, figure and report (how to read them: docs/downstream.md)."""
+"""The comparison's tables and report, OUT/results.md (how to read them: docs/downstream.md, "The comparison")."""
 
 from __future__ import annotations
 
@@ -9,103 +9,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from engine.compare.rows import LABELS, LOWER_IS_BETTER, PAIRS, PROTOCOL, VARIANTS
-from engine.stats import format_ci, gap_closed, mean_ci, paired_comparison
+from engine.compare.rows import LOWER_IS_BETTER, PROTOCOL, comparison_rows, label, lambda_variant
+from engine.compare.summary import primary_metric, row_values
+from engine.stats import format_ci, mean_ci
+
+__all__ = [
+    "main_table",
+    "paired_table",
+    "secondary_table",
+    "per_seed_table",
+    "lambda_table",
+    "few_label_table",
+    "few_label_paired_table",
+    "machine",
+    "load_average",
+    "report",
+]
 
 
 def ci_text(values: list[float]) -> str:
     """Mean ± 95 % half-width of ``values``: 3 decimals, or none for values of 100 and more (persons, yuan)."""
     m, half = mean_ci(values)
     return format_ci(m, half, 0 if np.isfinite(m) and abs(m) >= 100 else 3)
-
-
-def flatten(probe: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
-    """``{target: {method: {metric: v}}}`` -> ``{"target/method/metric": v}``."""
-    return {f"{t}/{m}/{k}": v for t, d in probe.items() for m, mm in d.items() for k, v in mm.items() if k != "alpha"}
-
-
-def row_values(results: dict, variant: str, target: str, metric: str, method: str = "ridge") -> list[float]:
-    """Per-seed values of one cell, in seed order. The bounds' rows have no probe: the mean predictor and the
-    supervised bound give the same values in the ridge and the kNN table."""
-    key = f"{target}/{PROTOCOL.get(variant, method)}/{metric}"
-    seeds = results.get(variant, {})
-    return [seeds[s][key] for s in sorted(seeds, key=int) if key in seeds[s]]
-
-
-def primary_metric(results: dict, target: str) -> str:
-    """R² for scalar targets, KL for distributions (whichever the rows hold)."""
-    for seeds in results.values():
-        for vals in seeds.values():
-            if any(k.startswith(f"{target}/") and k.endswith("/KL") for k in vals):
-                return "KL"
-    return "R2"
-
-
-def summarise(results: dict, targets: list[str], variants: list[str], method: str = "ridge") -> dict:
-    """``{variant: {target: {"metric", "n", "mean", "ci", "gap_closed"}}}`` for the primary metric of each target."""
-    out: dict = {}
-    for t in targets:
-        metric = primary_metric(results, t)
-        lo = mean_ci(row_values(results, "random", t, metric, method))[0]
-        hi = mean_ci(row_values(results, "supervised", t, metric, method))[0]
-        for v in variants:
-            vals = row_values(results, v, t, metric, method)
-            if not vals:
-                continue
-            m, ci = mean_ci(vals)
-            out.setdefault(v, {})[t] = {
-                "metric": metric,
-                "n": len(vals),
-                "mean": m,
-                "ci": ci,
-                "gap_closed": gap_closed(m, lo, hi),
-            }
-    return out
-
-
-def paired_tests(results: dict, targets: list[str], method: str = "ridge") -> dict:
-    """``{"mmgr-simclr": {target: paired_comparison(...) + metric, per-seed differences, seeds better}}``."""
-    out: dict = {}
-    for a, b in PAIRS:
-        if a not in results or b not in results:
-            continue
-        seeds = sorted(set(results[a]) & set(results[b]), key=int)
-        for t in targets:
-            metric = primary_metric(results, t)
-            key = f"{t}/{method}/{metric}"
-            if len(seeds) < 2 or any(key not in results[v][s] for v in (a, b) for s in seeds):
-                continue
-            x = [results[a][s][key] for s in seeds]
-            y = [results[b][s][key] for s in seeds]
-            cmp = paired_comparison(x, y)
-            sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-            diffs = [xi - yi for xi, yi in zip(x, y, strict=True)]
-            cmp.update(
-                {
-                    "metric": metric,
-                    "seeds": [int(s) for s in seeds],
-                    "diffs": diffs,
-                    "better": int(sum(sign * d > 0 for d in diffs)),
-                }
-            )
-            cmp["verdict"] = verdict(cmp)
-            out.setdefault(f"{a}-{b}", {})[t] = cmp
-    return out
-
-
-def verdict(cmp: dict) -> str:
-    """Plain words for one paired test: established only if p < 0.05 and every seed points the same way."""
-    better = cmp["better"] * 2 > cmp["n"]
-    direction = "better" if better else "worse"
-    unanimous = cmp["better"] in (0, cmp["n"])
-    if cmp["p_t"] < 0.05 and unanimous:
-        return f"{direction} (p < 0.05, all {cmp['n']} seeds)"
-    if cmp["p_t"] < 0.05:
-        return f"{direction} (p < 0.05, but not on every seed)"
-    return "not established (p >= 0.05)"
 
 
 def main_table(summary: dict, targets: list[str], variants: list[str]) -> str:
@@ -133,24 +59,28 @@ def main_table(summary: dict, targets: list[str], variants: list[str]) -> str:
                 v, f"{c['gap_closed']:.2f}" if np.isfinite(c["gap_closed"]) else "–"
             )
             cells += [format_ci(c["mean"], c["ci"]), g]
-        lines.append(f"| {LABELS[v]} | {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(v)} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def paired_table(paired: dict) -> str:
+def paired_table(paired: dict, fraction: str | None = None) -> str:
+    """One line per (pair, target); with ``fraction``, no header and a leading column of the label fraction."""
     lines = [
         "| comparison | target | metric | per-seed difference (seeds) | mean diff ± 95 % CI | seeds better | "
         "paired t p | Wilcoxon p | verdict |",
         "|---|---|---|---|---:|---:|---:|---:|---|",
     ]
+    if fraction is not None:
+        lines = []
     for pair, per_target in paired.items():
-        a, b = pair.split("-")
+        a, b = pair.split("-", 1)
         for t, c in per_target.items():
             diffs = ", ".join(f"{d:+.3f}" for d in c["diffs"])
             metric = "R²" if c["metric"] == "R2" else c["metric"]
             seeds = ", ".join(map(str, c["seeds"]))
             lines.append(
-                f"| {LABELS[a]} − {LABELS[b]} | {t} | {metric} | {diffs} ({seeds}) "
+                ("" if fraction is None else f"| {fraction} ")
+                + f"| {label(a)} − {label(b)} | {t} | {metric} | {diffs} ({seeds}) "
                 f"| {format_ci(c['diff'], c['ci'])} | {c['better']}/{c['n']} "
                 f"| {c['p_t']:.3g} | {c['p_wilcoxon']:.3g} | {c['verdict']} |"
             )
@@ -168,7 +98,7 @@ def secondary_table(results: dict, targets: list[str], variants: list[str], meth
         if v not in results:
             continue
         cells = [ci_text(row_values(results, v, t, k, method)) for t, k in metrics]
-        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(v)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -182,36 +112,61 @@ def per_seed_table(results: dict, targets: list[str], variants: list[str]) -> st
             metric = primary_metric(results, t)
             proto = PROTOCOL.get(v, "ridge")
             cells = [f"{results[v][s][f'{t}/{proto}/{metric}']:.3f}" if s in results[v] else "" for s in seeds]
-            lines.append(f"| {LABELS[v]} | {t} {'R²' if metric == 'R2' else metric} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(v)} | {t} {'R²' if metric == 'R2' else metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(summary: dict, targets: list[str], variants: list[str], path: Path, title: str) -> None:
-    """One panel per target: the primary metric of each row, with its 95 % interval as an error bar."""
-    vs = [v for v in variants if v in summary]
-    fig = Figure(figsize=(3.6 * len(targets), 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(targets), squeeze=False)
-    colours = {"mean": "0.75", "random": "0.55", "supervised": "0.25", "poi_encoder": "C7", "poi_counts": "C7"}
-    for ax, t in zip(axes[0], targets, strict=True):
-        rows = [v for v in vs if t in summary[v]]
-        if not rows:
+def _metric_head(metric: str) -> str:
+    return f"{'R²' if metric == 'R2' else metric} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+
+
+def lambda_table(summary: dict, targets: list[str], lambdas: list[float]) -> str:
+    """One line per λ: its row's primary metric (ridge probe) per target, mean ± 95 % CI."""
+    cols = [(t, next((summary[v][t]["metric"] for v in summary if t in summary[v]), "R2")) for t in targets]
+    lines = [
+        "| λ | row | n | " + " | ".join(f"{t} {_metric_head(m)}" for t, m in cols) + " |",
+        "|---:|---|---:|" + "---:|" * len(cols),
+    ]
+    for x in sorted(lambdas):
+        v = lambda_variant(x)
+        if v not in summary:
             continue
-        metric = summary[rows[0]][t]["metric"]
-        means = [summary[v][t]["mean"] for v in rows]
-        cis = [summary[v][t]["ci"] if np.isfinite(summary[v][t]["ci"]) else 0.0 for v in rows]
-        ax.bar(
-            range(len(rows)), means, yerr=cis, capsize=3, color=[colours.get(v, f"C{i}") for i, v in enumerate(rows)]
-        )
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(rows, rotation=60, ha="right", fontsize=7)
-        ax.axhline(0, color="black", linewidth=0.5)
-        arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
-        ax.set_title(f"{t} {'R²' if metric == 'R2' else metric} ({arrow})\nmean ± 95 % CI over seeds", fontsize=8)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+        cells = [format_ci(summary[v][t]["mean"], summary[v][t]["ci"]) if t in summary[v] else "–" for t, _ in cols]
+        n = max(c["n"] for c in summary[v].values())
+        lines.append(f"| {x:g} | {label(v)} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def few_label_table(by_fraction: dict, target: str, variants: list[str], tiles: dict[str, int]) -> str:
+    """Rows x label fractions for one target: the primary metric, mean ± 95 % CI (n seeds)."""
+    fractions = list(by_fraction)
+    metric = next((c[target]["metric"] for s in by_fraction.values() for c in s.values() if target in c), "R2")
+    lines = [
+        f"| {target} {_metric_head(metric)} | "
+        + " | ".join(f"{f} ({tiles.get(f, '?')} tiles)" for f in fractions)
+        + " |",
+        "|---|" + "---:|" * len(fractions),
+    ]
+    for v in variants:
+        cells = []
+        for f in fractions:
+            c = by_fraction[f].get(v, {}).get(target)
+            cells.append("–" if c is None else format_ci(c["mean"], c["ci"]) + ("" if c["n"] > 1 else " (1 seed)"))
+        lines.append(f"| {label(v)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def few_label_paired_table(paired: dict) -> str:
+    """The few-label rows' paired tests, one line per (fraction, pair, target)."""
+    lines = [
+        "| fraction | comparison | target | metric | per-seed difference (seeds) | mean diff ± 95 % CI | "
+        "seeds better | paired t p | Wilcoxon p | verdict |",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for f, per_pair in paired.items():
+        if per_pair:
+            lines.append(paired_table(per_pair, f))
+    return "\n".join(lines)
 
 
 def machine() -> dict:
@@ -258,7 +213,8 @@ def bound_check(results: dict) -> str | None:
 
 def report(blob: dict, load_start: str, load_end: str) -> str:
     a = argparse.Namespace(**blob["args"])
-    results, variants = blob["results"], [v for v in VARIANTS if v in a.variants]
+    results, variants = blob["results"], comparison_rows(a.variants, a.lambdas)
+    lists = blob["layout"]
     mach = blob["machine"]
     hw = f"{mach.get('gpu') or mach.get('cpu')}" + (
         f" (flags: {', '.join(mach.get('cpu_flags', [])) or 'none'})" if "gpu" not in mach else ""
@@ -271,7 +227,8 @@ def report(blob: dict, load_start: str, load_end: str) -> str:
         f"Pretraining: {a.resnet}, {a.img_size} px crops, batch {a.batch_size}, {a.epochs} epochs, Adam lr "
         f"{a.lr:g}, {sched}, precision {a.precision}, augmentation on {a.augment}; seeds {a.seeds}.",
         f"Probed rows: ridge (primary) and kNN (k = {a.knn}) on frozen backbone embeddings of the whole tile, fit "
-        f"on train-wuhan.txt, scored on val-wuhan.txt{', scalar targets fit as log1p' if a.log_target else ''}.",
+        f"on {lists['train_list']}, scored on {lists['val_list']}"
+        f"{', scalar targets fit as log1p' if a.log_target else ''}.",
         f"Supervised bound: the same {a.resnet} from random init trained end to end per task, {a.bound_epochs} "
         f"epochs (same budget: pretraining's epochs, batch, crop size and schedule), Adam lr {a.bound_lr:g}, "
         f"last epoch on the validation tiles.",
@@ -313,4 +270,63 @@ def report(blob: dict, load_start: str, load_end: str) -> str:
     if blob["paired_knn"]:
         lines += ["kNN, paired by seed:", "", paired_table(blob["paired_knn"]), ""]
     lines += ["Per seed (primary metric; ridge for probed rows):", "", per_seed_table(results, a.targets, variants), ""]
+    if a.lambdas:
+        lines += _lambda_section(blob, a)
+    if a.label_fractions:
+        lines += _few_label_section(blob, a)
     return "\n".join(lines)
+
+
+def _lambda_section(blob: dict, a: argparse.Namespace) -> list[str]:
+    lines = [
+        "## λ ablation",
+        "",
+        "loss = (1 − λ) · image–POI + λ · image–image: λ = 0 is image–POI only, λ = 1 image only, λ = 0.5 MMGR as "
+        "published; the same seeds, data and probe as every row above. Primary metric, ridge probe, mean ± 95 % "
+        "CI over seeds (figure: lambda.png):",
+        "",
+        lambda_table(blob["summary"], a.targets, a.lambdas),
+        "",
+    ]
+    if blob["lambda_paired"]:
+        lines += [
+            "Both loss terms matter if a λ strictly between 0 and 1 beats both ends; each such λ against λ = 0 and "
+            "λ = 1, paired by seed (ridge, primary metric):",
+            "",
+            paired_table(blob["lambda_paired"]),
+            "",
+        ]
+    return lines
+
+
+def _few_label_section(blob: dict, a: argparse.Namespace) -> list[str]:
+    tiles = blob.get("labelled_tiles", {})
+    lines = [
+        "## Few labels",
+        "",
+        f"At each fraction of the labels of {blob['layout']['train_list']} (a subset drawn with each seed, the same "
+        "for every row; "
+        f"the validation list whole), {a.finetune_epochs} epochs for each end-to-end row (batch {a.batch_size}, or "
+        f"every labelled tile when they are fewer; {a.img_size} px crops; Adam, head at lr {a.bound_lr:g}; "
+        f"fine-tuned backbones at {a.finetune_backbone_lr:g}, from scratch every parameter at {a.bound_lr:g}); "
+        "the frozen row is the comparison's ridge probe fit on the same labelled tiles"
+        + (
+            f"; image only fine-tuned up to {a.image_only_up_to:g} of the labels (--image_only_up_to)"
+            if "simclr_finetuned" in a.label_variants and a.image_only_up_to < max(a.label_fractions)
+            else ""
+        )
+        + ". "
+        "Primary metric, mean ± 95 % CI over seeds (figure: label_fractions.png):",
+        "",
+    ]
+    for t in a.label_targets:
+        lines += [few_label_table(blob["few_labels_summary"], t, a.label_variants, tiles), ""]
+    if any(blob["few_labels_paired"].values()):
+        lines += [
+            "Paired by seed at each fraction (difference = first − second; for KL a negative difference means the "
+            "first is better):",
+            "",
+            few_label_paired_table(blob["few_labels_paired"]),
+            "",
+        ]
+    return lines

@@ -204,7 +204,7 @@ def test_zscore_predictions_are_relu_of_mu_plus_sigma_h_in_original_units(setup)
     y_train = np.array([float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8)])
     assert run.task.mu == pytest.approx(y_train.mean()) and run.task.sigma == pytest.approx(y_train.std(), rel=1e-4)
     for epoch in range(2):
-        train_one_epoch(run, epoch, 1.0, False, torch.device("cpu"))
+        train_one_epoch(run, epoch, 1.0, torch.device("cpu"))
     with torch.no_grad():
         h = run.model.encoder.fc(run.val_feats).numpy()
     np.testing.assert_allclose(
@@ -220,7 +220,7 @@ def test_cached_training_features_equal_the_loader_path(setup):
     _, full = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
     assert cached.train_feats is not None and cached.train_feats.shape == (8, 512)
     full.train_feats = None
-    losses = [train_one_epoch(r, 0, 1.0, False, torch.device("cpu")) for r in (cached, full)]
+    losses = [train_one_epoch(r, 0, 1.0, torch.device("cpu")) for r in (cached, full)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for a, b in zip(cached.model.encoder.fc.parameters(), full.model.encoder.fc.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

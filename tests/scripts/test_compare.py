@@ -1,15 +1,20 @@
-"""compare.py and benchmarks/gpu_compare.sh: the comparison's tables (bounds, 95 % intervals,
-paired tests, gap closed) from the real scripts, and its statistics on hand-made numbers."""
+"""compare.py and benchmarks/gpu_compare.sh as a user runs them: the comparison's tables (bounds, 95 %
+intervals, paired tests, gap closed), the λ ablation and few labels, results.csv, reuse of finished runs,
+and bad inputs refused before any training. The statistics on hand-made numbers:
+tests/engine/test_compare_summary.py."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import compare
-from engine.compare import report, rows
 from tests.conftest import ROOT
 from utils.errors import UserError
 
@@ -25,7 +30,8 @@ ROWS = (
 
 def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
     """The GPU script's whole flow (city, pack, device augmentation, bound, 3 variants x 2 seeds, probes,
-    paired tests), tiny, on CPU."""
+    paired tests, the λ rows and the few-label rows with every row, image only fine-tuned among them), tiny,
+    on CPU."""
     env = dict(
         os.environ,
         GPU_COMPARE_TINY="1",
@@ -62,21 +68,42 @@ def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
     assert test["n"] == 2 and test["diffs"] == pytest.approx([x[0] - y[0], x[1] - y[1]]) and 0 <= test["p_t"] <= 1
     s = res["summary"]
     assert s["random"]["func"]["gap_closed"] == pytest.approx(0) and s["supervised"]["func"]["gap_closed"] == 1
-    assert (tmp_path / "work" / "compare" / "packed" / "mmgr_pack.json").is_file()
-    assert (tmp_path / "out" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "work" / "compare").glob("packed_*/mmgr_pack.json"))) == 1
+    for png in ("compare.png", "lambda.png", "label_fractions.png"):
+        assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
     assert "gap closed" in (tmp_path / "out" / "gpu_compare.txt").read_text()
+    lam = md.split("## λ ablation")[1].split("## Few labels")[0]
+    assert "| MMGR (λ=0.5) − image–POI only (λ=0) | pop1km |" in lam and "| 1 | image only (λ=1) | 2 |" in lam
+    few = md.split("## Few labels")[1]
+    assert "| image only fine-tuned (λ=1) | " in few and "| 1 | MMGR fine-tuned (λ=0.5) − from scratch" in few
+    df = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(df.query("study == 'few_labels'").variant) == {"mmgr_frozen", "mmgr_finetuned", "simclr_finetuned",
+                                                              "scratch"}  # fmt: skip
 
 
-def test_compare_on_user_data_reuses_finished_runs(tmp_path, tiny_data, capsys):
-    """Your own data in the published layouts, in this process (--jobs 0); a second run reuses the
-    pretraining checkpoints and the cached supervised runs and gives the same numbers."""
+def prepared_folder(data: Path) -> Path:
+    """The tiny layout as prepare_pois.py writes a city: tiles only in sub_shanghai_img/, lists train.txt and
+    val.txt, a target folder named by the user (pop/)."""
+    shutil.rmtree(data / "img")
+    for split in ("train", "val"):
+        (data / f"{split}-wuhan.txt").rename(data / f"{split}.txt")
+    (data / "pop1km").rename(data / "pop")
+    return data
+
+
+def test_compare_on_user_data_with_both_studies_reuses_finished_runs(tmp_path, tiny_data, capsys):
+    """Your own city as prepare_pois.py writes it, in this process (--jobs 0), with the λ ablation and few
+    labels: every requested λ and fraction is in results.csv (read with pandas), with fine-tuned and
+    from-scratch rows; the figures are written; a second run reuses every pretraining and end-to-end run and
+    gives the same numbers (a changed flag reusing nothing: tests/engine/test_compare_runs.py)."""
+    data = prepared_folder(tiny_data)
     argv = [
         "--data_path",
-        str(tiny_data),
+        str(data),
         "--out",
         str(tmp_path / "o"),
         "--targets",
-        "pop1km",
+        "pop",
         "--variants",
         "mean",
         "random",
@@ -84,6 +111,16 @@ def test_compare_on_user_data_reuses_finished_runs(tmp_path, tiny_data, capsys):
         "poi_encoder",
         "poi_counts",
         "supervised",
+        "--lambdas",
+        "0.25",
+        "0.5",
+        "--label_fractions",
+        "0.25",
+        "1",
+        "--label_variants",  # image only fine-tuned and the λ ends' paired tests: the GPU script's tiny test
+        "mmgr_frozen",
+        "mmgr_finetuned",
+        "scratch",
         "--epochs",
         "1",
         "--batch_size",
@@ -100,55 +137,42 @@ def test_compare_on_user_data_reuses_finished_runs(tmp_path, tiny_data, capsys):
     ]
     first = compare.main(argv)
     out = capsys.readouterr().out
-    assert out.count("pretrained mmgr seed") == 2 and out.count("supervised pop1km seed") == 2
+    for v in ("mmgr", "lambda_0.25"):
+        assert out.count(f"pretrained {v} seed") == 2
+    assert out.count("supervised pop seed") == 2
+    assert "trained scratch pop at 25 % of the labels, seed 0" in out
+    assert "trained scratch pop at 100 %" not in out  # from scratch with all labels is the bound's run
     md = (tmp_path / "o" / "results.md").read_text()
-    assert f"Command: `python compare.py --data_path {tiny_data}" in md
+    assert f"Command: `python compare.py --data_path {data}" in md and "fit on train.txt, scored on val.txt" in md
     assert first["city_version"] is None and "synthetic city" not in md.split("Machine")[0]
-    assert set(first["results"]) == {"mean", "random", "mmgr", "poi_encoder", "poi_counts", "supervised"}
+    rows = {"mean", "random", "mmgr", "poi_encoder", "poi_counts", "supervised", "lambda_0.25"}
+    assert set(first["results"]) == rows
     assert set(first["results"]["poi_counts"]) == {"0"}  # no learning: one row, like the mean predictor
     assert "| POI only: category counts (ref.) | 1 |" in md
+    assert "| 0.25 | MMGR (λ=0.25) | 2 |" in md and "| 0.5 | MMGR (λ=0.5) | 2 |" in md
+    assert "| MMGR fine-tuned (λ=0.5) | " in md and "| 0.25 (2 tiles) | 1 (8 tiles) |" in md
+    df = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert list(df.columns) == ["study", "variant", "label", "lambda", "label_fraction", "seed", "target", "method",
+                                "metric", "value"]  # fmt: skip
+    lam = df[df.study.eq("comparison") & df.method.eq("ridge") & df.metric.eq("R2") & df.variant.ne("poi_encoder")]
+    assert set(lam.dropna(subset=["lambda"])["lambda"]) == {0.25, 0.5}
+    few = df[df.study.eq("few_labels") & df.metric.eq("R2")]
+    assert set(few.label_fraction) == {0.25, 1.0}
+    for f in (0.25, 1.0):
+        at = few[few.label_fraction.eq(f)]
+        assert set(at.variant) == {"mmgr_frozen", "mmgr_finetuned", "scratch"}
+        assert set(at[at.variant.eq("mmgr_finetuned")].method) == {"end_to_end"}
+        assert len(at[at.variant.eq("scratch")]) == 2  # one per seed
+    bound = df[df.variant.eq("supervised") & df.metric.eq("R2")].sort_values("seed").value.to_numpy()
+    scratch = few[few.variant.eq("scratch") & few.label_fraction.eq(1.0)].sort_values("seed").value.to_numpy()
+    assert np.array_equal(bound, scratch)
+    for png in ("compare.png", "lambda.png", "label_fractions.png"):
+        assert (tmp_path / "o" / png).read_bytes()[:4] == b"\x89PNG"
+
     second = compare.main(argv)
     out = capsys.readouterr().out
-    assert "pretrained" not in out and "supervised pop1km seed" not in out
-    assert second["results"] == first["results"]
-
-
-def _results(values: dict[str, list[float]], target: str = "pop1km", metric: str = "R2") -> dict:
-    proto = {"mean": "mean", "supervised": "end_to_end"}
-    return {
-        v: {str(s): {f"{target}/{proto.get(v, 'ridge')}/{metric}": x} for s, x in enumerate(xs)}
-        for v, xs in values.items()
-    }
-
-
-def test_gap_closed_and_paired_verdicts():
-    res = _results(
-        {
-            "random": [0.2, 0.3, 0.25, 0.22, 0.28],
-            "supervised": [0.8, 0.8, 0.8, 0.8, 0.8],
-            "simclr": [0.40, 0.52, 0.44, 0.41, 0.50],
-            "img_poi": [0.5, 0.3, 0.6, 0.2, 0.4],
-            "mmgr": [0.45, 0.55, 0.50, 0.45, 0.55],
-        }
-    )
-    summary = report.summarise(res, ["pop1km"], list(rows.VARIANTS))
-    assert summary["mmgr"]["pop1km"]["mean"] == pytest.approx(0.5)
-    assert summary["mmgr"]["pop1km"]["gap_closed"] == pytest.approx((0.5 - 0.25) / (0.8 - 0.25))
-    assert summary["supervised"]["pop1km"]["ci"] == 0  # identical values: a zero-width interval
-    paired = report.paired_tests(res, ["pop1km"])
-    assert paired["mmgr-simclr"]["pop1km"]["better"] == 5 and paired["mmgr-simclr"]["pop1km"]["p_t"] < 0.05
-    assert paired["mmgr-simclr"]["pop1km"]["verdict"] == "better (p < 0.05, all 5 seeds)"
-    assert paired["mmgr-img_poi"]["pop1km"]["verdict"] == "not established (p >= 0.05)"
-    assert paired["mmgr-random"]["pop1km"]["diffs"] == pytest.approx([0.25, 0.25, 0.25, 0.23, 0.27])
-    table = report.main_table(summary, ["pop1km"], list(rows.VARIANTS))
-    assert "| MMGR (λ=0.5) | 5 | 0.500 ± 0.062 | 0.45 |" in table  # t(4) 2.776 x 0.05 / sqrt(5)
-
-
-def test_kl_lower_is_better_in_verdicts():
-    res = _results({"simclr": [0.50, 0.52, 0.55, 0.51, 0.53], "mmgr": [0.40, 0.41, 0.43, 0.42, 0.40]}, "func", "KL")
-    c = report.paired_tests(res, ["func"])["mmgr-simclr"]["func"]
-    assert c["metric"] == "KL" and c["diff"] < 0 and c["better"] == 5
-    assert c["verdict"] == "better (p < 0.05, all 5 seeds)"
+    assert "pretrained" not in out and "supervised pop seed" not in out and "  trained " not in out
+    assert second["results"] == first["results"] and second["few_labels"] == first["few_labels"]
 
 
 def test_bad_jobs_and_missing_data_are_one_sentence(tmp_path):
@@ -157,3 +181,49 @@ def test_bad_jobs_and_missing_data_are_one_sentence(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         compare.main(["--data_path", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert sys.modules["compare"] is compare
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--label_fractions", "0"], r"--label_fractions 0 lies outside \(0, 1\]"),
+        (["--label_fractions", "1.5"], r"--label_fractions 1.5 lies outside \(0, 1\]"),
+        (["--lambdas", "-0.1"], r"--lambdas -0.1 lies outside \[0, 1\]"),
+        (["--lambdas", "0.5", "2"], r"--lambdas 2 lies outside \[0, 1\]"),
+        (["--label_fractions", "0.1"], "leaves 1 labelled tile of the 8"),
+        (["--targets", "pop1km", "gdp1km"], "has no target folder gdp1km/"),
+        (["--label_targets", "func"], "--label_targets func is not among --targets"),
+    ],
+)
+def test_bad_inputs_end_in_one_sentence_before_any_training(tmp_path, tiny_data, extra, match):
+    argv = [
+        "--data_path",
+        str(tiny_data),
+        "--out",
+        str(tmp_path / "o"),
+        "--jobs",
+        "0",
+        "--batch_size",
+        "4",
+        "--targets",
+        "pop1km",
+    ]
+    argv += extra
+    with pytest.raises(UserError, match=match) as err:
+        compare.main(argv)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "o" / "ckpt").exists() and not (tmp_path / "o" / "end_to_end").exists()
+
+
+def test_data_without_targets_is_refused_before_any_training(tmp_path, tiny_data):
+    """A prepared folder whose targets were never written: refused before the city is decoded or any run starts."""
+    (tiny_data / "pop1km" / "t009.txt").unlink()
+    with pytest.raises(UserError, match="t009.txt does not exist"):
+        compare.main(["--data_path", str(tiny_data), "--out", str(tmp_path / "o"), "--jobs", "0"])
+    for d in ("pop1km",):
+        for f in (tiny_data / d).iterdir():
+            f.unlink()
+        (tiny_data / d).rmdir()
+    with pytest.raises(UserError, match="has no target folder pop1km/"):
+        compare.main(["--data_path", str(tiny_data), "--out", str(tmp_path / "o"), "--jobs", "0"])
+    assert not (tmp_path / "o" / "ckpt").exists() and not (tmp_path / "o" / "end_to_end").exists()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from data.downstream import read_list, select_fraction
-from data.layout import DownstreamLayout
+from data.layout import DownstreamLayout, check_target
 from data.pack import is_packed, pack
 from data.pretrain import list_images
 from engine.compare.figures import plot, plot_label_fractions, plot_lambdas
@@ -67,11 +67,7 @@ def check_inputs(args: argparse.Namespace, layout: DownstreamLayout) -> None:
     data = layout.root
     train, val = read_list(data / layout.train_list), read_list(data / layout.val_list)
     for t in args.targets:
-        if not (data / t).is_dir():
-            raise UserError(
-                f"{data} has no target folder {t}/ (one {t}/NAME.txt per tile); prepare it or pass --targets "
-                "naming the target folders the data has"
-            )
+        check_target(data, t, flag="--targets")  # names the targets the folder has, or why it has none
         load_targets(data, t, train + val)
     label_variants = few_label_variants(args)
     trained = "supervised" in args.variants or any(FEW_LABEL_ROWS[v][0] != "probe" for v in label_variants)

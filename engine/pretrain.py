@@ -46,6 +46,8 @@ from engine.checkpoints import (
     RESUME_FORMAT,
     RESUME_NAME,
     assert_finite,
+    changed_training_flags,
+    describe_changes,
     read_resumable,
     resume_checkpoint_path,
     save_bare,
@@ -288,6 +290,18 @@ class Pretrainer:
                     f"{source} was trained with --{key} {saved[key]} but this run has {getattr(self.args, key)}; "
                     "use the same flags to resume"
                 )
+        changed = changed_training_flags(saved, self.args)
+        if changed and not getattr(self.args, "resume_anyway", False):
+            raise UserError(
+                f"{source} was trained with other flags: {describe_changes(changed)}; resume with the flags it was "
+                "trained with (its args.json lists them), or pass --resume_anyway to continue it with the new ones"
+            )
+        if changed and self.info.is_main:
+            print(
+                f"warning: --resume_anyway: {source} continues with changed flags: {describe_changes(changed)}",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             self.img_model.load_state_dict(ckpt["img"])
             self.poi_model.load_state_dict(ckpt["poi"])

@@ -37,9 +37,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
 import data.pretrain as pretrain  # noqa: E402
 import mmgr  # noqa: E402
 from benchmarks.data_path import write_layout  # noqa: E402
+from utils.distributed import SharedFailure, cleanup  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 FAILURES = ("disk_full", "read_only", "bad_tile")
@@ -173,6 +178,31 @@ def run(failure: str, work: Path, python: str = sys.executable, timeout: float =
     }
 
 
+def _share_cost(rank: int, init: str, n: int, out: str) -> None:
+    """Worker of ``--share_cost``: ``n`` calls of SharedFailure.share() (one gloo all-reduce each)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)
+    try:
+        failure = SharedFailure()
+        for _ in range(20):
+            failure.share()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            failure.share()
+        if rank == 0:
+            Path(out).write_text(repr((time.perf_counter() - t0) / n))
+    finally:
+        cleanup()
+
+
+def share_cost(n: int = 2000) -> float:
+    """Seconds per SharedFailure.share() between 2 gloo CPU processes (the per-step exchange)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "cost")
+        mp.spawn(_share_cost, args=(str(Path(tmp) / "init"), n, out), nprocs=2, join=True)
+        return float(Path(out).read_text())
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker(sys.argv[2], Path(sys.argv[3]), sys.argv[4:])
@@ -181,7 +211,11 @@ def main() -> None:
     p.add_argument("--failure", choices=FAILURES, nargs="*", default=list(FAILURES), help="which ones (default all)")
     p.add_argument("--show_stderr", action="store_true", help="print each run's stderr (default off)")
     p.add_argument("--json", action="store_true", help="print one JSON object per failure instead of a line")
+    p.add_argument("--share_cost", action="store_true", help="also time the per-step failure exchange (default off)")
     a = p.parse_args()
+    if a.share_cost:
+        cost = share_cost()
+        print(f"SharedFailure.share() between 2 gloo CPU processes: {cost * 1e6:.0f} us per call (mean of 2000)")
     with tempfile.TemporaryDirectory() as tmp:
         for failure in a.failure:
             r = run(failure, Path(tmp))

@@ -62,7 +62,7 @@ from engine.reports import (
 from engine.run_folder import consistent_image_checkpoint
 from engine.supervised import EndToEnd, load_tiles, normalise
 from engine.tasks import Task, distribution_task, regression_task
-from models.heads import with_task_head
+from models.heads import regression_head, with_task_head
 from models.image_encoder import RESNETS, ImageEncoder, infer_resnet
 from models.loading import load_image_encoder, load_image_state
 from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
@@ -513,17 +513,12 @@ def setup_seed(
     if getattr(args, "stable", False):
         # --protocol stable: an ensemble of heads on standardised features replaces the published head, drawn
         # after it so that the published path draws exactly what it always drew.
-        head = HeadEnsemble(
-            model.feature_dim,
-            len(task.columns),
-            args.heads,
-            run.train_feats.mean(dim=0),
-            run.train_feats.std(dim=0, unbiased=False),
-        ).to(device)
+        heads = [regression_head(model.feature_dim, len(task.columns)) for _ in range(args.heads)]
         if args.head_bias_init == "mean":
-            for member in head.members:
-                task.init_head(member[-1], task.to_train(train_set.targets).to(device))
-        model.encoder.fc = head
+            for h in heads:
+                task.init_head(h[-1], task.to_train(train_set.targets))
+        feats = run.train_feats
+        model.encoder.fc = HeadEnsemble(heads, feats.mean(dim=0), feats.std(dim=0, unbiased=False)).to(device)
         run.opt = _optimizer(args, model)
     return run
 

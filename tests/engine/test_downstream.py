@@ -167,7 +167,7 @@ def test_finetune_moves_backbone_frozen_does_not(setup):
         if ft == "1":
             conv = [p for p in groups[1]["params"] if p.shape == before.shape][0]
             assert not torch.equal(conv.detach(), before)
-    assert len(seen["0"]) == 1 and seen["0"][0][0] == 5e-2
+    assert len(seen["0"]) == 1 and seen["0"][0][0] == 1e-3  # --protocol stable's head lr
     assert len(seen["1"]) == 2 and seen["1"][1][0] == 1e-4  # documented default backbone lr
 
 
@@ -200,7 +200,7 @@ def _seed_run(data, ckpt, *extra, task=None):
 
 def test_zscore_predictions_are_relu_of_mu_plus_sigma_h_in_original_units(setup):
     data, ckpt = setup
-    _, run = _seed_run(data, ckpt, "--augment", "false")
+    _, run = _seed_run(data, ckpt, "--protocol", "published", "--augment", "false")
     y_train = np.array([float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8)])
     assert run.task.mu == pytest.approx(y_train.mean()) and run.task.sigma == pytest.approx(y_train.std(), rel=1e-4)
     for epoch in range(2):
@@ -216,8 +216,8 @@ def test_cached_training_features_equal_the_loader_path(setup):
     """Without augmentation a frozen run trains the head on features computed once; the same batch (all 8
     training tiles, so the shuffling does not matter) through the full model gives the same head."""
     data, ckpt = setup
-    _, cached = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
-    _, full = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
+    _, cached = _seed_run(data, ckpt, "--protocol", "published", "--augment", "false", "--batch_size", "8")
+    _, full = _seed_run(data, ckpt, "--protocol", "published", "--augment", "false", "--batch_size", "8")
     assert cached.train_feats is not None and cached.train_feats.shape == (8, 512)
     full.train_feats = None
     losses = [train_one_epoch(r, 0, 1.0, torch.device("cpu")) for r in (cached, full)]
@@ -301,12 +301,24 @@ def test_res_func_baselines_std_ratio_is_the_mean_over_types(setup, capsys):
 
 
 def test_demo_defaults():
-    args = res_pop.parse_args(["--demo"])
+    args = res_pop.parse_args(["--demo", "--protocol", "published"])
     demo = (args.augment, args.baselines, args.target_norm, args.lr, args.total_epoch)
     assert demo == (False, True, "zscore", 1e-3, 30)
     assert res_func.parse_args(["--demo"]).baselines and not res_pop.parse_args([]).baselines
-    published = res_pop.parse_args([])
+    published = res_pop.parse_args(["--protocol", "published"])
     assert (published.augment, published.lr, published.total_epoch, published.batch_size) == (True, 5e-2, 40, 48)
+    assert (published.heads, published.eval_from, published.cos, published.stable) == (1, 5, False, False)
+    stable = res_pop.parse_args([])
+    assert (stable.augment, stable.lr, stable.total_epoch, stable.batch_size) == (False, 1e-3, 100, 16)
+    assert (stable.heads, stable.eval_from, stable.cos, stable.stable) == (5, 100, True, True)
+    # explicit flags win over the protocol; the demo keeps the protocol's training values
+    assert res_pop.parse_args(["--lr", "0.01", "--total_epoch", "7"]).eval_from == 7
+    assert res_pop.parse_args(["--demo"]).total_epoch == 100 and res_pop.parse_args(["--demo"]).baselines
+    assert res_pop.parse_args(["--finetune"]).lr == 5e-2  # fine-tuning keeps the published values
+    with pytest.raises(UserError, match="drop --augment"):
+        res_pop.parse_args(["--augment", "true"])
+    with pytest.raises(UserError, match="belongs to --protocol stable"):
+        res_pop.parse_args(["--protocol", "published", "--heads", "3"])
 
 
 def test_list_and_image_folder_fallbacks(tmp_path, capsys):

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyproj
 import rasterio
+from affine import Affine
 from matplotlib import colormaps, colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
@@ -43,7 +44,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-from rasterio.transform import from_origin
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
@@ -573,7 +573,7 @@ def write_prediction_tif(
         count=2,
         dtype="float32",
         crs=index.crs,
-        transform=from_origin(x0, y1, (x1 - x0) / n_c, (y1 - y0) / n_r),
+        transform=Affine((x1 - x0) / n_c, 0.0, x0, 0.0, -(y1 - y0) / n_r, y1),  # north up, from the top-left corner
         nodata=float("nan"),
         compress="deflate",
     )

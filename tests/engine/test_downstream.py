@@ -7,6 +7,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 import torch
 from torch.utils.data import DataLoader
 
@@ -15,6 +16,7 @@ import res_pop
 from data.downstream import TileTargetDataset, read_list, select_fraction
 from data.transforms import eval_transform
 from engine.downstream import Encoder, backbone_features, downstream_layout, evaluate, setup_seed, train_one_epoch
+from engine.reports import map_tiles
 from engine.tasks import distribution_task, regression_task
 from models.heads import with_task_head
 from models.image_encoder import ImageEncoder
@@ -365,6 +367,18 @@ def test_a_folder_with_a_projected_tile_index_gets_a_map_of_every_tile(setup, sc
     assert list(frame["split"]) == ["train"] * 8 + ["val"] * 3 + [""]
     png = Path("train-records") / f"{target}_map.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert frame["in_domain"].dtype == bool and frame["in_domain"][:8].sum() >= 7
+    std_cols = ["pred_std"] if target == "pop1km" else [f"pred_std_{t}" for t in TYPES]
+    assert (frame[std_cols].to_numpy() >= 0).all()  # 2 seeds x 5 heads: a spread on every tile
+    tiles = list(csv.DictReader(open(Path("train-records") / f"{target}_tiles.csv")))
+    assert len(tiles) == 12 and tiles[11]["split"] == "" and tiles[0]["in_domain"] in ("true", "false")
+    if target == "pop1km":
+        with rasterio.open(Path("train-records") / "pop1km_map.tif") as tif:
+            assert tif.crs.to_epsg() == 32650 and (tif.width, tif.height, tif.count) == (4, 3, 2)
+            assert tif.transform.a == 1000 and tif.descriptions[1] == "pred_std"
+            band = tif.read(1)
+            assert np.allclose(band.reshape(-1), frame["prediction"], rtol=1e-6)  # row-major, as the grid
+            assert np.allclose(tif.read(2).reshape(-1), frame["pred_std"], rtol=1e-5)
     if target == "pop1km":
         truth = [float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(11)]
         assert np.allclose(frame["truth"][:11], truth, rtol=1e-6) and np.isnan(frame["truth"][11])
@@ -376,9 +390,38 @@ def test_a_folder_with_a_projected_tile_index_gets_a_map_of_every_tile(setup, sc
         assert np.allclose(shares.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_no_map_without_a_crs(setup):
+def test_no_map_without_a_crs(setup, capsys):
     data, ckpt = setup
     add_tile_index(data, crs=None)
     (data / "tile_index.gpkg").unlink()  # the CSV alone: positions without a CRS
     res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--train_record", "pop.txt"])
     assert not (Path("train-records") / "pop_map.png").exists()
+    assert not (Path("train-records") / "pop_map.tif").exists()
+    text = capsys.readouterr().out
+    assert "no map: the tile index of" in text and "has no CRS" in text
+    rows = list(csv.DictReader(open(Path("train-records") / "pop_tiles.csv")))
+    assert len(rows) == 12 and float(rows[0]["pred_std_value"]) >= 0
+
+
+def test_unwritable_output_folder_and_empty_validation_list_are_one_sentence(setup, tmp_path):
+    data, ckpt = setup
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(UserError, match="cannot write to .*a_file.*--pred_csv"):
+        res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--pred_csv", str(blocker / "p.csv")])
+    (data / "val-wuhan.txt").write_text("\n")
+    with pytest.raises(UserError, match="val-wuhan.txt is empty"):
+        res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST])
+
+
+def test_map_truth_of_functions_is_checked_like_the_validation_set(setup):
+    """issue 21 item 6: a tile's shares on the map are renormalised as the validation targets are."""
+    data, ckpt = setup
+    add_tile_index(data)
+    (data / "func" / "t011.txt").write_text("0.2 0.2 0.62\n")  # sums to 1.02: renormalised, not refused
+    layout = downstream_layout(res_func.parse_args(["--data_path", str(data)]))
+    tiles = map_tiles(layout, read_list(data / "train-wuhan.txt"), [], distribution_task(TYPES))
+    np.testing.assert_allclose(tiles.truth[11], np.array([0.2, 0.2, 0.62]) / 1.02)
+    (data / "func" / "t011.txt").write_text("-0.1 0.5 0.6\n")
+    with pytest.raises(UserError, match="negative proportion"):
+        map_tiles(layout, read_list(data / "train-wuhan.txt"), [], distribution_task(TYPES))

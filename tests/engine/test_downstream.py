@@ -8,9 +8,11 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 import torch
 from torch.utils.data import DataLoader
 
+import prepare_pois
 import res_func
 import res_pop
 from data.downstream import TileTargetDataset, read_list, select_fraction
@@ -425,3 +427,48 @@ def test_map_truth_of_functions_is_checked_like_the_validation_set(setup):
     (data / "func" / "t011.txt").write_text("-0.1 0.5 0.6\n")
     with pytest.raises(UserError, match="negative proportion"):
         map_tiles(layout, read_list(data / "train-wuhan.txt"), [], distribution_task(TYPES))
+
+
+def test_real_landsat_crop_maps_carry_spread_domain_and_a_geotiff(tmp_path, monkeypatch, capsys):
+    """A real Landsat-8 crop (tests/fixtures/lc08_fill_crop.tif, UTM 21S, 31 % zero fill) prepared as a user
+    would, with tract-like target polygons: the map's GeoPackage, PNG and GeoTIFF in the mosaic's CRS."""
+    fixture = ROOT / "tests" / "fixtures" / "lc08_fill_crop.tif"
+    with rasterio.open(fixture) as src:
+        left, bottom, right, top = src.bounds
+    # 4 x 4 "tracts" over the crop, each with a count of residents (invented: only the imagery is real).
+    side = (right - left) / 4
+    rng = np.random.default_rng(0)
+    cells = [
+        shapely.box(left + i * side, top - (j + 1) * side, left + (i + 1) * side, top - j * side)
+        for j in range(4)
+        for i in range(4)
+    ]
+    tracts = gpd.GeoDataFrame({"pop": rng.integers(100, 5000, 16).astype(float)}, geometry=cells, crs="EPSG:32621")
+    tracts.to_file(tmp_path / "tracts.gpkg")
+    out = tmp_path / "crop"
+    prepare_pois.main(
+        ["--mosaic", str(fixture), "--nodata", "0", "--tile_size_m", "480", "--tile_px", "32"]
+        + ["--target", f"pop1km={tmp_path / 'tracts.gpkg'}:pop", "--split", "random", "--out", str(out)]
+    )
+    monkeypatch.chdir(tmp_path)
+    res_pop.main(
+        ["--data_path", str(out), "--ckpt", "random", "--resnet", "resnet18", "--total_epoch", "3"]
+        + ["--batch_size", "4", "--workers", "0", "--device", "cpu", "--train_record", "lc.txt", "--plot", "none"]
+    )
+    text = capsys.readouterr().out
+    assert "labelled domain: " in text and "tiles outside the labelled domain" in text
+    frame = gpd.read_file(tmp_path / "train-records" / "lc_map.gpkg")
+    assert frame.crs.to_epsg() == 32621 and frame["in_domain"].dtype == bool
+    assert (frame["pred_std"] >= 0).all() and frame["prediction"].notna().all()
+    with rasterio.open(tmp_path / "train-records" / "lc_map.tif") as tif:
+        assert tif.crs.to_epsg() == 32621 and tif.res == (480.0, 480.0) and tif.count == 2
+        band = tif.read(1)
+        # one pixel per tile; cells the preparation skipped (fill) are nodata (NaN)
+        assert np.isfinite(band).sum() == len(frame) and np.isnan(tif.nodata)
+        # each tile's centre falls in the pixel holding its prediction and spread
+        centres = frame.geometry.centroid
+        values = np.array([v for v in tif.sample(zip(centres.x, centres.y, strict=True))])
+        np.testing.assert_allclose(values[:, 0], frame["prediction"], rtol=1e-5)
+        np.testing.assert_allclose(values[:, 1], frame["pred_std"], rtol=1e-5)
+        assert tif.bounds.left >= left - 1e-6 and tif.bounds.top <= top + 1e-6  # inside the crop's grid
+    assert (tmp_path / "train-records" / "lc_map.png").read_bytes()[:4] == b"\x89PNG"

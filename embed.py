@@ -33,7 +33,14 @@ import pyarrow.parquet as pq
 
 from data.downstream import read_list
 from data.layout import resolve_img_dir, resolve_list
-from engine.cluster_rules import Rule, TileFacts, apply_rules, min_brightness_rule, min_poi_rule
+from engine.cluster_rules import (
+    Rule,
+    TileFacts,
+    apply_rules,
+    labelled_domain_rule,
+    min_brightness_rule,
+    min_poi_rule,
+)
 from engine.embeddings import (
     image_embeddings,
     poi_checkpoint_for,
@@ -164,6 +171,15 @@ def _probe_flags(p: argparse.ArgumentParser) -> None:
         "(default 0: cluster every tile)",
     )
     g.add_argument(
+        "--cluster_in_domain",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="leave tiles outside the labelled domain of the training list's tiles out of the k-means: the sea, "
+        "clouds, land unlike any labelled tile (engine/domain.py, docs/downstream.md) (default off)",
+    )
+    g.add_argument(
         "--seed", type=int, default=0, help="seed of the k-means clustering and the random encoder (default 0)"
     )
     g.add_argument(
@@ -241,7 +257,19 @@ def cluster_rules(args: argparse.Namespace) -> list[Rule]:
         rules.append(min_poi_rule(args.cluster_min_poi))
     if args.cluster_min_brightness > 0:
         rules.append(min_brightness_rule(args.cluster_min_brightness))
+    if args.cluster_in_domain:
+        rules.append(labelled_domain_rule())
     return rules
+
+
+def _train_rows(args: argparse.Namespace, names: list[str]) -> np.ndarray | None:
+    """Rows of ``names`` that the training list names (None when the folder has no training list)."""
+    root = Path(args.data_path)
+    try:
+        listed = {Path(n).stem for n in read_list(root / resolve_list(root, args.train_list, "train"))}
+    except UserError:
+        return None
+    return np.array([i for i, n in enumerate(names) if Path(n).stem in listed], dtype=np.int64)
 
 
 def write_map(
@@ -259,7 +287,7 @@ def write_map(
     mask, rules = None, cluster_rules(args) if clusters else []
     if rules:
         n_poi = tile_poi_counts(Path(args.data_path), img_dir, names, index)
-        mask, left_out = apply_rules(TileFacts(names, arrays[kind], brightness, n_poi), rules)
+        mask, left_out = apply_rules(TileFacts(names, arrays[kind], brightness, n_poi, _train_rows(args, names)), rules)
         print(
             f"clusters: {int(mask.sum())} of {len(names)} tiles clustered; left out: "
             + ", ".join(f"{n} with {why}" for why, n in left_out.items()),

@@ -21,9 +21,8 @@ import argparse
 from pathlib import Path
 
 from data.downstream import read_list, read_target
-from engine.downstream import DOWNSTREAM_DEMO, downstream_layout, downstream_parser, run_downstream
+from engine.downstream import DOWNSTREAM_DEMO, downstream_layout, downstream_parser, parse_downstream, run_downstream
 from engine.tasks import distribution_task
-from utils.args import parse_with_demo
 from utils.errors import UserError, run_main
 
 DEMO_DEFAULTS = {**DOWNSTREAM_DEMO, "train_record": "demo_res_func.txt"}
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
+    return parse_downstream(build_parser(), argv, DEMO_DEFAULTS)
 
 
 if __name__ == "__main__":

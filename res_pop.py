@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from engine.downstream import DOWNSTREAM_DEMO, downstream_parser, run_downstream
+from engine.downstream import DOWNSTREAM_DEMO, downstream_parser, parse_downstream, run_downstream
 from engine.tasks import TARGET_NORMS, regression_task
-from utils.args import parse_with_demo, str2bool
+from utils.args import str2bool
 from utils.errors import run_main
 
 DEMO_DEFAULTS = {**DOWNSTREAM_DEMO, "train_record": "demo_res_pop.txt"}
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
+    return parse_downstream(build_parser(), argv, DEMO_DEFAULTS)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -3,7 +3,10 @@
 K-means spends its K clusters on whatever varies most among the tiles it is given. A mosaic with the sea
 in it gives it open-water tiles, and several of the K clusters can go to shades of water.
 A rule leaves such tiles out of the clustering: they keep their principal components in the map and
-get cluster -1 ("left out"), drawn in grey.
+get cluster -1 ("left out"), drawn in grey. :func:`labelled_domain_rule` keeps only the tiles inside the
+labelled domain of the training list's tiles (engine/domain.py: the sea, clouds and land unlike any
+labelled tile are left out), so that the clusters describe the part of the mosaic a downstream head
+learnt from.
 
 A rule is a function of the tiles' :class:`TileFacts` that returns the tiles it keeps, ``[N]`` bool. The
 rules given are all applied (a tile is clustered when every rule keeps it). To add a rule, e.g. the
@@ -19,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.domain import labelled_domain
 from utils.errors import UserError
 
-__all__ = ["TileFacts", "Rule", "min_poi_rule", "min_brightness_rule", "apply_rules"]
+__all__ = ["TileFacts", "Rule", "min_poi_rule", "min_brightness_rule", "labelled_domain_rule", "apply_rules"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,14 @@ class TileFacts:
         embeddings: ``[N, D]`` the embeddings being clustered.
         brightness: ``[N]`` the mean of each tile's darkest channel, 0..255.
         n_poi: ``[N]`` POIs in each tile, or None when the data folder does not say.
+        train_rows: ``[M]`` rows of the training list's (labelled) tiles, or None when there is no list.
     """
 
     names: list[str]
     embeddings: np.ndarray
     brightness: np.ndarray
     n_poi: np.ndarray | None = None
+    train_rows: np.ndarray | None = None
 
 
 # A rule: its name as printed (e.g. "fewer than 3 POIs") and the tiles it keeps.
@@ -65,6 +71,26 @@ def min_brightness_rule(value: float) -> Rule:
     4,3,2`` (near-infrared as red), 144 of 1,089 tiles of 300 m have a darkest channel under 20, the sea;
     with bands 1,2,3 (blue, green, red) no threshold separates it (docs/downstream.md)."""
     return f"a darkest channel under {value:g}", lambda facts: facts.brightness >= value
+
+
+def labelled_domain_rule() -> Rule:
+    """Keep tiles inside the labelled domain of the training tiles (``--cluster_in_domain``): their embedding
+    within the training tiles' own kNN distances, their darkest channel's mean within the training tiles'
+    range (engine/domain.py)."""
+
+    def keep(facts: TileFacts) -> np.ndarray:
+        rows = facts.train_rows
+        if rows is None or len(rows) < 2:
+            raise UserError(
+                "--cluster_in_domain needs the training list's tiles among the exported ones (at least 2); "
+                "pass --train_list, or drop the flag"
+            )
+        own = np.full(len(facts.names), -1)
+        own[rows] = np.arange(len(rows))
+        b = np.asarray(facts.brightness, np.float64).reshape(-1, 1)
+        return labelled_domain(facts.embeddings[rows], facts.embeddings, b[rows], b, self_index=own).in_domain
+
+    return "outside the labelled domain", keep
 
 
 def apply_rules(facts: TileFacts, rules: list[Rule]) -> tuple[np.ndarray, dict[str, int]]:

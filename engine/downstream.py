@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +44,9 @@ from data.downstream import TileTargetDataset, read_list, select_fraction
 from data.layout import DownstreamLayout
 from data.resumable import epoch_seed
 from data.transforms import downstream_train_transform, eval_transform
+from engine.domain import Domain, labelled_domain
 from engine.embeddings import TileImages
+from engine.head_ensemble import HeadEnsemble, member_predictions
 from engine.reports import (
     MapTiles,
     Outputs,
@@ -57,12 +60,12 @@ from engine.reports import (
     write_reports,
 )
 from engine.run_folder import consistent_image_checkpoint
-from engine.supervised import EndToEnd, load_tiles
+from engine.supervised import EndToEnd, load_tiles, normalise
 from engine.tasks import Task, distribution_task, regression_task
-from models.heads import with_task_head
+from models.heads import regression_head, with_task_head
 from models.image_encoder import RESNETS, ImageEncoder, infer_resnet
 from models.loading import load_image_encoder, load_image_state
-from utils.args import common_parser, resolve_device, str2bool
+from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
 from utils.errors import UserError
 from utils.reproducibility import seed_everything, worker_init
 from utils.schedule import lr_at
@@ -85,6 +88,9 @@ __all__ = [
     "evaluate",
     "train_one_seed",
     "backbone_features",
+    "parse_downstream",
+    "PROTOCOLS",
+    "STABLE",
 ]
 
 # --demo of both scripts: CPU-sized, ours (docs/downstream.md). Whole tiles (no crops), so that the frozen
@@ -102,6 +108,47 @@ DOWNSTREAM_DEMO = {
 }
 
 
+PROTOCOLS = ("stable", "published")
+# --protocol stable (the default, ours; docs/downstream.md, measured in benchmarks/RESULTS.md): whole tiles, so that
+# the frozen backbone's features are computed once; the head sees them standardised with the training tiles' mean
+# and std; Adam at 1e-3, batches of 16, 100 epochs on a cosine schedule; an ensemble of 5 heads (prediction = their
+# mean, pred_std = their spread); only the final model is evaluated, nothing is chosen on the validation tiles.
+STABLE = {"augment": False, "lr": 1e-3, "batch_size": 16, "total_epoch": 100, "cos": True, "heads": 5}
+# Flags the demo sets that are the protocol's business: under --protocol stable the protocol's values win.
+_PROTOCOL_KEYS = ("augment", "total_epoch", "schedule", "lr", "batch_size", "eval_from", "cos")
+
+
+def parse_downstream(
+    parser: argparse.ArgumentParser, argv: list[str] | None, demo_defaults: dict
+) -> argparse.Namespace:
+    """Parse the flags of res_pop.py / res_func.py: the protocol's defaults first (``--protocol stable``:
+    :data:`STABLE`; ``published``: the published res-pop flags), then ``--demo``'s; flags given explicitly win.
+
+    ``--finetune`` keeps the published defaults whatever the protocol (the stable protocol is a frozen-head one).
+    """
+    pre, _ = parser.parse_known_args(argv)
+    stable = pre.protocol == "stable" and not pre.finetune
+    if stable:
+        parser.set_defaults(**STABLE)
+        demo_defaults = {k: v for k, v in demo_defaults.items() if k not in _PROTOCOL_KEYS}
+    args = parse_with_demo(parser, argv, demo_defaults)
+    if args.eval_from is None:
+        args.eval_from = args.total_epoch if stable else 5
+    if args.heads is None:
+        args.heads = 1
+    args.stable = stable
+    if stable and args.augment:
+        raise UserError(
+            "--protocol stable trains its heads on the frozen features of whole tiles, computed once; "
+            "drop --augment, or pass --protocol published for the published random crops"
+        )
+    if args.heads < 1:
+        raise UserError(f"--heads must be at least 1, got {args.heads}")
+    if args.heads > 1 and not stable:
+        raise UserError("--heads > 1 (an ensemble of heads) belongs to --protocol stable; drop --heads or the protocol")
+    return args
+
+
 def downstream_parser(*, target_dir: str, train_record: str, description: str) -> argparse.ArgumentParser:
     """Flags of the downstream scripts (published res-pop defaults; ``target_dir``/``train_record``
     are the only per-task defaults)."""
@@ -115,6 +162,9 @@ def downstream_parser(*, target_dir: str, train_record: str, description: str) -
         img_size=224,
         origin="published res-pop",
     )
+    for action in common._actions:  # the protocol changes these defaults: say so where they are described
+        if action.dest in STABLE:
+            action.help += f"; {STABLE[action.dest]} under --protocol stable, the default"
     p = argparse.ArgumentParser(description=description, parents=[common])
     _encoder_and_data_flags(p, target_dir)
     _training_flags(p, train_record)
@@ -173,9 +223,31 @@ def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None
 def _training_flags(p: argparse.ArgumentParser, train_record: str) -> None:
     """How the head (or, with --finetune, the whole encoder) trains and when it is evaluated; ``train_record``
     is the script's record name (docs/downstream.md)."""
-    g = p.add_argument_group("training and evaluation (the published protocol unless said)")
+    g = p.add_argument_group("training and evaluation")
     g.add_argument(
-        "--eval_from", type=int, default=5, help="first epoch evaluated on the validation list (default 5, published)"
+        "--protocol",
+        default="stable",
+        choices=PROTOCOLS,
+        help="stable (default, ours; docs/downstream.md, measured in benchmarks/RESULTS.md): whole tiles, frozen "
+        "features computed once and standardised with the training tiles' mean and std, Adam lr 1e-3, batch 16, "
+        "100 epochs, cosine decay, an ensemble of --heads 5 heads, the final model only (nothing chosen on the "
+        "validation tiles); published: the published res-pop protocol (random crops, lr 5e-2, batch 48, 40 "
+        "epochs, steps at 20 and 30, one head, every epoch from --eval_from on evaluated). Flags given "
+        "explicitly win; --finetune always starts from the published values",
+    )
+    g.add_argument(
+        "--heads",
+        type=int,
+        default=None,
+        help="heads in the ensemble of --protocol stable (default 5 there; 1 under --protocol published): "
+        "the prediction is their mean and pred_std their spread",
+    )
+    g.add_argument(
+        "--eval_from",
+        type=int,
+        default=None,
+        help="first epoch evaluated on the validation list (default 5, published; under --protocol stable the "
+        "last epoch only)",
     )
     g.add_argument(
         "--train_record",
@@ -190,7 +262,7 @@ def _training_flags(p: argparse.ArgumentParser, train_record: str) -> None:
         const=True,
         default=True,
         help="train on random crops (RandomResizedCrop(--img_size, scale 0.2-1)) and flips (default on, "
-        "published); off: on the whole tile, as validated, so that with a frozen backbone each tile's "
+        "published; off under --protocol stable); off: on the whole tile, as validated, so that with a frozen backbone each tile's "
         "features are computed once and an epoch only trains the head (the demo's setting)",
     )
     g.add_argument(
@@ -282,10 +354,39 @@ def predict_loader(model: ImageEncoder, loader: DataLoader, task: Task, device: 
 
 
 @torch.no_grad()
-def predict_tiles(run: SeedRun, files: list[Path], batch_size: int, device: torch.device) -> np.ndarray:
-    """The seed's final predictions ``[N, K]`` (original units) on whole tiles ``files``, for the map."""
-    loader = DataLoader(TileImages(files), batch_size=batch_size, shuffle=False)
-    return run.task.to_original(predict_loader(run.model, loader, run.task, device))
+def tile_features(
+    model: ImageEncoder, files: list[Path], batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Eval-mode backbone features ``[N, d]`` (on ``device``) and per-band means ``[N, 3]`` of whole tiles
+    ``files`` (as the encoder sees them: normalised), for the map and its labelled domain."""
+    model.eval()
+    feats, stats = [], []
+    for x, _ in DataLoader(TileImages(files), batch_size=batch_size, shuffle=False):
+        feats.append(model.features(x.to(device, non_blocking=True)))
+        stats.append(x.double().mean(dim=(2, 3)))
+    return torch.cat(feats), torch.cat(stats).numpy()
+
+
+def tile_domain(
+    tiles: MapTiles, train_names: list[str], feats: np.ndarray, stats: np.ndarray, seed: int
+) -> Domain | None:
+    """The labelled domain (engine/domain.py) of every mapped tile, against the seed's training tiles that
+    are on the map; None when fewer than two of them are."""
+    row = {Path(n).stem: i for i, n in enumerate(tiles.names)}
+    ref = np.array([row[Path(n).stem] for n in train_names if Path(n).stem in row], dtype=np.int64)
+    if len(ref) < 2:
+        return None
+    own = np.full(len(tiles.names), -1)
+    own[ref] = np.arange(len(ref))
+    return labelled_domain(feats[ref], feats, stats[ref], stats, self_index=own)
+
+
+def _map_seed(run: SeedRun, tiles: MapTiles, batch_size: int, device: torch.device, result: SeedResult) -> None:
+    """The seed's final predictions, their spread and the labelled domain on every mapped tile."""
+    feats, stats = tile_features(run.model, tiles.files, batch_size, device)
+    result.map_pred, result.map_std = head_predictions(run, feats, batch_size)
+    names = run.train_loader.dataset.names
+    result.domain = tile_domain(tiles, names, feats.float().cpu().numpy(), stats, run.seed)
 
 
 @dataclass(frozen=True)
@@ -409,7 +510,25 @@ def setup_seed(
     if not args.augment:
         plain = DataLoader(train_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
         run.train_feats, run.train_y = backbone_features(model, plain, device), train_set.targets.to(device)
+    if getattr(args, "stable", False):
+        # --protocol stable: an ensemble of heads on standardised features replaces the published head, drawn
+        # after it so that the published path draws exactly what it always drew.
+        heads = [regression_head(model.feature_dim, len(task.columns)) for _ in range(args.heads)]
+        if args.head_bias_init == "mean":
+            for h in heads:
+                task.init_head(h[-1], task.to_train(train_set.targets))
+        feats = run.train_feats
+        model.encoder.fc = HeadEnsemble(heads, feats.mean(dim=0), feats.std(dim=0, unbiased=False)).to(device)
+        run.opt = _optimizer(args, model)
     return run
+
+
+def _loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The task's loss of one head (``out`` ``[B, K]``), or the sum of every member's (``[H, B, K]``): each
+    member learns from its own loss only."""
+    if out.dim() == 3:
+        return torch.stack([task.loss(o, y) for o in out]).sum()
+    return task.loss(out, y)
 
 
 def _train_batches(run: SeedRun, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -433,22 +552,38 @@ def train_one_epoch(run: SeedRun, epoch: int, lr_factor: float, device: torch.de
     # Frozen backbone: eval mode, BatchNorm keeps its pretrained statistics (published protocol).
     run.model.eval()
     total, n = 0.0, 0
+    members = 1
     for out, y in _train_batches(run, run.train_loader.batch_size, device):
-        loss = run.task.loss(out, run.task.to_train(y))
+        loss = _loss(run.task, out, run.task.to_train(y))
         if not torch.isfinite(loss):
             raise UserError(f"the training loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
+        members = out.shape[0] if out.dim() == 3 else 1
         total, n = total + loss.item() * len(y), n + len(y)
-    return total / n
+    return total / n / members  # per tile and head
 
 
 @torch.no_grad()
 def evaluate(run: SeedRun, device: torch.device) -> np.ndarray:
-    """Validation predictions ``[N_val, K]`` in original units (the head on the cached backbone features)."""
+    """Validation predictions ``[N_val, K]`` in original units (the head on the cached backbone features; an
+    ensemble's mean)."""
     run.model.eval()
-    return run.task.to_original(run.task.predict(run.model.encoder.fc(run.val_feats)).float().cpu().numpy())
+    return head_predictions(run, run.val_feats, len(run.val_feats))[0]
+
+
+@torch.no_grad()
+def head_predictions(run: SeedRun, feats: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The head on backbone features ``[N, d]`` -> ``(prediction [N, K], spread [N, K] or None)`` in original
+    units: an ensemble's mean and the std of its members, or the one head's output and None. The features go
+    through the head ``batch_size`` at a time, as the images of a loader would."""
+    fc = run.model.encoder.fc
+    if isinstance(fc, HeadEnsemble):
+        members = member_predictions(fc, run.task, feats, batch_size)
+        return members.mean(axis=0), (members.std(axis=0) if len(members) > 1 else None)
+    out = torch.cat([run.task.predict(fc(part)).float().cpu() for part in feats.split(batch_size)]).numpy()
+    return run.task.to_original(out), None
 
 
 def _record_line(args: argparse.Namespace, encoder: Encoder, layout: DownstreamLayout, seed: int, h: dict) -> str:
@@ -488,11 +623,23 @@ def train_one_seed(
     with _head_threads(run):
         result = _epochs(args, layout, encoder, run, val_set.targets.numpy(), device, record)
     if tiles is not None:
-        result.map_pred = predict_tiles(run, tiles.files, args.batch_size, device)
-    if result.history:
-        for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
-            print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
+        _map_seed(run, tiles, args.batch_size, device, result)
+    _best_last_lines(result, task)
     return result
+
+
+def _best_last_lines(result: SeedResult, task: Task) -> None:
+    """The final model's metrics, and the best epoch's when several were evaluated, labelled as chosen on the
+    validation tiles (optimistic: the choice has seen the tiles it is scored on)."""
+    if not result.history:
+        return
+    last = result.history[-1]
+    best = result.best(task)
+    if len(result.history) > 1:
+        print(
+            f"best epoch {best['epoch']}: {metric_text(best)}  (chosen on the validation tiles: optimistic)", flush=True
+        )
+    print(f"last epoch {last['epoch']}: {metric_text(last)}  (the final model)", flush=True)
 
 
 def _finetune_one_seed(
@@ -564,10 +711,18 @@ def _finetune_one_seed(
         print(line, flush=True)
     if tiles is not None:  # the map: every tile of the index, decoded a chunk at a time
         chunks = [tiles.files[i : i + 1024] for i in range(0, len(tiles.files), 1024)]
-        result.map_pred = np.concatenate([trainer.predict(load_tiles(c, args.workers)) for c in chunks])
-    if result.history:
-        for tag, h in (("best", result.best(task)), ("last", result.history[-1])):
-            print(f"{tag} epoch {h['epoch']}: {metric_text(h)}", flush=True)
+        preds, feats, stats = [], [], []
+        for c in chunks:
+            images = load_tiles(c, args.workers)
+            preds.append(trainer.predict(images))
+            with torch.no_grad():
+                trainer.model.eval()
+                x = normalise(images.to(device))
+                feats.append(trainer.model.features(x).float().cpu().numpy())
+                stats.append(x.double().mean(dim=(2, 3)).cpu().numpy())
+        result.map_pred = np.concatenate(preds)
+        result.domain = tile_domain(tiles, train_set.names, np.concatenate(feats), np.concatenate(stats), seed)
+    _best_last_lines(result, task)
     return result
 
 
@@ -645,6 +800,19 @@ def _validation_set(layout: DownstreamLayout, task: Task) -> TileTargetDataset:
     return val_set
 
 
+def _check_writable(folder: Path, what: str) -> None:
+    """Refuse, before anything trains, an output folder that cannot be created or written to."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"cannot write to {folder} ({what}): {e.strerror or e}; run from a folder you can write to, or "
+            "point --train_record/--pred_csv/--plot elsewhere"
+        ) from None
+
+
 def _outputs(args: argparse.Namespace, record: Path) -> Outputs:
     stem = Path(args.train_record).stem
     pred_csv = Path(args.pred_csv) if args.pred_csv else record.parent / f"{stem}_pred.csv"
@@ -668,10 +836,14 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     train_names = read_list(layout.root / layout.train_list)
     val_set = _validation_set(layout, task)
     record = Path("train-records") / args.train_record
-    record.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(record.parent, "--train_record's folder train-records/ (in the current directory)")
+    outputs = _outputs(args, record)
+    for path, flag in ((outputs.pred_csv, "--pred_csv"), (outputs.plot, "--plot")):
+        if path is not None:
+            _check_writable(path.parent, f"the folder of {flag}")
     seeds = args.seeds if args.seeds else [args.seed]
 
-    tiles = map_tiles(layout, train_names, val_set.names, len(task.columns))
+    tiles = map_tiles(layout, train_names, val_set.names, task)
 
     def run_all(enc: Encoder, mapped: MapTiles | None = None) -> list[SeedResult]:
         return [train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record, mapped) for s in seeds]
@@ -685,7 +857,7 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     for line in summary_lines(summary, len(seeds)):
         print(line, flush=True)
     write_reports(
-        _outputs(args, record),
+        outputs,
         task,
         val_set.names,
         val_set.targets.numpy(),
@@ -698,8 +870,8 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     if random_enc is not None:
         print(f"--- (2) the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)
         baselines["random init"] = run_all(random_enc)
-    if args.baselines:
-        label = f"pretrained ({encoder.short})" if encoder.ckpt else f"random init ({encoder.resnet})"
-        for line in comparison_lines(task, val_set.targets.numpy(), results, baselines, label, layout.target_dir):
-            print(line, flush=True)
+    # Always against the mean predictor (free), and against a random encoder with --baselines.
+    label = f"pretrained ({encoder.short})" if encoder.ckpt else f"random init ({encoder.resnet})"
+    for line in comparison_lines(task, val_set.targets.numpy(), results, baselines, label, layout.target_dir):
+        print(line, flush=True)
     return {"results": results, "summary": summary, "baselines": baselines}

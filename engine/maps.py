@@ -6,10 +6,16 @@ arrays in the order of a list of tile names, and returns a GeoDataFrame or write
 folder has a tile index.
 
 - :func:`write_prediction_map`: a GeoPackage (tile polygon, name, split, truth, prediction, residual =
-  prediction - truth) and a PNG with truth, prediction and residual side by side; truth and prediction
-  share one colour scale, the residual has a diverging one centred on 0.
+  prediction - truth, ``pred_std``, ``in_domain``) and a PNG with truth, prediction, residual and the
+  spread side by side; truth and prediction share one colour scale, the residual has a diverging one
+  centred on 0; tiles outside the labelled domain (engine/domain.py) are hatched grey over the
+  prediction, and the legend says how many.
+- :func:`write_prediction_tif`: prediction and ``pred_std`` as a two-band GeoTIFF, one pixel per tile in
+  the tile index's CRS, NaN (nodata) where there is no tile (rasterio): the form of gridded population
+  products.
 - :func:`write_distribution_map`: the same for a distribution per tile (urban functions): every
-  share, the dominant class of truth and prediction, and a categorical map of the dominant class.
+  share and its spread, the dominant class of truth and prediction, and a categorical map of the
+  dominant class (out-of-domain tiles hatched).
 - :func:`write_embedding_map`: GeoParquet (or GeoPackage) of the embeddings with the tile geometry,
   and a PNG of the first three principal components as RGB and, given K, k-means clusters.
 
@@ -29,6 +35,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyproj
+import rasterio
+from affine import Affine
 from matplotlib import colormaps, colors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
@@ -53,6 +61,7 @@ __all__ = [
     "write_prediction_map",
     "write_distribution_map",
     "write_embedding_map",
+    "write_prediction_tif",
 ]
 
 
@@ -69,12 +78,24 @@ def _base(index: TileIndex, names: Sequence[str], split: Sequence[str] | None):
     return gpd.GeoDataFrame(data, geometry=index.polygons()[pos], crs=index.crs), pos
 
 
+def _trust(frame, n: int, pred_std: np.ndarray | None, in_domain: np.ndarray | None, columns: list[str]) -> None:
+    """Add the spread columns (``[N]`` or ``[N, K]`` for ``columns``) and ``in_domain`` (``[N]`` bool) to ``frame``."""
+    if pred_std is not None:
+        std = np.asarray(pred_std, np.float64).reshape(n, -1)
+        for k, c in enumerate(columns):
+            frame[c] = std[:, k]
+    if in_domain is not None:
+        frame["in_domain"] = np.asarray(in_domain, bool).reshape(-1)
+
+
 def prediction_frame(
     index: TileIndex,
     names: Sequence[str],
     truth: np.ndarray,
     prediction: np.ndarray,
     split: Sequence[str] | None = None,
+    pred_std: np.ndarray | None = None,
+    in_domain: np.ndarray | None = None,
 ):
     """Per-tile truth, prediction and residual with the tile polygons.
 
@@ -83,14 +104,18 @@ def prediction_frame(
         names: ``[N]`` tile names (with or without extension) of the rows of ``truth``/``prediction``.
         truth, prediction: ``[N]`` values.
         split: ``[N]`` ``"train"``/``"val"``... (default: empty).
+        pred_std: ``[N]`` spread of the prediction over seeds or ensemble members (NaN: not measured).
+        in_domain: ``[N]`` bool, the tile lies in the labelled domain (engine/domain.py).
 
     Returns:
-        GeoDataFrame with columns ``name, split, truth, prediction, residual`` (prediction - truth), geometry.
+        GeoDataFrame with columns ``name, split, truth, prediction, residual`` (prediction - truth), and
+        ``pred_std``, ``in_domain`` when given, geometry.
     """
     frame, _ = _base(index, names, split)
     truth = np.asarray(truth, np.float64).reshape(-1)
     prediction = np.asarray(prediction, np.float64).reshape(-1)
     frame["truth"], frame["prediction"], frame["residual"] = truth, prediction, prediction - truth
+    _trust(frame, len(frame), pred_std, in_domain, ["pred_std"])
     return frame
 
 
@@ -101,15 +126,19 @@ def distribution_frame(
     prediction: np.ndarray,
     classes: Sequence[str],
     split: Sequence[str] | None = None,
+    pred_std: np.ndarray | None = None,
+    in_domain: np.ndarray | None = None,
 ):
     """Per-tile distributions (e.g. urban-function shares) with the tile polygons.
 
     Args:
         truth, prediction: ``[N, K]`` shares; classes: ``[K]`` class names.
+        pred_std: ``[N, K]`` spread of each share; in_domain: ``[N]`` bool (as :func:`prediction_frame`).
 
     Returns:
         GeoDataFrame with ``name, split``, ``truth_<class>`` and ``pred_<class>`` for every class,
-        ``dominant_truth``, ``dominant_pred`` (class names), ``l1`` (sum of absolute share errors), geometry.
+        ``dominant_truth``, ``dominant_pred`` (class names), ``l1`` (sum of absolute share errors), and
+        ``pred_std_<class>``, ``in_domain`` when given, geometry.
     """
     frame, _ = _base(index, names, split)
     truth, prediction = np.asarray(truth, np.float64), np.asarray(prediction, np.float64)
@@ -126,6 +155,7 @@ def distribution_frame(
     ]
     frame["dominant_pred"] = [classes[k] for k in prediction.argmax(axis=1)]
     frame["l1"] = np.where(known, np.abs(prediction - truth).sum(axis=1), np.nan)
+    _trust(frame, len(frame), pred_std, in_domain, [f"pred_std_{c}" for c in classes])
     return frame
 
 
@@ -272,6 +302,21 @@ def _draw(ax, frame, values: np.ndarray, cmap, norm=None, context=None):
     return art
 
 
+def _hatch_out_of_domain(ax, frame) -> Patch | None:
+    """Grey, hatched boxes over the tiles of ``frame`` outside the labelled domain; the legend entry that
+    says how many (None when every tile is inside, or the frame does not say)."""
+    if "in_domain" not in frame.columns:
+        return None
+    out = ~frame["in_domain"].to_numpy(bool)
+    if not out.any():
+        return None
+    b = frame.geometry.bounds.to_numpy(np.float64)[out]
+    boxes = [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for x0, y0, x1, y1 in b]
+    style = dict(facecolor=(0.55, 0.55, 0.55, 0.8), edgecolor=(0.25, 0.25, 0.25), hatch="////", linewidth=0)
+    ax.add_collection(PolyCollection(boxes, **style))
+    return Patch(**style, label=f"outside the labelled domain: {int(out.sum())} of {len(out)} tiles")
+
+
 def _axes_in_crs(ax, crs, title: str) -> None:
     """Equal aspect, axis labels with the CRS's units, and a scale bar of a round length."""
     ax.set_aspect("equal")
@@ -328,7 +373,10 @@ def plot_prediction_map(
     ``frame`` from :func:`prediction_frame`; ``index`` (optional) draws the other tiles in grey.
     """
     ctx = _context(index, frame)
-    fig, (a0, a1, a2) = _figure(3, title, frame, ctx)
+    spread = frame["pred_std"].to_numpy(np.float64) if "pred_std" in frame.columns else np.array([np.nan])
+    has_std = bool(np.isfinite(spread).any())
+    fig, axes = _figure(4 if has_std else 3, title, frame, ctx)
+    a0, a1, a2 = axes[:3]
     both = np.concatenate([frame["truth"].to_numpy(), frame["prediction"].to_numpy()])
     both = both[np.isfinite(both)]
     lo, hi = np.percentile(both, [1, 99]) if both.size else (0.0, 1.0)
@@ -340,8 +388,19 @@ def plot_prediction_map(
     m = float(np.nanpercentile(np.abs(res), 99)) if np.isfinite(res).any() else 1.0
     art = _draw(a2, frame, res, "RdBu_r", colors.Normalize(vmin=-(m or 1.0), vmax=m or 1.0), ctx)
     fig.colorbar(art, ax=a2, shrink=0.8, label="prediction - truth", extend="both")
-    for ax, t in ((a0, "truth"), (a1, "prediction"), (a2, "residual")):
+    panels = [(a0, "truth"), (a1, "prediction"), (a2, "residual")]
+    if has_std:
+        hi = float(np.nanpercentile(spread, 99))
+        art = _draw(axes[3], frame, spread, "magma_r", colors.Normalize(vmin=0, vmax=hi if hi > 0 else 1.0), ctx)
+        fig.colorbar(art, ax=axes[3], shrink=0.8, label="pred_std", extend="max")
+        panels.append((axes[3], "spread of the prediction"))
+    for ax, t in panels:
         _axes_in_crs(ax, frame.crs, t)
+    legend = _hatch_out_of_domain(a1, frame)
+    if legend is not None:
+        for ax, _ in panels[2:]:
+            _hatch_out_of_domain(ax, frame)
+        fig.legend(handles=[legend], loc="outside lower center", fontsize=8)
     _save(fig, path)
 
 
@@ -375,10 +434,11 @@ def plot_distribution_map(
             ctx,
         )
         _axes_in_crs(ax, frame.crs, t)
+    out_patch = _hatch_out_of_domain(a1, frame)
     fig.legend(
-        handles=[Patch(color=col[c], label=c) for c in classes],
+        handles=[Patch(color=col[c], label=c) for c in classes] + ([out_patch] if out_patch is not None else []),
         loc="outside lower center",
-        ncol=min(len(classes), 8),
+        ncol=min(len(classes) + (out_patch is not None), 8),
         fontsize=8,
     )
     art = _draw(a2, frame, frame["l1"].to_numpy(), "magma_r", None, ctx)
@@ -432,9 +492,11 @@ def write_prediction_map(
     split: Sequence[str] | None = None,
     title: str = "",
     label: str = "value",
+    pred_std: np.ndarray | None = None,
+    in_domain: np.ndarray | None = None,
 ):
     """GeoPackage + PNG map of a regression's predictions (``res_pop.py``); returns the frame."""
-    frame = prediction_frame(index, names, truth, prediction, split)
+    frame = prediction_frame(index, names, truth, prediction, split, pred_std, in_domain)
     write_frame(frame, gpkg_path)
     plot_prediction_map(frame, png_path, title, label, index)
     return frame
@@ -450,9 +512,11 @@ def write_distribution_map(
     png_path: str | Path,
     split: Sequence[str] | None = None,
     title: str = "",
+    pred_std: np.ndarray | None = None,
+    in_domain: np.ndarray | None = None,
 ):
     """GeoPackage + PNG map of predicted distributions (``res_func.py``); returns the frame."""
-    frame = distribution_frame(index, names, truth, prediction, classes, split)
+    frame = distribution_frame(index, names, truth, prediction, classes, split, pred_std, in_domain)
     write_frame(frame, gpkg_path)
     plot_distribution_map(frame, png_path, classes, title, index)
     return frame
@@ -476,3 +540,44 @@ def write_embedding_map(
     write_frame(frame, vector_path)
     plot_embedding_map(frame, png_path, title, index)
     return frame
+
+
+def write_prediction_tif(
+    index: TileIndex,
+    names: Sequence[str],
+    prediction: np.ndarray,
+    pred_std: np.ndarray,
+    path: str | Path,
+    label: str = "value",
+) -> None:
+    """Two-band float32 GeoTIFF on the tile grid: band 1 the prediction, band 2 ``pred_std`` (``[N]`` each, in
+    the order of ``names``), one pixel per tile, in the index's CRS, NaN (the nodata value) where there is no
+    tile. Written with rasterio, atomically.
+
+    Raises:
+        ValueError: the tiles are not equal squares on one grid (a GeoTIFF needs one).
+    """
+    pos = index.locate(list(names))
+    g = _grid(index.bounds[pos])
+    if g is None:
+        raise ValueError("the tiles are not equal squares on one grid; no GeoTIFF")
+    rows, cols, (x0, x1, y0, y1) = g
+    n_r, n_c = int(rows.max()) + 1, int(cols.max()) + 1
+    bands = np.full((2, n_r, n_c), np.nan, np.float32)
+    bands[0, rows, cols] = np.asarray(prediction, np.float32).reshape(-1)
+    bands[1, rows, cols] = np.asarray(pred_std, np.float32).reshape(-1)
+    profile = dict(
+        driver="GTiff",
+        width=n_c,
+        height=n_r,
+        count=2,
+        dtype="float32",
+        crs=index.crs,
+        transform=Affine((x1 - x0) / n_c, 0.0, x0, 0.0, -(y1 - y0) / n_r, y1),  # north up, from the top-left corner
+        nodata=float("nan"),
+        compress="deflate",
+    )
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(bands)
+        dst.set_band_description(1, f"prediction ({label})")
+        dst.set_band_description(2, "pred_std")

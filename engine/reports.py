@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pyproj import CRS
 
 from data.downstream import read_target
 from data.layout import DownstreamLayout
+from engine.domain import Domain
 from engine.tasks import Task
 from prepare.tile_index import TileIndex, read_tile_index
 from utils.fileio import atomic_write_bytes, atomic_write_text
@@ -34,6 +36,10 @@ __all__ = [
     "write_predictions",
     "scatter_plot",
     "write_reports",
+    "map_spread",
+    "write_tile_csv",
+    "std_ratio_sentence",
+    "verdict",
     "baseline_intro",
     "comparison_lines",
 ]
@@ -49,6 +55,8 @@ class SeedResult:
     dead_warned: bool = False  # the task's warning is printed once per run
     train_mean: np.ndarray | None = None  # [K] mean training target (original units): the mean predictor
     map_pred: np.ndarray | None = None  # [T, K] the final model's predictions on every mapped tile
+    map_std: np.ndarray | None = None  # [T, K] the spread of an ensemble's members there (None: one head)
+    domain: Domain | None = None  # the labelled domain of every mapped tile (engine/domain.py)
 
     def best(self, task: Task) -> dict:
         def score(h: dict) -> float:
@@ -138,9 +146,11 @@ def scatter_plot(path: Path, y_true: np.ndarray, results: list[SeedResult], titl
 
 @dataclass(frozen=True)
 class MapTiles:
-    """The tiles a run maps: every tile of the data folder's tile index (with a CRS) that has an image.
+    """The tiles a run maps: every tile of the data folder's tile index that has an image.
 
-    ``truth`` ``[N, K]`` holds NaN rows for tiles without a target file; ``split`` is ``train``/``val``/empty.
+    ``truth`` ``[N, K]`` holds NaN rows for tiles without a target file, the others checked as the validation
+    targets are (``Task.check``); ``split`` is ``train``/``val``/empty. An index without a CRS (``index.crs``
+    None) gives a CSV of the tiles and no map.
     """
 
     index: TileIndex
@@ -151,19 +161,24 @@ class MapTiles:
     split: list[str]
 
 
-def map_tiles(layout: DownstreamLayout, train_names: list[str], val_names: list[str], k: int) -> MapTiles | None:
-    """The tiles to map when ``layout``'s folder has a tile index with a CRS (docs/real_data.md), else None."""
+def map_tiles(layout: DownstreamLayout, train_names: list[str], val_names: list[str], task: Task) -> MapTiles | None:
+    """The tiles to map when ``layout``'s folder has a tile index (docs/real_data.md), else None. Their truth
+    passes ``task.check`` as the validation targets do (distributions renormalised, invalid files refused)."""
     index = read_tile_index(layout.root)
-    if index is None or index.crs is None:
+    if index is None:
         return None
     names = [n for n in index.names if (layout.root / layout.img_dir / n).is_file()]
     if not names:
         return None
-    truth = np.full((len(names), k), np.nan)
-    for i, n in enumerate(names):
-        target = layout.targets / (Path(n).stem + ".txt")
-        if target.is_file():
-            truth[i] = read_target(target)
+    truth = np.full((len(names), len(task.columns)), np.nan)
+    labelled = [i for i, n in enumerate(names) if (layout.targets / (Path(n).stem + ".txt")).is_file()]
+    if labelled:
+        raw = torch.tensor(
+            np.stack([read_target(layout.targets / (Path(names[i]).stem + ".txt")) for i in labelled]),
+            dtype=torch.float32,
+        ).reshape(len(labelled), -1)
+        if raw.shape[1] == truth.shape[1]:
+            truth[labelled] = task.check(raw, layout.targets).double().numpy()
     side = {Path(n).stem: "train" for n in train_names} | {Path(n).stem: "val" for n in val_names}
     return MapTiles(
         index,
@@ -204,23 +219,83 @@ def write_reports(
         r2 = f"  R2 {last['R2'][0]:.3f}" if "R2" in last else ""
         scatter_plot(out.plot, y_val, results, f"{label}{r2} (last epoch)", log=task.log_scale)
         print(f"scatter plot: {out.plot}", flush=True)
-    preds = [r.map_pred for r in results if r.map_pred is not None]
-    if tiles is not None and preds:
-        gpkg, png = out.stem.with_name(out.stem.name + "_map.gpkg"), out.stem.with_name(out.stem.name + "_map.png")
-        seeds = f", mean of {len(preds)} seeds" if len(preds) > 1 else ""
-        task.write_map(
-            tiles.index,
-            tiles.names,
-            tiles.truth,
-            np.mean(preds, axis=0),
-            gpkg,
-            png,
-            tiles.split,
-            f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists",
-            tiles.target,
+    if tiles is not None:
+        write_map_reports(out, task, tiles, results, label)
+
+
+def map_spread(results: list[SeedResult]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The map's prediction ``[T, K]`` (mean over seeds), its spread ``pred_std`` ``[T, K]`` and what the spread is.
+
+    Several seeds with ensembles: the std over every member of every seed (within-seed variance plus the
+    variance of the seeds' means); one head per seed: the std over seeds; one seed with one head: NaN (no
+    spread to measure).
+    """
+    preds = np.stack([r.map_pred for r in results if r.map_pred is not None])
+    stds = [r.map_std for r in results if r.map_pred is not None]
+    mean = preds.mean(axis=0)
+    if all(s is not None for s in stds):
+        members = "members" if len(preds) == 1 else f"members of {len(preds)} seeds"
+        return (
+            mean,
+            np.sqrt(np.mean(np.stack(stds) ** 2, axis=0) + preds.var(axis=0)),
+            f"std over the ensemble's {members}",
         )
-        crs = tiles.index.crs if len(tiles.index.crs) < 40 else CRS(tiles.index.crs).name
-        print(f"map: {png} and {gpkg} (every tile of the tile index, CRS {crs})", flush=True)
+    if len(preds) > 1:
+        return mean, preds.std(axis=0), f"std over {len(preds)} seeds"
+    return mean, np.full_like(mean, np.nan), "not measured: one seed, one head (--seeds or --heads measure it)"
+
+
+def write_tile_csv(
+    path: Path, task: Task, tiles: MapTiles, pred: np.ndarray, std: np.ndarray, domain: Domain | None
+) -> None:
+    """CSV, one row per mapped tile: ``name,split,true_<col>...,pred_<col>...,pred_std_<col>...,in_domain``."""
+    cols = task.columns
+    header = ["name", "split", *[f"true_{c}" for c in cols], *[f"pred_{c}" for c in cols]]
+    header += [f"pred_std_{c}" for c in cols] + ["in_domain"]
+    lines = [",".join(header)]
+    for i, name in enumerate(tiles.names):
+        vals = [f"{v:.6g}" if np.isfinite(v) else "" for v in (*tiles.truth[i], *pred[i], *std[i])]
+        dom = "" if domain is None else str(bool(domain.in_domain[i])).lower()
+        lines.append(",".join([name, tiles.split[i], *vals, dom]))
+    atomic_write_text("\n".join(lines) + "\n", path)
+
+
+def write_map_reports(out: Outputs, task: Task, tiles: MapTiles, results: list[SeedResult], label: str) -> None:
+    """Every tile's prediction, ``pred_std`` and ``in_domain``: a CSV always; with a CRS the map (GeoPackage +
+    PNG, and a GeoTIFF for one value per tile); each announced on stdout, the domain's count too."""
+    if not any(r.map_pred is not None for r in results):
+        return
+    pred, std, spread = map_spread(results)
+    domain = next((r.domain for r in results if r.domain is not None), None)
+    csv = out.stem.with_name(out.stem.name + "_tiles.csv")
+    write_tile_csv(csv, task, tiles, pred, std, domain)
+    print(f"every tile: {csv} (prediction, pred_std = {spread}, in_domain)", flush=True)
+    if domain is not None:
+        print(f"labelled domain: {domain.summary(np.asarray(tiles.split))}", flush=True)
+    if tiles.index.crs is None:
+        print(
+            f"no map: the tile index of {tiles.files[0].parent.parent} has no CRS (tile_index.csv only), so its "
+            "tiles cannot be placed on the Earth; prepare_pois.py writes tile_index.gpkg from a georeferenced "
+            "--mosaic",
+            flush=True,
+        )
+        return
+    n = sum(r.map_pred is not None for r in results)
+    seeds = f", mean of {n} seeds" if n > 1 else ""
+    written = task.write_map(
+        tiles.index,
+        tiles.names,
+        tiles.truth,
+        pred,
+        std,
+        None if domain is None else domain.in_domain,
+        out.stem.with_name(out.stem.name + "_map"),
+        tiles.split,
+        f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists",
+        tiles.target,
+    )
+    crs = tiles.index.crs if len(tiles.index.crs) < 40 else CRS(tiles.index.crs).name
+    print(f"map: {' and '.join(str(p) for p in written)} (every tile of the tile index, CRS {crs})", flush=True)
 
 
 def baseline_intro(label: str, resnet: str, target_dir: str) -> str:
@@ -279,24 +354,50 @@ def comparison_lines(
 def verdict(
     task: Task, short: str, others: dict[str, dict[str, float]], first: dict[str, float], n_tiles: int, n_seeds: int
 ) -> str:
-    """Where the run's encoder stands against each baseline on the task's main metric, in words."""
+    """Where the run's encoder stands against each baseline on the task's main metric, in words; said plainly
+    when it is behind one of them."""
     key, sign = task.best_key, (1.0 if task.higher_is_better else -1.0)
-    parts = []
+    parts, behind = [], []
     for k, v in others.items():
         gain = sign * (first[key] - v[key])
         parts.append(f"{'ahead of' if gain > 0 else 'behind'} {k} by {abs(gain):.3f}")
+        if gain <= 0:
+            behind.append(k)
     better = "higher" if task.higher_is_better else "lower"
     seeds = f"{n_seeds} seeds" if n_seeds > 1 else "one seed; --seeds 0 1 2 repeats it for a mean ± std"
-    return f"On {key} ({better} is better) {short} is {' and '.join(parts)} ({n_tiles} tiles, {seeds})."
+    text = f"On {key} ({better} is better) {short} is {' and '.join(parts)} ({n_tiles} tiles, {seeds})."
+    if "mean predictor" in behind:
+        text += (
+            f" Verdict: {short} does worse than predicting the training mean for every tile; its predictions are "
+            "not usable here."
+        )
+    elif behind:
+        text += (
+            f" Verdict: {short} is behind {' and '.join(behind)}: on these tiles its features carry less about "
+            f"{key} than the architecture alone does."
+        )
+    return text
+
+
+OVER_DISPERSED = 1.2  # std ratio above which predictions spread more than the truth: errors, not signal
+FLAT = 0.5  # below which the head predicts little more than the mean
 
 
 def std_ratio_sentence(short: str, ratio: float) -> str:
-    """Whether the run's predictions vary with the truth, in one sentence."""
-    verdict = (
-        "they vary with the truth"
-        if ratio >= 0.3
-        else "they hardly vary: the head predicts nearly the same value for every tile"
-    )
+    """Whether the run's predictions vary with the truth, in one sentence: over-dispersed above
+    :data:`OVER_DISPERSED`, flat below :data:`FLAT`."""
+    if not np.isfinite(ratio):
+        verdict = "not measurable: the truth is the same on every tile"
+    elif ratio > OVER_DISPERSED:
+        verdict = (
+            f"over-dispersed: they spread more than the truth (above {OVER_DISPERSED}), so part of what varies is error"
+        )
+    elif ratio < FLAT:
+        verdict = (
+            f"flat: they vary much less than the truth (below {FLAT}); the head predicts little more than the mean"
+        )
+    else:
+        verdict = "they spread about as the truth does"
     return (
         f"std ratio = std(predictions) / std(truth) per target column, averaged: 0 for a constant prediction, "
         f"about 1 when the predictions spread like the truth. {short}: {ratio:.2f}, {verdict}."

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.maps import write_distribution_map, write_prediction_map
+from engine.maps import write_distribution_map, write_prediction_map, write_prediction_tif
 from prepare.tile_index import TileIndex
 from utils.errors import UserError
 from utils.metrics import distribution_metrics, regression_metrics
@@ -105,14 +105,17 @@ class Task:
         names: list[str],
         truth: np.ndarray,
         pred: np.ndarray,
-        gpkg: Path,
-        png: Path,
+        pred_std: np.ndarray,
+        in_domain: np.ndarray | None,
+        stem: Path,
         split: list[str],
         title: str,
         label: str = "value",
-    ) -> None:
-        """GeoPackage + PNG map of ``pred`` ``[N, K]`` against ``truth`` ``[N, K]`` (NaN rows: unlabelled
-        tiles) on the tiles ``names`` of ``index`` (engine/maps.py); ``label`` names the values (the target)."""
+    ) -> list[Path]:
+        """Maps of ``pred`` ``[N, K]`` and its spread ``pred_std`` ``[N, K]`` against ``truth`` ``[N, K]``
+        (NaN rows: unlabelled tiles) on the tiles ``names`` of ``index``, with ``in_domain`` ``[N]`` (None: not
+        known) (engine/maps.py): ``<stem>.gpkg``, ``<stem>.png`` and what else the task writes; returns the
+        paths written. ``label`` names the values (the target)."""
         raise NotImplementedError
 
 
@@ -223,13 +226,20 @@ class RegressionTask(Task):
         names: list[str],
         truth: np.ndarray,
         pred: np.ndarray,
-        gpkg: Path,
-        png: Path,
+        pred_std: np.ndarray,
+        in_domain: np.ndarray | None,
+        stem: Path,
         split: list[str],
         title: str,
         label: str = "value",
-    ) -> None:
-        write_prediction_map(index, names, truth[:, 0], pred[:, 0], gpkg, png, split, title, label=label)
+    ) -> list[Path]:
+        """GeoPackage, PNG and a GeoTIFF of prediction and pred_std, one pixel per tile (engine/maps.py)."""
+        gpkg, png, tif = (stem.with_name(stem.name + ext) for ext in (".gpkg", ".png", ".tif"))
+        write_prediction_map(
+            index, names, truth[:, 0], pred[:, 0], gpkg, png, split, title, label, pred_std[:, 0], in_domain
+        )
+        write_prediction_tif(index, names, pred[:, 0], pred_std[:, 0], tif, label)
+        return [png, gpkg, tif]
 
 
 @dataclass(frozen=True)
@@ -282,13 +292,19 @@ class DistributionTask(Task):
         names: list[str],
         truth: np.ndarray,
         pred: np.ndarray,
-        gpkg: Path,
-        png: Path,
+        pred_std: np.ndarray,
+        in_domain: np.ndarray | None,
+        stem: Path,
         split: list[str],
         title: str,
         label: str = "value",
-    ) -> None:
-        write_distribution_map(index, names, truth, pred, self.columns, gpkg, png, split, title)
+    ) -> list[Path]:
+        """GeoPackage and PNG of the shares, their spread and the dominant class (engine/maps.py)."""
+        gpkg, png = stem.with_name(stem.name + ".gpkg"), stem.with_name(stem.name + ".png")
+        write_distribution_map(
+            index, names, truth, pred, self.columns, gpkg, png, split, title, pred_std=pred_std, in_domain=in_domain
+        )
+        return [png, gpkg]
 
 
 def regression_task(log_target: bool = False, target_norm: str = "zscore") -> RegressionTask:

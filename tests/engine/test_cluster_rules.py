@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.cluster_rules import TileFacts, apply_rules, min_brightness_rule, min_poi_rule
+from engine.cluster_rules import TileFacts, apply_rules, labelled_domain_rule, min_brightness_rule, min_poi_rule
 from utils.errors import UserError
 
 
@@ -31,3 +31,17 @@ def test_rules_that_cannot_apply_or_leave_too_little_say_so():
         apply_rules(facts(n_poi=None), [min_poi_rule(1)])
     with pytest.raises(UserError, match=r"leave 1 of 4 tiles to cluster; loosen"):
         apply_rules(facts(), [min_brightness_rule(150)])
+
+
+def test_labelled_domain_rule_leaves_out_tiles_unlike_the_training_tiles():
+    rng = np.random.default_rng(0)
+    land = rng.normal(size=(60, 8))
+    sea = rng.normal(size=(10, 8)) + 10.0
+    emb = np.concatenate([land, sea])
+    brightness = np.r_[rng.uniform(80, 120, 60), rng.uniform(5, 10, 10)]
+    facts = TileFacts([f"t{i}.png" for i in range(70)], emb, brightness, None, np.arange(40))
+    keep, left_out = apply_rules(facts, [labelled_domain_rule()])
+    assert not keep[60:].any() and keep[40:60].mean() >= 0.8
+    assert left_out == {"outside the labelled domain": int((~keep).sum())}
+    with pytest.raises(UserError, match="--cluster_in_domain needs"):
+        apply_rules(TileFacts(facts.names, emb, brightness), [labelled_domain_rule()])

@@ -7,14 +7,18 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
+import shapely
 import torch
 from torch.utils.data import DataLoader
 
+import prepare_pois
 import res_func
 import res_pop
 from data.downstream import TileTargetDataset, read_list, select_fraction
 from data.transforms import eval_transform
 from engine.downstream import Encoder, backbone_features, downstream_layout, evaluate, setup_seed, train_one_epoch
+from engine.reports import map_tiles
 from engine.tasks import distribution_task, regression_task
 from models.heads import with_task_head
 from models.image_encoder import ImageEncoder
@@ -167,7 +171,7 @@ def test_finetune_moves_backbone_frozen_does_not(setup):
         if ft == "1":
             conv = [p for p in groups[1]["params"] if p.shape == before.shape][0]
             assert not torch.equal(conv.detach(), before)
-    assert len(seen["0"]) == 1 and seen["0"][0][0] == 5e-2
+    assert len(seen["0"]) == 1 and seen["0"][0][0] == 1e-3  # --protocol stable's head lr
     assert len(seen["1"]) == 2 and seen["1"][1][0] == 1e-4  # documented default backbone lr
 
 
@@ -200,7 +204,7 @@ def _seed_run(data, ckpt, *extra, task=None):
 
 def test_zscore_predictions_are_relu_of_mu_plus_sigma_h_in_original_units(setup):
     data, ckpt = setup
-    _, run = _seed_run(data, ckpt, "--augment", "false")
+    _, run = _seed_run(data, ckpt, "--protocol", "published", "--augment", "false")
     y_train = np.array([float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(8)])
     assert run.task.mu == pytest.approx(y_train.mean()) and run.task.sigma == pytest.approx(y_train.std(), rel=1e-4)
     for epoch in range(2):
@@ -216,8 +220,8 @@ def test_cached_training_features_equal_the_loader_path(setup):
     """Without augmentation a frozen run trains the head on features computed once; the same batch (all 8
     training tiles, so the shuffling does not matter) through the full model gives the same head."""
     data, ckpt = setup
-    _, cached = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
-    _, full = _seed_run(data, ckpt, "--augment", "false", "--batch_size", "8")
+    _, cached = _seed_run(data, ckpt, "--protocol", "published", "--augment", "false", "--batch_size", "8")
+    _, full = _seed_run(data, ckpt, "--protocol", "published", "--augment", "false", "--batch_size", "8")
     assert cached.train_feats is not None and cached.train_feats.shape == (8, 512)
     full.train_feats = None
     losses = [train_one_epoch(r, 0, 1.0, torch.device("cpu")) for r in (cached, full)]
@@ -301,12 +305,24 @@ def test_res_func_baselines_std_ratio_is_the_mean_over_types(setup, capsys):
 
 
 def test_demo_defaults():
-    args = res_pop.parse_args(["--demo"])
+    args = res_pop.parse_args(["--demo", "--protocol", "published"])
     demo = (args.augment, args.baselines, args.target_norm, args.lr, args.total_epoch)
     assert demo == (False, True, "zscore", 1e-3, 30)
     assert res_func.parse_args(["--demo"]).baselines and not res_pop.parse_args([]).baselines
-    published = res_pop.parse_args([])
+    published = res_pop.parse_args(["--protocol", "published"])
     assert (published.augment, published.lr, published.total_epoch, published.batch_size) == (True, 5e-2, 40, 48)
+    assert (published.heads, published.eval_from, published.cos, published.stable) == (1, 5, False, False)
+    stable = res_pop.parse_args([])
+    assert (stable.augment, stable.lr, stable.total_epoch, stable.batch_size) == (False, 1e-3, 100, 16)
+    assert (stable.heads, stable.eval_from, stable.cos, stable.stable) == (5, 100, True, True)
+    # explicit flags win over the protocol; the demo keeps the protocol's training values
+    assert res_pop.parse_args(["--lr", "0.01", "--total_epoch", "7"]).eval_from == 7
+    assert res_pop.parse_args(["--demo"]).total_epoch == 100 and res_pop.parse_args(["--demo"]).baselines
+    assert res_pop.parse_args(["--finetune"]).lr == 5e-2  # fine-tuning keeps the published values
+    with pytest.raises(UserError, match="drop --augment"):
+        res_pop.parse_args(["--augment", "true"])
+    with pytest.raises(UserError, match="belongs to --protocol stable"):
+        res_pop.parse_args(["--protocol", "published", "--heads", "3"])
 
 
 def test_list_and_image_folder_fallbacks(tmp_path, capsys):
@@ -353,6 +369,18 @@ def test_a_folder_with_a_projected_tile_index_gets_a_map_of_every_tile(setup, sc
     assert list(frame["split"]) == ["train"] * 8 + ["val"] * 3 + [""]
     png = Path("train-records") / f"{target}_map.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert frame["in_domain"].dtype == bool and frame["in_domain"][:8].sum() >= 7
+    std_cols = ["pred_std"] if target == "pop1km" else [f"pred_std_{t}" for t in TYPES]
+    assert (frame[std_cols].to_numpy() >= 0).all()  # 2 seeds x 5 heads: a spread on every tile
+    tiles = list(csv.DictReader(open(Path("train-records") / f"{target}_tiles.csv")))
+    assert len(tiles) == 12 and tiles[11]["split"] == "" and tiles[0]["in_domain"] in ("true", "false")
+    if target == "pop1km":
+        with rasterio.open(Path("train-records") / "pop1km_map.tif") as tif:
+            assert tif.crs.to_epsg() == 32650 and (tif.width, tif.height, tif.count) == (4, 3, 2)
+            assert tif.transform.a == 1000 and tif.descriptions[1] == "pred_std"
+            band = tif.read(1)
+            assert np.allclose(band.reshape(-1), frame["prediction"], rtol=1e-6)  # row-major, as the grid
+            assert np.allclose(tif.read(2).reshape(-1), frame["pred_std"], rtol=1e-5)
     if target == "pop1km":
         truth = [float((data / "pop1km" / f"t{i:03d}.txt").read_text()) for i in range(11)]
         assert np.allclose(frame["truth"][:11], truth, rtol=1e-6) and np.isnan(frame["truth"][11])
@@ -364,9 +392,83 @@ def test_a_folder_with_a_projected_tile_index_gets_a_map_of_every_tile(setup, sc
         assert np.allclose(shares.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_no_map_without_a_crs(setup):
+def test_no_map_without_a_crs(setup, capsys):
     data, ckpt = setup
     add_tile_index(data, crs=None)
     (data / "tile_index.gpkg").unlink()  # the CSV alone: positions without a CRS
     res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--train_record", "pop.txt"])
     assert not (Path("train-records") / "pop_map.png").exists()
+    assert not (Path("train-records") / "pop_map.tif").exists()
+    text = capsys.readouterr().out
+    assert "no map: the tile index of" in text and "has no CRS" in text
+    rows = list(csv.DictReader(open(Path("train-records") / "pop_tiles.csv")))
+    assert len(rows) == 12 and float(rows[0]["pred_std_value"]) >= 0
+
+
+def test_unwritable_output_folder_and_empty_validation_list_are_one_sentence(setup, tmp_path):
+    data, ckpt = setup
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(UserError, match="cannot write to .*a_file.*--pred_csv"):
+        res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST, "--pred_csv", str(blocker / "p.csv")])
+    (data / "val-wuhan.txt").write_text("\n")
+    with pytest.raises(UserError, match="val-wuhan.txt is empty"):
+        res_pop.main(["--data_path", str(data), "--ckpt", str(ckpt), *FAST])
+
+
+def test_map_truth_of_functions_is_checked_like_the_validation_set(setup):
+    """issue 21 item 6: a tile's shares on the map are renormalised as the validation targets are."""
+    data, ckpt = setup
+    add_tile_index(data)
+    (data / "func" / "t011.txt").write_text("0.2 0.2 0.62\n")  # sums to 1.02: renormalised, not refused
+    layout = downstream_layout(res_func.parse_args(["--data_path", str(data)]))
+    tiles = map_tiles(layout, read_list(data / "train-wuhan.txt"), [], distribution_task(TYPES))
+    np.testing.assert_allclose(tiles.truth[11], np.array([0.2, 0.2, 0.62]) / 1.02)
+    (data / "func" / "t011.txt").write_text("-0.1 0.5 0.6\n")
+    with pytest.raises(UserError, match="negative proportion"):
+        map_tiles(layout, read_list(data / "train-wuhan.txt"), [], distribution_task(TYPES))
+
+
+def test_real_landsat_crop_maps_carry_spread_domain_and_a_geotiff(tmp_path, monkeypatch, capsys):
+    """A real Landsat-8 crop (tests/fixtures/lc08_fill_crop.tif, UTM 21S, 31 % zero fill) prepared as a user
+    would, with tract-like target polygons: the map's GeoPackage, PNG and GeoTIFF in the mosaic's CRS."""
+    fixture = ROOT / "tests" / "fixtures" / "lc08_fill_crop.tif"
+    with rasterio.open(fixture) as src:
+        left, bottom, right, top = src.bounds
+    # 4 x 4 "tracts" over the crop, each with a count of residents (invented: only the imagery is real).
+    side = (right - left) / 4
+    rng = np.random.default_rng(0)
+    cells = [
+        shapely.box(left + i * side, top - (j + 1) * side, left + (i + 1) * side, top - j * side)
+        for j in range(4)
+        for i in range(4)
+    ]
+    tracts = gpd.GeoDataFrame({"pop": rng.integers(100, 5000, 16).astype(float)}, geometry=cells, crs="EPSG:32621")
+    tracts.to_file(tmp_path / "tracts.gpkg")
+    out = tmp_path / "crop"
+    prepare_pois.main(
+        ["--mosaic", str(fixture), "--nodata", "0", "--tile_size_m", "480", "--tile_px", "32"]
+        + ["--target", f"pop1km={tmp_path / 'tracts.gpkg'}:pop", "--split", "random", "--out", str(out)]
+    )
+    monkeypatch.chdir(tmp_path)
+    res_pop.main(
+        ["--data_path", str(out), "--ckpt", "random", "--resnet", "resnet18", "--total_epoch", "3"]
+        + ["--batch_size", "4", "--workers", "0", "--device", "cpu", "--train_record", "lc.txt", "--plot", "none"]
+    )
+    text = capsys.readouterr().out
+    assert "labelled domain: " in text and "tiles outside the labelled domain" in text
+    frame = gpd.read_file(tmp_path / "train-records" / "lc_map.gpkg")
+    assert frame.crs.to_epsg() == 32621 and frame["in_domain"].dtype == bool
+    assert (frame["pred_std"] >= 0).all() and frame["prediction"].notna().all()
+    with rasterio.open(tmp_path / "train-records" / "lc_map.tif") as tif:
+        assert tif.crs.to_epsg() == 32621 and tif.res == (480.0, 480.0) and tif.count == 2
+        band = tif.read(1)
+        # one pixel per tile; cells the preparation skipped (fill) are nodata (NaN)
+        assert np.isfinite(band).sum() == len(frame) and np.isnan(tif.nodata)
+        # each tile's centre falls in the pixel holding its prediction and spread
+        centres = frame.geometry.centroid
+        values = np.array([v for v in tif.sample(zip(centres.x, centres.y, strict=True))])
+        np.testing.assert_allclose(values[:, 0], frame["prediction"], rtol=1e-5)
+        np.testing.assert_allclose(values[:, 1], frame["pred_std"], rtol=1e-5)
+        assert tif.bounds.left >= left - 1e-6 and tif.bounds.top <= top + 1e-6  # inside the crop's grid
+    assert (tmp_path / "train-records" / "lc_map.png").read_bytes()[:4] == b"\x89PNG"

@@ -37,14 +37,14 @@ def _args(work: Path, run: str, *roots: str, extra: tuple[str, ...] = ()):
 
 
 def test_one_root_is_the_run_it_always_was(work):
-    args = _args(work, "new", "a")
+    args = _args(work, "new", "a", extra=("--total_epoch", "1"))
     assert args.data_path == str(work / "a")  # a string, as args.json has always held it
     info = DistInfo()
     new = Pretrainer(args, prepare_data(args, info), info, torch.device("cpu"), mmgr.training_step)
     assert not isinstance(new.dataset, MultiRootDataset)
     new.fit()
     # The data set built as before several roots existed: one scan, one data set.
-    old_args = _args(work, "old", "a")
+    old_args = _args(work, "old", "a", extra=("--total_epoch", "1"))
     layout = PretrainLayout.from_args(old_args)
     report = scan_pretrain(layout, 0)
     old_ds = build_pretrain_dataset(layout, old_args.augment, old_args.img_size, report.good, report.poi_dim)

@@ -369,11 +369,11 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray], 
         ]
     write_meta(out / "meta.json", meta)
     source = (
-        str(roots[0] / parts[0][2])
+        f"from {roots[0] / parts[0][2]}"
         if len(parts) == 1
-        else ", ".join(f"{len(fs)} from {root / img_dir}" for root, _, img_dir, fs in parts)
+        else "(" + ", ".join(f"{len(fs)} from {root / img_dir}" for root, _, img_dir, fs in parts) + ")"
     )
-    print(f"{len(names)} tiles from {source} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}", flush=True)
+    print(f"{len(names)} tiles {source} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}", flush=True)
     return names, arrays, ckpt
 
 

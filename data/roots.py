@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 
-from data.layout import CATEGORY_TABLE, PretrainLayout, tensor_name
+from data.layout import CATEGORY_TABLE, PretrainLayout, is_prepared_folder, tensor_name
 from data.pack import PACK_META, is_packed
 from data.pretrain import IMAGE_EXTENSIONS, check_tensor
 from utils.errors import UserError
@@ -207,18 +207,30 @@ def check_vocabulary(tables: Sequence[Path]) -> None:
         if vecs.shape[1] != first_vecs.shape[1]:
             raise UserError(
                 f"the category tables {first_path} ({first_vecs.shape[1]}-d) and {path} ({vecs.shape[1]}-d) differ "
-                f"in width; prepare {path.parent} again with prepare_pois.py --embeddings {first_path} so the roots "
-                "share one vocabulary"
+                f"in width; {_vocabulary_fix(path, first_path)}"
             )
         for c, v in zip(cats, vecs, strict=True):
             if c in seen and not np.allclose(seen[c][1], v, atol=_VECTOR_ATOL, rtol=0):
                 other = seen[c][0]
                 raise UserError(
-                    f"the category tables {other} and {path} give category {c!r} different vectors; prepare "
-                    f"{path.parent} again with prepare_pois.py --embeddings {other} so the roots share one "
-                    "vocabulary (docs/real_data.md)"
+                    f"the category tables {other} and {path} give category {c!r} different vectors; "
+                    f"{_vocabulary_fix(path, other)}"
                 )
             seen.setdefault(c, (path, v))
+
+
+def _vocabulary_fix(path: Path, shared: Path) -> str:
+    """How the root of table ``path`` gets the vocabulary of table ``shared``: by prepare_pois.py, or, for a
+    root it did not prepare (the synthetic city), by whatever wrote its table."""
+    if is_prepared_folder(path.parent):
+        return (
+            f"prepare {path.parent} again with prepare_pois.py --embeddings {shared} so the roots share one "
+            "vocabulary (docs/real_data.md)"
+        )
+    return (
+        f"the roots must share one vocabulary: write {path.parent} with the table {shared} (synthetic cities: "
+        "the same --seed; a city of yours: prepare_pois.py --embeddings, docs/real_data.md)"
+    )
 
 
 class MultiRootDataset(ConcatDataset):

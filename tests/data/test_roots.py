@@ -84,6 +84,9 @@ def test_category_tables_that_disagree_are_refused_naming_embeddings(two):
     _table(b.root, {"cafe": [1, 0], "school": [0.5, 0.5]})
     check_roots([a, b])  # the shared category has one vector: one vocabulary
     _table(b.root, {"cafe": [0, 1]})
+    with pytest.raises(UserError, match=r"'cafe' different vectors; the roots must share one vocabulary: .*--seed"):
+        check_roots([a, b])  # b is not prepare_pois.py's folder: the fix depends on what wrote it
+    (b.root / "prepare_summary.json").write_text("{}")
     with pytest.raises(
         UserError,
         match=r"tables .*a/category_embeddings.csv and .*b/category_embeddings.csv give category 'cafe' different "

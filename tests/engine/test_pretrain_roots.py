@@ -110,7 +110,7 @@ def test_mid_epoch_resume_needs_the_same_roots_in_the_same_order(work):
                 (w / r / CATEGORY_TABLE).write_text(f"category,v0\ncafe,{v}\n") for r, v in (("a", 1), ("b", 2))
             ],
             ("a", "b"),
-            r"give category 'cafe' different vectors; prepare .*b again with prepare_pois.py --embeddings",
+            r"give category 'cafe' different vectors; the roots must share one vocabulary",
         ),
     ],
 )

@@ -114,9 +114,12 @@ def root_facts(layout: PretrainLayout) -> RootFacts:
     root = layout.root
     table = root / CATEGORY_TABLE if (root / CATEGORY_TABLE).is_file() else None
     if is_packed(root):
-        meta = json.loads((root / PACK_META).read_text())
-        _, h, w = meta["tile_shape"]
-        return RootFacts(root, (int(w), int(h)), int(meta["tile_shape"][0]), int(meta["poi_dim"]), table)
+        try:
+            meta = json.loads((root / PACK_META).read_text())
+            bands, h, w = meta["tile_shape"]
+            return RootFacts(root, (int(w), int(h)), int(bands), int(meta["poi_dim"]), table)
+        except (OSError, ValueError, KeyError, TypeError):
+            return RootFacts(root, None, None, None, table)  # opening the pack names what is wrong with it
     size = bands = poi_dim = None
     tile = _first_tile(layout)
     if tile is not None:

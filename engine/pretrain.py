@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.datasets import build_pretrain_dataset, build_union, collate_for
+from data.datasets import build_union, collate_for
 from data.gpu_augment import GPUAugment
 from data.layout import PretrainLayout
 from data.pack import is_packed
@@ -134,9 +134,9 @@ def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     """
     check_args(args)
     layouts = PretrainLayout.all_from_args(args)
-    if len(layouts) == 1 and is_packed(layouts[0].root):  # written by `python -m data.pack`, validated then
-        return None if args.check_data else build_pretrain_dataset(layouts[0], args.augment, args.img_size)
-    folders = [lay for lay in layouts if not is_packed(lay.root)]
+    folders = [lay for lay in layouts if not is_packed(lay.root)]  # a pack was validated when it was written
+    if not folders:  # packs only (`python -m data.pack`)
+        return None if args.check_data else build_union(layouts, args.augment, args.img_size, [None] * len(layouts))
     reports = scan_roots(
         folders,
         args.workers,

@@ -13,6 +13,7 @@ import torch
 import mmgr
 from data.datasets import build_pretrain_dataset
 from data.layout import CATEGORY_TABLE, PretrainLayout
+from data.pack import pack
 from data.roots import MultiRootDataset
 from data.scan import scan_pretrain
 from engine.pretrain import Pretrainer, claim_run_folder, prepare_data
@@ -129,3 +130,16 @@ def test_check_data_scans_every_root(work, capsys):
         prepare_data(args, DistInfo())
     out = capsys.readouterr().out
     assert "t001.png has no POI file" in out and "scan: 9 good tiles, 1 bad tiles" in out
+
+
+def test_packs_and_folders_mix(work, capsys):
+    pack(work / "a", work / "ap", progress=False)
+    pack(work / "b", work / "bp", progress=False)
+    info = DistInfo()
+    both = prepare_data(_args(work, "m", "ap", "bp"), info)
+    assert isinstance(both, MultiRootDataset) and both.counts == [6, 4]
+    mixed = prepare_data(_args(work, "n", "ap", "b"), info)
+    assert mixed.counts == [6, 4] and torch.equal(mixed[7][2].x, both[7][2].x)
+    capsys.readouterr()
+    assert prepare_data(_args(work, "m", "ap", "bp", extra=("--check_data",)), info) is None
+    assert "scan:" not in capsys.readouterr().out  # packs were checked when they were written

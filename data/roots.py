@@ -55,6 +55,7 @@ __all__ = [
     "root_labels",
     "tile_index_file",
     "require_tile_index",
+    "check_test_root",
     "describe_counts",
 ]
 
@@ -287,3 +288,19 @@ def require_tile_index(root: str | os.PathLike, flag: str = "--test_data_path") 
             "on a map; prepare it with prepare_pois.py, which writes one"
         )
     return found
+
+
+def check_test_root(
+    test_root: str | os.PathLike, train_root: str | os.PathLike, flag: str = "--test_data_path"
+) -> Path:
+    """A root to map (and score where labelled) with a model trained on ``train_root``: it exists, is not
+    the training root, and has a tile index (:func:`require_tile_index`); returns that index's path.
+
+    For the downstream scripts' ``--test_data_path`` (train on one city, map another): called before
+    anything is written, so a wrong root costs no training.
+    """
+    test_root = Path(test_root)
+    if not test_root.is_dir():
+        raise UserError(f"{flag} {test_root} does not exist; pass the data folder of the city to map")
+    check_distinct([Path(train_root), test_root], f"--data_path and {flag}:")
+    return require_tile_index(test_root, flag)

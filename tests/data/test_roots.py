@@ -16,6 +16,7 @@ from data.pack import pack
 from data.roots import (
     MultiRootDataset,
     check_roots,
+    check_test_root,
     check_vocabulary,
     data_roots,
     describe_counts,
@@ -159,3 +160,17 @@ def test_labels_and_tile_index_of_a_test_root(tmp_path):
     (tmp_path / "city_b" / "tile_index.csv").write_text("name,minx,miny,maxx,maxy\n")
     assert tile_index_file(tmp_path / "city_b").name == "tile_index.csv"
     assert require_tile_index(tmp_path / "city_b", "--x") == tmp_path / "city_b" / "tile_index.csv"
+
+
+def test_a_test_root_must_exist_differ_from_the_training_root_and_have_a_tile_index(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    with pytest.raises(UserError, match=r"--test_data_path .*b does not exist"):
+        check_test_root(b, a)
+    with pytest.raises(UserError, match=r"--data_path and --test_data_path: .*a is given twice"):
+        check_test_root(a, a)
+    b.mkdir()
+    with pytest.raises(UserError, match=r"--test_data_path .*b has no tile index"):
+        check_test_root(b, a)
+    (b / "tile_index.gpkg").write_bytes(b"")
+    assert check_test_root(b, a) == b / "tile_index.gpkg"

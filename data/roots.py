@@ -16,10 +16,12 @@ in one sentence naming the roots and the fix:
   fix (docs/real_data.md, "One vocabulary for several cities").
 
 Also here, for the scripts that read another city's tiles (a test root of the downstream scripts,
-``embed.py`` over several roots): :func:`tile_index_file` / :func:`require_tile_index` (a root's tile
+``embed.py`` over several roots): :func:`check_test_root` (a root to map: it exists, is not the
+training root, has a tile index), :func:`tile_index_file` / :func:`require_tile_index` (a root's tile
 index, written by prepare_pois.py as ``tile_index.gpkg``/``tile_index.csv``; reading it is
-``prepare.tile_index.read_tile_index``'s job, a floor above this one) and :func:`root_labels`, short
-unique names of the roots for the columns and file names of their outputs.
+``prepare.tile_index.read_tile_index``'s job, a floor above this one: ``[read_tile_index(r) for r in
+data_roots(...)]``) and :func:`root_labels`, short unique names of the roots for the columns and file
+names of their outputs.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ prefixed ``a_``/``b_``): the very same tiles as one root or as two. For each lay
 * ``step``: one epoch of pretraining (ResNet-18, 32 px crops, batch 16), seconds per tile, from the
   epoch's own timing (the loader included).
 
-Printed: the median of each over the repeats, one root and two, and their ratio. The pre-scan is not
-timed (it reads each file once, whatever the roots).
+Each in wall-clock and in this process's CPU time (all the work runs in it; other jobs on a shared
+machine stretch the first, hardly the second). Printed: the median of each over the repeats, one root
+and two, and their ratio. The pre-scan is not timed (it reads each file once, whatever the roots).
 """
 
 from __future__ import annotations
@@ -60,19 +61,24 @@ def merged(a: Path, b: Path, out: Path) -> Path:
     return out
 
 
-def measure(roots: list[Path], model_path: Path) -> tuple[float, float]:
-    """(loader seconds per tile, pretraining-epoch seconds per tile) on ``roots``."""
+def measure(roots: list[Path], model_path: Path) -> tuple[float, float, float, float]:
+    """Per tile on ``roots``: (loader wall s, loader CPU s, pretraining-epoch wall s, epoch CPU s).
+
+    CPU time is this process's (``--workers 0``, one thread: all the work is here), which other jobs on a
+    shared machine do not inflate as they do the wall-clock time.
+    """
     args = mmgr.parse_args(["--data_path", *map(str, roots), "--model_path", str(model_path), *CONFIG])
     info = DistInfo()
     trainer = Pretrainer(args, prepare_data(args, info), info, torch.device("cpu"), mmgr.training_step)
     n = trainer.steps_per_epoch * trainer.global_batch
     trainer.sampler.set_epoch(0, 0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in trainer.loader:
         pass
-    load = (time.perf_counter() - t0) / n
-    entry = trainer.train_one_epoch()
-    return load, entry["seconds"] / n
+    t1, c1 = time.perf_counter(), time.process_time()
+    trainer.train_one_epoch()
+    t2, c2 = time.perf_counter(), time.process_time()
+    return (t1 - t0) / n, (c1 - c0) / n, (t2 - t1) / n, (c2 - c1) / n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,17 +94,23 @@ def main(argv: list[str] | None = None) -> None:
     a = ensure_city(out / "a", n_tiles=args.tiles, tile_size=64, seed=0, style="a")
     b = ensure_city(out / "b", n_tiles=args.tiles, tile_size=64, seed=0, style="b")
     ab = merged(a, b, out / "ab")
-    runs: dict[str, list[tuple[float, float]]] = {"one root": [], "two roots": []}
+    runs: dict[str, list[tuple[float, ...]]] = {"one root": [], "two roots": []}
     for k in range(args.repeats):
         for label, roots in (("one root", [ab]), ("two roots", [a, b])):
             runs[label].append(measure(roots, out / f"run_{label.replace(' ', '_')}_{k}"))
-    med = {label: [statistics.median(x[i] for x in r) for i in range(2)] for label, r in runs.items()}
-    print(f"{2 * args.tiles} tiles of 64 px, ResNet-18 at 32 px, batch 16, CPU, {torch.get_num_threads()} thread(s):")
-    for label, (load, step) in med.items():
-        print(f"  {label:>9}: loader {load * 1e3:.2f} ms/tile, pretraining epoch {step * 1e3:.2f} ms/tile")
+    med = {label: [statistics.median(x[i] for x in r) for i in range(4)] for label, r in runs.items()}
+    print(
+        f"{2 * args.tiles} tiles of 64 px, ResNet-18 at 32 px, batch 16, CPU, {torch.get_num_threads()} thread(s), "
+        f"medians of {args.repeats}, ms per tile (wall / CPU of this process):"
+    )
+    for label, m in med.items():
+        print(
+            f"  {label:>9}: loader {m[0] * 1e3:.2f} / {m[1] * 1e3:.2f}, pretraining epoch {m[2] * 1e3:.2f} / {m[3] * 1e3:.2f}"
+        )
     one, two = med["one root"], med["two roots"]
     print(
-        f"  two / one: loader {two[0] / one[0]:.3f}, pretraining epoch {two[1] / one[1]:.3f} (medians of {args.repeats})"
+        f"  two / one: loader {two[0] / one[0]:.3f} / {two[1] / one[1]:.3f}, "
+        f"pretraining epoch {two[2] / one[2]:.3f} / {two[3] / one[3]:.3f}"
     )
 
 

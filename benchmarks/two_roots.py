@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {label:>9}: loader {m[0] * 1e3:.2f} / {m[1] * 1e3:.2f}, pretraining epoch {m[2] * 1e3:.2f} / {m[3] * 1e3:.2f}"
         )
+    for label, r in runs.items():
+        print(f"  {label:>9}: epoch CPU ms/tile of each repeat: {', '.join(f'{x[3] * 1e3:.2f}' for x in r)}")
     one, two = med["one root"], med["two roots"]
     print(
         f"  two / one: loader {two[0] / one[0]:.3f} / {two[1] / one[1]:.3f}, "

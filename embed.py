@@ -19,6 +19,11 @@ randomly initialised encoder of the checkpoint's architecture; with ``--cv K`` a
 cross-validation over all labelled tiles (folds grouped by spatial blocks when the data folder has a
 tile index); results print and go to ``probe.json``.
 The lists default to ``train-wuhan.txt``/``val-wuhan.txt`` when present, else ``train.txt``/``val.txt``.
+
+Several roots (``--data_path A B``, e.g. two cities pretrained on together): one row per tile of each,
+in root order, named ``LABEL/NAME`` (LABEL: the root's folder name, with its parents' names when two
+roots share one), one map per root (``embeddings_map_LABEL.*``), and ``meta.json`` lists the roots;
+probes read one root's lists, so ``--probe`` takes one root.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import pyarrow.parquet as pq
 
 from data.downstream import read_list
 from data.layout import resolve_img_dir, resolve_list
+from data.roots import check_distinct, data_roots, root_labels
 from engine.cluster_rules import (
     Rule,
     TileFacts,
@@ -84,7 +90,13 @@ def _input_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model_path", default="./checkpoints", help="where to look when --ckpt is not given (default './checkpoints')"
     )
-    g.add_argument("--data_path", default="./DATA", help="data root in either published layout (default './DATA')")
+    g.add_argument(
+        "--data_path",
+        nargs="+",
+        default="./DATA",
+        help="data root in either published layout (default './DATA'), or several roots: one row per tile of "
+        "each, named LABEL/NAME (LABEL: the root's folder name, README 'Two cities'), one map per root",
+    )
     g.add_argument(
         "--img_dir",
         default=None,
@@ -226,7 +238,10 @@ def _probe_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_with_demo(build_parser(), argv, {"out": "{demo}/embeddings"})
+    args = parse_with_demo(build_parser(), argv, {"out": "{demo}/embeddings"})
+    if isinstance(args.data_path, list) and len(args.data_path) == 1:
+        args.data_path = args.data_path[0]  # one root: the value it always was
+    return args
 
 
 def write_csv(path: Path, names: list[str], arrays: dict[str, np.ndarray]) -> None:
@@ -262,9 +277,8 @@ def cluster_rules(args: argparse.Namespace) -> list[Rule]:
     return rules
 
 
-def _train_rows(args: argparse.Namespace, names: list[str]) -> np.ndarray | None:
-    """Rows of ``names`` that the training list names (None when the folder has no training list)."""
-    root = Path(args.data_path)
+def _train_rows(root: Path, args: argparse.Namespace, names: list[str]) -> np.ndarray | None:
+    """Rows of ``names`` that ``root``'s training list names (None when the folder has no training list)."""
     try:
         listed = {Path(n).stem for n in read_list(root / resolve_list(root, args.train_list, "train"))}
     except UserError:
@@ -273,21 +287,32 @@ def _train_rows(args: argparse.Namespace, names: list[str]) -> np.ndarray | None
 
 
 def write_map(
-    args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray], brightness: np.ndarray, img_dir: str
+    args: argparse.Namespace,
+    names: list[str],
+    arrays: dict[str, np.ndarray],
+    brightness: np.ndarray,
+    img_dir: str,
+    root: Path | None = None,
+    stem: str = "embeddings_map",
+    tile_names: list[str] | None = None,
 ) -> list[str]:
-    """With a tile index with a CRS in the data folder: ``embeddings_map.parquet`` (GeoParquet: tile polygons,
-    the first three principal components, k-means clusters with ``--clusters``, the vectors) and
-    ``embeddings_map.png`` (PCs as RGB, clusters); returns the files written (none without such an index)."""
-    index = read_tile_index(args.data_path)
+    """With a tile index with a CRS in the data folder ``root`` (default ``--data_path``): ``STEM.parquet``
+    (GeoParquet: tile polygons, the first three principal components, k-means clusters with ``--clusters``,
+    the vectors) and ``STEM.png`` (PCs as RGB, clusters); returns the files written (none without such an
+    index). ``tile_names``: the tiles' own file names when ``names`` carry a root's label."""
+    root = Path(args.data_path) if root is None else root
+    index = read_tile_index(root)
     if index is None or index.crs is None:
         return []
+    tile_names = names if tile_names is None else tile_names
     out = Path(args.out)
     kind = args.probe_features if args.probe_features in arrays else "backbone"
     clusters = args.clusters or None
     mask, rules = None, cluster_rules(args) if clusters else []
     if rules:
-        n_poi = tile_poi_counts(Path(args.data_path), img_dir, names, index)
-        mask, left_out = apply_rules(TileFacts(names, arrays[kind], brightness, n_poi, _train_rows(args, names)), rules)
+        n_poi = tile_poi_counts(root, img_dir, tile_names, index)
+        facts = TileFacts(tile_names, arrays[kind], brightness, n_poi, _train_rows(root, args, tile_names))
+        mask, left_out = apply_rules(facts, rules)
         print(
             f"clusters: {int(mask.sum())} of {len(names)} tiles clustered; left out: "
             + ", ".join(f"{n} with {why}" for why, n in left_out.items()),
@@ -295,38 +320,52 @@ def write_map(
         )
     write_embedding_map(
         index,
-        names,
+        tile_names,
         arrays[kind],
-        out / "embeddings_map.parquet",
-        out / "embeddings_map.png",
+        out / f"{stem}.parquet",
+        out / f"{stem}.png",
         clusters=clusters,
         seed=args.seed,
-        title=f"{kind} embeddings of {len(names)} tiles",
+        title=f"{kind} embeddings of {len(names)} tiles" + ("" if stem == "embeddings_map" else f" of {root.name}"),
         cluster_mask=mask,
     )
-    return ["embeddings_map.parquet", "embeddings_map.png"]
+    return [f"{stem}.parquet", f"{stem}.png"]
 
 
 def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray], Path]:
-    """Embed every tile (or the listed ones) and write names, arrays, CSV, Parquet and meta to ``--out``.
+    """Embed every tile (or the listed ones) of every ``--data_path`` root and write names, arrays, CSV,
+    Parquet, maps and meta to ``--out``.
 
     Returns ``(names, {"backbone": [N, d], "projection": [N, P], "poi": [N, P]}, image checkpoint)`` (only
-    what was asked).
+    what was asked). With several roots the rows follow the roots' order and the names are ``LABEL/NAME``.
     """
-    root = Path(args.data_path)
-    if not root.is_dir():
-        hint = "run `python mmgr.py --demo` first" if args.demo else "pass --data_path"
-        raise UserError(f"data directory {root} does not exist; {hint}")
+    roots = data_roots(args.data_path)
+    check_distinct(roots)
+    for root in roots:
+        if not root.is_dir():
+            hint = "run `python mmgr.py --demo` first" if args.demo else "pass --data_path"
+            raise UserError(f"data directory {root} does not exist; {hint}")
+    if len(roots) > 1 and args.probe:
+        raise UserError(
+            "--probe fits and scores on one root's train/val lists; export several --data_path roots without "
+            "--probe, or probe one root at a time"
+        )
     ckpt = Path(args.ckpt) if args.ckpt else consistent_image_checkpoint(args.model_path)
     device = resolve_device(args.device)
-    img_dir = resolve_img_dir(root, args.img_dir)
-    files = tile_files(root, img_dir, args.lists)
-    names = [p.name for p in files]
+    labels = root_labels(roots) if len(roots) > 1 else [""]
+    parts = []  # (root, label, img_dir, files) of each root
+    for root, label in zip(roots, labels, strict=True):
+        img_dir = resolve_img_dir(root, args.img_dir)
+        parts.append((root, label, img_dir, tile_files(root, img_dir, args.lists)))
+    files = [p for *_, fs in parts for p in fs]
+    names = [f"{label}/{p.name}" if label else p.name for _, label, _, fs in parts for p in fs]
     arrays, resnet, brightness = image_embeddings(ckpt, files, device, args.batch_size, args.workers, args.projected)
     poi_ckpt = None
     if args.poi:
         poi_ckpt = Path(args.poi_ckpt) if args.poi_ckpt else poi_checkpoint_for(ckpt)
-        arrays["poi"] = poi_embeddings(poi_ckpt, root, img_dir, files, device, args.batch_size)
+        arrays["poi"] = np.concatenate(
+            [poi_embeddings(poi_ckpt, root, img_dir, fs, device, args.batch_size) for root, _, img_dir, fs in parts]
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text("".join(n + "\n" for n in names), out / "names.txt")
@@ -337,24 +376,59 @@ def export(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray], 
         write_csv(out / "embeddings.csv", names, arrays)
         written.append("embeddings.csv")
     write_parquet(out / "embeddings.parquet", names, arrays)
-    written += ["embeddings.parquet", *write_map(args, names, arrays, brightness, img_dir)]
-    write_meta(
-        out / "meta.json",
-        {
-            "ckpt": str(ckpt),
-            "poi_ckpt": str(poi_ckpt) if poi_ckpt else None,
-            "resnet": resnet,
-            "data_path": str(root),
-            "img_dir": img_dir,
-            "n_tiles": len(names),
-            "dims": {k: int(a.shape[1]) for k, a in arrays.items()},
-        },
+    written.append("embeddings.parquet")
+    if len(parts) == 1:
+        written += write_map(args, names, arrays, brightness, parts[0][2])
+    else:
+        written += _write_root_maps(args, parts, names, arrays, brightness)
+    meta = {
+        "ckpt": str(ckpt),
+        "poi_ckpt": str(poi_ckpt) if poi_ckpt else None,
+        "resnet": resnet,
+        "data_path": str(roots[0]) if len(roots) == 1 else [str(r) for r in roots],
+        "img_dir": parts[0][2],
+        "n_tiles": len(names),
+        "dims": {k: int(a.shape[1]) for k, a in arrays.items()},
+    }
+    if len(parts) > 1:
+        meta["roots"] = [
+            {"data_path": str(root), "label": label, "img_dir": img_dir, "n_tiles": len(fs)}
+            for root, label, img_dir, fs in parts
+        ]
+    write_meta(out / "meta.json", meta)
+    source = (
+        f"from {roots[0] / parts[0][2]}"
+        if len(parts) == 1
+        else "(" + ", ".join(f"{len(fs)} from {root / img_dir}" for root, _, img_dir, fs in parts) + ")"
     )
-    print(
-        f"{len(names)} tiles from {root / img_dir} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}",
-        flush=True,
-    )
+    print(f"{len(names)} tiles {source} with {ckpt.name} ({resnet}) -> {out}: {', '.join(written)}", flush=True)
     return names, arrays, ckpt
+
+
+def _write_root_maps(
+    args: argparse.Namespace,
+    parts: list[tuple[Path, str, str, list[Path]]],
+    names: list[str],
+    arrays: dict[str, np.ndarray],
+    brightness: np.ndarray,
+) -> list[str]:
+    """Several roots: one map per root that has a tile index with a CRS, ``embeddings_map_LABEL.*`` (each its
+    own principal components and clusters: its colours are not comparable with another root's)."""
+    written, start = [], 0
+    for root, label, img_dir, fs in parts:
+        rows = slice(start, start + len(fs))
+        start += len(fs)
+        written += write_map(
+            args,
+            names[rows],
+            {k: a[rows] for k, a in arrays.items()},
+            brightness[rows],
+            img_dir,
+            root=root,
+            stem="embeddings_map_" + label.replace("/", "_"),
+            tile_names=[p.name for p in fs],
+        )
+    return written
 
 
 def probe(args: argparse.Namespace, names: list[str], arrays: dict[str, np.ndarray], ckpt: Path | None = None) -> dict:

@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         origin="published",
     )
     p = argparse.ArgumentParser(
-        description="MMGR multi-modal contrastive pretraining (Bai et al., 2023).", parents=[common]
+        description="MMGR multi-modal contrastive pretraining (Bai et al., 2023).",
+        parents=[common],
+        conflict_handler="resolve",  # --data_path takes several roots here: it replaces the shared flag
     )
+    _data_flag(p)
     _method_flags(p)
     _run_folder_flags(p)
     _data_check_flags(p)
@@ -69,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_layout_flags(p)
     add_speed_flags(p)
     return p
+
+
+def _data_flag(p: argparse.ArgumentParser) -> None:
+    """``--data_path A [B ...]``: one root (the published flag) or several, pretrained on as one set."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data_path",
+        nargs="+",
+        default="./DATA",
+        help="data root (default './DATA', published), or several roots (prepared folders or packs of tiles "
+        "of one size, bands and POI vocabulary) to pretrain on their union (README, 'Two cities')",
+    )
 
 
 def _method_flags(p: argparse.ArgumentParser) -> None:
@@ -207,6 +222,8 @@ def _start_flags(p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_with_demo(build_parser(), argv, DEMO_DEFAULTS)
+    if isinstance(args.data_path, list) and len(args.data_path) == 1:
+        args.data_path = args.data_path[0]  # one root: the published flag's value, as args.json has always held it
     args.ckpt_prefix = default_ckpt_prefix(args)
     return args
 

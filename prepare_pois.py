@@ -169,8 +169,10 @@ def _graph_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--embeddings",
         default=None,
-        help="CSV table: a 'category' column followed by the vector (any width); categories "
-        "missing from it get zero vectors and are reported (default: learn vectors here)",
+        help="CSV table: a 'category' column followed by the vector (any width), e.g. another city's "
+        "OUT/category_embeddings.csv to share its vocabulary; a category missing from it takes its parent's "
+        "vector ('parent/child', an OSM key=value's key, or --parent_col / the OSM key), else its POIs are "
+        "dropped; both counted in the summary (default: learn vectors here)",
     )
     g.add_argument(
         "--embed_dim",
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
             (summary["pois_skipped_no_category"], "without a category"),
             (summary["pois_skipped_bad_coordinates"], "with bad coordinates"),
             (summary["pois_skipped_not_point"], "not points"),
+            (summary["pois_dropped_category_not_in_table"], "of a category not in --embeddings"),
         ]
         pois = (
             f"{summary['pois_used']} of {summary['pois_in_file']} POIs ({summary['pois_outside_every_tile']} outside "

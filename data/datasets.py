@@ -16,9 +16,10 @@ from data.layout import PretrainLayout
 from data.pack import PackedPretrainDataset, is_packed
 from data.pretrain import PretrainDataset, collate_pretrain
 from data.raw import RawPretrainDataset, collate_raw
+from data.roots import MultiRootDataset
 from data.transforms import pretrain_transform
 
-__all__ = ["AUGMENT_MODES", "build_pretrain_dataset", "collate_for"]
+__all__ = ["AUGMENT_MODES", "build_pretrain_dataset", "build_union", "collate_for"]
 
 # cpu: two PIL-augmented views per item (published); gpu: decoded uint8 tiles, views drawn on the device.
 AUGMENT_MODES = ("cpu", "gpu")
@@ -40,6 +41,24 @@ def build_pretrain_dataset(
     if augment == "gpu":
         return RawPretrainDataset(layout, images=tiles, poi_dim=poi_dim)
     return PretrainDataset(layout, pretrain_transform(img_size), images=tiles, poi_dim=poi_dim)
+
+
+def build_union(
+    layouts: list[PretrainLayout],
+    augment: str,
+    img_size: int,
+    tiles: list[list[Path] | None],
+    poi_dim: int | None = None,
+) -> Dataset:
+    """The data set of several roots (``mmgr.py --data_path A B``): their union in root order.
+
+    ``tiles[k]``: root ``k``'s good tiles from its pre-scan (None for a pack). One root gives exactly
+    :func:`build_pretrain_dataset`'s data set, so a run on one root is the run it always was.
+    """
+    parts = [build_pretrain_dataset(lay, augment, img_size, t, poi_dim) for lay, t in zip(layouts, tiles, strict=True)]
+    if len(parts) == 1:
+        return parts[0]
+    return MultiRootDataset([lay.root for lay in layouts], parts)
 
 
 def collate_for(augment: str) -> Callable:

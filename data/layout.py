@@ -37,6 +37,7 @@ __all__ = [
     "LIST_NAMES",
     "IMG_DIRS",
     "PREPARE_SUMMARY",
+    "CATEGORY_TABLE",
     "is_prepared_folder",
     "available_targets",
     "check_target",
@@ -76,8 +77,14 @@ class PretrainLayout:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PretrainLayout:
-        """The layout named by ``--data_path --img_dir --emb_dir --edge_dir --weight_dir``."""
+        """The layout named by ``--data_path --img_dir --emb_dir --edge_dir --weight_dir`` (one root)."""
         return cls(Path(args.data_path), args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir)
+
+    @classmethod
+    def all_from_args(cls, args: argparse.Namespace) -> list[PretrainLayout]:
+        """One layout per root of ``--data_path`` (one path or several), all with the same sub-folder names."""
+        roots = [args.data_path] if isinstance(args.data_path, (str, os.PathLike)) else list(args.data_path)
+        return [cls(Path(r), args.img_dir, args.emb_dir, args.edge_dir, args.weight_dir) for r in roots]
 
     @property
     def img(self) -> Path:
@@ -133,10 +140,16 @@ def add_layout_flags(p: argparse.ArgumentParser) -> None:
 
 # Written last by prepare_pois.py into its --out: the mark of a folder it prepared (docs/real_data.md).
 PREPARE_SUMMARY = "prepare_summary.json"
+# The category vectors the POI tensors were written with (prepare_pois.py, the synthetic city; copied
+# into a pack): roots trained on together must agree on them (data/roots.py).
+CATEGORY_TABLE = "category_embeddings.csv"
 
 
-def is_prepared_folder(root: str | Path) -> bool:
-    """Whether ``root`` was written by ``prepare_pois.py`` (it holds :data:`PREPARE_SUMMARY`)."""
+def is_prepared_folder(root: str | Path | list[str | Path]) -> bool:
+    """Whether ``root`` was written by ``prepare_pois.py`` (it holds :data:`PREPARE_SUMMARY`); for several
+    roots (``mmgr.py --data_path A B``), whether every one of them was."""
+    if isinstance(root, (list, tuple)):
+        return bool(root) and all(is_prepared_folder(r) for r in root)
     return (Path(root) / PREPARE_SUMMARY).is_file()
 
 

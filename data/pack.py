@@ -19,6 +19,8 @@ Layout of ``--out`` (every array little-endian ``.npy``; shard ``k`` has ``n_k``
 * ``shard_K.edge_ptr.npy`` int64 ``[n_k + 1]`` and ``shard_K.edges.npy`` int64 ``[2, E_k]`` — the
   tile's edges (node indices local to the tile) are ``edges[:, edge_ptr[t]:edge_ptr[t + 1]]``.
 * ``shard_K.weights.npy`` float32 ``[E_k]`` — edge weights, when the source had them.
+* ``category_embeddings.csv`` — the source's category table, when it had one (so that a run on
+  several roots can check that they share one vocabulary, data/roots.py).
 
 Packing validates every tile's files as the folder dataset does, so training from a pack never
 meets a malformed item. Items read back are equal, element for element, to the folder dataset's.
@@ -39,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Data
 from tqdm import tqdm
 
-from data.layout import PretrainLayout, add_layout_flags
+from data.layout import CATEGORY_TABLE, PretrainLayout, add_layout_flags
 from data.raw import RawPretrainDataset
 from utils.errors import UserError, run_main
 from utils.fileio import atomic_path, atomic_save_npy, atomic_write_text, write_advice
@@ -85,6 +87,10 @@ def pack(
             m = min(shard_size, n - start)
             shards.append({"name": _write_shard(out, f"shard_{k:05d}", items, src, start, m, shape), "n": m})
         atomic_write_text("".join(p.name + "\n" for p in src.images), out / "names.txt", durable=False)
+        if (layout.root / CATEGORY_TABLE).is_file():  # the vocabulary travels with the tensors (data/roots.py)
+            atomic_write_text((layout.root / CATEGORY_TABLE).read_text(encoding="utf-8"), out / CATEGORY_TABLE)
+        elif (out / CATEGORY_TABLE).is_file():  # an earlier pack's, not this source's
+            (out / CATEGORY_TABLE).unlink()
         meta = {
             "format": FORMAT,
             "n_tiles": n,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +32,11 @@ from PIL import Image
 
 from data.layout import PretrainLayout, tensor_name
 from data.pretrain import check_tensor, list_images, load_graph
-from data.scan_cache import RACY_SECONDS, Entry, load_cache, save_cache, signature
+from data.scan_cache import RACY_SECONDS, Entry, load_cache, load_sections, save_cache, save_sections, signature
 from utils.errors import UserError
 from utils.fileio import load_file
 
-__all__ = ["BadFile", "ScanReport", "scan_pretrain"]
+__all__ = ["BadFile", "ScanReport", "scan_pretrain", "scan_roots", "merge_reports"]
 
 _CHUNK = 64
 
@@ -208,16 +208,82 @@ def scan_pretrain(
     every tile (the file is still rewritten). ``cache_read_only``: use it but never write it (the
     processes other than the main one under torchrun).
     """
+    lookup = None if cache is None else (lambda key: None if rescan else load_cache(cache, key))
+    report, key, entries, known = _scan_one(PretrainLayout.of(layout), workers, lookup)
+    if cache is not None and not cache_read_only:
+        _write_cache(cache, key, entries, known)
+    return report
+
+
+def scan_roots(
+    layouts: list[PretrainLayout],
+    workers: int = 4,
+    cache: str | Path | None = None,
+    rescan: bool = False,
+    cache_read_only: bool = False,
+) -> list[ScanReport]:
+    """:func:`scan_pretrain` of each root of a run on several roots, one report per root, in order.
+
+    One root is exactly :func:`scan_pretrain` (same cache file). Several share one cache file holding a
+    section per root (:func:`data.scan_cache.save_sections`), rewritten when any root's good tiles changed.
+    """
+    if len(layouts) == 1:
+        return [scan_pretrain(layouts[0], workers, cache, rescan, cache_read_only)]
+    sections = [] if cache is None or rescan else load_sections(cache)
+
+    def lookup(key: dict) -> dict[str, Entry] | None:
+        return next((entries for k, entries in sections if k == key), None)
+
+    reports, new, changed = [], [], False
+    for layout in layouts:
+        report, key, entries, known = _scan_one(layout, workers, lookup if cache is not None else None)
+        reports.append(report)
+        new.append((key, entries))
+        changed |= entries != known
+    if cache is not None and not cache_read_only and changed:
+        try:
+            save_sections(cache, new)
+        except OSError as exc:  # the cache only saves time: never stop a run for it
+            _cache_warning(cache, exc)
+    return reports
+
+
+def merge_reports(reports: list[ScanReport]) -> ScanReport:
+    """Several roots' reports as one (tiles and problems in root order), for ``--bad_samples`` and ``--check_data``.
+
+    The roots' POI width is the first one found (:func:`data.roots.check_roots` refused roots that differ).
+    """
+    if len(reports) == 1:
+        return reports[0]
+    return ScanReport(
+        [p for r in reports for p in r.good],
+        [p for r in reports for p in r.bad_tiles],
+        [b for r in reports for b in r.bad],
+        next((r.poi_dim for r in reports if r.poi_dim is not None), None),
+        sum(r.zero_poi for r in reports),
+        sum(r.seconds for r in reports),
+        sum(r.n_files for r in reports),
+        checked=sum(r.checked for r in reports),
+        cached=sum(r.cached for r in reports),
+    )
+
+
+def _scan_one(
+    layout: PretrainLayout, workers: int, lookup: Callable[[dict], dict[str, Entry] | None] | None
+) -> tuple[ScanReport, dict, dict[str, Entry], dict[str, Entry] | None]:
+    """Scan one root -> ``(report, cache key, entries to cache, entries the cache had)``.
+
+    ``lookup``: the cache's entries for a key (None: no cache, every tile is read and nothing is kept).
+    """
     t0 = time.perf_counter()
     # Files modified after this instant minus the mtime tick are not cached (see data/scan_cache.py).
     racy_ns = time.time_ns() - int(RACY_SECONDS * 1e9)
-    layout = PretrainLayout.of(layout)
     listing = _list_layout(layout)
     candidates = listing.candidates
     poi_dim = _first_width(listing.dirs[0] / name for _, name in candidates)
     key = _cache_key(layout, listing, poi_dim)
-    known = None if cache is None or rescan else load_cache(cache, key)
-    sigs = _signatures(listing) if cache is not None else []
+    known = lookup(key) if lookup is not None else None
+    sigs = _signatures(listing) if lookup is not None else []
     zero_flag, todo = _split_cached(candidates, known, sigs)
     # Tiles are checked in listing order, cached ones contribute no problem: the same list as uncached.
     checked = _check_all(listing, todo, poi_dim, workers)
@@ -230,14 +296,16 @@ def scan_pretrain(
         elif n_poi == 0:
             zero_flag[i] = 1
     good_idx = [i for i in range(len(candidates)) if not checked.get(i, ((), 0))[0]]
-    if cache is not None and not cache_read_only:
-        entries = {
+    entries = (
+        {
             candidates[i][0].name: (sigs[i][0], zero_flag[i])
             for i in good_idx
             if sigs[i] is not None and sigs[i][1] < racy_ns
         }
-        _write_cache(cache, key, entries, known)
-    return ScanReport(
+        if lookup is not None
+        else {}
+    )
+    report = ScanReport(
         [candidates[i][0] for i in good_idx],
         sorted(listing.bad_tiles),
         listing.bad,
@@ -248,6 +316,7 @@ def scan_pretrain(
         checked=len(todo),
         cached=len(candidates) - len(todo),
     )
+    return report, key, entries, known
 
 
 def _cache_key(layout: PretrainLayout, listing: _Listing, poi_dim: int | None) -> dict:
@@ -295,11 +364,15 @@ def _write_cache(cache: str | Path, key: dict, entries: dict[str, Entry], known:
     try:
         save_cache(cache, key, entries)
     except OSError as exc:  # the cache only saves time: never stop a run for it
-        print(
-            f"warning: could not write the scan cache {cache} ({exc}); the next launch checks every tile again",
-            file=sys.stderr,
-            flush=True,
-        )
+        _cache_warning(cache, exc)
+
+
+def _cache_warning(cache: str | Path, exc: OSError) -> None:
+    print(
+        f"warning: could not write the scan cache {cache} ({exc}); the next launch checks every tile again",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool = False) -> list[Path]:

@@ -20,6 +20,10 @@ still have that signature is taken as good without being read.
   (image file name, signature, 1 when the tile has zero POIs). A file that cannot be read, is
   truncated, or is of another format or key is ignored (the scan then checks every tile) and
   replaced.
+* Several roots (``mmgr.py --data_path A B``): one such object per root, each with its own key, in
+  ``{"format": "mmgr-scan-cache-roots-1", "sections": [...]}``. A root's section serves it whatever
+  the other roots are; a run on one root reads its section from such a file and writes the
+  one-root format again.
 """
 
 from __future__ import annotations
@@ -33,10 +37,22 @@ from typing import Any
 
 from utils.fileio import atomic_write_text
 
-__all__ = ["CACHE_NAME", "CACHE_FORMAT", "RACY_SECONDS", "Entry", "signature", "load_cache", "save_cache"]
+__all__ = [
+    "CACHE_NAME",
+    "CACHE_FORMAT",
+    "CACHE_FORMAT_ROOTS",
+    "RACY_SECONDS",
+    "Entry",
+    "signature",
+    "load_cache",
+    "load_sections",
+    "save_cache",
+    "save_sections",
+]
 
 CACHE_NAME = "scan_cache.json"
 CACHE_FORMAT = "mmgr-scan-cache-1"
+CACHE_FORMAT_ROOTS = "mmgr-scan-cache-roots-1"  # {"format", "sections": [one CACHE_FORMAT object per root]}
 RACY_SECONDS = 2.0
 
 Entry = tuple[int, int]  # (signature, 1 if the tile has zero POIs else 0)
@@ -61,24 +77,48 @@ def signature(paths: list[str]) -> tuple[int, int] | None:
     return int.from_bytes(digest, "little"), newest
 
 
-def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None:
-    """``{image file name: (signature, zero)}`` from ``path``, or None when it is absent, unreadable,
-    truncated, of another format or written for another ``key`` (it is then simply not used)."""
+def _entries(obj: Any) -> dict[str, Entry] | None:
+    """The entries of one cache object (``{"key", "names", "sig", "zero"}``), or None when malformed."""
+    names, sig, zero = obj["names"], obj["sig"], obj["zero"]
+    if not (
+        isinstance(names, list)
+        and isinstance(sig, list)
+        and isinstance(zero, list)
+        and len(names) == len(sig) == len(zero)
+    ):
+        return None
+    return dict(zip(names, zip(sig, zero, strict=True), strict=True))
+
+
+def load_sections(path: str | Path) -> list[tuple[dict[str, Any], dict[str, Entry]]]:
+    """``[(key, {image file name: (signature, zero)})]``: one section per root (several for a run on several
+    roots, :data:`CACHE_FORMAT_ROOTS`); empty when the file is absent, unreadable, truncated or of another format."""
     try:
         obj = json.loads(Path(path).read_bytes())
-        if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
-            return None
-        names, sig, zero = obj["names"], obj["sig"], obj["zero"]
-        if not (
-            isinstance(names, list)
-            and isinstance(sig, list)
-            and isinstance(zero, list)
-            and len(names) == len(sig) == len(zero)
-        ):
-            return None
-        return dict(zip(names, zip(sig, zero, strict=True), strict=True))
-    except (OSError, ValueError, KeyError, TypeError):  # missing, not JSON / not UTF-8, odd content
-        return None
+        if not isinstance(obj, dict):
+            return []
+        if obj.get("format") == CACHE_FORMAT:
+            parts = [obj]
+        elif obj.get("format") == CACHE_FORMAT_ROOTS and isinstance(obj.get("sections"), list):
+            parts = obj["sections"]
+        else:
+            return []
+        out = []
+        for part in parts:
+            entries = _entries(part)
+            if entries is None or not isinstance(part.get("key"), dict):
+                return []
+            out.append((part["key"], entries))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, not JSON / not UTF-8, odd content
+        return []
+
+
+def load_cache(path: str | Path, key: dict[str, Any]) -> dict[str, Entry] | None:
+    """``{image file name: (signature, zero)}`` from ``path``, or None when it is absent, unreadable,
+    truncated, of another format or written for another ``key`` (it is then simply not used). A file of
+    several roots' sections serves the section of ``key``."""
+    return next((entries for k, entries in load_sections(path) if k == key), None)
 
 
 def save_cache(path: str | Path, key: dict[str, Any], entries: dict[str, Entry]) -> None:
@@ -92,3 +132,18 @@ def save_cache(path: str | Path, key: dict[str, Any], entries: dict[str, Entry])
         "zero": [e[1] for e in entries.values()],
     }
     atomic_write_text(json.dumps(obj, separators=(",", ":")), path)
+
+
+def save_sections(path: str | Path, sections: list[tuple[dict[str, Any], dict[str, Entry]]]) -> None:
+    """Write one section per root (``(key, entries)``, in root order) to ``path`` atomically: the cache of a
+    run on several roots (``mmgr.py --data_path A B``)."""
+    parts = [
+        {
+            "key": key,
+            "names": list(entries),
+            "sig": [e[0] for e in entries.values()],
+            "zero": [e[1] for e in entries.values()],
+        }
+        for key, entries in sections
+    ]
+    atomic_write_text(json.dumps({"format": CACHE_FORMAT_ROOTS, "sections": parts}, separators=(",", ":")), path)

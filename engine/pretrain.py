@@ -34,12 +34,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.datasets import build_pretrain_dataset, collate_for
+from data.datasets import build_union, collate_for
 from data.gpu_augment import GPUAugment
 from data.layout import PretrainLayout
 from data.pack import is_packed
 from data.resumable import EpochBatchSampler, SeededSamples, epoch_seed
-from data.scan import apply_bad_samples_policy, scan_pretrain
+from data.roots import MultiRootDataset, check_roots, data_roots, describe_counts
+from data.scan import apply_bad_samples_policy, merge_reports, scan_roots
 from data.scan_cache import CACHE_NAME
 from engine.checkpoints import (
     ARCH_FLAGS,
@@ -110,6 +111,7 @@ def claim_run_folder(args: argparse.Namespace, info: DistInfo) -> RunFolder | Fo
     run, failure = None, SharedFailure()
     if info.is_main:
         with failure.hold():
+            _check_roots(args)
             if args.check_data:
                 run = FolderLock(args.model_path, purpose="data check").acquire()
             else:
@@ -120,7 +122,8 @@ def claim_run_folder(args: argparse.Namespace, info: DistInfo) -> RunFolder | Fo
 
 
 def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
-    """The training set of ``args``: a pack as it is, a folder layout after its pre-scan (data/scan.py).
+    """The training set of ``args``: a pack as it is, a folder layout after its pre-scan (data/scan.py);
+    with several ``--data_path`` roots, their union in root order (data/roots.py).
 
     Every bad file is found before training starts; ``--check_data`` stops after the scan (None).
     Good tiles are remembered in the run's folder (``scan_cache.json``, created by the write if needed;
@@ -136,20 +139,34 @@ def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
 
 def _prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     check_args(args)
-    layout = PretrainLayout.from_args(args)
-    if is_packed(layout.root):  # written by `python -m data.pack`, validated when it was packed
-        return None if args.check_data else build_pretrain_dataset(layout, args.augment, args.img_size)
-    report = scan_pretrain(
-        layout,
+    layouts = PretrainLayout.all_from_args(args)
+    folders = [lay for lay in layouts if not is_packed(lay.root)]  # a pack was validated when it was written
+    if not folders:  # packs only (`python -m data.pack`)
+        return None if args.check_data else build_union(layouts, args.augment, args.img_size, [None] * len(layouts))
+    reports = scan_roots(
+        folders,
         args.workers,
         cache=Path(args.model_path) / CACHE_NAME,
         rescan=args.rescan,
         cache_read_only=not info.is_main,
     )
-    tiles = apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
+    report = merge_reports(reports)
+    apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
     if args.check_data:
         return None
-    return build_pretrain_dataset(layout, args.augment, args.img_size, tiles, report.poi_dim)
+    good = iter(r.good for r in reports)
+    tiles = [None if is_packed(lay.root) else next(good) for lay in layouts]
+    dataset = build_union(layouts, args.augment, args.img_size, tiles, report.poi_dim)
+    if info.is_main and isinstance(dataset, MultiRootDataset):
+        print(describe_counts(dataset.roots, dataset.counts), flush=True)
+    return dataset
+
+
+def _check_roots(args: argparse.Namespace) -> None:
+    """Several ``--data_path`` roots: the refusals of data/roots.py (a root twice; tile sizes, bands, POI
+    widths or category tables that differ), before anything is written. One root: nothing new."""
+    if not isinstance(args.data_path, (str, Path)):
+        check_roots(PretrainLayout.all_from_args(args))
 
 
 class Pretrainer:
@@ -184,7 +201,8 @@ class Pretrainer:
         self.global_batch = args.batch_size * info.world_size
         if len(dataset) < self.global_batch:
             raise UserError(
-                f"{args.data_path} has {len(dataset)} usable tiles, fewer than one batch of {self.global_batch}; "
+                f"{' + '.join(map(str, data_roots(args.data_path)))} has {len(dataset)} usable tiles, fewer than one "
+                f"batch of {self.global_batch}; "
                 "lower --batch_size (incomplete batches are dropped, as published)"
             )
         seed_everything(args.seed)  # the models' initialisation below draws from this stream
@@ -259,6 +277,10 @@ class Pretrainer:
             "world_size": self.info.world_size,
             "record_sizes": {str(r.path): r.sync() for r in (self.record, self.log)},
         }
+        if isinstance(self.dataset, MultiRootDataset):  # several roots: a mid-epoch resume needs the same ones
+            progress["root_counts"] = [
+                [str(r), n] for r, n in zip(self.dataset.roots, self.dataset.counts, strict=True)
+            ]
         state = {
             "format": RESUME_FORMAT,
             "img": self.img_model.state_dict(),
@@ -341,6 +363,19 @@ class Pretrainer:
             raise UserError(
                 f"{source} was saved mid-epoch on {progress['n_tiles']} tiles but the data now has "
                 f"{len(self.dataset)}; resume on the same data (or from an end-of-epoch checkpoint)"
+            )
+        counts = (
+            [[str(r), n] for r, n in zip(self.dataset.roots, self.dataset.counts, strict=True)]
+            if isinstance(self.dataset, MultiRootDataset)
+            else None
+        )
+        if progress.get("root_counts") != counts and (counts is not None or "root_counts" in progress):
+            have = "; ".join(f"{n} tiles from {r}" for r, n in progress.get("root_counts") or [])
+            now = "; ".join(f"{n} tiles from {r}" for r, n in counts or [])
+            raise UserError(
+                f"{source} was saved mid-epoch on {have or 'one root'} but this run has {now or 'one root'}; the "
+                "batches already trained would differ: resume with the same --data_path roots in the same order "
+                "(or from an end-of-epoch checkpoint)"
             )
         if progress.get("world_size") not in (None, self.info.world_size):  # None: written before the count was kept
             raise UserError(

@@ -21,7 +21,14 @@ counterpart of skip-gram with negative sampling):
    directions matter to a cosine-trained encoder). With fewer than ``D`` categories, or a rank-deficient
    PPMI, the remaining columns are zeros; a category with no edge at all gets the zero vector.
 
-The table is saved as CSV ``category,v0,...,v{D-1}`` so it can be reused with ``--embeddings``.
+The table is saved as CSV ``category,v0,...,v{D-1}`` so it can be reused with ``--embeddings``. With a
+hierarchy, each parent's own vector of the same factorisation (its row of step 4, as a context word)
+follows the categories' rows, unless a category has the parent's name: a city that shares this table
+gives its categories missing from it their parent's vector (:func:`parent_candidates`).
+
+A shared table (``--embeddings``, docs/real_data.md "One vocabulary for several cities"): a category
+of the city missing from the table takes the vector of the first of :func:`parent_candidates` that the
+table has, else its POIs are dropped (counted in the summary).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 from prepare.poi_io import InputError, csv_header
 from utils.fileio import atomic_write_text
 
-__all__ = ["cooccurrence", "learn_embeddings", "read_table", "write_table"]
+__all__ = ["cooccurrence", "learn_embeddings", "parent_candidates", "read_table", "write_table"]
 
 
 def cooccurrence(codes: np.ndarray, edges: np.ndarray, n_cat: int) -> np.ndarray:
@@ -55,7 +62,11 @@ def cooccurrence(codes: np.ndarray, edges: np.ndarray, n_cat: int) -> np.ndarray
 
 
 def learn_embeddings(
-    counts: np.ndarray, dim: int = 64, parent_codes: np.ndarray | None = None, hierarchy_weight: float = 0.5
+    counts: np.ndarray,
+    dim: int = 64,
+    parent_codes: np.ndarray | None = None,
+    hierarchy_weight: float = 0.5,
+    with_parents: bool = False,
 ) -> np.ndarray:
     """PPMI + truncated SVD category vectors (module docstring, steps 2-4).
 
@@ -64,9 +75,11 @@ def learn_embeddings(
         dim: output width D.
         parent_codes: ``[C]`` int parent code of each category, or None (no hierarchy).
         hierarchy_weight: ``h``, the category-parent count relative to the category's edge ends.
+        with_parents: also return the parents' rows (after the categories', in parent-code order).
 
     Returns:
-        ``[C, D]`` float32 vectors, unit length (or zero for categories without edges).
+        ``[C, D]`` float32 vectors, unit length (or zero for categories without edges); with
+        ``with_parents`` and a hierarchy ``[C + n_parents, D]``.
     """
     m = np.asarray(counts, dtype=np.float64)
     c = m.shape[0]
@@ -81,10 +94,11 @@ def learn_embeddings(
         ext[np.arange(c), c + parent_codes] = link
         ext[c + parent_codes, np.arange(c)] = link
         m = ext
+    keep = m.shape[0] if with_parents else c  # the parents' rows, when asked, follow the categories'
     total = m.sum()
     out = np.zeros((m.shape[0], dim), dtype=np.float64)
     if total <= 0:
-        return out[:c].astype(np.float32)
+        return out[:keep].astype(np.float32)
     row, col = m.sum(axis=1, keepdims=True), m.sum(axis=0, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         pmi = np.log(m * total / (row * col))
@@ -99,7 +113,25 @@ def learn_embeddings(
     vec = vec * np.where(sign == 0, 1.0, sign)
     norm = np.linalg.norm(vec, axis=1, keepdims=True)
     out[:, :k] = np.divide(vec, norm, out=np.zeros_like(vec), where=norm > 0)
-    return out[:c].astype(np.float32)
+    return out[:keep].astype(np.float32)
+
+
+def parent_candidates(category: str, data_parent: str | None = None) -> list[str]:
+    """The names whose vector a category missing from a shared table borrows, most specific first.
+
+    ``"food/asian/thai"`` -> ``["food/asian", "food"]`` (a path of categories); ``"amenity=cafe"`` ->
+    ``["amenity"]`` (an OpenStreetMap ``key=value``); then ``data_parent``, the parent the city's own
+    data give the category (``--parent_col``; for an ``.osm.pbf`` extract the OSM key), unless it is the
+    category itself (a POI without a parent is its own parent).
+    """
+    out: list[str] = []
+    parts = category.split("/")
+    out += ["/".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)]
+    if "=" in category:
+        out.append(category.split("=", 1)[0])
+    if data_parent and data_parent != category:
+        out.append(data_parent)
+    return [c for k, c in enumerate(out) if c and c not in out[:k]]
 
 
 def write_table(path: str, categories: list[str], vectors: np.ndarray) -> None:

@@ -375,6 +375,9 @@ class _Embeddings:
     saved_table: np.ndarray  # ... and their vectors [C', D]
     source: str  # "table" (--embeddings), "learned" or "none" (image-only)
     unseen: dict[str, int] = field(default_factory=dict)  # categories missing from --embeddings: their POIs
+    from_parent: dict[str, str] = field(default_factory=dict)  # ... of them, those given their parent's vector
+    dropped: dict[str, int] = field(default_factory=dict)  # ... and those dropped, with their POIs
+    keep: np.ndarray | None = None  # [N] bool: the POIs kept (None: all)
 
 
 @dataclass
@@ -533,16 +536,17 @@ def _embeddings(cfg: PrepareConfig, pts: _Points, log: Log) -> _Embeddings:
         cats, codes = np.zeros(0, str), np.zeros(0, np.int64)
     codes = codes.reshape(-1)
     if cfg.embeddings:
-        return _table_embeddings(cfg, cats, codes, log)
+        return _table_embeddings(cfg, pts, cats, codes, log)
     dim = cfg.embed_dim or 64
     if pts.pois is None:  # image-only: nothing to learn from
         return _Embeddings(cats, codes, np.zeros((0, dim), np.float32), [], np.zeros((0, dim), np.float32), "none")
     return _learned_embeddings(cfg, pts, cats, codes, dim, log)
 
 
-def _table_embeddings(cfg: PrepareConfig, cats: np.ndarray, codes: np.ndarray, log: Log) -> _Embeddings:
-    """The vectors of --embeddings; the categories it lacks get zero vectors and are reported."""
-    unseen: dict[str, int] = {}
+def _table_embeddings(cfg: PrepareConfig, pts: _Points, cats: np.ndarray, codes: np.ndarray, log: Log) -> _Embeddings:
+    """The vectors of --embeddings (a shared vocabulary, docs/real_data.md). A category the table lacks takes
+    its parent's vector when the table has the parent (prepare/category_embed.py, ``parent_candidates``),
+    else its POIs are dropped; both are counted and said."""
     tab_cats, tab_vecs = category_embed.read_table(cfg.embeddings)
     if cfg.embed_dim is not None and cfg.embed_dim != tab_vecs.shape[1]:
         raise InputError(
@@ -551,23 +555,56 @@ def _table_embeddings(cfg: PrepareConfig, cats: np.ndarray, codes: np.ndarray, l
         )
     dim = tab_vecs.shape[1]
     pos = {c: k for k, c in enumerate(tab_cats)}
-    table = np.zeros((len(cats), dim), dtype=np.float32)  # unseen categories: zero vectors
+    table = np.zeros((len(cats), dim), dtype=np.float32)  # dropped categories' rows stay unused
     counts = np.bincount(codes, minlength=len(cats))
+    data_parent = _data_parents(pts, codes, len(cats))
+    unseen: dict[str, int] = {}
+    from_parent: dict[str, str] = {}
+    dropped: dict[str, int] = {}
     for k, c in enumerate(cats):
+        c = str(c)
         if c in pos:
             table[k] = tab_vecs[pos[c]]
+            continue
+        unseen[c] = int(counts[k])
+        parent = next((p for p in category_embed.parent_candidates(c, data_parent[k]) if p in pos), None)
+        if parent is not None:
+            table[k] = tab_vecs[pos[parent]]
+            from_parent[c] = parent
         else:
-            unseen[str(c)] = int(counts[k])
-    # Saved table = the user's rows plus the unseen categories (zeros), so it covers this city.
-    out_cats = tab_cats + [str(c) for c in cats if str(c) not in pos]
-    out_table = np.concatenate([tab_vecs, np.zeros((len(out_cats) - len(tab_cats), dim), np.float32)])
+            dropped[c] = int(counts[k])
+    # Saved table = the shared rows plus the categories given their parent's vector: it covers this city,
+    # and agrees with the shared table on every category both have (mmgr.py checks that, data/roots.py).
+    extra = [c for c in from_parent]
+    out_cats = tab_cats + extra
+    out_table = (
+        np.concatenate([tab_vecs, np.stack([tab_vecs[pos[from_parent[c]]] for c in extra])]) if extra else tab_vecs
+    )
+    keep = None
+    if dropped:
+        gone = np.isin(cats, list(dropped))
+        keep = ~gone[codes]
     if unseen:
+        said = [f"{c} <- {p}" for c, p in sorted(from_parent.items())[:10]]
         log(
-            f"{len(unseen)} categories are not in {cfg.embeddings} and get zero vectors: "
-            + ", ".join(sorted(unseen)[:10])
-            + (" ..." if len(unseen) > 10 else "")
+            f"{len(unseen)} categories are not in {cfg.embeddings}: {len(from_parent)} take their parent's vector"
+            + (f" ({', '.join(said)}{' ...' if len(from_parent) > 10 else ''})" if said else "")
+            + f", {len(dropped)} without a parent in the table are dropped with their {sum(dropped.values())} POIs"
+            + (f" ({', '.join(sorted(dropped)[:10])}{' ...' if len(dropped) > 10 else ''})" if dropped else "")
         )
-    return _Embeddings(cats, codes, table, out_cats, out_table, "table", unseen)
+    return _Embeddings(cats, codes, table, out_cats, out_table, "table", unseen, from_parent, dropped, keep)
+
+
+def _data_parents(pts: _Points, codes: np.ndarray, n_cat: int) -> list[str | None]:
+    """The parent the city's own data give each category (its most frequent one; None without a parent column)."""
+    if pts.pois is None or pts.pois.parent is None:
+        return [None] * n_cat
+    pairs = Counter(zip(codes.tolist(), pts.pois.parent.astype(str).tolist(), strict=True))
+    best: dict[int, tuple[int, str]] = {}
+    for (c, p), n in sorted(pairs.items()):
+        if c not in best or n > best[c][0]:
+            best[c] = (n, p)
+    return [best[c][1] if c in best else None for c in range(n_cat)]
 
 
 def _learned_embeddings(
@@ -586,13 +623,23 @@ def _learned_embeddings(
         for (c, p), n in pairs.items():
             if c not in best or n > best[c][0]:
                 best[c] = (n, p)
-        _, parent_codes = np.unique([best[c][1] for c in range(len(cats))], return_inverse=True)
-    table = category_embed.learn_embeddings(counts_mat, dim, parent_codes, cfg.hierarchy_weight)
+        parents, parent_codes = np.unique([best[c][1] for c in range(len(cats))], return_inverse=True)
+    full = category_embed.learn_embeddings(counts_mat, dim, parent_codes, cfg.hierarchy_weight, with_parents=True)
+    table = full[: len(cats)]
     log(
         f"learned {dim}-d vectors for {len(cats)} categories from {city_edges.shape[1] // 2} "
         f"Delaunay edges ({time.time() - t0:.1f}s)"
     )
-    return _Embeddings(cats, codes, table, [str(c) for c in cats], table, "learned")
+    saved_cats, saved = [str(c) for c in cats], table
+    if parent_codes is not None and cfg.hierarchy_weight > 0:
+        # The parents' own vectors follow, for the categories a city sharing this table lacks
+        # (prepare/category_embed.py); a parent named like a category is left out (the category's row wins).
+        names = set(saved_cats)
+        rows = [(str(p), full[len(cats) + k]) for k, p in enumerate(parents) if str(p) not in names]
+        if rows:
+            saved_cats = saved_cats + [p for p, _ in rows]
+            saved = np.concatenate([table, np.stack([v for _, v in rows])])
+    return _Embeddings(cats, codes, table, saved_cats, saved, "learned")
 
 
 def _cut_or_list(
@@ -820,6 +867,9 @@ def _summary(
         "embedding_source": emb.source,
         "embedding_dim": int(emb.table.shape[1]),
         "categories_unseen_in_table": emb.unseen,
+        "categories_from_parent": emb.from_parent,
+        "categories_dropped_not_in_table": emb.dropped,
+        "pois_dropped_category_not_in_table": int(sum(emb.dropped.values())),
         "poi_crs": pois.crs if pois else None,
         "tile_crs": src.crs,
         "reprojected": bool(pts.reprojected),
@@ -882,6 +932,9 @@ def prepare(cfg: PrepareConfig, log: Log = print) -> dict:
         pts = _read_pois(cfg, src, log_and_keep)
         opened = _open_targets(cfg, src)
         emb = _embeddings(cfg, pts, log_and_keep)
+        if emb.keep is not None:  # POIs of categories dropped by the shared table's rule
+            pts = _Points(pts.pois, pts.xy[emb.keep], pts.reprojected)
+            emb.codes = emb.codes[emb.keep]
         # Writing starts here; a new OUT is only created now, so bad inputs leave no folder behind.
         lock.acquire()  # a no-op when held already
         # A refused write leaves an unfinished OUT, which a rerun must replace: hence "with --overwrite".

@@ -16,7 +16,7 @@ from engine.embeddings import poi_checkpoint_for
 from models.image_encoder import ImageEncoder
 from models.loading import load_poi_encoder
 from models.poi_encoder import build_poi_encoder
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, make_layout, run_script
 from tests.engine.test_downstream import add_tile_index
 from utils.errors import UserError
 
@@ -242,3 +242,29 @@ def test_embedding_map_with_a_projected_tile_index(tmp_path, tiny_data, monkeypa
     back = np.load(tmp_path / "e" / "backbone.npy")
     assert np.allclose(frame[[f"e{j}" for j in range(back.shape[1])]].to_numpy(), back, atol=1e-6)
     assert (tmp_path / "e" / "embeddings_map.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_several_roots_one_row_per_tile_of_each_and_a_map_per_root(tmp_path, tiny_data):
+    other = make_layout(tmp_path / "other", n_tiles=12, seed=3)
+    add_tile_index(tiny_data)
+    add_tile_index(other, crs="EPSG:32651")
+    d, _, _ = checkpoints(tmp_path)
+    common = ["--ckpt", str(d / "wuhan_img_3.tar"), "--poi", *ARGS]
+    both = embed.main(["--data_path", str(tiny_data), str(other), "--out", str(tmp_path / "e"), *common])
+    alone = embed.main(["--data_path", str(other), "--out", str(tmp_path / "o"), *common])
+    names = (tmp_path / "e" / "names.txt").read_text().split()
+    assert names == [f"data/t{i:03d}.png" for i in range(12)] + [f"other/t{i:03d}.png" for i in range(12)]
+    for kind in ("backbone", "poi"):  # the second root's rows are its own export's
+        assert np.allclose(both["arrays"][kind][12:], alone["arrays"][kind], atol=1e-5)
+    meta = json.loads((tmp_path / "e" / "meta.json").read_text())
+    assert meta["data_path"] == [str(tiny_data), str(other)] and [r["n_tiles"] for r in meta["roots"]] == [12, 12]
+    for label, epsg in (("data", 32650), ("other", 32651)):
+        frame = gpd.read_parquet(tmp_path / "e" / f"embeddings_map_{label}.parquet")
+        assert frame.crs.to_epsg() == epsg and len(frame) == 12
+    with pytest.raises(UserError, match="--probe fits and scores on one root's train/val lists"):
+        embed.main(
+            ["--data_path", str(tiny_data), str(other), "--out", str(tmp_path / "p"), "--probe", "pop1km", *common]
+        )
+    with pytest.raises(UserError, match="is given twice; give each root once"):
+        embed.main(["--data_path", str(other), str(other), "--out", str(tmp_path / "p"), *common])
+    assert not (tmp_path / "p").exists()

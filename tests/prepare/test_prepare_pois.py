@@ -166,14 +166,21 @@ def test_delaunay_edges_of_known_points(tmp_path):
     assert {tuple(sorted(e)) for e in ei.T.tolist()} == {(0, 4), (1, 4), (2, 4), (3, 4)}
 
 
-def test_unseen_categories_reported(city):
+def test_unseen_categories_without_a_parent_are_dropped_and_reported(city, capsys):
     lines = (city / "table.csv").read_text().splitlines()
     (city / "table.csv").write_text("\n".join(line for line in lines if not line.startswith("c6,")) + "\n")
     summary, out = run(city, "--embeddings", str(city / "table.csv"))
-    assert summary["categories_unseen_in_table"] == {"c6": 1}
-    assert load(out, "emb", "A")[1].abs().sum() == 0  # POI 6 (second in A) gets the zero vector
+    assert summary["categories_unseen_in_table"] == {"c6": 1} and summary["categories_dropped_not_in_table"] == {
+        "c6": 1
+    }
+    assert summary["pois_dropped_category_not_in_table"] == 1 and summary["pois_used"] == len(POIS) - 1
+    assert load(out, "emb", "A").argmax(dim=1).tolist() == [0, 8]  # POI 6 left A (and D)
+    assert load(out, "emb", "D").argmax(dim=1).tolist() == [7]
     table = (out / "category_embeddings.csv").read_text().splitlines()
-    assert table[0].startswith("category,v0,") and any(line.startswith("c6,") for line in table)
+    assert table[0].startswith("category,v0,") and not any(line.startswith("c6,") for line in table)
+    text = capsys.readouterr().out
+    assert "1 categories are not in" in text and "1 without a parent in the table are dropped with their 1 POIs" in text
+    assert "dropped: 1 of a category not in --embeddings" in text
 
 
 def test_learned_table_roundtrip_and_nan_rows(city, capsys):

@@ -143,7 +143,8 @@ def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     tiles = apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
     if args.check_data:
         return None
-    return build_pretrain_dataset(layout, args.augment, args.img_size, tiles, report.poi_dim)
+    # zero_poi counts the good tiles, which are the tiles kept under either --bad_samples policy
+    return build_pretrain_dataset(layout, args.augment, args.img_size, tiles, report.poi_dim, report.zero_poi)
 
 
 class Pretrainer:

@@ -234,6 +234,8 @@ def training_step(
     else:
         v1 = batch.view1.to(device, non_blocking=True).contiguous(memory_format=memory)
         v2 = batch.view2.to(device, non_blocking=True).contiguous(memory_format=memory)
+    # bool [B], read before the graphs move (PyG moves them in place): a CPU mask costs the loss no device sync
+    keep = batch.has_pois if args.empty_poi_tiles == "exclude" else None
     g = batch.graphs.to(device, non_blocking=True)
     with autocast(device, args.precision):
         z1, z2 = img_model(v1), img_model(v2)  # [B, P] each
@@ -242,7 +244,6 @@ def training_step(
     # Both terms use view 1's image embedding, as published. In fp32 (the loss casts), with the
     # negatives of all processes under torchrun (plain nt_xent in a single process). An empty POI graph
     # embeds to one shared vector: by default its tile is left out of the image–POI term.
-    keep = batch.has_pois if args.empty_poi_tiles == "exclude" else None  # bool [B], on the CPU
     loss_inter = nt_xent_gathered(z1, zp, args.temperature, keep)
     loss_intra = nt_xent_gathered(z1, z2, args.temperature)
     loss = (1 - args.img_lmd) * loss_inter + args.img_lmd * loss_intra

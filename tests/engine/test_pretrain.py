@@ -114,13 +114,14 @@ def test_resume_refuses_changed_training_flags_unless_resume_anyway(work, capsys
     t.end_of_epoch(t.train_one_epoch(), StopOnSignal())
     state = t.state_dict()
     changed = ["--lr", "0.01", "--img_size", "24", "--img_lmd", "0.25", "--temperature", "0.1", "--precision", "bf16"]
-    changed += ["--augment", "gpu", "--batch_size", "2", "--cos", "true"]
+    changed += ["--augment", "gpu", "--batch_size", "2", "--cos", "true", "--empty_poi_tiles", "include"]
     with pytest.raises(UserError) as refused:
         trainer(work, "x", *changed).load_state_dict(state, source="ck")
     msg = str(refused.value)
     for shown in ("--lr 0.001 (now 0.01)", "--img_size 16 (now 24)", "--img_lmd 0.5 (now 0.25)",
                   "--temperature 0.5 (now 0.1)", "--precision fp32 (now bf16)", "--augment cpu (now gpu)",
-                  "--batch_size 4 (now 2)", "--cos false (now true)", "--resume_anyway"):  # fmt: skip
+                  "--batch_size 4 (now 2)", "--cos false (now true)", "--empty_poi_tiles exclude (now include)",
+                  "--resume_anyway"):  # fmt: skip
         assert shown in msg, msg
     assert "--seed" not in msg and "--total_epoch" not in msg
     # Extending the run, or changing only its speed, is no change of configuration.

@@ -61,6 +61,7 @@ TRAINING_FLAGS = (
     "augment",
     "precision",
     "img_lmd",
+    "empty_poi_tiles",
     "temperature",
     "seed",
     "sync_bn",

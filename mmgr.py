@@ -146,6 +146,13 @@ def _run_folder_flags(p: argparse.ArgumentParser) -> None:
         "or 'auto' (resume if it exists, else start fresh); default: start fresh",
     )
     g.add_argument(
+        "--resume_anyway",
+        action="store_true",
+        help="continue a checkpoint even though training flags differ from the ones it was trained with (--lr, "
+        "--schedule, --cos, --batch_size, --img_size, --augment, --precision, --img_lmd, --temperature, --seed, "
+        "--sync_bn), with a warning naming them (default off: --resume refuses such a checkpoint, naming them)",
+    )
+    g.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run already in --model_path: its checkpoints, logs and per-step record are removed "

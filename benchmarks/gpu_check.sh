@@ -27,10 +27,14 @@ WORK="$(mktemp -d)"
 START=$(date +%s)
 log() { echo "$*" | tee -a "$RES"; }
 elapsed() { echo $(( $(date +%s) - START )); }
+# Python is $PYTHON when set (the tests set it to their own interpreter; a job script may pass a virtual
+# environment's bin/python without activating it), else the first `python` on PATH.
+PY="${PYTHON:-python}"
+QPY=$(printf %q "$PY")  # the same, quoted for the command strings given to bash -c
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONWARNINGS=ignore
 
 log "== MMGR gpu_check $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if ! python - >>"$RES" 2>&1 <<'PY'
+if ! "$PY" - >>"$RES" 2>&1 <<'PY'
 import importlib, sys
 missing = []
 for m in ("torch", "torchvision", "torch_geometric", "numpy", "scipy", "PIL", "tqdm"):
@@ -56,14 +60,14 @@ if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
   IT="--warmup 1 --iters 2"; IT_PUB="--warmup 1 --iters 1"; IT_C="--warmup 1 --iters 1"; SMOKE_SIZE=32
   NGPU=2  # two gloo CPU processes stand in for several GPUs
 else
-  python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { log "no CUDA device visible: stopped"; cat "$RES"; exit 1; }
+  "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { log "no CUDA device visible: stopped"; cat "$RES"; exit 1; }
   DEV=cuda; NET="--resnet resnet50 --img_size 224 --tile_size 256"; B=256; B_SMALL=64; W=8; WP=14
   IT="--warmup 5 --iters 15"; IT_PUB="--warmup 2 --iters 4"; IT_C="--warmup 3 --iters 10"; SMOKE_SIZE=64
-  NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
+  NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 fi
-CPUS=$(python -c "import os; print(len(os.sched_getaffinity(0)))")
-TR="python -m torch.distributed.run --standalone --nproc_per_node $NGPU"
-TP="python benchmarks/train_throughput.py --device $DEV $NET --json_out $JSON"
+CPUS=$("$PY" -c "import os; print(len(os.sched_getaffinity(0)))")
+TR="$QPY -m torch.distributed.run --standalone --nproc_per_node $NGPU"
+TP="$QPY benchmarks/train_throughput.py --device $DEV $NET --json_out $JSON"
 
 BUDGET=${GPU_CHECK_BUDGET_S:-345}  # the whole script stays under 6 minutes: later steps get what is left
 GROUP=speed  # the group of the steps that follow; GPU_CHECK_ONLY=<group> runs only that one
@@ -80,7 +84,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 }
 
 # 1. Correctness on the device: batched augmentation and loss equal their CPU results; mmgr.py end to end.
-step "device correctness" 60 python - "$DEV" <<'PY'
+step "device correctness" 60 "$PY" - "$DEV" <<'PY'
 import sys, torch
 from data.gpu_augment import GPUAugment
 from models.loss import nt_xent
@@ -98,8 +102,8 @@ print(f"nt_xent cpu {a:.6f} device {b:.6f}")
 assert abs(a - b) < 1e-4
 PY
 step "mmgr.py on the device (bf16, --augment gpu)" 90 bash -c "
-python -c 'from benchmarks.data_path import write_layout; write_layout(\"$WORK/city\", 64, $SMOKE_SIZE)' &&
-cd $WORK && python $PWD/mmgr.py --data_path city --model_path ck --device $DEV --resnet resnet18 --img_size $SMOKE_SIZE \
+$QPY -c 'from benchmarks.data_path import write_layout; write_layout(\"$WORK/city\", 64, $SMOKE_SIZE)' &&
+cd $WORK && $QPY $PWD/mmgr.py --data_path city --model_path ck --device $DEV --resnet resnet18 --img_size $SMOKE_SIZE \
   --batch_size 16 --total_epoch 2 --lr 1e-3 --workers 2 --augment gpu --precision bf16 --train_record r.txt &&
 ls ck && tail -n 2 ck/train_log.jsonl"
 
@@ -140,7 +144,7 @@ if [ "${GPU_CHECK_TINY:-0}" = 1 ]; then
 else
   DET_TILES=64; DET_BATCH=16; SOAK="--kills 4 --epochs 8 --workers 2 --max_delay 2"
 fi
-step "--deterministic reruns bit-identical" 150 python - "$DEV" "$WORK" "$SMOKE_SIZE" "$DET_TILES" "$DET_BATCH" <<'PY'
+step "--deterministic reruns bit-identical" 150 "$PY" - "$DEV" "$WORK" "$SMOKE_SIZE" "$DET_TILES" "$DET_BATCH" <<'PY'
 import os, subprocess, sys, time
 from pathlib import Path
 import torch
@@ -178,10 +182,10 @@ for i, (name, extra) in enumerate(configs.items()):
 print("deterministic reruns: " + ("bit-identical" if ok else "NOT bit-identical"))
 sys.exit(0 if ok else 1)
 PY
-step "SIGKILL soak on the device" 200 python benchmarks/soak.py --device "$DEV" $SOAK --out "$WORK/soak"
+step "SIGKILL soak on the device" 200 "$PY" benchmarks/soak.py --device "$DEV" $SOAK --out "$WORK/soak"
 
 log ""; log "== summary"
-python - "$JSON" >>"$RES" 2>&1 <<'PY'
+"$PY" - "$JSON" >>"$RES" 2>&1 <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 for r in rows:

@@ -29,6 +29,9 @@ __all__ = [
     "RESUME_NAME",
     "RESUME_FORMAT",
     "ARCH_FLAGS",
+    "TRAINING_FLAGS",
+    "changed_training_flags",
+    "describe_changes",
     "assert_finite",
     "save_bare",
     "prune_bare",
@@ -45,6 +48,23 @@ RESUME_NAME = "checkpoint_last.pt"
 RESUME_FORMAT = "mmgr-resumable-1"
 # Flags that fix the shapes of the models: a resumed run must use the same ones.
 ARCH_FLAGS = ("resnet", "projection_dim", "poi_encoder")
+# Flags that change what a step computes (the objective, the data a step sees, the optimiser's schedule):
+# a run continued with other values is neither the run it was nor a fresh one, so --resume refuses them
+# unless --resume_anyway (docs/checkpoints.md). --total_epoch may change (a run is often extended), and so
+# may what only changes the speed (--workers, --channels_last, --compile, --deterministic).
+TRAINING_FLAGS = (
+    "lr",
+    "schedule",
+    "cos",
+    "batch_size",
+    "img_size",
+    "augment",
+    "precision",
+    "img_lmd",
+    "temperature",
+    "seed",
+    "sync_bn",
+)
 # --ckpt_prefix: the published name (the authors' city) for the published layout and the synthetic city,
 # a neutral one for a user's city prepared by prepare_pois.py. Readers take any prefix (engine/run_folder.py).
 PUBLISHED_PREFIX = "wuhan"
@@ -62,6 +82,30 @@ def assert_finite(model_path: Path, where: str, *models: torch.nn.Module) -> Non
                     f"the weights became non-finite ({name}) {where}; no checkpoint was written, the last good one "
                     f"is kept in {model_path}; lower --lr and resume from it"
                 )
+
+
+def changed_training_flags(saved: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    """``(flag, value in the checkpoint, value now)`` for each of :data:`TRAINING_FLAGS` that differs
+    (flags a checkpoint does not record, written before they existed, are not compared)."""
+    return [
+        (k, saved[k], getattr(args, k))
+        for k in TRAINING_FLAGS
+        if k in saved and hasattr(args, k) and _as_flag(saved[k]) != _as_flag(getattr(args, k))
+    ]
+
+
+def _as_flag(value: Any) -> str:
+    """A flag's value as a user types it: ``0.001``, ``true``, ``90 110``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return " ".join(_as_flag(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)  # repr: exact, and short (0.001, 1e-05)
+
+
+def describe_changes(changed: list[tuple[str, Any, Any]]) -> str:
+    """``--lr 0.001 (now 0.01), --img_size 64 (now 224)``."""
+    return ", ".join(f"--{k} {_as_flag(old)} (now {_as_flag(new)})" for k, old, new in changed)
 
 
 def save_bare(

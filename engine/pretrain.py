@@ -26,7 +26,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ from engine.checkpoints import (
     RESUME_FORMAT,
     RESUME_NAME,
     assert_finite,
+    changed_training_flags,
+    describe_changes,
     read_resumable,
     resume_checkpoint_path,
     save_bare,
@@ -55,7 +57,7 @@ from engine.checkpoints import (
 from engine.run_folder import RunFolder, estimate_pretrain_space
 from models.image_encoder import ImageEncoder
 from models.poi_encoder import build_poi_encoder
-from utils.distributed import DistInfo, NullRecord, RankSlice, all_reduce_mean, gather_objects, max_over_ranks
+from utils.distributed import DistInfo, NullRecord, RankSlice, SharedFailure, all_reduce_mean, gather_objects
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
 from utils.records import RecordFile
@@ -69,6 +71,7 @@ __all__ = ["StepFn", "check_args", "claim_run_folder", "prepare_data", "Pretrain
 
 # (batch, image module, POI module, args, device, device augmentation or None) -> (loss, inter, intra, z_img1 [B, P])
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+_END = object()  # the end of a loader's batches
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -105,22 +108,16 @@ def claim_run_folder(args: argparse.Namespace, info: DistInfo) -> RunFolder | Fo
     (so into args.json and the checkpoints). Every process learns whether the claim failed: the others
     exit with the main process's status instead of waiting for it in a collective forever.
     """
-    run, error = None, None
+    run, failure = None, SharedFailure()
     if info.is_main:
-        try:
+        with failure.hold():
             _check_roots(args)
             if args.check_data:
                 run = FolderLock(args.model_path, purpose="data check").acquire()
             else:
                 run = RunFolder(args.model_path, record=Path("train-records") / args.train_record)
                 args.run_id = run.claim(claim_mode(args)).run_id
-        except UserError as exc:
-            error = exc
-    status = max_over_ranks(error.exit_code if error is not None else 0)
-    if error is not None:
-        raise error
-    if status:
-        raise SystemExit(status)
+    failure.share()  # a CPU collective: gloo serves it beside NCCL (utils.distributed.backend_for)
     return run
 
 
@@ -131,7 +128,16 @@ def prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     Every bad file is found before training starts; ``--check_data`` stops after the scan (None).
     Good tiles are remembered in the run's folder (``scan_cache.json``, created by the write if needed;
     a folder that cannot be written only costs a warning), so a relaunch does not read them again.
+    Under torchrun every process scans; a refusal ends them all, told once by rank 0.
     """
+    failure, dataset = SharedFailure(), None
+    with failure.hold():
+        dataset = _prepare_data(args, info)
+    failure.share()
+    return dataset
+
+
+def _prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     check_args(args)
     layouts = PretrainLayout.all_from_args(args)
     folders = [lay for lay in layouts if not is_packed(lay.root)]  # a pack was validated when it was written
@@ -189,6 +195,8 @@ class Pretrainer:
     ):
         self.args, self.dataset, self.info, self.device, self.step_fn = args, dataset, info, device, step_fn
         self.run = run
+        # A failure of one process (a save, a read) is held until every process learns of it (SharedFailure).
+        self.failure = SharedFailure()
         # --batch_size is per process (as MoCo/DINO): the global batch, and the NT-Xent negatives, grow with N.
         self.global_batch = args.batch_size * info.world_size
         if len(dataset) < self.global_batch:
@@ -304,6 +312,18 @@ class Pretrainer:
                     f"{source} was trained with --{key} {saved[key]} but this run has {getattr(self.args, key)}; "
                     "use the same flags to resume"
                 )
+        changed = changed_training_flags(saved, self.args)
+        if changed and not getattr(self.args, "resume_anyway", False):
+            raise UserError(
+                f"{source} was trained with other flags: {describe_changes(changed)}; resume with the flags it was "
+                "trained with (its args.json lists them), or pass --resume_anyway to continue it with the new ones"
+            )
+        if changed and self.info.is_main:
+            print(
+                f"warning: --resume_anyway: {source} continues with changed flags: {describe_changes(changed)}",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             self.img_model.load_state_dict(ckpt["img"])
             self.poi_model.load_state_dict(ckpt["poi"])
@@ -369,7 +389,9 @@ class Pretrainer:
         path = resume_checkpoint_path(resume, self.model_path)
         if path is None:
             return
-        self.load_state_dict(read_resumable(path), source=path)
+        with self.failure.hold():  # every process reads it: a refusal is told once, by rank 0
+            self.load_state_dict(read_resumable(path), source=path)
+        self.failure.share()
         if self.info.is_main:
             print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step}", flush=True)
 
@@ -385,17 +407,19 @@ class Pretrainer:
         """Train from where the state stands to ``--total_epoch``, saving after every epoch."""
         args = self.args
         if self.info.is_main:
-            if self.run is not None:  # what the run will write must fit before the first step
-                self.run.check_space(
-                    estimate_pretrain_space(
-                        self.img_model, self.poi_model, args, self.steps_per_epoch, world_size=self.info.world_size
+            with self.failure.hold():
+                if self.run is not None:  # what the run will write must fit before the first step
+                    self.run.check_space(
+                        estimate_pretrain_space(
+                            self.img_model, self.poi_model, args, self.steps_per_epoch, world_size=self.info.world_size
+                        )
                     )
-                )
-            atomic_write_text(json.dumps(vars(args), indent=2) + "\n", self.model_path / "args.json")
-            if self.global_step == 0:
-                # A checkpoint before the first step: a run killed before its first save resumes from
-                # here, its record rewound, instead of leaving lines that a fresh start would repeat.
-                self.save()
+                atomic_write_text(json.dumps(vars(args), indent=2) + "\n", self.model_path / "args.json")
+                if self.global_step == 0:
+                    # A checkpoint before the first step: a run killed before its first save resumes from
+                    # here, its record rewound, instead of leaving lines that a fresh start would repeat.
+                    self.save()
+        self.failure.share()  # before DDP's first broadcast
         self.img_train, self.poi_train = prepare_models(self.img_model, self.poi_model, args, self.info, self.device)
         with StopOnSignal() as stop:
             while self.epoch < args.total_epoch:
@@ -427,7 +451,7 @@ class Pretrainer:
         self.poi_model.train()
         t0 = time.time()
         bar = tqdm(
-            self.loader,
+            self._batches(),
             desc=f"epoch {epoch + 1}/{args.total_epoch}",
             disable=None if info.is_main else True,
             mininterval=1.0,
@@ -440,7 +464,8 @@ class Pretrainer:
             self.step, self.global_step = step, self.global_step + 1
             self.loss_sums += stats[:3]
             inter, intra = stats[1].item(), stats[2].item()
-            self.record.write_line(f"Step [{step}/{n_steps}]\t Loss1: {inter}\t Loss2: {intra}")
+            with self.failure.hold():  # rank 0's append; a failure is shared before the next step
+                self.record.write_line(f"Step [{step}/{n_steps}]\t Loss1: {inter}\t Loss2: {intra}")
             bar.set_postfix(inter=f"{inter:.4f}", intra=f"{intra:.4f}", refresh=False)
             periodic = args.save_every_steps > 0 and self.global_step % args.save_every_steps == 0
             stop_now = stop is not None and (bool(stats[3] > 0) if info.enabled else stop.requested)
@@ -448,6 +473,20 @@ class Pretrainer:
                 self._save_mid_epoch(stop if stop_now else None)
         bar.close()
         return self._epoch_entry(lr, first, time.time() - t0, z1)
+
+    def _batches(self) -> Iterator[Any]:
+        """The loader's batches for this process. Under torchrun a batch that cannot be read (a tile
+        damaged since the pre-scan) ends every process before the step's collectives: each fetch is
+        followed by one exchange of the failure flag (SharedFailure; a no-op in a single process)."""
+        batches = iter(self.loader)
+        while True:
+            batch = _END
+            with self.failure.hold():
+                batch = next(batches, _END)
+            self.failure.share()
+            if batch is _END:
+                return
+            yield batch
 
     def optimise(self, batch: Any, stop_requested: bool, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step of both encoders -> ``(stats [4] float64, z_img1 [B, P])``.
@@ -482,9 +521,10 @@ class Pretrainer:
         # Each process's own random state (--augment gpu draws from it), for a mid-epoch resume.
         rng_ranks = gather_objects(rng_state()) if self.info.enabled else None
         if self.info.is_main:
-            path = self.save(rng_ranks)
+            with self.failure.hold():  # a failed save is shared at the next exchange, before any collective
+                path = self.save(rng_ranks)
         if stop is not None:
-            signum = max_over_ranks(stop.signum or 0, self.device)  # also waits for rank 0's save
+            signum = self.failure.share(stop.signum or 0)  # also waits for rank 0's save
             stop.exit(
                 f"at epoch {self.epoch + 1}, step {self.step} of {self.steps_per_epoch}",
                 str(path),
@@ -515,10 +555,21 @@ class Pretrainer:
 
     def end_of_epoch(self, entry: dict[str, Any], stop: StopOnSignal) -> None:
         """Log the epoch, save its checkpoints (main process), and stop here if a signal arrived."""
-        args, info = self.args, self.info
-        self.log.write_line(json.dumps(entry))
+        info = self.info
         self.epoch, self.step = self.epoch + 1, 0
-        if info.is_main:
+        with self.failure.hold():  # rank 0's writes; every process learns of a failure in the exchange below
+            self._end_of_epoch_main(entry)
+        # One exchange per epoch: a failed write on rank 0, or a signal that arrived after the last step's
+        # reduction. It also keeps every process here until rank 0 has saved.
+        signum = self.failure.share(stop.signum or 0)  # this process's own one when alone
+        if signum:
+            stop.exit(f"after epoch {self.epoch}", str(self.model_path / RESUME_NAME), signum, quiet=not info.is_main)
+
+    def _end_of_epoch_main(self, entry: dict[str, Any]) -> None:
+        """Rank 0's part of :meth:`end_of_epoch`: the log line, the summary, the checkpoints."""
+        args = self.args
+        self.log.write_line(json.dumps(entry))
+        if self.info.is_main:
             print(
                 f"epoch {self.epoch}/{args.total_epoch}  lr {entry['lr']:.2e}  loss {entry['loss']:.4f}  inter "
                 f"{entry['loss_inter']:.4f}  intra {entry['loss_intra']:.4f}  emb_std {entry['emb_std']:.4f}  "
@@ -541,11 +592,6 @@ class Pretrainer:
                 if self.run is not None:
                     self.run.note_epoch_files(self.epoch, files)
             self.save()
-        # One more collective per epoch: a signal that arrived after the last step's reduction. It
-        # also keeps every process here until rank 0 has saved.
-        signum = max_over_ranks(stop.signum or 0, self.device)  # this process's own one when alone
-        if signum:
-            stop.exit(f"after epoch {self.epoch}", str(self.model_path / RESUME_NAME), signum, quiet=not info.is_main)
 
 
 def warn_collapse(epoch: int, emb_std: float, loss_inter: float, loss_intra: float, uniform: float, dim: int) -> None:

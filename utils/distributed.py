@@ -2,22 +2,29 @@
 
 ``torchrun --nproc_per_node N mmgr.py ...`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` in every process; :func:`init_from_env` reads them and creates
-the default process group (nccl for CUDA devices, gloo for CPU). Without those variables nothing
+the default process group (NCCL for CUDA tensors with gloo beside it for CPU ones, gloo alone on CPU:
+:func:`backend_for`). Without those variables nothing
 is initialised and every helper here behaves as the single process it is, so the default path —
 one process, no process group — is untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError, as_user_error, one_sentence
+
 __all__ = [
     "DistInfo",
     "init_from_env",
+    "backend_for",
     "cleanup",
     "is_main",
     "world_size",
@@ -27,6 +34,7 @@ __all__ = [
     "all_reduce_mean",
     "max_over_ranks",
     "gather_objects",
+    "SharedFailure",
     "RankSlice",
     "NullRecord",
 ]
@@ -68,14 +76,24 @@ def init_from_env(device: torch.device | None = None) -> tuple[DistInfo, torch.d
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        backend = "gloo"
+    backend = backend_for(device)
     if not dist.is_initialized():
         # device_id binds NCCL to this process's GPU up front (no lazy guess of the device).
-        kwargs = {"device_id": device} if backend == "nccl" else {}
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend=backend, **kwargs)
     return info, device
+
+
+def backend_for(device: torch.device) -> str:
+    """The process group's backend for a run on ``device``: ``gloo`` on CPU; on CUDA ``cpu:gloo,cuda:nccl``.
+
+    NCCL alone serves CUDA tensors only, but some collectives carry small CPU tensors or objects (the run
+    folder's claim, the shared failure and stop flags, gathered RNG states): with NCCL alone they stop the
+    run ("No backend type associated with device type cpu"). The mixed backend sends each collective to
+    the backend of its tensors' device: CUDA tensors (gathered embeddings, gradients) over NCCL, CPU ones
+    over gloo, without a copy to the GPU and a wait for its queue.
+    """
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def cleanup() -> None:
@@ -151,7 +169,8 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 def max_over_ranks(value: int, device: torch.device | None = None) -> int:
     """The largest of every rank's ``value`` (e.g. a signal number, 0 for none); ``value`` itself in a single process.
 
-    ``device`` is where the collective runs (this rank's GPU under NCCL; the CPU for gloo).
+    ``device`` is where the collective runs: the CPU by default, which both process groups of
+    :func:`backend_for` serve (gloo), or this rank's GPU (NCCL).
     """
     if world_size() == 1:
         return int(value)
@@ -167,6 +186,71 @@ def gather_objects(obj: object) -> list:
     out: list = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+class SharedFailure:
+    """This process's first failure, held until every process of the job learns of it (docs/reliability.md).
+
+    Under torchrun a failure on one process — a save the disk refuses, a tile that cannot be read — must
+    not end that process alone: the others would wait for it in their next collective (with NCCL until
+    its timeout) or die with a connection error and a traceback of their own. So work that can fail on
+    some processes only runs under ``with failure.hold():``, which keeps the exception and lets this
+    process go on to the next exchange, and every process calls :meth:`share` at the same points, before
+    any other collective. ``share`` is one all-reduce of two integers on the CPU (gloo); only when a
+    process failed does a second collective gather the sentences. Then every process ends with the exit
+    status of the lowest failing rank: rank 0 raises that rank's user error (``run_main`` prints its one
+    sentence), the other processes exit with the same status and print nothing. A failure that is not
+    the user's (a bug) is re-raised, with its traceback, by the process where it happened; the others
+    exit with status 1.
+
+    In a single process nothing is held: ``hold`` lets every exception through at once and ``share``
+    only returns its value, so the default path is unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Run the block; under torchrun keep its exception (the first one) instead of raising it here."""
+        if world_size() == 1:
+            yield
+            return
+        try:
+            yield
+        except Exception as exc:
+            if self.error is None:
+                self.error = exc
+
+    def share(self, value: int = 0) -> int:
+        """Called by every process at the same point: the largest ``value`` over processes (e.g. a signal
+        number, 0 for none), after ending every process if any of them holds a failure."""
+        if world_size() == 1:
+            if self.error is not None:
+                raise self.error
+            return int(value)
+        flags = torch.tensor([int(self.error is not None), int(value)], dtype=torch.int64)  # CPU: no GPU sync
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0]:
+            self._end_every_process()
+        return int(flags[1])
+
+    def _end_every_process(self) -> NoReturn:
+        report = None
+        if self.error is not None:
+            user = as_user_error(self.error)
+            report = (user.exit_code, one_sentence(user)) if user is not None else (1, None)
+        reports = gather_objects(report)
+        first = next(r for r, rep in enumerate(reports) if rep is not None)
+        code, sentence = reports[first]
+        me = rank()
+        if me == first and (me == 0 or sentence is None):
+            raise self.error  # this process's own: run_main prints its sentence; a bug keeps its traceback
+        if me == 0 and sentence is not None:
+            error = UserError(sentence)  # another process's failure, told once, by rank 0
+            error.exit_code = code
+            raise error
+        raise SystemExit(code)
 
 
 class RankSlice:

@@ -26,6 +26,8 @@ __all__ = [
     "EXIT_STORAGE",
     "EXIT_BUSY",
     "STORAGE_ERRNOS",
+    "as_user_error",
+    "one_sentence",
 ]
 
 EXIT_USER_ERROR = 2
@@ -65,7 +67,23 @@ class FolderBusy(UserError):
     exit_code = EXIT_BUSY
 
 
-def _one_sentence(exc: BaseException) -> str:
+def as_user_error(exc: BaseException) -> UserError | None:
+    """``exc`` as the user error it stands for: a :class:`UserError` itself, a storage OSError (disk full,
+    quota, read-only, I/O error) as a :class:`StorageError` with one sentence; None for anything else (a bug)."""
+    if isinstance(exc, UserError):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
+        return None
+    where = exc.filename or "a file"
+    what = f"an I/O error on {where}" if exc.errno == errno.EIO else f"could not write {where}"
+    return StorageError(
+        f"{what}: {STORAGE_ERRNOS[exc.errno]}; free space or fix the storage there, or pass another "
+        "folder, then run the command again (with --resume for a training run)"
+    )
+
+
+def one_sentence(exc: BaseException) -> str:
+    """The user's sentence of an error (the last line of one re-raised from a DataLoader worker)."""
     msg = str(exc)
     # A UserError raised inside a DataLoader worker comes back re-wrapped with the worker's traceback
     # in its message; the user's sentence is the last line, after "...UserError: ".
@@ -84,18 +102,13 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except UserError as exc:
-        print(f"error: {_one_sentence(exc)}", file=sys.stderr)
+        print(f"error: {one_sentence(exc)}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", EXIT_USER_ERROR))
     except OSError as exc:
-        if exc.errno not in STORAGE_ERRNOS:
+        error = as_user_error(exc)
+        if error is None:
             raise
-        where = exc.filename or "a file"
-        what = f"an I/O error on {where}" if exc.errno == errno.EIO else f"could not write {where}"
-        print(
-            f"error: {what}: {STORAGE_ERRNOS[exc.errno]}; free space or fix the storage there, or pass another "
-            "folder, then run the command again (with --resume for a training run)",
-            file=sys.stderr,
-        )
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(EXIT_STORAGE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

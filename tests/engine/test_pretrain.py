@@ -102,8 +102,34 @@ def test_resume_refuses_other_architecture_and_mid_epoch_batch(work):
     state = t.state_dict()
     with pytest.raises(UserError, match="--resnet resnet18 but this run has resnet34"):
         trainer(work, "x", "--resnet", "resnet34").load_state_dict(state, source="ck")
+    # Even --resume_anyway cannot continue mid-epoch with another batch: the steps done would differ.
     with pytest.raises(UserError, match="mid-epoch with --batch_size 4 but this run has 2"):
-        trainer(work, "y", "--batch_size", "2").load_state_dict(state, source="ck")
+        trainer(work, "y", "--batch_size", "2", "--resume_anyway").load_state_dict(state, source="ck")
+
+
+def test_resume_refuses_changed_training_flags_unless_resume_anyway(work, capsys):
+    t = trainer(work, "m")
+    t.end_of_epoch(t.train_one_epoch(), StopOnSignal())
+    state = t.state_dict()
+    changed = ["--lr", "0.01", "--img_size", "24", "--img_lmd", "0.25", "--temperature", "0.1", "--precision", "bf16"]
+    changed += ["--augment", "gpu", "--batch_size", "2", "--cos", "true"]
+    with pytest.raises(UserError) as refused:
+        trainer(work, "x", *changed).load_state_dict(state, source="ck")
+    msg = str(refused.value)
+    for shown in ("--lr 0.001 (now 0.01)", "--img_size 16 (now 24)", "--img_lmd 0.5 (now 0.25)",
+                  "--temperature 0.5 (now 0.1)", "--precision fp32 (now bf16)", "--augment cpu (now gpu)",
+                  "--batch_size 4 (now 2)", "--cos false (now true)", "--resume_anyway"):  # fmt: skip
+        assert shown in msg, msg
+    assert "--seed" not in msg and "--total_epoch" not in msg
+    # Extending the run, or changing only its speed, is no change of configuration.
+    same = trainer(work, "y", "--total_epoch", "5", "--deterministic", "false")
+    same.load_state_dict(state, source="ck")
+    assert same.epoch == 1
+    capsys.readouterr()
+    anyway = trainer(work, "z", "--lr", "0.01", "--resume_anyway")
+    anyway.load_state_dict(state, source="ck")
+    assert anyway.epoch == 1 and anyway.args.lr == 0.01
+    assert "warning: --resume_anyway: ck continues with changed flags: --lr 0.001 (now 0.01)" in capsys.readouterr().err
 
 
 def test_non_finite_weights_are_never_saved(work):

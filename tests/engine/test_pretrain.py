@@ -135,6 +135,18 @@ def test_resume_refuses_changed_training_flags_unless_resume_anyway(work, capsys
     assert "warning: --resume_anyway: ck continues with changed flags: --lr 0.001 (now 0.01)" in capsys.readouterr().err
 
 
+def test_checkpoint_from_before_a_flag_counts_with_the_behaviour_of_its_time(work):
+    t = trainer(work, "m", "--empty_poi_tiles", "include")
+    t.end_of_epoch(t.train_one_epoch(), StopOnSignal())
+    state = t.state_dict()
+    del state["args"]["empty_poi_tiles"]  # as written before the flag existed, when every tile entered both terms
+    with pytest.raises(UserError, match=r"--empty_poi_tiles include \(now exclude\)"):
+        trainer(work, "x").load_state_dict(state, source="ck")
+    trainer(work, "y", "--empty_poi_tiles", "include").load_state_dict(state, source="ck")
+    # A checkpoint that records no flags at all is not compared.
+    trainer(work, "z").load_state_dict({**state, "args": {}}, source="ck")
+
+
 def test_non_finite_weights_are_never_saved(work):
     t = trainer(work, "m")
     with torch.no_grad():

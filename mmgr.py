@@ -108,7 +108,8 @@ def _method_flags(p: argparse.ArgumentParser) -> None:
         choices=("exclude", "include"),
         help="tiles without POIs: exclude = they take part in the image–image term only, never in the image–POI "
         "term, neither as pairs nor as negatives (default, ours: their empty graphs all share one embedding); "
-        "include = every tile's POI graph, empty or not, enters the image–POI term (published)",
+        "include = every tile's POI graph, empty or not, enters the image–POI term (published; use it with "
+        "--img_lmd 0, where exclude leaves such tiles out of training)",
     )
     g.add_argument(
         "--poi_encoder",
@@ -315,7 +316,15 @@ def check_poi_tiles(args: argparse.Namespace, dataset: torch.utils.data.Dataset,
             "has nothing to learn from; pass --img_lmd 1 to pretrain on the images alone, or POI files made "
             "by prepare_pois.py"
         )
-    if info.is_main and empty > n / 2:
+    if info.is_main and args.img_lmd == 0.0 and args.empty_poi_tiles == "exclude":
+        # No image–image term either: these tiles give the encoder nothing (measured on the synthetic city,
+        # benchmarks/RESULTS.md "Tiles without POIs": population R² lower on every seed than with include).
+        print(
+            f"{empty} of {n} tiles have no POI: with --img_lmd 0 they take no part in training at all; "
+            "--empty_poi_tiles include trains on them with the one empty-graph embedding (published behaviour)",
+            flush=True,
+        )
+    elif info.is_main and empty > n / 2:
         if args.empty_poi_tiles == "exclude":
             print(
                 f"{empty} of {n} tiles have no POI: they take part in the image–image term only (--empty_poi_tiles)",

@@ -224,6 +224,13 @@ def test_no_poi_anywhere_refuses_a_poi_term_and_mostly_empty_data_is_announced(w
     assert saved["empty_poi_tiles"] == ckpt["args"]["empty_poi_tiles"] == "exclude"
     bare = torch.load(work / "m2" / "wuhan_poi_1.tar", weights_only=True)
     assert set(bare) == set(ckpt["poi"])  # the published state-dict keys, nothing added
+    # with no image–image term (λ = 0), any tile without POIs would take no part in training: always said
+    t = trainer(work, "m4", "--img_lmd", "0")
+    mmgr.check_poi_tiles(t.args, t.dataset, DistInfo())
+    assert "2 of 8 tiles have no POI: with --img_lmd 0 they take no part in training at all" in capsys.readouterr().out
+    t = trainer(work, "m5", "--img_lmd", "0", "--empty_poi_tiles", "include")
+    mmgr.check_poi_tiles(t.args, t.dataset, DistInfo())
+    assert "have no POI" not in capsys.readouterr().out
     # fewer than half empty (the default fixture: 2 of 8), or no image–POI term: no line
     for extra in ([], ["--img_lmd", "1"]):
         t = trainer(work, "m3", *extra, data="d" if not extra else "most")

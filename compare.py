@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import mmgr
-from engine.compare.rows import CPU, DEFAULT_VARIANTS, FEW_LABEL_ROWS, FULL, VARIANTS
+from engine.compare.rows import CPU, DEFAULT_VARIANTS, FEW_LABEL_ROWS, FULL, ON_REQUEST, VARIANTS
 from engine.compare.run import run_comparison
 from models.image_encoder import RESNETS
 from utils.errors import UserError, run_main
@@ -147,7 +147,8 @@ def _row_flags(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=list(DEFAULT_VARIANTS),
         choices=VARIANTS,
-        help=f"rows to run (default {' '.join(DEFAULT_VARIANTS)}; mmgr_gcn on request)",
+        help=f"rows to run (default {' '.join(DEFAULT_VARIANTS)}; on request {' '.join(ON_REQUEST)}: the GCN POI "
+        "encoder, and img_poi / mmgr with tiles without POIs in the image–POI term as published)",
     )
     g.add_argument(
         "--targets",

@@ -6,6 +6,7 @@
 
 Each step: two augmented views of every tile -> image encoder -> z1, z2; the tile's POI graph ->
 POI encoder -> zp; loss = (1 - λ) * NTXent(z1, zp) + λ * NTXent(z1, z2); two Adam optimisers step.
+Tiles without POIs take part in NTXent(z1, z2) only (``--empty_poi_tiles``, docs/method.md).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from models.poi_encoder import POI_ENCODERS
 from synthetic.city import ensure_city
 from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
 from utils.distributed import DistInfo, barrier, cleanup, init_from_env
-from utils.errors import run_main
+from utils.errors import UserError, run_main
 from utils.fileio import write_advice
 from utils.reproducibility import enable_determinism
 from utils.speed import add_speed_flags, autocast, default_channels_last
@@ -100,6 +101,15 @@ def _method_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.5,
         help="λ: loss = (1-λ)·NTXent(image, POI) + λ·NTXent(image, image) (default 0.5, published)",
+    )
+    g.add_argument(
+        "--empty_poi_tiles",
+        default="exclude",
+        choices=("exclude", "include"),
+        help="tiles without POIs: exclude = they take part in the image–image term only, never in the image–POI "
+        "term, neither as pairs nor as negatives (default, ours: their empty graphs all share one embedding); "
+        "include = every tile's POI graph, empty or not, enters the image–POI term (published; use it with "
+        "--img_lmd 0, where exclude leaves such tiles out of training)",
     )
     g.add_argument(
         "--poi_encoder",
@@ -249,14 +259,17 @@ def training_step(
     else:
         v1 = batch.view1.to(device, non_blocking=True).contiguous(memory_format=memory)
         v2 = batch.view2.to(device, non_blocking=True).contiguous(memory_format=memory)
+    # bool [B], read before the graphs move (PyG moves them in place): a CPU mask costs the loss no device sync
+    keep = batch.has_pois if args.empty_poi_tiles == "exclude" else None
     g = batch.graphs.to(device, non_blocking=True)
     with autocast(device, args.precision):
         z1, z2 = img_model(v1), img_model(v2)  # [B, P] each
     # The POI encoder is tiny next to the ResNet and its LSTM has no CPU bf16 kernel: always fp32.
     zp = poi_model(g.x, g.edge_index, g.batch, g.num_graphs, getattr(g, "edge_weight", None))  # [B, P]
     # Both terms use view 1's image embedding, as published. In fp32 (the loss casts), with the
-    # negatives of all processes under torchrun (plain nt_xent in a single process).
-    loss_inter = nt_xent_gathered(z1, zp, args.temperature)
+    # negatives of all processes under torchrun (plain nt_xent in a single process). An empty POI graph
+    # embeds to one shared vector: by default its tile is left out of the image–POI term.
+    loss_inter = nt_xent_gathered(z1, zp, args.temperature, keep)
     loss_intra = nt_xent_gathered(z1, z2, args.temperature)
     loss = (1 - args.img_lmd) * loss_inter + args.img_lmd * loss_intra
     return loss, loss_inter, loss_intra, z1
@@ -279,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                 make_demo_city(args, info)
             dataset = prepare_data(args, info)  # pre-scan of every file; None after --check_data
             if dataset is not None:
+                check_poi_tiles(args, dataset, info)
                 trainer = Pretrainer(args, dataset, info, device, training_step, run if info.is_main else None)
                 trainer.resume(args.resume)
                 trainer.fit()
@@ -286,6 +300,42 @@ def main(argv: list[str] | None = None) -> None:
         if run is not None:
             run.release()
         cleanup()
+
+
+def check_poi_tiles(args: argparse.Namespace, dataset: torch.utils.data.Dataset, info: DistInfo) -> None:
+    """Before training: refuse an image–POI term without a single POI, and say so when most tiles have none.
+
+    ``dataset.without_pois``: the tiles without POIs, counted by the pre-scan or the pack (None: not counted).
+    """
+    n, empty = len(dataset), getattr(dataset, "without_pois", None)
+    if empty is None or args.img_lmd >= 1.0 or not empty:
+        return
+    if empty == n:
+        raise UserError(
+            f"no tile of {args.data_path} has a POI, so the image–POI term (weight 1 - λ = {1 - args.img_lmd:g}) "
+            "has nothing to learn from; pass --img_lmd 1 to pretrain on the images alone, or POI files made "
+            "by prepare_pois.py"
+        )
+    if info.is_main and args.img_lmd == 0.0 and args.empty_poi_tiles == "exclude":
+        # No image–image term either: these tiles give the encoder nothing (measured on the synthetic city,
+        # benchmarks/RESULTS.md "Tiles without POIs": population R² lower on every seed than with include).
+        print(
+            f"{empty} of {n} tiles have no POI: with --img_lmd 0 they take no part in training at all; "
+            "--empty_poi_tiles include trains on them with the one empty-graph embedding (published behaviour)",
+            flush=True,
+        )
+    elif info.is_main and empty > n / 2:
+        if args.empty_poi_tiles == "exclude":
+            print(
+                f"{empty} of {n} tiles have no POI: they take part in the image–image term only (--empty_poi_tiles)",
+                flush=True,
+            )
+        else:
+            print(
+                f"{empty} of {n} tiles have no POI: with --empty_poi_tiles include they all enter the image–POI "
+                "term with one and the same empty-graph embedding (published behaviour)",
+                flush=True,
+            )
 
 
 def make_demo_city(args: argparse.Namespace, info: DistInfo) -> None:

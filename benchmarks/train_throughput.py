@@ -156,7 +156,11 @@ def time_training(
     )
     scaler = make_scaler(device, cfg["precision"])
     step_args = argparse.Namespace(
-        temperature=0.5, img_lmd=0.5, channels_last=args.channels_last, precision=args.precision
+        temperature=0.5,
+        img_lmd=0.5,
+        empty_poi_tiles="exclude",  # mmgr.py's default
+        channels_last=args.channels_last,
+        precision=args.precision,
     )
     img_model.train()
     poi_model.train()

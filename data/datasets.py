@@ -26,21 +26,29 @@ AUGMENT_MODES = ("cpu", "gpu")
 
 
 def build_pretrain_dataset(
-    layout: PretrainLayout, augment: str, img_size: int, tiles: list[Path] | None = None, poi_dim: int | None = None
+    layout: PretrainLayout,
+    augment: str,
+    img_size: int,
+    tiles: list[Path] | None = None,
+    poi_dim: int | None = None,
+    without_pois: int | None = None,
 ) -> Dataset:
     """The data set of ``layout`` for ``--augment`` mode ``augment``.
 
-    ``tiles``/``poi_dim``: the pre-scan's good tiles and POI width (folder layouts only; a pack was
-    validated when it was written). Items: ``(view1, view2, graph)`` for ``cpu``, ``(uint8 [3, H, W],
-    graph)`` for ``gpu``.
+    ``tiles``/``poi_dim``/``without_pois``: the pre-scan's good tiles, POI width and count of tiles without
+    POIs (folder layouts only; a pack was validated when it was written and counts its own). Items:
+    ``(view1, view2, graph)`` for ``cpu``, ``(uint8 [3, H, W], graph)`` for ``gpu``. Every data set has
+    ``without_pois`` (int, or None when not counted).
     """
     if augment not in AUGMENT_MODES:
         raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
     if is_packed(layout.root):
         return PackedPretrainDataset(layout.root, None if augment == "gpu" else pretrain_transform(img_size))
     if augment == "gpu":
-        return RawPretrainDataset(layout, images=tiles, poi_dim=poi_dim)
-    return PretrainDataset(layout, pretrain_transform(img_size), images=tiles, poi_dim=poi_dim)
+        return RawPretrainDataset(layout, images=tiles, poi_dim=poi_dim, without_pois=without_pois)
+    return PretrainDataset(
+        layout, pretrain_transform(img_size), images=tiles, poi_dim=poi_dim, without_pois=without_pois
+    )
 
 
 def build_union(
@@ -49,13 +57,19 @@ def build_union(
     img_size: int,
     tiles: list[list[Path] | None],
     poi_dim: int | None = None,
+    without_pois: list[int | None] | None = None,
 ) -> Dataset:
     """The data set of several roots (``mmgr.py --data_path A B``): their union in root order.
 
-    ``tiles[k]``: root ``k``'s good tiles from its pre-scan (None for a pack). One root gives exactly
-    :func:`build_pretrain_dataset`'s data set, so a run on one root is the run it always was.
+    ``tiles[k]``/``without_pois[k]``: root ``k``'s good tiles and tiles without POIs from its pre-scan (None
+    for a pack, which counts its own). One root gives exactly :func:`build_pretrain_dataset`'s data set, so
+    a run on one root is the run it always was.
     """
-    parts = [build_pretrain_dataset(lay, augment, img_size, t, poi_dim) for lay, t in zip(layouts, tiles, strict=True)]
+    empty = [None] * len(layouts) if without_pois is None else without_pois
+    parts = [
+        build_pretrain_dataset(lay, augment, img_size, t, poi_dim, n)
+        for lay, t, n in zip(layouts, tiles, empty, strict=True)
+    ]
     if len(parts) == 1:
         return parts[0]
     return MultiRootDataset([lay.root for lay in layouts], parts)

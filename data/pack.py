@@ -199,6 +199,17 @@ class PackedPretrainDataset(Dataset):
                 ) from None
         return self._open[k]
 
+    @property
+    def without_pois(self) -> int:
+        """How many tiles of the pack have no POI (read from the shards' node pointers: 8 bytes per tile)."""
+        if not hasattr(self, "_without_pois"):
+            n = 0
+            for k in range(len(self.meta["shards"])):
+                ptr = np.asarray(self._shard(k)["node_ptr"])
+                n += int((ptr[1:] == ptr[:-1]).sum())
+            self._without_pois = n
+        return self._without_pois
+
     def graph(self, index: int) -> Data:
         """The POI graph of tile ``index``: ``Data(x [n_poi, F], edge_index [2, n_edge][, edge_weight])``."""
         k = int(np.searchsorted(self._starts, index, side="right")) - 1

@@ -27,6 +27,7 @@ __all__ = [
     "list_images",
     "load_graph",
     "check_tensor",
+    "has_pois",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -107,6 +108,13 @@ def load_graph(emb_path: Path, edge_path: Path, w_path: Path | None, poi_dim: in
     return data
 
 
+def has_pois(graphs: Batch) -> torch.Tensor:
+    """``bool [B]``: which graphs of a collated batch hold at least one POI (on the batch's device; a
+    CPU batch costs no device synchronisation). Tiles without POIs are valid data (docs/method.md,
+    "Tiles without POIs")."""
+    return graphs.ptr[1:] > graphs.ptr[:-1]
+
+
 @dataclass
 class PretrainBatch:
     """A collated batch: two image views ``[B, 3, H, W]`` each and the tiles' POI graphs."""
@@ -114,6 +122,11 @@ class PretrainBatch:
     view1: torch.Tensor
     view2: torch.Tensor
     graphs: Batch
+
+    @property
+    def has_pois(self) -> torch.Tensor:
+        """``bool [B]``: the tiles with at least one POI."""
+        return has_pois(self.graphs)
 
     def pin_memory(self) -> PretrainBatch:
         return PretrainBatch(self.view1.pin_memory(), self.view2.pin_memory(), self.graphs.pin_memory())
@@ -134,6 +147,8 @@ class PretrainDataset(Dataset):
         transform: augmentation applied twice, independently, to each tile.
         images, poi_dim: the tiles to use and their embedding width, when a pre-scan
             (:mod:`data.scan`) already checked them; default: every tile of the image folder.
+        without_pois: how many of ``images`` have no POI, as the pre-scan counted them (None: not
+            counted); read by ``mmgr.py`` before training (``--empty_poi_tiles``).
 
     Items: ``(view1 [3, H, W], view2 [3, H, W], Data(x=[n_poi, F], edge_index=[2, n_edge],
     edge_weight=[n_edge] | None))``.
@@ -145,7 +160,9 @@ class PretrainDataset(Dataset):
         transform: Callable,
         images: list[Path] | None = None,
         poi_dim: int | None = None,
+        without_pois: int | None = None,
     ):
+        self.without_pois = without_pois
         self.layout = layout = PretrainLayout.of(layout)
         self.root = layout.root
         if not self.root.is_dir():

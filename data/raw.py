@@ -18,7 +18,7 @@ from torch_geometric.data import Batch, Data
 from torchvision.io import ImageReadMode, decode_image
 
 from data.layout import PretrainLayout
-from data.pretrain import PretrainDataset, open_rgb
+from data.pretrain import PretrainDataset, has_pois, open_rgb
 from utils.errors import UserError
 
 # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec (not installed here); they
@@ -54,6 +54,11 @@ class RawBatch:
     images: torch.Tensor
     graphs: Batch
 
+    @property
+    def has_pois(self) -> torch.Tensor:
+        """``bool [B]``: the tiles with at least one POI."""
+        return has_pois(self.graphs)
+
     def pin_memory(self) -> RawBatch:
         return RawBatch(self.images.pin_memory(), self.graphs.pin_memory())
 
@@ -77,9 +82,13 @@ class RawPretrainDataset(PretrainDataset):
     """
 
     def __init__(
-        self, layout: PretrainLayout | str | Path, images: list[Path] | None = None, poi_dim: int | None = None
+        self,
+        layout: PretrainLayout | str | Path,
+        images: list[Path] | None = None,
+        poi_dim: int | None = None,
+        without_pois: int | None = None,
     ):
-        super().__init__(layout, lambda im: im, images=images, poi_dim=poi_dim)
+        super().__init__(layout, lambda im: im, images=images, poi_dim=poi_dim, without_pois=without_pois)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Data]:  # type: ignore[override]
         return decode_rgb(self.images[index]), self.graph(index)

@@ -242,8 +242,9 @@ def _vocabulary_fix(path: Path, shared: Path) -> str:
 class MultiRootDataset(ConcatDataset):
     """The union of several roots' pretraining data sets, in root order (items as each root's own).
 
-    Attributes: ``roots`` (the roots, in order), ``counts`` (tiles per root) and ``poi_dim`` (the
-    roots' common POI embedding width, checked by :func:`check_roots`).
+    Attributes: ``roots`` (the roots, in order), ``counts`` (tiles per root), ``poi_dim`` (the
+    roots' common POI embedding width, checked by :func:`check_roots`) and ``without_pois`` (tiles without
+    POIs over all roots; None when a root did not count them).
     """
 
     def __init__(self, roots: Sequence[Path], datasets: Sequence[Dataset]):
@@ -251,6 +252,8 @@ class MultiRootDataset(ConcatDataset):
         self.roots = list(roots)
         self.counts = [len(d) for d in datasets]
         self.poi_dim: int = int(datasets[0].poi_dim)
+        empty = [getattr(d, "without_pois", None) for d in datasets]
+        self.without_pois: int | None = None if any(n is None for n in empty) else sum(empty)
 
 
 def describe_counts(roots: Sequence[Path], counts: Sequence[int]) -> str:

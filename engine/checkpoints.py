@@ -61,10 +61,16 @@ TRAINING_FLAGS = (
     "augment",
     "precision",
     "img_lmd",
+    "empty_poi_tiles",
     "temperature",
     "seed",
     "sync_bn",
 )
+# What a checkpoint written before one of TRAINING_FLAGS existed was trained with: the code of the time had
+# one behaviour, the one the flag's non-default value now restores. Such a checkpoint is compared as if it
+# recorded that value, so that resuming it under the new default is refused instead of silently mixing two
+# objectives in one run.
+PRE_FLAG_VALUES: dict[str, Any] = {"empty_poi_tiles": "include"}
 # --ckpt_prefix: the published name (the authors' city) for the published layout and the synthetic city,
 # a neutral one for a user's city prepared by prepare_pois.py. Readers take any prefix (engine/run_folder.py).
 PUBLISHED_PREFIX = "wuhan"
@@ -85,12 +91,21 @@ def assert_finite(model_path: Path, where: str, *models: torch.nn.Module) -> Non
 
 
 def changed_training_flags(saved: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
-    """``(flag, value in the checkpoint, value now)`` for each of :data:`TRAINING_FLAGS` that differs
-    (flags a checkpoint does not record, written before they existed, are not compared)."""
+    """``(flag, value in the checkpoint, value now)`` for each of :data:`TRAINING_FLAGS` that differs.
+
+    A flag the checkpoint's ``args`` do not record (written before the flag existed) counts with the value
+    that reproduces the code of the time (:data:`PRE_FLAG_VALUES`), or is not compared where no value does;
+    a checkpoint with no ``args`` at all is not compared.
+    """
+    if not saved:
+        return []
+    recorded = {
+        k: saved[k] if k in saved else PRE_FLAG_VALUES[k] for k in TRAINING_FLAGS if k in saved or k in PRE_FLAG_VALUES
+    }
     return [
-        (k, saved[k], getattr(args, k))
-        for k in TRAINING_FLAGS
-        if k in saved and hasattr(args, k) and _as_flag(saved[k]) != _as_flag(getattr(args, k))
+        (k, v, getattr(args, k))
+        for k, v in recorded.items()
+        if hasattr(args, k) and _as_flag(v) != _as_flag(getattr(args, k))
     ]
 
 

@@ -154,9 +154,12 @@ def _prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
     apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
     if args.check_data:
         return None
-    good = iter(r.good for r in reports)
-    tiles = [None if is_packed(lay.root) else next(good) for lay in layouts]
-    dataset = build_union(layouts, args.augment, args.img_size, tiles, report.poi_dim)
+    # zero_poi counts a root's good tiles, which are the tiles kept under either --bad_samples policy
+    scanned = iter(reports)
+    per_root = [None if is_packed(lay.root) else next(scanned) for lay in layouts]
+    tiles = [None if r is None else r.good for r in per_root]
+    empty = [None if r is None else r.zero_poi for r in per_root]
+    dataset = build_union(layouts, args.augment, args.img_size, tiles, report.poi_dim, empty)
     if info.is_main and isinstance(dataset, MultiRootDataset):
         print(describe_counts(dataset.roots, dataset.counts), flush=True)
     return dataset

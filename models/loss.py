@@ -10,7 +10,9 @@ from utils.distributed import gather_rows, rank, world_size
 __all__ = ["nt_xent", "nt_xent_gathered"]
 
 
-def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """NT-Xent between two batches of paired embeddings.
 
     Row ``i`` of ``z_a`` and row ``i`` of ``z_b`` are a positive pair; every other row of the
@@ -19,10 +21,17 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     ``temperature`` — exactly the published formulation, but with one ``[2B, 2B]`` matmul instead of a
     ``[2B, 2B, D]`` broadcast, and for any batch size.
 
+    ``keep`` (ours, ``--empty_poi_tiles exclude``): only the pairs it marks take part — as anchors,
+    positives and negatives alike — so the loss is NT-Xent on the ``K`` kept pairs (mean over their
+    ``2K`` rows) and the other rows get exactly zero gradient. With fewer than 2 kept pairs there is
+    nothing to contrast: the loss is 0 (zero gradient, no NaN). Every pair kept, or ``keep`` None, is
+    the published loss bit for bit (docs/method.md, "Tiles without POIs").
+
     Args:
         z_a: ``[B, D]`` embeddings (e.g. image view 1).
         z_b: ``[B, D]`` embeddings paired row by row with ``z_a`` (image view 2, or the POI graph).
         temperature: softmax temperature (published default 0.5).
+        keep: ``bool [B]`` or None (every pair). A mask on the CPU costs no device synchronisation.
 
     Returns:
         Scalar tensor.
@@ -31,9 +40,28 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
         raise ValueError(
             f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
         )
+    if keep is not None:
+        keep = _check_keep(keep, z_a.shape[0])
+        if not bool(keep.all()):
+            rows = keep.nonzero().squeeze(1).to(z_a.device)  # [K]
+            if rows.numel() < 2:
+                return _zero_loss(z_a, z_b)
+            z_a, z_b = z_a.index_select(0, rows), z_b.index_select(0, rows)
     # Normalise in fp32: cosine similarities of bf16/fp16 embeddings lose too much precision.
     z = F.normalize(torch.cat([z_a, z_b], dim=0).float(), dim=1)  # [2B, D]
     return _NTXentNormalised.apply(z, float(temperature))
+
+
+def _check_keep(keep: torch.Tensor, b: int) -> torch.Tensor:
+    if keep.shape != (b,):
+        raise ValueError(f"nt_xent's keep must be a [B] = [{b}] mask, got shape {tuple(keep.shape)}")
+    return keep.bool()
+
+
+def _zero_loss(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """A float32 zero that still depends on both inputs, so that every parameter behind them gets a (zero)
+    gradient: DDP and the optimisers then see the same parameters in every step."""
+    return (z_a.float().sum() + z_b.float().sum()) * 0.0
 
 
 class _NTXentNormalised(torch.autograd.Function):
@@ -74,7 +102,9 @@ class _NTXentNormalised(torch.autograd.Function):
             return torch.addmm(g @ z, g.t(), z).mul_(scale), None
 
 
-def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent_gathered(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """NT-Xent with the negatives of every process (DDP), equal to :func:`nt_xent` on the global batch.
 
     Each of ``W`` ranks holds ``B`` local pairs. The rows of all ranks are gathered (gradient-correct,
@@ -84,20 +114,28 @@ def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 
     exactly ``nt_xent(A, B)``: the same ``2WB`` rows, the same positives, the same negatives.
     Memory is ``[2B, 2WB]`` per rank. In a single process this is :func:`nt_xent`.
 
+    With ``keep`` the masks of all ranks are gathered too: the mean over ranks is
+    ``nt_xent(A, B, keep=global mask)`` — the dropped rows of every rank are neither anchors nor
+    negatives anywhere, and each rank weighs its kept rows so that the ranks' mean is the mean over
+    the ``2K`` kept rows of the global batch (0 when ``K < 2``, on every rank).
+
     Args:
         z_a: ``[B, D]`` this rank's embeddings (e.g. image view 1).
         z_b: ``[B, D]`` their partners.
         temperature: softmax temperature (published default 0.5).
+        keep: ``bool [B]`` this rank's pairs that take part, or None (all).
 
     Returns:
-        Scalar tensor: this rank's mean over its ``2B`` rows.
+        Scalar tensor: this rank's share (the mean over its ``2B`` rows without ``keep``).
     """
     if world_size() == 1:
-        return nt_xent(z_a, z_b, temperature)
+        return nt_xent(z_a, z_b, temperature, keep)
     if z_a.shape != z_b.shape or z_a.dim() != 2:
         raise ValueError(
             f"nt_xent expects two [B, D] tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}"
         )
+    if keep is not None:
+        return _nt_xent_gathered_masked(z_a, z_b, temperature, _check_keep(keep, z_a.shape[0]))
     b, r = z_a.shape[0], rank()
     q_a, q_b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)  # [B, D] each
     k_a, k_b = gather_rows(q_a), gather_rows(q_b)  # [N, D] each, N = W * B, rank order
@@ -111,3 +149,30 @@ def nt_xent_gathered(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 
     logits[torch.arange(2 * b, device=q.device), own] = float("-inf")  # never its own negative
     targets = torch.cat([local + n, local])  # partner: A row i <-> B row i
     return F.cross_entropy(logits, targets)
+
+
+def _nt_xent_gathered_masked(
+    z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, keep: torch.Tensor
+) -> torch.Tensor:
+    """:func:`nt_xent_gathered` with a mask: the gathered rows of dropped pairs are masked out as
+    negatives, this rank's dropped rows out as anchors (``keep``: ``bool [B]``)."""
+    b, r, w = z_a.shape[0], rank(), world_size()
+    q_a, q_b = F.normalize(z_a.float(), dim=1), F.normalize(z_b.float(), dim=1)  # [B, D] each
+    k_a, k_b = gather_rows(q_a), gather_rows(q_b)  # [N, D] each
+    kept = gather_rows(keep.to(q_a.device, torch.float32).unsqueeze(1)).squeeze(1) > 0.5  # [N], every rank's mask
+    n, n_kept = k_a.shape[0], int(kept.sum())  # the same on every rank
+    if n_kept < 2:
+        return _zero_loss(q_a, q_b)
+    q = torch.cat([q_a, q_b], dim=0)  # [2B, D]
+    k = torch.cat([k_a, k_b], dim=0)  # [2N, D]
+    logits = (q @ k.t()) / temperature  # [2B, 2N]
+    local = torch.arange(b, device=q.device) + r * b
+    own = torch.cat([local, local + n])  # [2B]
+    logits[torch.arange(2 * b, device=q.device), own] = float("-inf")  # never its own negative
+    logits[:, ~torch.cat([kept, kept])] = float("-inf")  # dropped pairs are nobody's negatives
+    targets = torch.cat([local + n, local])
+    anchors = torch.cat([kept[local], kept[local]])  # [2B]: this rank's kept rows
+    # A dropped anchor's row may be all -inf but for its partner; only kept rows enter the sum.
+    ce = F.cross_entropy(logits[anchors], targets[anchors], reduction="sum")
+    # The ranks' mean of (W / 2K) * (this rank's sum) is the mean over the 2K kept rows of the global batch.
+    return ce * (w / (2.0 * n_kept)) + _zero_loss(q_a, q_b)

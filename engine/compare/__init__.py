@@ -3,13 +3,17 @@ paired tests.
 
 ``compare.py`` (the command) parses the flags and calls :func:`engine.compare.run.run_comparison`.
 
-Rows of the comparison (``--variants``; all but ``mmgr_gcn`` by default):
+Rows of the comparison (``--variants``; all but ``mmgr_gcn`` and the ``*_include`` rows by default):
   mean        lower bound: the mean training target for every tile (no image; seed-free)
   random      lower bound: the same backbone with random weights (seeded), the same probe
   simclr      image-only contrastive pretraining, λ = 1 (SimCLR-style: only the image–image term)
   img_poi     image–POI contrastive only, λ = 0
   mmgr        MMGR, λ = 0.5 (published), released Set2Set POI encoder
   mmgr_gcn    MMGR, λ = 0.5, GCN POI encoder (the paper's description)
+  img_poi_include, mmgr_include
+              img_poi and mmgr with the published treatment of tiles without POIs (``mmgr.py --empty_poi_tiles
+              include``: their empty graphs enter the image–POI term); the rows above leave them out of it
+              (``exclude``, the default). Paired with img_poi and mmgr seed by seed.
   poi_encoder reference, POI only: the POI-encoder embedding of the mmgr run
   poi_counts  reference, POI only: log(1 + count) of each POI category in the tile (no learning; seed-free)
   supervised  upper bound: the same backbone trained end to end on the training tiles' labels, one model

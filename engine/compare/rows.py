@@ -11,6 +11,10 @@ Three kinds of rows, each named by its ``variant``:
 
 A new pretraining variant is one entry of :data:`PRETRAINED` (its mmgr.py flags), :data:`LABELS` and
 :data:`VARIANTS`.
+
+Tiles without POIs: every pretraining with an image–POI term (λ < 1) passes ``--empty_poi_tiles`` explicitly, so
+its run is keyed on the behaviour; the ``*_include`` rows are ``img_poi`` and ``mmgr`` with the published
+behaviour (``include``), paired seed by seed with the default (``exclude``) rows.
 """
 
 from __future__ import annotations
@@ -21,9 +25,24 @@ PRETRAINED = {
     "img_poi": ["--img_lmd", "0"],
     "mmgr": ["--img_lmd", "0.5"],
     "mmgr_gcn": ["--img_lmd", "0.5", "--poi_encoder", "gcn"],
+    "img_poi_include": ["--img_lmd", "0", "--empty_poi_tiles", "include"],
+    "mmgr_include": ["--img_lmd", "0.5", "--empty_poi_tiles", "include"],
 }
-VARIANTS = ("mean", "random", "simclr", "img_poi", "mmgr", "mmgr_gcn", "poi_encoder", "poi_counts", "supervised")
-DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "mmgr_gcn")
+VARIANTS = (
+    "mean",
+    "random",
+    "simclr",
+    "img_poi",
+    "mmgr",
+    "mmgr_gcn",
+    "img_poi_include",
+    "mmgr_include",
+    "poi_encoder",
+    "poi_counts",
+    "supervised",
+)
+ON_REQUEST = ("mmgr_gcn", "img_poi_include", "mmgr_include")
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ON_REQUEST)
 LABELS = {
     "mean": "mean predictor (lower bound)",
     "random": "random init (lower bound)",
@@ -31,6 +50,8 @@ LABELS = {
     "img_poi": "image–POI only (λ=0)",
     "mmgr": "MMGR (λ=0.5)",
     "mmgr_gcn": "MMGR, GCN POI encoder",
+    "img_poi_include": "image–POI only (λ=0), empty-POI tiles included (published)",
+    "mmgr_include": "MMGR (λ=0.5), empty-POI tiles included (published)",
     "poi_encoder": "POI only: MMGR POI encoder (ref.)",
     "poi_counts": "POI only: category counts (ref.)",
     "supervised": "supervised end to end (upper bound)",
@@ -40,7 +61,13 @@ LABELS = {
     "scratch": "from scratch (random init, end to end)",
 }
 # MMGR against each of these, seed by seed (when both rows ran).
-PAIRS = (("mmgr", "simclr"), ("mmgr", "img_poi"), ("mmgr", "random"))
+PAIRS = (
+    ("mmgr", "simclr"),
+    ("mmgr", "img_poi"),
+    ("mmgr", "random"),
+    ("mmgr", "mmgr_include"),
+    ("img_poi", "img_poi_include"),
+)
 
 # Few-label rows: variant -> (how it learns from the labelled subset, the pretraining it starts from).
 # "probe": ridge (and kNN) on the frozen backbone's features; "finetune": the whole network end to end from
@@ -80,7 +107,7 @@ PROTOCOL = {
 LOWER_IS_BETTER = {"KL", "L1", "MAE", "RMSE"}
 
 # λ of the pretraining each image encoder comes from (loss = (1 − λ) inter-modal + λ image–image).
-_LAMBDA = {"simclr": 1.0, "img_poi": 0.0, "mmgr": 0.5, "mmgr_gcn": 0.5}
+_LAMBDA = {"simclr": 1.0, "img_poi": 0.0, "mmgr": 0.5, "mmgr_gcn": 0.5, "img_poi_include": 0.0, "mmgr_include": 0.5}
 _BY_LAMBDA = {0.0: "img_poi", 0.5: "mmgr", 1.0: "simclr"}
 LAMBDA_PREFIX = "lambda_"
 
@@ -101,10 +128,14 @@ def lambda_of(variant: str) -> float | None:
 
 
 def pretraining_flags(variant: str) -> list[str]:
-    """mmgr.py's extra flags of a pretrained variant (a λ row: ``--img_lmd λ``)."""
-    if variant.startswith(LAMBDA_PREFIX):
-        return ["--img_lmd", f"{lambda_of(variant):g}"]
-    return PRETRAINED[variant]
+    """mmgr.py's extra flags of a pretrained variant (a λ row: ``--img_lmd λ``), with ``--empty_poi_tiles``
+    (default ``exclude``) wherever there is an image–POI term (λ < 1): runs are keyed on their flags, so a run
+    of one behaviour is never reused for the other. λ = 1 has no image–POI term: the flag would change
+    nothing, and its runs stay keyed as before."""
+    flags = ["--img_lmd", f"{lambda_of(variant):g}"] if variant.startswith(LAMBDA_PREFIX) else list(PRETRAINED[variant])
+    if lambda_of(variant) < 1.0 and "--empty_poi_tiles" not in flags:
+        flags += ["--empty_poi_tiles", "exclude"]
+    return flags
 
 
 def label(variant: str) -> str:

@@ -23,6 +23,10 @@ def test_pretrain_items_and_collate(tiny_data):
     batch = collate_pretrain([ds[i] for i in range(4)])
     assert batch.view1.shape == (4, 3, 24, 24) and batch.graphs.num_graphs == 4
     assert batch.graphs.edge_weight.shape[0] == batch.graphs.edge_index.shape[1]
+    # tiles 0 and 5 have no POI (make_layout): the batch says which tiles have any
+    assert batch.has_pois.tolist() == [False, True, True, True]
+    last = collate_pretrain([ds[i] for i in (4, 5, 0)])
+    assert last.has_pois.tolist() == [True, False, False] and last.has_pois.dtype == torch.bool
 
 
 def test_published_naming_and_order(tiny_data):

@@ -38,6 +38,8 @@ def test_pack_equals_folder_item_for_item(tmp_path, weights, shard_size):
     )
     assert len(packed_raw) == len(folder) and packed_raw.poi_dim == folder.poi_dim
     assert packed_raw.names == [p.name for p in folder.images]
+    assert packed_raw.without_pois == 3  # counted from the shards' node pointers
+    assert collate_raw([packed_raw[i] for i in (4, 5, 6, 10)]).has_pois.tolist() == [True, False, True, False]
     for i in range(len(folder)):
         img, g = packed_raw[i]
         ref_img, ref_g = raw[i]

@@ -115,6 +115,9 @@ def test_the_union_holds_every_root_s_items_in_root_order(two):
     img_b, g_b = alone[1]
     assert torch.equal(img, img_b) and torch.equal(g.x, g_b.x) and torch.equal(g.edge_index, g_b.edge_index)
     assert describe_counts(ds.roots, ds.counts).endswith(f"5 tiles from {a.root}, 3 from {b.root}, 8 in all")
+    assert ds.without_pois is None  # not counted: mmgr.py's POI checks stay quiet
+    counted = build_union([a, b], "gpu", 16, [r.good for r in reports], 8, [r.zero_poi for r in reports])
+    assert counted.without_pois == sum(r.zero_poi for r in reports)
 
 
 def test_a_pack_joins_a_folder_and_carries_its_category_table(two, tmp_path):
@@ -124,8 +127,10 @@ def test_a_pack_joins_a_folder_and_carries_its_category_table(two, tmp_path):
     assert (tmp_path / "bp" / CATEGORY_TABLE).read_text() == (b.root / CATEGORY_TABLE).read_text()
     facts = check_roots([a, PretrainLayout(tmp_path / "bp")])
     assert facts[1].tile_size == (16, 16) and facts[1].poi_dim == 8 and facts[1].table is not None
-    ds = build_union([a, PretrainLayout(tmp_path / "bp")], "gpu", 16, [scan_pretrain(a, 0).good, None], 8)
+    report = scan_pretrain(a, 0)
+    ds = build_union([a, PretrainLayout(tmp_path / "bp")], "gpu", 16, [report.good, None], 8, [report.zero_poi, None])
     assert ds.counts == [5, 3]
+    assert ds.without_pois == report.zero_poi + ds.datasets[1].without_pois  # the pack counts its own
 
 
 def test_scan_cache_of_several_roots_keeps_a_section_per_root(two, tmp_path):

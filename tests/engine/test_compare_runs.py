@@ -38,6 +38,16 @@ def test_pretraining_key_changes_with_every_flag_passed_to_mmgr_and_with_the_dat
     assert key not in keys and len(keys) == len(changed) + 4
 
 
+def test_pretraining_is_keyed_on_the_treatment_of_tiles_without_pois(tmp_path):
+    a = _args(tmp_path)
+    for variant, behaviour in (("mmgr", "exclude"), ("img_poi", "exclude"), ("mmgr_include", "include")):
+        argv = runs.pretrain_argv(a, tmp_path, tmp_path / "o", "fp", variant, 0)
+        assert argv[argv.index("--empty_poi_tiles") + 1] == behaviour and argv.count("--empty_poi_tiles") == 1
+    assert "--empty_poi_tiles" not in runs.pretrain_argv(a, tmp_path, tmp_path / "o", "fp", "simclr", 0)  # λ = 1
+    keys = {runs.pretrain_key(a, "fp", v, 0) for v in ("mmgr", "mmgr_include", "img_poi", "img_poi_include")}
+    assert len(keys) == 4
+
+
 def test_a_changed_flag_neither_reuses_nor_resumes_the_old_run(tmp_path):
     """pretrain() with a stand-in for mmgr.main: the finished run is reused under the same flags; under another
     --lr mmgr.py is started in another folder (so its --resume auto cannot continue the old run)."""

@@ -36,6 +36,23 @@ def test_gap_closed_and_paired_verdicts():
     assert "| MMGR (λ=0.5) | 5 | 0.500 ± 0.062 | 0.45 |" in table  # t(4) 2.776 x 0.05 / sqrt(5)
 
 
+def test_each_treatment_of_tiles_without_pois_is_paired_with_the_published_one():
+    res = _results(
+        {
+            "mmgr": [0.50, 0.52, 0.55],
+            "mmgr_include": [0.48, 0.49, 0.50],
+            "img_poi": [0.40, 0.41, 0.42],
+            "img_poi_include": [0.40, 0.42, 0.41],
+        }
+    )
+    paired = summary.paired_tests(res, ["pop1km"])
+    assert {"mmgr-mmgr_include", "img_poi-img_poi_include"} <= set(paired)
+    assert paired["mmgr-mmgr_include"]["pop1km"]["diffs"] == pytest.approx([0.02, 0.03, 0.05])
+    table = report.paired_table(paired)
+    assert "| MMGR (λ=0.5) − MMGR (λ=0.5), empty-POI tiles included (published) | pop1km |" in table
+    assert rows.lambda_of("mmgr_include") == 0.5 and "mmgr_include" not in rows.DEFAULT_VARIANTS
+
+
 def test_kl_lower_is_better_in_verdicts():
     res = _results({"simclr": [0.50, 0.52, 0.55, 0.51, 0.53], "mmgr": [0.40, 0.41, 0.43, 0.42, 0.40]}, "func", "KL")
     c = summary.paired_tests(res, ["func"])["mmgr-simclr"]["func"]
@@ -51,7 +68,8 @@ def test_lambda_rows_are_named_by_their_lambda_and_paired_with_both_ends():
         "lambda_0.75",
         "simclr",
     ]
-    assert rows.pretraining_flags("lambda_0.25") == ["--img_lmd", "0.25"] and rows.lambda_of("lambda_0.75") == 0.75
+    assert rows.pretraining_flags("lambda_0.25") == ["--img_lmd", "0.25", "--empty_poi_tiles", "exclude"]
+    assert rows.lambda_of("lambda_0.75") == 0.75
     assert rows.lambda_of("mmgr_finetuned") == 0.5 and rows.lambda_of("scratch") is None
     assert rows.comparison_rows(["mean", "mmgr", "supervised"], [0.75, 0, 0.25]) == [
         "mean",

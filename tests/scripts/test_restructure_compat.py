@@ -40,6 +40,8 @@ FLAGS = [
     "--channels_last",
     "false",
 ]  # the earlier default on CPU (now on where AVX-512 makes it faster)
+# The earlier code's treatment of tiles without POIs (the current default leaves them out of the image–POI term).
+PUBLISHED_EMPTY = ["--empty_poi_tiles", "include"]
 # Runs the earlier mmgr.py and dies (as a SIGKILL would) right after its first mid-epoch checkpoint.
 DIE_AFTER_MID_EPOCH_SAVE = """
 import os, sys
@@ -106,7 +108,8 @@ def test_earlier_code_and_its_mid_epoch_checkpoint_agree_with_the_current_code(t
         ]
 
     assert run_earlier(tree, tmp_path, args("m_before", "before.txt")).returncode == 0
-    now = run_script([str(ROOT / "mmgr.py"), *args("m_now", "now.txt")], cwd=tmp_path)
+    # The earlier code let tiles without POIs into the image–POI term; the current code does so with this flag.
+    now = run_script([str(ROOT / "mmgr.py"), *args("m_now", "now.txt", *PUBLISHED_EMPTY)], cwd=tmp_path)
     assert now.returncode == 0, now.stderr
     assert_same(final_weights(tmp_path / "m_before"), final_weights(tmp_path / "m_now"))
 
@@ -114,7 +117,12 @@ def test_earlier_code_and_its_mid_epoch_checkpoint_agree_with_the_current_code(t
     assert killed.returncode == 9, killed.stderr
     ckpt = torch.load(tmp_path / "m_mixed" / "checkpoint_last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (0, 1)  # written mid-epoch by the earlier code
-    resumed = run_script([str(ROOT / "mmgr.py"), *args("m_mixed", "mixed.txt", "--resume")], cwd=tmp_path)
+    # Without the flag the current default (exclude) would be refused: the checkpoint records no value.
+    refused = run_script([str(ROOT / "mmgr.py"), *args("m_mixed", "mixed.txt", "--resume")], cwd=tmp_path)
+    assert refused.returncode != 0 and "--empty_poi_tiles include (now exclude)" in refused.stderr, refused.stderr
+    resumed = run_script(
+        [str(ROOT / "mmgr.py"), *args("m_mixed", "mixed.txt", "--resume", *PUBLISHED_EMPTY)], cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "epoch 1, step 1" in resumed.stdout
     assert_same(final_weights(tmp_path / "m_now"), final_weights(tmp_path / "m_mixed"))

@@ -38,11 +38,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from data.downstream import TileTargetDataset, read_list, select_fraction
-from data.layout import DownstreamLayout
+from data.layout import DownstreamLayout, resolve_img_dir
+from data.pretrain import IMAGE_EXTENSIONS
 from data.resumable import epoch_seed
+from data.roots import check_test_root, root_labels
 from data.transforms import downstream_train_transform, eval_transform
 from engine.domain import Domain, labelled_domain
 from engine.embeddings import TileImages
@@ -57,6 +60,7 @@ from engine.reports import (
     metric_text,
     summarize,
     summary_lines,
+    write_map_reports,
     write_reports,
 )
 from engine.run_folder import consistent_image_checkpoint
@@ -91,6 +95,8 @@ __all__ = [
     "parse_downstream",
     "PROTOCOLS",
     "STABLE",
+    "TestRoot",
+    "load_test_root",
 ]
 
 # --demo of both scripts: CPU-sized, ours (docs/downstream.md). Whole tiles (no crops), so that the frozen
@@ -217,6 +223,14 @@ def _encoder_and_data_flags(p: argparse.ArgumentParser, target_dir: str) -> None
         "--val_list",
         default=None,
         help="validation list file (default 'val-wuhan.txt' when present (published), else 'val.txt')",
+    )
+    g.add_argument(
+        "--test_data_path",
+        default=None,
+        help="a second city's data folder (with a tile index, as prepare_pois.py writes): after training on "
+        "--data_path's lists, every tile of it is predicted and mapped (GeoPackage, PNG, GeoTIFF, pred_std, "
+        "in_domain against the training tiles) and its labelled tiles (NAME.txt under its --target_dir) are "
+        "scored as 'test root'; default none (ours; README 'Two cities')",
     )
 
 
@@ -614,18 +628,125 @@ def train_one_seed(
     device: torch.device,
     record: Path,
     tiles: MapTiles | None = None,
+    test: TestRoot | None = None,
 ) -> SeedResult:
     """Train a head (or the whole encoder) with one seed; evaluate from ``--eval_from`` on; with ``tiles``,
-    predict every tile of the map at the end."""
+    predict every tile of the map at the end; with ``test``, every tile of the test root too (scored where
+    labelled, printed and recorded)."""
     if args.finetune:
-        return _finetune_one_seed(args, layout, task, encoder, seed, train_names, val_set, device, record, tiles)
+        return _finetune_one_seed(args, layout, task, encoder, seed, train_names, val_set, device, record, tiles, test)
     run = setup_seed(args, layout, task, encoder, seed, train_names, val_set, device)
     with _head_threads(run):
         result = _epochs(args, layout, encoder, run, val_set.targets.numpy(), device, record)
     if tiles is not None:
         _map_seed(run, tiles, args.batch_size, device, result)
     _best_last_lines(result, task)
+    if test is not None:
+        train_files = [layout.root / layout.img_dir / n for n in run.train_loader.dataset.names]
+        feats_a, stats_a = tile_features(run.model, train_files, args.batch_size, device)
+        feats_b, stats_b = tile_features(run.model, test.tiles.files, args.batch_size, device)
+        pred, std = head_predictions(run, feats_b, args.batch_size)
+        _test_seed(args, encoder, layout, task, test, record, result, pred, std, (feats_a, stats_a, feats_b, stats_b))
     return result
+
+
+@dataclass(frozen=True)
+class TestRoot:
+    """``--test_data_path``: another city's folder, mapped (and scored where labelled) by the model trained on
+    ``--data_path``. ``tiles`` are every tile of its tile index with an image; ``labelled`` ``[T]`` marks
+    those with a target file (their truth in ``tiles.truth``); ``label`` names its output files."""
+
+    __test__ = False  # not a pytest class
+
+    root: Path
+    label: str
+    tiles: MapTiles
+    labelled: np.ndarray
+
+
+def _first_tile_header(folder: Path) -> tuple[Path, tuple[int, int], int] | None:
+    """``(file, (width, height), bands)`` of the first image in ``folder`` (its header only), or None."""
+    try:
+        names = sorted(n for n in folder.iterdir() if n.suffix.lower() in IMAGE_EXTENSIONS)
+    except OSError:
+        return None
+    for f in names:
+        try:
+            with Image.open(f) as im:
+                return f, (int(im.size[0]), int(im.size[1])), len(im.getbands())
+        except (OSError, SyntaxError, ValueError):
+            continue
+    return None
+
+
+def load_test_root(args: argparse.Namespace, layout: DownstreamLayout, task: Task) -> TestRoot | None:
+    """``--test_data_path`` checked before anything is written (None without the flag). Refused, in one
+    sentence naming the root and the fix: a folder that is missing, is ``--data_path`` itself, has no tile
+    index, or whose tiles differ from ``--data_path``'s in size or band count."""
+    if not getattr(args, "test_data_path", None):
+        return None
+    root = Path(args.test_data_path)
+    check_test_root(root, layout.root)
+    img_dir = resolve_img_dir(root, args.img_dir)
+    a = _first_tile_header(layout.root / layout.img_dir)
+    b = _first_tile_header(root / img_dir)
+    if b is None:
+        raise UserError(
+            f"--test_data_path {root} has no readable tile in {root / img_dir}; prepare it with prepare_pois.py"
+        )
+    if a is not None and a[1] != b[1]:
+        raise UserError(
+            f"--test_data_path {root} has tiles of {b[1][0]}x{b[1][1]} px but --data_path {layout.root} has "
+            f"{a[1][0]}x{a[1][1]} px; prepare both with the same --tile_px (prepare_pois.py)"
+        )
+    if a is not None and a[2] != b[2]:
+        raise UserError(
+            f"--test_data_path {root} has tiles of {b[2]} band(s) but --data_path {layout.root} has {a[2]}; "
+            "prepare both with the same --bands (prepare_pois.py)"
+        )
+    tiles = map_tiles(DownstreamLayout(root, img_dir, layout.target_dir, "", ""), [], [], task)
+    if tiles is None:
+        raise UserError(
+            f"--test_data_path {root}: no tile of its tile index has an image in {root / img_dir}; prepare it "
+            "again with prepare_pois.py"
+        )
+    label = root_labels([layout.root, root])[1].replace("/", "_")
+    return TestRoot(root, label, tiles, np.isfinite(tiles.truth).all(axis=1))
+
+
+def _test_seed(
+    args: argparse.Namespace,
+    encoder: Encoder,
+    layout: DownstreamLayout,
+    task: Task,
+    test: TestRoot,
+    record: Path,
+    result: SeedResult,
+    pred: np.ndarray,
+    std: np.ndarray | None,
+    features: tuple,
+) -> None:
+    """The final model on every tile of the test root: predictions ``[T, K]``, their spread, the labelled
+    domain against the seed's training tiles of ``--data_path``; metrics on its labelled tiles, printed and
+    recorded (``"evaluated_on": "test root B"``)."""
+    feats_a, stats_a, feats_b, stats_b = (
+        f.float().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f) for f in features
+    )
+    domain = labelled_domain(feats_a, feats_b, stats_a, stats_b) if len(feats_a) >= 2 else None
+    result.test = SeedResult(result.seed, map_pred=pred, map_std=std, domain=domain)
+    if not test.labelled.any():
+        return
+    m = task.metrics(test.tiles.truth[test.labelled], pred[test.labelled])
+    result.test.history.append(m)
+    n, total = int(test.labelled.sum()), len(test.labelled)
+    print(
+        f"test root {test.root}: {metric_text(m)}  ({n} labelled of {total} tiles; the final model, trained on "
+        f"{layout.root})",
+        flush=True,
+    )
+    h = {"evaluated_on": f"test root {test.root}", "tiles": n, **m}
+    with record.open("a") as rec:
+        rec.write(_record_line(args, encoder, layout, result.seed, h))
 
 
 def _best_last_lines(result: SeedResult, task: Task) -> None:
@@ -653,6 +774,7 @@ def _finetune_one_seed(
     device: torch.device,
     record: Path,
     tiles: MapTiles | None,
+    test: TestRoot | None = None,
 ) -> SeedResult:
     """``--finetune``: the whole encoder and the head train through the project's one end-to-end trainer
     (engine.supervised.EndToEnd: tiles decoded once, crops drawn as a batch on the device), with the backbone
@@ -710,20 +832,33 @@ def _finetune_one_seed(
                 rec.write(_record_line(args, encoder, layout, seed, result.history[-1]))
         print(line, flush=True)
     if tiles is not None:  # the map: every tile of the index, decoded a chunk at a time
-        chunks = [tiles.files[i : i + 1024] for i in range(0, len(tiles.files), 1024)]
-        preds, feats, stats = [], [], []
-        for c in chunks:
-            images = load_tiles(c, args.workers)
-            preds.append(trainer.predict(images))
-            with torch.no_grad():
-                trainer.model.eval()
-                x = normalise(images.to(device))
-                feats.append(trainer.model.features(x).float().cpu().numpy())
-                stats.append(x.double().mean(dim=(2, 3)).cpu().numpy())
-        result.map_pred = np.concatenate(preds)
-        result.domain = tile_domain(tiles, train_set.names, np.concatenate(feats), np.concatenate(stats), seed)
+        result.map_pred, feats, stats = _finetuned_tiles(trainer, tiles.files, args.workers, device)
+        result.domain = tile_domain(tiles, train_set.names, feats, stats, seed)
     _best_last_lines(result, task)
+    if test is not None:
+        _, feats_a, stats_a = _finetuned_tiles(
+            trainer, [layout.root / layout.img_dir / n for n in train_set.names], args.workers, device
+        )
+        pred, feats_b, stats_b = _finetuned_tiles(trainer, test.tiles.files, args.workers, device)
+        _test_seed(args, encoder, layout, task, test, record, result, pred, None, (feats_a, stats_a, feats_b, stats_b))
     return result
+
+
+def _finetuned_tiles(
+    trainer: EndToEnd, files: list[Path], workers: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fine-tuned model on whole tiles ``files``, decoded 1024 at a time: ``(predictions [N, K], backbone
+    features [N, d], per-band means [N, 3])``."""
+    preds, feats, stats = [], [], []
+    for i in range(0, len(files), 1024):
+        images = load_tiles(files[i : i + 1024], workers)
+        preds.append(trainer.predict(images))
+        with torch.no_grad():
+            trainer.model.eval()
+            x = normalise(images.to(device))
+            feats.append(trainer.model.features(x).float().cpu().numpy())
+            stats.append(x.double().mean(dim=(2, 3)).cpu().numpy())
+    return np.concatenate(preds), np.concatenate(feats), np.concatenate(stats)
 
 
 @contextmanager
@@ -835,6 +970,7 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     layout = downstream_layout(args)
     train_names = read_list(layout.root / layout.train_list)
     val_set = _validation_set(layout, task)
+    test = load_test_root(args, layout, task)
     record = Path("train-records") / args.train_record
     _check_writable(record.parent, "--train_record's folder train-records/ (in the current directory)")
     outputs = _outputs(args, record)
@@ -845,14 +981,23 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
 
     tiles = map_tiles(layout, train_names, val_set.names, task)
 
-    def run_all(enc: Encoder, mapped: MapTiles | None = None) -> list[SeedResult]:
-        return [train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record, mapped) for s in seeds]
+    if test is not None and not test.labelled.any():
+        print(
+            f"test root {test.root}: no target files in {test.root / layout.target_dir}, so maps only, no metrics",
+            flush=True,
+        )
+
+    def run_all(enc: Encoder, mapped: MapTiles | None = None, tested: TestRoot | None = None) -> list[SeedResult]:
+        return [
+            train_one_seed(args, layout, task, enc, s, train_names, val_set, device, record, mapped, tested)
+            for s in seeds
+        ]
 
     # --baselines: a random encoder of the checkpoint's architecture (none when the run's encoder is random).
     random_enc = encoder.architecture() if args.baselines and encoder.ckpt is not None else None
     if random_enc is not None:
         print(baseline_intro(encoder.label, random_enc.resnet, layout.target_dir), flush=True)
-    results = run_all(encoder, tiles)
+    results = run_all(encoder, tiles, test)
     summary = summarize(results, task)
     for line in summary_lines(summary, len(seeds)):
         print(line, flush=True)
@@ -866,6 +1011,7 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
         f"{layout.target_dir}: {encoder.short}",
         tiles,
     )
+    test_summary = _test_reports(test, task, results, outputs, f"{layout.target_dir}: {encoder.short}", layout)
     baselines: dict[str, list[SeedResult]] = {}
     if random_enc is not None:
         print(f"--- (2) the same head on a randomly initialised {random_enc.resnet} (the lower bound)", flush=True)
@@ -874,4 +1020,33 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
     label = f"pretrained ({encoder.short})" if encoder.ckpt else f"random init ({encoder.resnet})"
     for line in comparison_lines(task, val_set.targets.numpy(), results, baselines, label, layout.target_dir):
         print(line, flush=True)
-    return {"results": results, "summary": summary, "baselines": baselines}
+    return {"results": results, "summary": summary, "baselines": baselines, "test": test_summary}
+
+
+def _test_reports(
+    test: TestRoot | None, task: Task, results: list[SeedResult], outputs: Outputs, label: str, layout: DownstreamLayout
+) -> dict | None:
+    """The test root's mean ± std over seeds (several seeds, labelled tiles) and its map, written beside the
+    run's reports as ``<record stem>_test_<root>_*``; returns ``{"root", "labelled", "metrics": {metric: (mean,
+    std)} or None}``."""
+    if test is None:
+        return None
+    runs = [r.test for r in results if r.test is not None]
+    metrics = None
+    if test.labelled.any():
+        rows = [r.history[-1] for r in runs]
+        metrics = {
+            k: (
+                float(np.mean([r[k] for r in rows])),
+                float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+            )
+            for k in rows[0]
+        }
+        if len(rows) > 1:
+            text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in metrics.items())
+            print(f"test root {test.root}: mean ± std over {len(rows)} seeds: {text}", flush=True)
+    stem = outputs.stem.with_name(f"{outputs.stem.name}_test_{test.label}")
+    write_map_reports(
+        Outputs(outputs.pred_csv, None, stem), task, test.tiles, runs, f"{label} (trained on {layout.root.name})"
+    )
+    return {"root": str(test.root), "labelled": int(test.labelled.sum()), "metrics": metrics}

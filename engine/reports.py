@@ -37,6 +37,7 @@ __all__ = [
     "scatter_plot",
     "write_reports",
     "map_spread",
+    "write_map_reports",
     "write_tile_csv",
     "std_ratio_sentence",
     "verdict",
@@ -57,6 +58,7 @@ class SeedResult:
     map_pred: np.ndarray | None = None  # [T, K] the final model's predictions on every mapped tile
     map_std: np.ndarray | None = None  # [T, K] the spread of an ensemble's members there (None: one head)
     domain: Domain | None = None  # the labelled domain of every mapped tile (engine/domain.py)
+    test: SeedResult | None = None  # on every tile of --test_data_path: map_pred, map_std and domain
 
     def best(self, task: Task) -> dict:
         def score(h: dict) -> float:

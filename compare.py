@@ -7,6 +7,9 @@ with few labels against training from scratch; repeated seeds, 95 % intervals, p
     python compare.py --full --device cuda                        # published sizes (GPU)
     bash benchmarks/gpu_compare.sh                                # GPU-scale comparison in one go
     python compare.py --data_path DATA --targets pop              # your city (prepare_pois.py's folder or the published layouts)
+    OMP_NUM_THREADS=1 python compare.py --out /tmp/cmp --jobs 2 --variants random mmgr --test_city b
+                                                                  # transfer: train on the city, test on style b
+    python compare.py --data_path A --test_data_path B            # transfer between two of your cities
 
 Writes OUT/results.md (tables), results.json, results.csv (long form, for pandas) and the figures.
 
@@ -21,6 +24,7 @@ import mmgr
 from engine.compare.rows import CPU, DEFAULT_VARIANTS, FEW_LABEL_ROWS, FULL, ON_REQUEST, VARIANTS
 from engine.compare.run import run_comparison
 from models.image_encoder import RESNETS
+from synthetic.city import STYLES
 from utils.errors import UserError, run_main
 from utils.speed import PRECISIONS
 
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pretraining_flags(p)
     _row_flags(p)
     _study_flags(p)
+    _transfer_flags(p)
     _speed_flags(p)
     return p
 
@@ -236,6 +241,33 @@ def _study_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _transfer_flags(p: argparse.ArgumentParser) -> None:
+    """The transfer study: train on the data, evaluate on another city (engine/compare/transfer.py)."""
+    g = p.add_argument_group("transfer to another city")
+    g.add_argument(
+        "--test_data_path",
+        default=None,
+        help="a second city's folder, prepared like --data_path with the same targets: every row is also scored "
+        "on its validation list (probes fit on --data_path's labels), against MMGR pretrained on both cities and "
+        "its own supervised bound (default none; ours)",
+    )
+    g.add_argument(
+        "--test_city",
+        default=None,
+        choices=tuple(s for s in STYLES if s != "a"),
+        help="the synthetic city of this style (same size and seed, generated in OUT/city_STYLE) as the test "
+        "city of the synthetic city (default none; docs/synthetic_city.md 'Style B')",
+    )
+    g.add_argument(
+        "--test_fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 1.0],
+        help="fractions of the test city's training labels for its few-label rows (MMGR pretrained on the data "
+        "alone, frozen or fine-tuned, and from scratch), each in (0, 1] (default 0.1 1; ours)",
+    )
+
+
 def _speed_flags(p: argparse.ArgumentParser) -> None:
     """How the runs are spread over processes and which device and precision they use."""
     g = p.add_argument_group("speed and device (no effect on the method)")
@@ -301,6 +333,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for f in args.label_fractions:
         if not 0.0 < f <= 1.0:
             raise UserError(f"--label_fractions {f:g} lies outside (0, 1]; pass fractions of the training labels")
+    for f in args.test_fractions:
+        if not 0.0 < f <= 1.0:
+            raise UserError(f"--test_fractions {f:g} lies outside (0, 1]; pass fractions of the test city's labels")
+    if args.test_data_path is not None and args.test_city is not None:
+        raise UserError("--test_data_path and --test_city both name a test city; pass one of them")
+    args.test_fractions = sorted(set(args.test_fractions))
     args.lambdas = sorted(set(args.lambdas))
     args.label_fractions = sorted(set(args.label_fractions))
     args.label_variants = list(dict.fromkeys(args.label_variants))

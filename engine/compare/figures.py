@@ -112,3 +112,19 @@ def plot_label_fractions(blob: dict, path: Path, title: str) -> None:
         ax.set_title(_title(t, metric), fontsize=8)
     axes[0].legend(fontsize=6)
     _save(fig, path, title)
+
+
+def plot_transfer(blob: dict, out: Path, title: str) -> list[Path]:
+    """The transfer study (blob["transfer"]): transfer.png, its rows' primary metric on the test city with 95 %
+    intervals; transfer_fractions.png, the few-label rows against the fraction of the test city's labels."""
+    tr, a = blob["transfer"], blob["args"]
+    paths = [out / "transfer.png"]
+    plot(tr["summary"], a["targets"], tr["rows"], paths[0], f"{title}; ridge probe fit on the training city")
+    if a["test_fractions"]:
+        fake = {
+            "args": {**a, "label_fractions": a["test_fractions"], "label_variants": list(tr["few_labels"])},
+            "few_labels_summary": tr["few_labels_summary"],
+        }
+        paths.append(out / "transfer_fractions.png")
+        plot_label_fractions(fake, paths[1], f"{title}; labels of the test city")
+    return paths

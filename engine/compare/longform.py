@@ -1,7 +1,8 @@
 """OUT/results.csv: every number of a comparison in long form, one row per (row, seed, target, probe, metric).
 
 Columns: ``study`` (``comparison``: the rows of the main table, the λ rows among them; ``few_labels``: the
-rows at a label fraction), ``variant`` and ``label`` (engine/compare/rows.py), ``lambda`` (λ of the
+rows at a label fraction; ``transfer`` and ``transfer_few_labels``: the same on the test city of the transfer
+study, engine/compare/transfer.py), ``variant`` and ``label`` (engine/compare/rows.py), ``lambda`` (λ of the
 pretraining behind the row's image encoder; empty for rows without one), ``label_fraction`` (1 in the
 comparison), ``seed``, ``target``, ``method`` (``ridge``/``knn`` probes, ``end_to_end`` training, ``mean``
 predictor), ``metric``, ``value``. For example, with pandas::
@@ -53,6 +54,12 @@ def long_rows(blob: dict) -> list[dict]:
     for v, by_fraction in blob.get("few_labels", {}).items():
         for f, seeds in sorted(by_fraction.items(), key=lambda kv: float(kv[0])):
             rows += _rows("few_labels", v, float(f), seeds)
+    transfer = blob.get("transfer") or {}
+    for v, seeds in transfer.get("results", {}).items():
+        rows += _rows("transfer", v, 1.0, seeds)
+    for v, by_fraction in transfer.get("few_labels", {}).items():
+        for f, seeds in sorted(by_fraction.items(), key=lambda kv: float(kv[0])):
+            rows += _rows("transfer_few_labels", v, float(f), seeds)
     return rows
 
 

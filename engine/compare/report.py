@@ -274,7 +274,59 @@ def report(blob: dict, load_start: str, load_end: str) -> str:
         lines += _lambda_section(blob, a)
     if a.label_fractions:
         lines += _few_label_section(blob, a)
+    if blob.get("transfer"):
+        lines += _transfer_section(blob, a)
     return "\n".join(lines)
+
+
+def _transfer_section(blob: dict, a: argparse.Namespace) -> list[str]:
+    tr = blob["transfer"]
+    rows, lists = tr["rows"], tr["layout"]
+    lines = [
+        "## Transfer to another city",
+        "",
+        f"Test city: {tr['data']}. Every row is scored on its {lists['val_list']}: the mean of the training "
+        f"city's targets; random init, MMGR pretrained on the training city alone and MMGR pretrained on both "
+        f"cities (the test city's images and POIs, never its labels), each with the ridge (and kNN) probe fit on "
+        f"the training city's {blob['layout']['train_list']}; and the test city's own bound, trained end to end "
+        f"on all of its {lists['train_list']} ({', '.join(a.label_targets)} only). Primary metric, ridge probe, "
+        "mean ± 95 % CI over seeds; gap closed = (row − random init) / (test city's bound − random init) "
+        "(figure: transfer.png):",
+        "",
+        main_table(tr["summary"], a.targets, rows),
+        "",
+    ]
+    if tr["paired"]:
+        lines += [
+            "Paired by seed (ridge, primary metric; difference = first − second):",
+            "",
+            paired_table(tr["paired"]),
+            "",
+        ]
+    lines += [
+        f"Secondary: kNN probe (k = {a.knn}), mean ± 95 % CI:",
+        "",
+        secondary_table(tr["results"], a.targets, rows, "knn"),
+        "",
+        "Per seed (primary metric):",
+        "",
+        per_seed_table(tr["results"], a.targets, rows),
+        "",
+    ]
+    if a.test_fractions:
+        variants = list(tr["few_labels"])
+        lines += [
+            f"Few labels in the test city: at each fraction of its {lists['train_list']} (a subset drawn with each "
+            "seed), MMGR pretrained on the training city alone, frozen with the ridge probe or fine-tuned end to "
+            f"end ({a.finetune_epochs} epochs, backbone at lr {a.finetune_backbone_lr:g}, head at {a.bound_lr:g}), "
+            "and the same network from scratch; scored on its validation list (figure: transfer_fractions.png):",
+            "",
+        ]
+        for t in a.label_targets:
+            lines += [few_label_table(tr["few_labels_summary"], t, variants, tr["labelled_tiles"]), ""]
+        if any(tr["few_labels_paired"].values()):
+            lines += ["Paired by seed at each fraction:", "", few_label_paired_table(tr["few_labels_paired"]), ""]
+    return lines
 
 
 def _lambda_section(blob: dict, a: argparse.Namespace) -> list[str]:

@@ -27,6 +27,7 @@ PRETRAINED = {
     "mmgr_gcn": ["--img_lmd", "0.5", "--poi_encoder", "gcn"],
     "img_poi_include": ["--img_lmd", "0", "--empty_poi_tiles", "include"],
     "mmgr_include": ["--img_lmd", "0.5", "--empty_poi_tiles", "include"],
+    "mmgr_ab": ["--img_lmd", "0.5"],  # the transfer study: pretrained on the data and the test city together
 }
 VARIANTS = (
     "mean",
@@ -59,6 +60,7 @@ LABELS = {
     "mmgr_finetuned": "MMGR fine-tuned (λ=0.5)",
     "simclr_finetuned": "image only fine-tuned (λ=1)",
     "scratch": "from scratch (random init, end to end)",
+    "mmgr_ab": "MMGR pretrained on both cities (λ=0.5)",
 }
 # MMGR against each of these, seed by seed (when both rows ran).
 PAIRS = (
@@ -107,7 +109,15 @@ PROTOCOL = {
 LOWER_IS_BETTER = {"KL", "L1", "MAE", "RMSE"}
 
 # λ of the pretraining each image encoder comes from (loss = (1 − λ) inter-modal + λ image–image).
-_LAMBDA = {"simclr": 1.0, "img_poi": 0.0, "mmgr": 0.5, "mmgr_gcn": 0.5, "img_poi_include": 0.0, "mmgr_include": 0.5}
+_LAMBDA = {
+    "simclr": 1.0,
+    "img_poi": 0.0,
+    "mmgr": 0.5,
+    "mmgr_gcn": 0.5,
+    "img_poi_include": 0.0,
+    "mmgr_include": 0.5,
+    "mmgr_ab": 0.5,
+}
 _BY_LAMBDA = {0.0: "img_poi", 0.5: "mmgr", 1.0: "simclr"}
 LAMBDA_PREFIX = "lambda_"
 
@@ -194,3 +204,13 @@ def pretrained_needed(variants: list[str], lambdas: list[float], label_variants:
     first = [FEW_LABEL_ROWS[v][1] for v in FEW_LABEL_ROWS if v in label_variants and FEW_LABEL_ROWS[v][1]]
     order = list(dict.fromkeys(first + list(PRETRAINED) + [lambda_variant(x) for x in sorted(lambdas)]))
     return [v for v in order if v in wanted]
+
+
+# The transfer study (``--test_data_path`` / ``--test_city``; engine/compare/transfer.py): rows scored on the
+# test city's validation list. Probed rows are fit on the data's training list; ``supervised`` is the test
+# city's own bound (end to end on its training list); the few-label rows learn from a fraction of the test
+# city's training labels, starting from the MMGR encoder pretrained on the data alone.
+TRANSFER_ROWS = ("mean", "random", "mmgr", "mmgr_ab", "supervised")
+TRANSFER_FEW_ROWS = ("mmgr_frozen", "mmgr_finetuned", "scratch")
+TRANSFER_PAIRS = (("mmgr", "random"), ("mmgr_ab", "mmgr"), ("mmgr_ab", "random"), ("supervised", "mmgr"))
+TRANSFER_FEW_PAIRS = (("mmgr_finetuned", "scratch"), ("mmgr_frozen", "scratch"), ("mmgr_finetuned", "mmgr_frozen"))

@@ -14,6 +14,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,12 +25,28 @@ from data.downstream import read_list, select_fraction
 from data.layout import DownstreamLayout, check_target
 from data.pack import is_packed, pack
 from data.pretrain import list_images
-from engine.compare.figures import plot, plot_label_fractions, plot_lambdas
+from engine.compare.figures import plot, plot_label_fractions, plot_lambdas, plot_transfer
 from engine.compare.longform import write_long_form
 from engine.compare.report import load_average, machine, report
-from engine.compare.rows import FEW_LABEL_ROWS, comparison_rows, pretrained_needed, runs_at
-from engine.compare.runs import PretrainMain, fingerprint, pretrain, pretraining_source, random_checkpoint, train_cached
+from engine.compare.rows import (
+    FEW_LABEL_ROWS,
+    TRANSFER_FEW_ROWS,
+    TRANSFER_ROWS,
+    comparison_rows,
+    pretrained_needed,
+    runs_at,
+)
+from engine.compare.runs import (
+    PretrainMain,
+    city_version_of,
+    fingerprint,
+    pretrain,
+    pretraining_source,
+    random_checkpoint,
+    train_cached,
+)
 from engine.compare.summary import few_label_summary, flatten, lambda_paired, paired_tests, summarise
+from engine.compare.transfer import Transfer, test_city
 from engine.embeddings import poi_embeddings
 from engine.probes import load_targets, probe_target, score
 from engine.supervised import backbone_embeddings, load_tiles
@@ -127,6 +144,8 @@ class Comparison:
         self.features: dict[tuple[str, int], np.ndarray] = {}
         self.futures: dict[tuple[str, int], Future] = {}
         self.extra: dict = {"supervised_std_ratio": {}, "supervised_seconds": {}}
+        self.tag = ""  # printed before each row's line ("test city: " for the transfer study's)
+        self.transfer_blob: Callable[[], dict] | None = None  # the transfer study's results, when one runs
 
     # --- runs -------------------------------------------------------------------------------------------------
 
@@ -195,7 +214,7 @@ class Comparison:
             k: round(v, 3) for k, v in values.items() if k.split("/")[2] in ("R2", "KL") and k.split("/")[1] != "knn"
         }
         at = "" if fraction is None else f" at {100 * fraction:g} % of the labels"
-        print(f"  {variant}{at} seed {seed}: {shown}", flush=True)
+        print(f"  {self.tag}{variant}{at} seed {seed}: {shown}", flush=True)
 
     def probe(
         self,
@@ -305,6 +324,8 @@ class Comparison:
             **few_label_summary(self.few, a.label_targets, a.label_variants, a.label_fractions),
             **self.extra,
         }
+        if self.transfer_blob is not None:
+            blob["transfer"] = self.transfer_blob()
         atomic_write_text(json.dumps(blob, indent=1, default=float) + "\n", self.out / "results.json")
         write_long_form(blob, self.out / "results.csv")
         return blob
@@ -316,14 +337,6 @@ class Comparison:
 
 def _end_to_end_values(target: str, res: dict) -> dict[str, float]:
     return {f"{target}/end_to_end/{k}": v for k, v in res.items() if k in ("R2", "MAE", "RMSE", "KL", "L1", "cos")}
-
-
-def city_version_of(data: Path) -> int | None:
-    """The synthetic city version recorded in a data folder written by synthetic/city.py (None otherwise)."""
-    try:
-        return int(json.loads((data / ".complete").read_text())["city_version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def comparison_data(args: argparse.Namespace, out: Path, phases: dict) -> tuple[DownstreamLayout, Path, str]:
@@ -366,6 +379,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
     out.mkdir(parents=True, exist_ok=True)
     started, load_start, phases = time.time(), load_average(), {}
     layout, pretrain_data, where = comparison_data(args, out, phases)
+    test = test_city(args, out, layout.root)
     rows = comparison_rows(args.variants, args.lambdas)
     print(
         f"comparison on {where}: {args.resnet}, crops {args.img_size}, batch {args.batch_size}, {args.epochs} "
@@ -377,21 +391,38 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
             if args.label_fractions
             else ""
         )
+        + (
+            f"; transfer to {test[1]}: rows {' '.join(TRANSFER_ROWS)}, at fractions of its labels "
+            f"{' '.join(f'{f:g}' for f in args.test_fractions)}: {' '.join(TRANSFER_FEW_ROWS)} on "
+            f"{' '.join(args.label_targets)}"
+            if test
+            else ""
+        )
         + f"; jobs {args.jobs}; threads {torch.get_num_threads()}",
         flush=True,
     )
     cmp = Comparison(args, layout, pretrain_data, out, where, argv, started, phases, pretrain_main)
     print(f"decoded {len(cmp.files)} tiles in {phases['decode']:.1f} s", flush=True)
+    transfer = Transfer(cmp, *test) if test else None
+    if transfer is not None:
+        cmp.transfer_blob = transfer.blob
+        print(
+            f"decoded {len(transfer.b.files)} tiles of the test city in {phases['decode test city']:.1f} s", flush=True
+        )
     if "mean" in args.variants:
         cmp.mean_predictor()
 
     label_variants = few_label_variants(args)
     needed = pretrained_needed(args.variants, args.lambdas, label_variants)
+    if transfer is not None and "mmgr" not in needed:
+        needed = ["mmgr", *needed]
     # With 2 or more --jobs every pretraining run is queued at once, seed by seed, and the bound and the
     # from-scratch rows train here meanwhile; otherwise each runs when its row is due.
     pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
     if args.jobs >= 2:
         cmp.queue(pool, [(v, s) for s in args.seeds for v in needed])
+        if transfer is not None:
+            transfer.queue(pool)
     try:
         # The bound first: had it failed the city check, the configuration (not the city) would need work,
         # which is worth knowing before the pretraining hour.
@@ -408,6 +439,13 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
                     cmp.few_label_row("scratch", f, seed)
                 cmp.save()
         phases["few labels: from scratch"] = time.perf_counter() - t0
+        if transfer is not None:  # the test city's rows that need no pretraining, likewise first
+            t0 = time.perf_counter()
+            transfer.mean_row()
+            for seed in args.seeds:
+                transfer.run_untrained(seed)
+                cmp.save()
+            phases["test city: bound, from scratch"] = time.perf_counter() - t0
         # Seed by seed: the rows whose encoders the few-label rows start from (queued first), the few-label
         # rows, then the other pretrained rows, so that fine-tuning overlaps the seed's last pretraining runs.
         t0 = time.perf_counter()
@@ -424,6 +462,9 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
             for variant in late:
                 cmp.comparison_row(variant, seed)
             cmp.save()
+            if transfer is not None:
+                transfer.run(seed)
+                cmp.save()
         phases["pretraining, probes, fine-tuning"] = time.perf_counter() - t0
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -440,6 +481,12 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
     if args.label_fractions:
         plot_label_fractions(blob, out / "label_fractions.png", title)
         written.append(out / "label_fractions.png")
+    if transfer is not None:
+        written += plot_transfer(
+            blob,
+            out,
+            f"trained on {where}, tested on {test[1]}; {args.resnet}, {args.epochs} epochs; n = {len(args.seeds)} seeds",
+        )
     print("\n" + text, flush=True)
     print(f"wrote {', '.join(map(str, written))} ({blob['seconds'] / 60:.1f} min)", flush=True)
     return blob

@@ -137,12 +137,16 @@ def run_name(args: argparse.Namespace, source: str, variant: str, seed: int) -> 
     return f"{variant}_s{seed}_{pretrain_key(args, source, variant, seed)}"
 
 
-def pretrain_argv(args: argparse.Namespace, data: Path, out: Path, source: str, variant: str, seed: int) -> list[str]:
-    """mmgr.py's flags for one (variant, seed): the keyed run folder and record, then :func:`_argv`."""
+def pretrain_argv(
+    args: argparse.Namespace, data: Path | list[Path], out: Path, source: str, variant: str, seed: int
+) -> list[str]:
+    """mmgr.py's flags for one (variant, seed): the keyed run folder and record, then :func:`_argv`. ``data``:
+    one pretraining root, or several (pretrained on their union: the transfer study's ``mmgr_ab``)."""
     name = run_name(args, source, variant, seed)
+    roots = data if isinstance(data, list) else [data]
     return [
         "--data_path",
-        str(data.resolve()),
+        *(str(d.resolve()) for d in roots),
         "--model_path",
         str((out / "ckpt" / name).resolve()),
         "--train_record",
@@ -157,7 +161,7 @@ def final_checkpoint(args: argparse.Namespace, out: Path, source: str, variant: 
 
 def pretrain(
     args: argparse.Namespace,
-    data: Path,
+    data: Path | list[Path],
     out: Path,
     source: str,
     variant: str,
@@ -282,3 +286,11 @@ def train_cached(
     res.pop("predictions")
     atomic_write_text(json.dumps({"config": config, "result": res}) + "\n", cache)
     return res, True
+
+
+def city_version_of(data: Path) -> int | None:
+    """The synthetic city version recorded in a data folder written by synthetic/city.py (None otherwise)."""
+    try:
+        return int(json.loads((data / ".complete").read_text())["city_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

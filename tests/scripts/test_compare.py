@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import compare
-from tests.conftest import ROOT
+from data.pretrain import list_images
+from engine.probes import fit_and_score, load_targets
+from engine.supervised import backbone_embeddings, load_tiles
+from models.loading import load_image_encoder
+from tests.conftest import ROOT, make_layout
 from utils.errors import UserError
 
 ROWS = (
@@ -193,6 +198,11 @@ def test_bad_jobs_and_missing_data_are_one_sentence(tmp_path):
         (["--label_fractions", "0.1"], "leaves 1 labelled tile of the 8"),
         (["--targets", "pop1km", "gdp1km"], "has no target .gdp1km.*its targets are pop1km"),
         (["--label_targets", "func"], "--label_targets func is not among --targets"),
+        (["--test_fractions", "0"], r"--test_fractions 0 lies outside \(0, 1\]"),
+        (["--test_city", "b"], "--test_city draws a synthetic city .* pass --test_data_path instead"),
+        (["--test_data_path", "{data}"], "is the comparison's own data; pass another city's folder"),
+        (["--test_data_path", "{tmp}/nope"], "--test_data_path .*nope does not exist"),
+        (["--test_data_path", "{data}", "--test_city", "b"], "--test_data_path and --test_city both name"),
     ],
 )
 def test_bad_inputs_end_in_one_sentence_before_any_training(tmp_path, tiny_data, extra, match):
@@ -208,7 +218,7 @@ def test_bad_inputs_end_in_one_sentence_before_any_training(tmp_path, tiny_data,
         "--targets",
         "pop1km",
     ]
-    argv += extra
+    argv += [x.format(data=tiny_data, tmp=tmp_path) for x in extra]
     with pytest.raises(UserError, match=match) as err:
         compare.main(argv)
     assert "\n" not in str(err.value)
@@ -227,3 +237,62 @@ def test_data_without_targets_is_refused_before_any_training(tmp_path, tiny_data
     with pytest.raises(UserError, match="has no target 'pop1km'"):
         compare.main(["--data_path", str(tiny_data), "--out", str(tmp_path / "o"), "--jobs", "0"])
     assert not (tmp_path / "o" / "ckpt").exists() and not (tmp_path / "o" / "end_to_end").exists()
+
+
+def test_transfer_to_another_city(tmp_path, tiny_data, capsys):
+    """--test_data_path: every transfer row scored on the test city's validation list, MMGR pretrained on both
+    cities through mmgr.py's several roots, the test city's bound and few-label rows; tables, figures and
+    results.csv; a rerun reuses every run; a test city missing a target is refused before any training."""
+    other = make_layout(tmp_path / "other", seed=1)
+    argv = ["--data_path", str(tiny_data), "--out", str(tmp_path / "o"), "--test_data_path", str(other)]
+    argv += ["--targets", "pop1km", "--variants", "random", "mmgr", "--test_fractions", "0.5", "1"]
+    argv += ["--epochs", "1", "--batch_size", "4", "--img_size", "16", "--seeds", "0", "1", "--knn", "3"]
+    argv += ["--jobs", "0"]
+    first = compare.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("pretrained mmgr_ab seed") == 2 and out.count("pretrained mmgr seed") == 2
+    assert "test city: supervised pop1km seed 1" in out and "test city: mmgr_finetuned at 50 % of the labels" in out
+    logs = sorted((tmp_path / "o" / "logs").glob("mmgr_ab_s0_*.log"))
+    assert len(logs) == 1 and "2 roots" in logs[0].read_text()  # mmgr.py's start line: pretrained on the union
+    tr = first["transfer"]
+    assert set(tr["results"]) == {"mean", "random", "mmgr", "mmgr_ab", "supervised"}
+    assert set(tr["results"]["mmgr_ab"]) == {"0", "1"} and set(tr["few_labels"]["scratch"]) == {"0.5", "1"}
+    # The probe is fit on the training city and scored on the test city's validation tiles: recomputed here.
+    ckpt = next((tmp_path / "o" / "ckpt").glob("mmgr_s1_*")) / "wuhan_img_1.tar"
+    enc = load_image_encoder(ckpt)
+    fa, fb = (
+        backbone_embeddings(enc, load_tiles(list_images(d / "img"), 0), torch.device("cpu")) for d in (tiny_data, other)
+    )
+    tr_names = (tiny_data / "train-wuhan.txt").read_text().split()
+    va_names = (other / "val-wuhan.txt").read_text().split()
+    idx = {n: i for i, n in enumerate(sorted(p.name for p in (tiny_data / "img").iterdir()))}
+    want = fit_and_score(
+        fa[[idx[n] for n in tr_names]], load_targets(tiny_data, "pop1km", tr_names),
+        fb[[idx[n] for n in va_names]], load_targets(other, "pop1km", va_names), k=3,
+    )["ridge"]["R2"]  # fmt: skip
+    assert tr["results"]["mmgr"]["1"]["pop1km/ridge/R2"] == pytest.approx(want, rel=1e-6)
+    # With all its labels, from scratch is the test city's bound (one run).
+    bound = [tr["results"]["supervised"][s]["pop1km/end_to_end/R2"] for s in ("0", "1")]
+    assert bound == [tr["few_labels"]["scratch"]["1"][s]["pop1km/end_to_end/R2"] for s in ("0", "1")]
+    md = (tmp_path / "o" / "results.md").read_text()
+    section = md.split("## Transfer to another city")[1]
+    assert f"Test city: {other}." in section and "| MMGR pretrained on both cities (λ=0.5) | 2 |" in section
+    assert "| MMGR pretrained on both cities (λ=0.5) − MMGR (λ=0.5) | pop1km |" in section
+    assert "| 0.5 (4 tiles) | 1 (8 tiles) |" in section
+    for png in ("transfer.png", "transfer_fractions.png"):
+        assert (tmp_path / "o" / png).read_bytes()[:4] == b"\x89PNG"
+    df = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert set(df.query("study == 'transfer'").variant) == set(tr["results"])
+    assert set(df.query("study == 'transfer_few_labels'").label_fraction) == {0.5, 1.0}
+
+    second = compare.main(argv)
+    again = capsys.readouterr().out
+    assert (
+        "  pretrained " not in again and "test city: supervised pop1km seed" not in again and "  trained " not in again
+    )
+    assert second["transfer"]["results"] == tr["results"] and second["transfer"]["few_labels"] == tr["few_labels"]
+
+    (other / "pop1km" / "t011.txt").unlink()
+    with pytest.raises(UserError, match="t011.txt does not exist"):
+        compare.main([*argv[:2], "--out", str(tmp_path / "o2"), *argv[4:]])
+    assert not (tmp_path / "o2" / "ckpt").exists()

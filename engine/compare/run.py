@@ -38,6 +38,7 @@ from engine.compare.rows import (
 )
 from engine.compare.runs import (
     PretrainMain,
+    check_labelled_list,
     city_version_of,
     fingerprint,
     pretrain,
@@ -88,18 +89,8 @@ def check_inputs(args: argparse.Namespace, layout: DownstreamLayout) -> None:
         load_targets(data, t, train + val)
     label_variants = few_label_variants(args)
     trained = "supervised" in args.variants or any(FEW_LABEL_ROWS[v][0] != "probe" for v in label_variants)
-    if trained and len(train) < args.batch_size:
-        raise UserError(
-            f"{data / layout.train_list} names {len(train)} tiles, fewer than one batch of --batch_size {args.batch_size}; "
-            "lower --batch_size"
-        )
-    for f in args.label_fractions:
-        k = len(select_fraction(train, f, 0))
-        if k < 2:
-            raise UserError(
-                f"--label_fractions {f:g} leaves {k} labelled tile of the {len(train)} in {data / layout.train_list}; "
-                "the probes and the trained rows need at least 2: raise the fraction"
-            )
+    batch = args.batch_size if trained else None
+    check_labelled_list(train, data / layout.train_list, batch, args.label_fractions, "--label_fractions")
 
 
 def few_label_variants(args: argparse.Namespace) -> list[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.downstream import select_fraction
 from data.layout import PUBLISHED_PRETRAIN_DIRS
 from engine.checkpoints import PUBLISHED_PREFIX
 from engine.compare.rows import pretraining_flags
@@ -294,3 +295,22 @@ def city_version_of(data: Path) -> int | None:
         return int(json.loads((data / ".complete").read_text())["city_version"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def check_labelled_list(
+    train: list[str], list_path: Path, batch_size: int | None, fractions: list[float], flag: str
+) -> None:
+    """Refuse, in one sentence, a training list smaller than one batch (``batch_size`` None: nothing trains end
+    to end) or a fraction of ``flag`` that leaves fewer than 2 labelled tiles of it."""
+    if batch_size is not None and len(train) < batch_size:
+        raise UserError(
+            f"{list_path} names {len(train)} tiles, fewer than one batch of --batch_size {batch_size}; "
+            "lower --batch_size"
+        )
+    for f in fractions:
+        k = len(select_fraction(train, f, 0))
+        if k < 2:
+            raise UserError(
+                f"{flag} {f:g} leaves {k} labelled tile of the {len(train)} in {list_path}; "
+                "the probes and the trained rows need at least 2: raise the fraction"
+            )

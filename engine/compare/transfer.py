@@ -40,7 +40,14 @@ from engine.compare.rows import (
     TRANSFER_PAIRS,
     TRANSFER_ROWS,
 )
-from engine.compare.runs import city_version_of, config_key, fingerprint, pretrain, pretraining_source
+from engine.compare.runs import (
+    check_labelled_list,
+    city_version_of,
+    config_key,
+    fingerprint,
+    pretrain,
+    pretraining_source,
+)
 from engine.compare.summary import few_label_summary, flatten, paired_tests, summarise
 from engine.probes import fit_and_score, load_targets, score
 from engine.supervised import backbone_embeddings
@@ -83,18 +90,7 @@ def test_city(args: argparse.Namespace, out: Path, data: Path) -> tuple[Downstre
     train, val = read_list(root / layout.train_list), read_list(root / layout.val_list)
     for t in args.targets:
         load_targets(root, t, train + val)
-    if len(train) < args.batch_size:
-        raise UserError(
-            f"{root / layout.train_list} names {len(train)} tiles, fewer than one batch of --batch_size "
-            f"{args.batch_size}; lower --batch_size"
-        )
-    for f in args.test_fractions:
-        k = len(select_fraction(train, f, 0))
-        if k < 2:
-            raise UserError(
-                f"--test_fractions {f:g} leaves {k} labelled tile of the {len(train)} in {root / layout.train_list}; "
-                "the probes and the trained rows need at least 2: raise the fraction"
-            )
+    check_labelled_list(train, root / layout.train_list, args.batch_size, args.test_fractions, "--test_fractions")
     return layout, where
 
 

@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -711,7 +711,10 @@ def load_test_root(args: argparse.Namespace, layout: DownstreamLayout, task: Tas
             "again with prepare_pois.py"
         )
     label = root_labels([layout.root, root])[1].replace("/", "_")
-    return TestRoot(root, label, tiles, np.isfinite(tiles.truth).all(axis=1))
+    labelled = np.isfinite(tiles.truth).all(axis=1)
+    # On the test root's map and tile CSV, "test" marks the tiles that are scored (those with a target).
+    tiles = replace(tiles, split=["test" if ok else "" for ok in labelled])
+    return TestRoot(root, label, tiles, labelled)
 
 
 def _test_seed(
@@ -1026,13 +1029,16 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
 def _test_reports(
     test: TestRoot | None, task: Task, results: list[SeedResult], outputs: Outputs, label: str, layout: DownstreamLayout
 ) -> dict | None:
-    """The test root's mean ± std over seeds (several seeds, labelled tiles) and its map, written beside the
-    run's reports as ``<record stem>_test_<root>_*``; returns ``{"root", "labelled", "metrics": {metric: (mean,
-    std)} or None}``."""
+    """The test root's mean ± std over seeds (several seeds, labelled tiles), the mean predictor there (each
+    seed's training mean of ``--data_path`` for every labelled tile: the reference a transfer has to beat), and
+    its map, written beside the run's reports as ``<record stem>_test_<root>_*``; returns ``{"root",
+    "labelled", "metrics": {metric: (mean, std)} or None, "mean_predictor": {metric: mean over seeds} or
+    None}``."""
     if test is None:
         return None
     runs = [r.test for r in results if r.test is not None]
-    metrics = None
+    metrics = mean_predictor = None
+    n = int(test.labelled.sum())
     if test.labelled.any():
         rows = [r.history[-1] for r in runs]
         metrics = {
@@ -1045,8 +1051,22 @@ def _test_reports(
         if len(rows) > 1:
             text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in metrics.items())
             print(f"test root {test.root}: mean ± std over {len(rows)} seeds: {text}", flush=True)
+        truth = test.tiles.truth[test.labelled]
+        means = [task.metrics(truth, np.repeat(r.train_mean[None], n, axis=0)) for r in results]
+        mean_predictor = {k: float(np.mean([m[k] for m in means])) for k in means[0]}
+        print(
+            f"test root {test.root}: mean predictor (the training mean of {layout.root} for every tile): "
+            f"{metric_text(mean_predictor)}  ({n} labelled tiles)",
+            flush=True,
+        )
     stem = outputs.stem.with_name(f"{outputs.stem.name}_test_{test.label}")
     write_map_reports(
-        Outputs(outputs.pred_csv, None, stem), task, test.tiles, runs, f"{label} (trained on {layout.root.name})"
+        Outputs(outputs.pred_csv, None, stem),
+        task,
+        test.tiles,
+        runs,
+        f"{label} (trained on {layout.root.name})",
+        f"test: the {n} labelled tiles scored" if n else "no labels: map only",
+        f"labelled domain of {layout.root.name}'s training tiles",
     )
-    return {"root": str(test.root), "labelled": int(test.labelled.sum()), "metrics": metrics}
+    return {"root": str(test.root), "labelled": n, "metrics": metrics, "mean_predictor": mean_predictor}

@@ -46,7 +46,10 @@ def test_a_labelled_test_root_is_scored_recorded_and_mapped(pair, capsys, script
     text = capsys.readouterr().out
     assert text.count(f"test root {b}: ") >= 2 and "11 labelled of 12 tiles" in text
     assert f"test root {b}: mean ± std over 2 seeds" in text
+    assert f"test root {b}: mean predictor (the training mean of {a} for every tile): " in text
     assert out["test"]["labelled"] == 11 and out["test"]["metrics"] is not None
+    assert set(out["test"]["mean_predictor"]) == set(out["test"]["metrics"])
+    assert "labelled domain of city_a's training tiles: " in text and "% of scored test-root tiles" in text
     rows = _records("r.txt")
     tests = [r for r in rows if r.get("evaluated_on") == f"test root {b}"]
     assert len(tests) == 2 and all(r["tiles"] == 11 for r in tests)
@@ -54,6 +57,7 @@ def test_a_labelled_test_root_is_scored_recorded_and_mapped(pair, capsys, script
     frame = gpd.read_file(Path("train-records") / "r_test_city_b_map.gpkg")
     assert frame.crs.to_epsg() == 32650 and len(frame) == 12
     assert frame["in_domain"].dtype == bool
+    assert list(frame["split"]) == ["test"] * 11 + [""]  # the scored tiles
     std_cols = ["pred_std"] if target == "pop1km" else [c for c in frame.columns if c.startswith("pred_std_")]
     assert std_cols and (frame[std_cols].to_numpy() >= 0).all()
     assert (Path("train-records") / "r_test_city_b_map.png").read_bytes()[:4] == b"\x89PNG"
@@ -75,7 +79,8 @@ def test_an_unlabelled_test_root_gives_maps_only_and_says_so(pair, capsys):
     )
     text = capsys.readouterr().out
     assert f"test root {b}: no target files in {b / 'pop1km'}, so maps only, no metrics" in text
-    assert out["test"] == {"root": str(b), "labelled": 0, "metrics": None}
+    assert out["test"] == {"root": str(b), "labelled": 0, "metrics": None, "mean_predictor": None}
+    assert "mean predictor (the training mean" not in text
     assert not any("evaluated_on" in r for r in _records("r.txt"))
     frame = gpd.read_file(Path("train-records") / "r_test_city_b_map.gpkg")
     assert len(frame) == 12 and frame["prediction"].notna().all() and frame["truth"].isna().all()

@@ -12,7 +12,9 @@ from PIL import Image
 
 import res_func
 import res_pop
+from engine.downstream import _check_tile_sides
 from models.image_encoder import ImageEncoder
+from prepare.tile_index import read_tile_index, write_tile_index
 from tests.conftest import make_layout
 from tests.engine.test_downstream import FAST, add_func_and_gdp, add_tile_index
 from utils.errors import UserError
@@ -106,3 +108,18 @@ def test_test_roots_refused_before_anything_is_written(pair, tmp_path):
     _refused(a, b, ckpt, r"tiles of 16x16 px but --data_path .* 32x32 px; .*--tile_px")
     Image.fromarray(np.zeros((32, 32, 4), np.uint8)).save(first)
     _refused(a, b, ckpt, r"4 band\(s\) but --data_path .* has 3; .*--bands")
+
+
+def test_a_test_root_of_another_ground_size_is_refused(pair):
+    """Targets per tile scale with the tile's area: 1 km tiles of A and 2 km tiles of B (same pixels) cannot be
+    compared; the check needs a tile index in both, and is skipped where A has none."""
+    a, b, ckpt = pair
+    add_tile_index(a)
+    index = read_tile_index(b)
+    index.bounds = index.bounds * 2.0
+    write_tile_index(b, index)
+    _refused(a, b, ckpt, r"tiles of 2000 m but --data_path .* has 1000 m; .*--tile_size_m")
+    (a / "tile_index.gpkg").unlink()  # A's positions only (tile_index.csv): units unknown, so not compared
+    _check_tile_sides(b, a, read_tile_index(b))
+    (a / "tile_index.csv").unlink()  # no tile index in A: nothing to compare
+    _check_tile_sides(b, a, read_tile_index(b))

@@ -307,5 +307,9 @@ def check_test_root(
     test_root = Path(test_root)
     if not test_root.is_dir():
         raise UserError(f"{flag} {test_root} does not exist; pass the data folder of the city to map")
-    check_distinct([Path(train_root), test_root], f"--data_path and {flag}:")
+    if os.path.realpath(test_root) == os.path.realpath(train_root):
+        raise UserError(
+            f"{flag} {test_root} is --data_path {train_root} itself, whose validation tiles are scored already; "
+            "pass the data folder of another city"
+        )
     return require_tile_index(test_root, flag)

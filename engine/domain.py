@@ -58,7 +58,7 @@ class Domain:
 
     def summary(self, split: np.ndarray | None = None) -> str:
         """``"312 of 1089 tiles outside the labelled domain (...)"``; with ``split`` ``[N]`` of
-        ``train``/``val``/"" also the share of training and validation tiles out."""
+        ``train``/``val``/``test``/"" also the share of training, validation and scored test-root tiles out."""
         n, out = len(self.in_domain), int((~self.in_domain).sum())
         text = (
             f"{out} of {n} tiles outside the labelled domain ({int(self.far.sum())} by embedding distance, "
@@ -66,7 +66,7 @@ class Domain:
         )
         if split is not None:
             parts = []
-            for side, word in (("train", "training"), ("val", "validation")):
+            for side, word in (("train", "training"), ("val", "validation"), ("test", "scored test-root")):
                 mask = np.asarray(split) == side
                 if mask.any():
                     parts.append(f"{100 * float((~self.in_domain[mask]).mean()):.1f} % of {word} tiles")

@@ -33,12 +33,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from pyproj import CRS
 from torch.utils.data import DataLoader
 
 from data.downstream import TileTargetDataset, read_list, select_fraction
@@ -69,6 +70,7 @@ from engine.tasks import Task, distribution_task, regression_task
 from models.heads import regression_head, with_task_head
 from models.image_encoder import RESNETS, ImageEncoder, infer_resnet
 from models.loading import load_image_encoder, load_image_state
+from prepare.tile_index import TileIndex, read_tile_index
 from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
 from utils.errors import UserError
 from utils.reproducibility import seed_everything, worker_init
@@ -679,10 +681,39 @@ def _first_tile_header(folder: Path) -> tuple[Path, tuple[int, int], int] | None
     return None
 
 
+def _tile_side(index: TileIndex | None) -> tuple[float, str] | None:
+    """The median tile width of a tile index, in metres when its CRS names its unit (``(side, "m")``), in the
+    index's own units without a CRS (``(side, "units")``); None without tiles or for a CRS in degrees."""
+    if index is None or not len(index):
+        return None
+    side = float(np.median(index.bounds[:, 2] - index.bounds[:, 0]))
+    if index.crs is None:
+        return side, "units"
+    crs = CRS(index.crs)
+    if not crs.is_projected or not crs.axis_info:
+        return None
+    return side * crs.axis_info[0].unit_conversion_factor, "m"
+
+
+def _check_tile_sides(test: Path, train: Path, test_index: TileIndex) -> None:
+    """Refuse a test root whose tiles cover another ground size than ``--data_path``'s (targets per tile scale
+    with the area: a head trained on 300 m tiles reads 500 m tiles wrongly). Compared only when both roots
+    have a tile index in comparable units (both with a projected CRS, or both without one)."""
+    a, b = _tile_side(read_tile_index(train)), _tile_side(test_index)
+    if a is None or b is None or a[1] != b[1]:
+        return
+    if abs(a[0] - b[0]) > 0.01 * max(a[0], b[0]):
+        raise UserError(
+            f"--test_data_path {test} has tiles of {b[0]:g} {b[1]} but --data_path {train} has {a[0]:g} {a[1]}; "
+            "prepare both with the same --tile_size_m (prepare_pois.py)"
+        )
+
+
 def load_test_root(args: argparse.Namespace, layout: DownstreamLayout, task: Task) -> TestRoot | None:
     """``--test_data_path`` checked before anything is written (None without the flag). Refused, in one
     sentence naming the root and the fix: a folder that is missing, is ``--data_path`` itself, has no tile
-    index, or whose tiles differ from ``--data_path``'s in size or band count."""
+    index, or whose tiles differ from ``--data_path``'s in size (pixels, or ground size where both have a tile
+    index) or band count."""
     if not getattr(args, "test_data_path", None):
         return None
     root = Path(args.test_data_path)
@@ -710,8 +741,12 @@ def load_test_root(args: argparse.Namespace, layout: DownstreamLayout, task: Tas
             f"--test_data_path {root}: no tile of its tile index has an image in {root / img_dir}; prepare it "
             "again with prepare_pois.py"
         )
+    _check_tile_sides(root, layout.root, tiles.index)
     label = root_labels([layout.root, root])[1].replace("/", "_")
-    return TestRoot(root, label, tiles, np.isfinite(tiles.truth).all(axis=1))
+    labelled = np.isfinite(tiles.truth).all(axis=1)
+    # On the test root's map and tile CSV, "test" marks the tiles that are scored (those with a target).
+    tiles = replace(tiles, split=["test" if ok else "" for ok in labelled])
+    return TestRoot(root, label, tiles, labelled)
 
 
 def _test_seed(
@@ -1026,13 +1061,16 @@ def run_downstream(args: argparse.Namespace, task: Task) -> dict:
 def _test_reports(
     test: TestRoot | None, task: Task, results: list[SeedResult], outputs: Outputs, label: str, layout: DownstreamLayout
 ) -> dict | None:
-    """The test root's mean ± std over seeds (several seeds, labelled tiles) and its map, written beside the
-    run's reports as ``<record stem>_test_<root>_*``; returns ``{"root", "labelled", "metrics": {metric: (mean,
-    std)} or None}``."""
+    """The test root's mean ± std over seeds (several seeds, labelled tiles), the mean predictor there (each
+    seed's training mean of ``--data_path`` for every labelled tile: the reference a transfer has to beat), and
+    its map, written beside the run's reports as ``<record stem>_test_<root>_*``; returns ``{"root",
+    "labelled", "metrics": {metric: (mean, std)} or None, "mean_predictor": {metric: mean over seeds} or
+    None}``."""
     if test is None:
         return None
     runs = [r.test for r in results if r.test is not None]
-    metrics = None
+    metrics = mean_predictor = None
+    n = int(test.labelled.sum())
     if test.labelled.any():
         rows = [r.history[-1] for r in runs]
         metrics = {
@@ -1045,8 +1083,22 @@ def _test_reports(
         if len(rows) > 1:
             text = "  ".join(f"{k} {m:.4f} ± {s:.4f}" for k, (m, s) in metrics.items())
             print(f"test root {test.root}: mean ± std over {len(rows)} seeds: {text}", flush=True)
+        truth = test.tiles.truth[test.labelled]
+        means = [task.metrics(truth, np.repeat(r.train_mean[None], n, axis=0)) for r in results]
+        mean_predictor = {k: float(np.mean([m[k] for m in means])) for k in means[0]}
+        print(
+            f"test root {test.root}: mean predictor (the training mean of {layout.root} for every tile): "
+            f"{metric_text(mean_predictor)}  ({n} labelled tiles)",
+            flush=True,
+        )
     stem = outputs.stem.with_name(f"{outputs.stem.name}_test_{test.label}")
     write_map_reports(
-        Outputs(outputs.pred_csv, None, stem), task, test.tiles, runs, f"{label} (trained on {layout.root.name})"
+        Outputs(outputs.pred_csv, None, stem),
+        task,
+        test.tiles,
+        runs,
+        f"{label} (trained on {layout.root.name})",
+        f"test: the {n} labelled tiles scored" if n else "no labels: map only",
+        f"labelled domain of {layout.root.name}'s training tiles",
     )
-    return {"root": str(test.root), "labelled": int(test.labelled.sum()), "metrics": metrics}
+    return {"root": str(test.root), "labelled": n, "metrics": metrics, "mean_predictor": mean_predictor}

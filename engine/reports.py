@@ -151,7 +151,8 @@ class MapTiles:
     """The tiles a run maps: every tile of the data folder's tile index that has an image.
 
     ``truth`` ``[N, K]`` holds NaN rows for tiles without a target file, the others checked as the validation
-    targets are (``Task.check``); ``split`` is ``train``/``val``/empty. An index without a CRS (``index.crs``
+    targets are (``Task.check``); ``split`` is ``train``/``val``/empty (a test root's: ``test`` for its labelled
+    tiles, the ones scored, else empty). An index without a CRS (``index.crs``
     None) gives a CSV of the tiles and no map.
     """
 
@@ -262,9 +263,19 @@ def write_tile_csv(
     atomic_write_text("\n".join(lines) + "\n", path)
 
 
-def write_map_reports(out: Outputs, task: Task, tiles: MapTiles, results: list[SeedResult], label: str) -> None:
+def write_map_reports(
+    out: Outputs,
+    task: Task,
+    tiles: MapTiles,
+    results: list[SeedResult],
+    label: str,
+    split_note: str = "split as in the lists",
+    domain_label: str = "labelled domain",
+) -> None:
     """Every tile's prediction, ``pred_std`` and ``in_domain``: a CSV always; with a CRS the map (GeoPackage +
-    PNG, and a GeoTIFF for one value per tile); each announced on stdout, the domain's count too."""
+    PNG, and a GeoTIFF for one value per tile); each announced on stdout, the domain's count too.
+    ``split_note`` ends the map's title; ``domain_label`` starts the domain's line (a test root's names the
+    training tiles it is measured against)."""
     if not any(r.map_pred is not None for r in results):
         return
     pred, std, spread = map_spread(results)
@@ -273,7 +284,7 @@ def write_map_reports(out: Outputs, task: Task, tiles: MapTiles, results: list[S
     write_tile_csv(csv, task, tiles, pred, std, domain)
     print(f"every tile: {csv} (prediction, pred_std = {spread}, in_domain)", flush=True)
     if domain is not None:
-        print(f"labelled domain: {domain.summary(np.asarray(tiles.split))}", flush=True)
+        print(f"{domain_label}: {domain.summary(np.asarray(tiles.split))}", flush=True)
     if tiles.index.crs is None:
         print(
             f"no map: the tile index of {tiles.files[0].parent.parent} has no CRS (tile_index.csv only), so its "
@@ -293,7 +304,7 @@ def write_map_reports(out: Outputs, task: Task, tiles: MapTiles, results: list[S
         None if domain is None else domain.in_domain,
         out.stem.with_name(out.stem.name + "_map"),
         tiles.split,
-        f"{label} on all {len(tiles.names)} tiles{seeds}, split as in the lists",
+        f"{label} on all {len(tiles.names)} tiles{seeds}, {split_note}",
         tiles.target,
     )
     crs = tiles.index.crs if len(tiles.index.crs) < 40 else CRS(tiles.index.crs).name

@@ -172,8 +172,10 @@ def test_a_test_root_must_exist_differ_from_the_training_root_and_have_a_tile_in
     a.mkdir()
     with pytest.raises(UserError, match=r"--test_data_path .*b does not exist"):
         check_test_root(b, a)
-    with pytest.raises(UserError, match=r"--data_path and --test_data_path: .*a is given twice"):
+    with pytest.raises(UserError, match=r"--test_data_path .*a is --data_path .*a itself.*another city"):
         check_test_root(a, a)
+    with pytest.raises(UserError, match=r"--test_data_path .*a/\.\./a is --data_path .*a itself"):
+        check_test_root(a / ".." / "a", a)
     b.mkdir()
     with pytest.raises(UserError, match=r"--test_data_path .*b has no tile index"):
         check_test_root(b, a)

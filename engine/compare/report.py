@@ -111,7 +111,10 @@ def per_seed_table(results: dict, targets: list[str], variants: list[str]) -> st
         for t in targets:
             metric = primary_metric(results, t)
             proto = PROTOCOL.get(v, "ridge")
-            cells = [f"{results[v][s][f'{t}/{proto}/{metric}']:.3f}" if s in results[v] else "" for s in seeds]
+            key = f"{t}/{proto}/{metric}"
+            if not any(key in results[v].get(s, {}) for s in seeds):
+                continue  # a row not run on this target (the transfer study's bound: --label_targets only)
+            cells = [f"{results[v][s][key]:.3f}" if key in results[v].get(s, {}) else "" for s in seeds]
             lines.append(f"| {label(v)} | {t} {'R²' if metric == 'R2' else metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -4,7 +4,6 @@ few-label rows at each fraction (trained rows read through their own protocol)."
 import pytest
 
 from engine.compare import report, rows, summary
-from engine.compare.report import per_seed_table
 
 
 def _results(values: dict[str, list[float]], target: str = "pop1km", metric: str = "R2") -> dict:
@@ -131,7 +130,7 @@ def test_tables_leave_out_a_target_a_row_did_not_run():
         "random": {s: {"pop1km/ridge/R2": 0.1 + i, "gdp1km/ridge/R2": 0.2} for i, s in enumerate(("0", "1"))},
         "supervised": {s: {"pop1km/end_to_end/R2": 0.5} for s in ("0", "1")},
     }
-    table = per_seed_table(results, ["pop1km", "gdp1km"], ["random", "supervised"])
+    table = report.per_seed_table(results, ["pop1km", "gdp1km"], ["random", "supervised"])
     assert "| supervised end to end (upper bound) | pop1km R² | 0.500 | 0.500 |" in table
     assert "| supervised end to end (upper bound) | gdp1km" not in table
     assert "| random init (lower bound) | gdp1km R² | 0.200 | 0.200 |" in table

@@ -476,7 +476,7 @@ def run_comparison(args: argparse.Namespace, argv: list[str] | None, pretrain_ma
         written += plot_transfer(
             blob,
             out,
-            f"trained on {where}, tested on {test[1]}; {args.resnet}, {args.epochs} epochs; n = {len(args.seeds)} seeds",
+            f"on the test city ({test[0].root.name}); {args.resnet}, {args.epochs} epochs; n = {len(args.seeds)} seeds",
         )
     print("\n" + text, flush=True)
     print(f"wrote {', '.join(map(str, written))} ({blob['seconds'] / 60:.1f} min)", flush=True)

@@ -26,7 +26,7 @@ from models.loss import nt_xent_gathered
 from models.poi_encoder import POI_ENCODERS
 from synthetic.city import ensure_city
 from utils.args import common_parser, parse_with_demo, resolve_device, str2bool
-from utils.distributed import DistInfo, barrier, cleanup, init_from_env
+from utils.distributed import DistInfo, SharedFailure, cleanup, init_from_env
 from utils.errors import UserError, run_main
 from utils.fileio import write_advice
 from utils.reproducibility import enable_determinism
@@ -339,7 +339,9 @@ def check_poi_tiles(args: argparse.Namespace, dataset: torch.utils.data.Dataset,
 
 
 def make_demo_city(args: argparse.Namespace, info: DistInfo) -> None:
-    """``--demo``: the synthetic city in DEMO_DIR/city, written once by the main process."""
+    """``--demo``: the synthetic city in DEMO_DIR/city, written once by the main process; under torchrun the
+    others wait for it in :meth:`SharedFailure.share`, which also ends them cleanly if the writer failed."""
+    failure = SharedFailure()
     if info.is_main:  # one writer (and one banner); the other processes wait for the city
         print(
             f"demo: synthetic city of {args.demo_tiles} tiles ({DEMO_CITY['tile_size']} px) in {args.data_path}; "
@@ -347,8 +349,15 @@ def make_demo_city(args: argparse.Namespace, info: DistInfo) -> None:
             f"(not the published configuration: sized for a CPU)",
             flush=True,
         )
-        ensure_city(args.data_path, n_tiles=args.demo_tiles, **DEMO_CITY)
-    barrier()
+        with failure.hold():
+            try:
+                ensure_city(args.data_path, n_tiles=args.demo_tiles, **DEMO_CITY)
+            except FileExistsError as exc:  # a folder of the user's own where the demo city would go
+                raise UserError(
+                    f"{args.data_path} exists and is not a synthetic city, so the demo will not write over it; "
+                    "pass another --demo_dir"
+                ) from exc
+    failure.share()
 
 
 if __name__ == "__main__":

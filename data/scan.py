@@ -375,17 +375,21 @@ def _cache_warning(cache: str | Path, exc: OSError) -> None:
     )
 
 
-def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool = False) -> list[Path]:
+def apply_bad_samples_policy(
+    report: ScanReport, policy: str, check_only: bool = False, verbose: bool = True
+) -> list[Path]:
     """``--bad_samples`` / ``--check_data`` on a scan: the tiles to train on, or a :class:`UserError`.
 
     ``error``: any problem stops the run with the full list (on stderr) and one sentence naming the
     first; ``skip``: train on the good tiles and report the counts. ``check_only`` prints the list and
-    the summary on stdout and raises when anything is bad (exit 2), so scripts can test it.
+    the summary on stdout and raises when anything is bad (exit 2), so scripts can test it. ``verbose``
+    False prints nothing and decides the same (the processes other than rank 0 under torchrun, which
+    scan the same files: the list is printed once).
     """
     out = sys.stdout if check_only else sys.stderr
-    for line in report.lines():
+    for line in report.lines() if verbose else []:
         print(line, file=out)
-    if check_only:
+    if check_only and verbose:
         print(report.summary(), flush=True)
     if not report.bad:
         return report.good
@@ -395,12 +399,13 @@ def apply_bad_samples_policy(report: ScanReport, policy: str, check_only: bool =
             "fix or remove those files, or train with --bad_samples skip"
         )
     if policy == "skip":
-        print(
-            f"--bad_samples skip: training on {len(report.good)} tiles, leaving out {len(report.bad_tiles)} "
-            f"({len(report.bad)} problems listed above)",
-            file=sys.stderr,
-            flush=True,
-        )
+        if verbose:
+            print(
+                f"--bad_samples skip: training on {len(report.good)} tiles, leaving out {len(report.bad_tiles)} "
+                f"({len(report.bad)} problems listed above)",
+                file=sys.stderr,
+                flush=True,
+            )
         return report.good
     first = report.bad[0].reason
     if len(report.bad) == 1:

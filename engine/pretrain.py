@@ -151,7 +151,7 @@ def _prepare_data(args: argparse.Namespace, info: DistInfo) -> Dataset | None:
         cache_read_only=not info.is_main,
     )
     report = merge_reports(reports)
-    apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data)
+    apply_bad_samples_policy(report, args.bad_samples, check_only=args.check_data, verbose=info.is_main)
     if args.check_data:
         return None
     # zero_poi counts a root's good tiles, which are the tiles kept under either --bad_samples policy

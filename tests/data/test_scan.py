@@ -99,6 +99,22 @@ def test_each_bad_input_found_and_named(tmp_path, case, workers):
     assert len(kept) == 12 - len(report.bad_tiles) and not set(kept) & set(report.bad_tiles)
 
 
+def test_only_the_main_process_prints_the_list(tmp_path, capsys):
+    """Under torchrun every process scans the same files: the others decide the same, silently."""
+    root = make_layout(tmp_path / "d", n_tiles=6)
+    BREAKAGES["truncated PNG"][0](root)
+    report = scan_pretrain(root, workers=0)
+    capsys.readouterr()
+    for policy, check in (("error", False), ("error", True)):
+        with pytest.raises(UserError) as quiet:
+            apply_bad_samples_policy(report, policy, check_only=check, verbose=False)
+        assert capsys.readouterr() == ("", "")
+        with pytest.raises(UserError) as loud:
+            apply_bad_samples_policy(report, policy, check_only=check)
+        assert str(quiet.value) == str(loud.value) and report.bad[0].reason in "".join(capsys.readouterr())
+    assert apply_bad_samples_policy(report, "skip", verbose=False) == apply_bad_samples_policy(report, "skip")
+
+
 def test_all_bad_files_listed_at_once_with_thread_pool(tmp_path, capsys):
     root = make_layout(tmp_path / "d", n_tiles=150, size=8, zero_poi=(0, 5, 140))
     for case in ("image without POI files", "truncated PNG", "embedding width", "edge out of range", "weights length"):

@@ -15,7 +15,9 @@ Failures (injected in the failing process by this script's worker mode, determin
   file in the run folder is refused with ``EROFS``, as a run folder remounted read-only mid-run (injected:
   the tests run as root, whom chmod does not stop);
 * ``bad_tile``: rank 1 only, at its third tile read (step 2), the tile file is overwritten with bytes that
-  are no image — a file damaged after the pre-scan — and then read for real.
+  are no image — a file damaged after the pre-scan — and then read for real;
+* ``demo_city``: ``--demo`` where ``DEMO_DIR/city`` is a file of the user's, so that rank 0, which alone
+  writes the demo city, is refused while rank 1 waits for the city (at start-up, before any training).
 
 The worker writes ``exit.<rank>`` (status, time) and the failing process ``failed_at`` (time of the
 injected failure) into the output folder; exit delays are those times' differences.
@@ -47,8 +49,8 @@ from benchmarks.data_path import write_layout  # noqa: E402
 from utils.distributed import SharedFailure, cleanup  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
-FAILURES = ("disk_full", "read_only", "bad_tile")
-FAILING_RANK = {"disk_full": 0, "read_only": 0, "bad_tile": 1}
+FAILURES = ("disk_full", "read_only", "bad_tile", "demo_city")
+FAILING_RANK = {"disk_full": 0, "read_only": 0, "bad_tile": 1, "demo_city": 0}
 
 
 def _inject(failure: str, out: Path, model_path: Path) -> None:
@@ -117,6 +119,14 @@ def _inject(failure: str, out: Path, model_path: Path) -> None:
             return real_open(path)
 
         pretrain.open_rgb = open_rgb
+    elif failure == "demo_city":
+        real_ensure = mmgr.ensure_city
+
+        def ensure_city(*args, **kwargs):
+            mark()
+            return real_ensure(*args, **kwargs)
+
+        mmgr.ensure_city = ensure_city
     else:
         raise SystemExit(f"unknown failure {failure!r}")
 
@@ -154,6 +164,10 @@ def run(failure: str, work: Path, python: str = sys.executable, timeout: float =
         "--batch_size", "2", "--resnet", "resnet18", "--img_size", "16", "--projection_dim", "8",
         "--device", "cpu", "--workers", "0", "--lr", "1e-3", "--total_epoch", "2", "--save_every_steps", "2",
     ]  # fmt: skip
+    if failure == "demo_city":  # the demo's city goes to DEMO_DIR/city, where a file of the user's is
+        (work / "demo").mkdir(exist_ok=True)
+        (work / "demo" / "city").write_text("not a city\n")
+        cmd += ["--demo", "--demo_dir", str(work / "demo"), "--demo_tiles", "16"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     t0 = time.time()
     p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)

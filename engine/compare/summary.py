@@ -121,11 +121,17 @@ def at_fraction(few: dict, fraction: str) -> dict:
     return {v: by_f[fraction] for v, by_f in few.items() if fraction in by_f}
 
 
-def few_label_summary(few: dict, targets: list[str], variants: list[str], fractions: list[float]) -> dict:
+def few_label_summary(
+    few: dict,
+    targets: list[str],
+    variants: list[str],
+    fractions: list[float],
+    pairs: tuple[tuple[str, str], ...] = FEW_LABEL_PAIRS,
+) -> dict:
     """``{"few_labels_summary": {fraction: summarise(...)}, "few_labels_paired": {fraction: paired_tests(...)}}``
     of the few-label rows (primary metric; the frozen row through its ridge probe)."""
     keys = [f"{f:g}" for f in fractions]
     return {
         "few_labels_summary": {f: summarise(at_fraction(few, f), targets, variants) for f in keys},
-        "few_labels_paired": {f: paired_tests(at_fraction(few, f), targets, pairs=FEW_LABEL_PAIRS) for f in keys},
+        "few_labels_paired": {f: paired_tests(at_fraction(few, f), targets, pairs=pairs) for f in keys},
     }

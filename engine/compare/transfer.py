@@ -193,13 +193,9 @@ class Transfer:
     def blob(self) -> dict:
         a, b = self.cmp.args, self.b
         tiles = {f"{f:g}": len(select_fraction(b.train_names, f, 0)) for f in a.test_fractions}
-        few = few_label_summary(b.few, a.label_targets, list(TRANSFER_FEW_ROWS), a.test_fractions)
-        few["few_labels_paired"] = {
-            f: paired_tests(
-                {v: by_f[f] for v, by_f in b.few.items() if f in by_f}, a.label_targets, pairs=TRANSFER_FEW_PAIRS
-            )
-            for f in (f"{x:g}" for x in a.test_fractions)
-        }
+        few = few_label_summary(
+            b.few, a.label_targets, list(TRANSFER_FEW_ROWS), a.test_fractions, pairs=TRANSFER_FEW_PAIRS
+        )
         return {
             "data": self.where,
             "layout": {k: getattr(b.layout, k) for k in ("img_dir", "train_list", "val_list")},

@@ -99,6 +99,7 @@ def cmd(work: Path, model: str, *extra: str) -> list[str]:
     return [str(ROOT / "mmgr.py"), "--data_path", str(work / "d"), "--model_path", str(work / model), *TINY, *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, files, named",
     [
@@ -123,6 +124,7 @@ def test_fresh_start_refused_on_a_folder_of_each_kind_of_earlier_run(work, kind,
     assert {p.name: p.read_bytes() for p in (work / "m").iterdir() if p.name in before} == before  # nothing touched
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_the_tools_files(work):
     train(work, "m", "--total_epoch", "3", "--save_every", "1")
     (work / "m" / "notes.txt").write_text("mine")
@@ -155,6 +157,7 @@ def test_overwrite_replaces_only_the_tools_files(work):
         train(work, "m", "--overwrite", "--resume")
 
 
+@pytest.mark.slow
 def test_second_process_refused_then_sigkilled_holder_resumes_at_once(work):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     holder = subprocess.Popen(
@@ -174,6 +177,8 @@ def test_second_process_refused_then_sigkilled_holder_resumes_at_once(work):
             assert holder.poll() is None, holder.stderr.read()
             assert time.time() < deadline, "the first run never took its folder"
             time.sleep(0.1)
+        # Stopped, the holder keeps its lock and leaves the CPU to the processes it must refuse.
+        holder.send_signal(signal.SIGSTOP)
         for extra in ([], ["--resume"], ["--overwrite"]):
             second = run_script(cmd(work, "m", "--total_epoch", "1", *extra), cwd=work)
             assert second.returncode == EXIT_BUSY and "Traceback" not in second.stderr
@@ -188,6 +193,7 @@ def test_second_process_refused_then_sigkilled_holder_resumes_at_once(work):
     assert "resumed from" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(work):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     r = subprocess.run(

@@ -21,6 +21,17 @@ from prepare.graph import delaunay_edges  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (seconds each: they run the real scripts in subprocesses) run first.
+
+    pytest-xdist hands out two tests at a time (``--maxschedchunk 2`` in pytest.ini), so the long tests
+    start early on whichever process is free and the run ends on short ones: both processes finish
+    together. In collection order a 50 s test near the end kept one core idle meanwhile (issue 20). The
+    sort is stable, so the order is otherwise the collection's, the same in every worker as xdist needs.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def make_layout(
     root: Path,
     n_tiles: int = 12,

@@ -99,6 +99,7 @@ def test_pack_user_errors(tmp_path):
         collate_raw([RawPretrainDataset(data)[i] for i in (1, 2)])
 
 
+@pytest.mark.slow
 def test_pack_cli(tmp_path):
     data = make_layout(tmp_path / "d", n_tiles=5)
     r = run_script(
@@ -110,6 +111,7 @@ def test_pack_cli(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_pack_refuses_an_output_folder_held_by_another_writer(tmp_path):
     data = make_layout(tmp_path / "d", n_tiles=4, size=8)
     with FolderLock(tmp_path / "p", purpose="packing", flag="--out"):

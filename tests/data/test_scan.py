@@ -308,6 +308,7 @@ def test_cache_that_cannot_be_written_is_only_a_warning(aged, tmp_path, capsys):
     assert len(report.good) == 11 and "warning: could not write the scan cache" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_check_data_twice_uses_the_cache_in_model_path(aged, tmp_path, capsys):
     model = tmp_path / "run"
     args = ["--data_path", str(aged), "--model_path", str(model), "--check_data", "--workers", "0"]

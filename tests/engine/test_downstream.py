@@ -111,6 +111,7 @@ def test_cached_features_equal_full_forward(setup):
     assert pred_fast.shape == (4, 1) and (pred_fast >= 0).all()  # ReLU output
 
 
+@pytest.mark.slow
 def test_res_pop_options_end_to_end(setup, tmp_path):
     data, ckpt = setup
     r = run_script(

@@ -114,6 +114,7 @@ def test_resumable_checkpoint_and_pretraining_layout(tmp_path, tiny_data):
     assert type(load_poi_encoder(d / "checkpoint_last.pt")).__name__ == "Set2SetPOIEncoder"
 
 
+@pytest.mark.slow
 def test_probe_cli_and_errors(tmp_path, tiny_data):
     d, _, _ = checkpoints(tmp_path)
     r = run_script(

@@ -81,6 +81,7 @@ def test_train_one_epoch_in_process(work):
     assert (work / "m" / "checkpoint_last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_state_dict_round_trip_continues_bit_identically(work):
     straight = trainer(work, "a")
     straight.fit()
@@ -204,6 +205,7 @@ def test_both_behaviours_train_bit_identically_when_every_tile_has_pois(work):
     assert log_e["loss_inter"] != log_i["loss_inter"] and any(not torch.equal(c[k], d[k]) for k in c)
 
 
+@pytest.mark.slow
 def test_no_poi_anywhere_refuses_a_poi_term_and_mostly_empty_data_is_announced(work, capsys):
     make_layout(work / "none", n_tiles=8, size=16, zero_poi=tuple(range(8)))
     base = ["--data_path", str(work / "none"), "--model_path", str(work / "run"), *TINY, "--total_epoch", "1"]

@@ -310,6 +310,7 @@ def cli(*args):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_column", "empty_file", "unknown_crs", "no_georef", "all_nan"])
 def test_bad_input_one_sentence_and_nonzero_exit(city, case):
     pois, index = city / "pois.csv", ["--tile_index", str(city / "index.csv")]
@@ -332,6 +333,7 @@ def test_bad_input_one_sentence_and_nonzero_exit(city, case):
     assert not (city / "out" / "prepare_summary.json").exists()
 
 
+@pytest.mark.slow
 def test_mmgr_trains_on_prepared_folder(city, tmp_path):
     # 4 tiles with POIs + 1 empty: enough for one batch of 4.
     _, out = run(city)

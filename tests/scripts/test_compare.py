@@ -33,6 +33,7 @@ ROWS = (
 )
 
 
+@pytest.mark.slow
 def test_gpu_compare_tiny_mode_prints_the_bounded_table(tmp_path):
     """The GPU script's whole flow (city, pack, device augmentation, bound, 3 variants x 2 seeds, probes,
     paired tests, the λ rows and the few-label rows with every row, image only fine-tuned among them), tiny,
@@ -96,6 +97,7 @@ def prepared_folder(data: Path) -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_compare_on_user_data_with_both_studies_reuses_finished_runs(tmp_path, tiny_data, capsys):
     """Your own city as prepare_pois.py writes it, in this process (--jobs 0), with the λ ablation and few
     labels: every requested λ and fraction is in results.csv (read with pandas), with fine-tuned and
@@ -239,6 +241,7 @@ def test_data_without_targets_is_refused_before_any_training(tmp_path, tiny_data
     assert not (tmp_path / "o" / "ckpt").exists() and not (tmp_path / "o" / "end_to_end").exists()
 
 
+@pytest.mark.slow
 def test_transfer_to_another_city(tmp_path, tiny_data, capsys):
     """--test_data_path: every transfer row scored on the test city's validation list, MMGR pretrained on both
     cities through mmgr.py's several roots, the test city's bound and few-label rows; tables, figures and

@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.image_encoder import ImageEncoder
@@ -47,6 +48,7 @@ def pretrain(tmp_path, data, model_dir, *extra):
     return r
 
 
+@pytest.mark.slow
 def test_pretrain_resume_and_evaluate(tmp_path, tiny_data):
     full = tmp_path / "full"
     pretrain(tmp_path, tiny_data, full, "--total_epoch", "2", "--save_every", "1", "--poi_encoder", "gcn")
@@ -115,6 +117,7 @@ def test_pretrain_resume_and_evaluate(tmp_path, tiny_data):
     assert [x["epoch"] for x in recs] == [2, 3] and {"MAE", "RMSE", "R2"} <= set(recs[0])
 
 
+@pytest.mark.slow
 def test_published_style_checkpoint_and_newest(tmp_path, tiny_data):
     # A bare state dict as the published script writes it (no args anywhere): depth found from its keys.
     ckdir = tmp_path / "pub"
@@ -148,6 +151,7 @@ def test_published_style_checkpoint_and_newest(tmp_path, tiny_data):
     assert "wuhan_img_20.tar (resnet34)" in r.stdout  # newest epoch, not newest name order
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_sentence(tmp_path, tiny_data):
     r = run_script([str(ROOT / "mmgr.py"), "--data_path", str(tmp_path / "missing"), *PRETRAIN], cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
@@ -174,6 +178,7 @@ def test_user_errors_are_one_sentence(tmp_path, tiny_data):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "t001.txt" in r.stderr
 
 
+@pytest.mark.slow
 def test_demo_path_generates_pretrains_and_evaluates(tmp_path):
     # The quick start, shrunk: a 40-tile demo city, one epoch, DataLoader and scan workers on (the
     # scan once deadlocked in forked children after the city was generated in the same process).

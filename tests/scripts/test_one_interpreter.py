@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 # A command word `python`/`python3`/`torchrun`: at a line's start, after ; & | ( ` $( = or a quote, or an argument.
@@ -71,6 +73,7 @@ def test_no_python_file_starts_python_from_path():
     assert not bad, f"subprocess commands starting `python` from PATH: {bad}"
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_the_given_interpreter_with_no_python_on_path(tmp_path):
     # PATH holds no `python` at all: the script must still find its interpreter through $PYTHON.
     # GPU_CHECK_ONLY names no group, so only the package check and the summary run (a few seconds).

@@ -78,6 +78,7 @@ def prepare_args(city, out, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_mosaic_pois_census_to_training(city, tmp_path):
     out = tmp_path / "out"
     summary = main(prepare_args(city, out))

@@ -65,6 +65,7 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_check_data_lists_every_bad_file_and_exits_2(tmp_path):
     data = make_layout(tmp_path / "d", n_tiles=8, size=16)
     (data / "sub_shanghai_img" / "t001.png").write_text("not a png")

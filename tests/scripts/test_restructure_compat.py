@@ -91,6 +91,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert not differ, f"{len(differ)} tensors differ, e.g. {differ[0]}"
 
 
+@pytest.mark.slow
 def test_earlier_code_and_its_mid_epoch_checkpoint_agree_with_the_current_code(tmp_path):
     tree = earlier_tree(tmp_path / "before")
     data = make_layout(tmp_path / "d", n_tiles=8, size=16)

@@ -96,6 +96,7 @@ def assert_same_as_reference(ref: Path, run: Path) -> None:
     assert [e["loss"] for e in log] == [e["loss"] for e in ref_log]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers,after_lines", [(0, STEPS_PER_EPOCH + 2), (2, 3)])
 def test_sigkill_then_resume_is_bit_identical(reference, tmp_path, workers, after_lines):
     data, ref = reference
@@ -116,6 +117,7 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path, workers, afte
     assert_same_as_reference(ref, tmp_path)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_resume_is_bit_identical(reference, tmp_path):
     data, ref = reference
     proc = start(command(data, tmp_path / "model", 2, "--save_every_steps", "0"), tmp_path)

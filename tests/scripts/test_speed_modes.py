@@ -13,6 +13,7 @@ from tests.conftest import ROOT, run_script
 from tests.scripts.test_end_to_end import PRETRAIN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -58,6 +59,7 @@ def test_speed_modes_train(tmp_path: Path, tiny_data, extra):
         assert resumable["scaler"]["scale"] > 0
 
 
+@pytest.mark.slow
 def test_sync_bn_on_cpu_is_a_user_error(tmp_path: Path, tiny_data):
     r = run_script(
         [

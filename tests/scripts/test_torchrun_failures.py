@@ -25,6 +25,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", sorted(EXPECTED))
 def test_a_failure_on_one_process_ends_every_process_with_one_sentence(tmp_path, failure):
     status, says = EXPECTED[failure]

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -60,6 +61,7 @@ def _worker(rank: int, init_file: str, out: str) -> None:
         du.cleanup()
 
 
+@pytest.mark.slow
 def test_gathered_loss_and_grads_match_single_process(tmp_path: Path):
     out = str(tmp_path / "res")
     mp.spawn(_worker, args=(str(tmp_path / "init"), out), nprocs=WORLD, join=True)
@@ -105,6 +107,7 @@ def _buggy_worker(rank: int, init_file: str, out: str) -> None:
         du.cleanup()
 
 
+@pytest.mark.slow
 def test_published_gather_bug_is_detectable(tmp_path: Path):
     # Guards the test above: the published gather gives different gradients, so equality is meaningful.
     out = str(tmp_path / "bug")
@@ -160,6 +163,7 @@ def _children(pid: int) -> dict[int, int]:
     return found
 
 
+@pytest.mark.slow
 def test_torchrun_stop_signal_on_one_rank_then_resume_is_bit_identical(tmp_path: Path):
     # SIGTERM reaches rank 1 only (rank 0 held by SIGSTOP meanwhile): both processes must stop at the
     # same step (no hang in the next collective), rank 0 must save, and a resumed job must end

@@ -4,8 +4,10 @@ One reference run (uninterrupted, ``--workers 0``) is shared; the interrupted ru
 ``--workers 2``, since data order and augmentation do not depend on the number of workers.
 """
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,11 +60,22 @@ def command(data: Path, model: Path, workers: int, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ref")
-    data = make_layout(base / "data", n_tiles=16, size=32)
-    r = run_script(command(data, base / "model", 0), cwd=base)
-    assert r.returncode == 0, r.stderr
-    return data, base
+    """The uninterrupted run, made once for all pytest processes: the first to get here writes it while
+    holding a lock in their shared base folder, the others wait for it and read it (pytest-xdist spreads
+    this module's tests over several processes)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each xdist worker's base folder lies in the run's
+    base = shared / "resume_kill_reference"
+    with open(shared / "resume_kill_reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (base / "done").is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            data = make_layout(base / "data", n_tiles=16, size=32)
+            r = run_script(command(data, base / "model", 0), cwd=base)
+            assert r.returncode == 0, r.stderr
+            (base / "done").touch()
+    return base / "data", base
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

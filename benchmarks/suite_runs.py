@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -29,23 +28,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine.compare.report import machine  # noqa: E402
+
 TARGET_S = 300.0  # the plain run's limit on the 2-core development machine (issue 20)
 FAKE = '#!/bin/sh\necho "PATH\'s $0 was started instead of the test interpreter" >&2\nexit 97\n'
-
-
-def cpu() -> str:
-    """The CPU's model and its vector flags, to print beside every figure."""
-    model, flags = platform.processor() or "unknown", []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx"))]
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, flags {' '.join(flags) or 'none listed'}"
 
 
 def folder_bytes(folder: Path) -> int:
@@ -88,12 +77,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--load", action="store_true", help="spin one busy process beside each run (default off)")
     p.add_argument("--rev", default="HEAD", help="the revision to clone (default HEAD; commit your changes first)")
     args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
     rev = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", args.rev], capture_output=True, text=True, check=True
     ).stdout.strip()
     base = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
-    print(f"suite runs at {rev}, {'one busy process beside' if args.load else 'nothing beside'}; {cpu()}")
-    print(f"interpreter {sys.executable}; PATH's python/python3 exit 97", flush=True)
+    m = machine()
+    print(f"suite runs at {rev}, {'one busy process beside' if args.load else 'nothing beside'}")
+    print(f"{m['cpu']}, {m['cpus']} CPUs, flags {' '.join(m.get('cpu_flags', [])) or '-'}; torch {m['torch']}")
+    print(f"interpreter {sys.executable} (Python {m['python']}); PATH's python/python3 exit 97", flush=True)
     with tempfile.TemporaryDirectory(prefix="mmgr_suite_runs_") as tmp:
         work = Path(tmp)
         fake_bin = work / "bin"
